@@ -1,0 +1,60 @@
+# tunnelwatch: setup / demo / test / bench / eval. `make help` lists targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORPUS ?= ../shared/corpus/ndpi
+# System packages: build deps for netfilterqueue/systemd-python, and the real peers the tests drive.
+APT_PKGS := python3-venv gcc pkg-config libnetfilter-queue-dev libsystemd-dev iproute2 iptables ipset \
+	conntrack tcpdump openvpn wireguard-go wireguard-tools strongswan strongswan-swanctl xl2tpd \
+	pptpd pptp-linux baresip sip-tester openssl curl procps psmisc
+
+.PHONY: help setup system-deps demo test unit integration lint bench eval clean
+
+help:
+	@echo "make setup   - system packages (when root) + $(VENV) with tunnelwatch and test tools"
+	@echo "make demo    - classify the bundled sample captures and print the table"
+	@echo "make test    - setup, then lint, type-check, unit and integration tests"
+	@echo "make bench   - classification throughput vs nfstream (nDPI) on the corpus x20"
+	@echo "make eval    - agreement with nDPI's labels on $(CORPUS)"
+
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "== apt-get install (system packages)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; \
+	else echo "== not root or no apt-get: skipping system packages ($(APT_PKGS))"; fi
+
+$(VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,daemon]'
+	touch $@
+
+setup: system-deps $(VENV)/.stamp
+
+demo: $(VENV)/.stamp
+	$(BIN)/tunnelwatch classify --format table daemon/tunnelwatch/samples/*.pcap
+
+lint: $(VENV)/.stamp
+	$(BIN)/ruff check daemon tests
+	$(BIN)/mypy
+
+unit: $(VENV)/.stamp
+	$(BIN)/pytest -q tests/unit
+
+integration: $(VENV)/.stamp
+	$(BIN)/pytest -q tests/integration
+
+test: setup lint
+	$(BIN)/pytest -q -rs tests
+
+eval: $(VENV)/.stamp
+	$(BIN)/python -m tunnelwatch.evaluate --corpus $(CORPUS)
+
+bench: $(VENV)/.stamp
+	$(BIN)/pip install -q 'nfstream==6.6.0'
+	$(BIN)/python bench/classify_bench.py --corpus $(CORPUS) --repeat 20
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info daemon/*.egg-info

@@ -1,0 +1,5 @@
+"""Allows `python -m tunnelwatch`."""
+
+from tunnelwatch.cli import main
+
+raise SystemExit(main())

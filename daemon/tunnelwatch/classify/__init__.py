@@ -1,0 +1,62 @@
+"""The classifier registry: the explicit, ordered list of protocol-family classifiers.
+
+Order matters only for ties between equally confident verdicts (the earlier one wins). Each entry's
+contract is checked when loaded, so a broken classifier fails at start-up, not on the first packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tunnelwatch.classify import (
+    anyconnect,
+    common,
+    ipsec,
+    l2tp,
+    openvpn,
+    pptp,
+    rtp,
+    sip,
+    stun,
+    wireguard,
+)
+from tunnelwatch.classify.base import Classifier, ContractError, check_contract
+
+REGISTRY: tuple[type[Classifier], ...] = (
+    openvpn.OpenVPN,
+    wireguard.WireGuard,
+    ipsec.IPsec,
+    l2tp.L2TP,
+    pptp.PPTP,
+    anyconnect.AnyConnect,
+    sip.SIP,
+    stun.STUN,
+    rtp.RTP,
+    common.Common,
+)
+
+
+def classifier_names() -> list[str]:
+    """Names of all registered classifiers (their config keys)."""
+    return [c.name for c in REGISTRY]
+
+
+def load_classifiers(names: Iterable[str] | None = None) -> list[Classifier]:
+    """Instantiate the registered classifiers (all, or those named), checking each one's contract."""
+    wanted = set(names) if names is not None else None
+    if wanted is not None:
+        unknown = wanted - set(classifier_names())
+        if unknown:
+            raise ContractError(f"unknown classifier(s): {', '.join(sorted(unknown))}")
+    out: list[Classifier] = []
+    seen: set[str] = set()
+    for cls in REGISTRY:
+        if wanted is not None and cls.name not in wanted:
+            continue
+        c = cls()
+        check_contract(c)
+        if c.name in seen:
+            raise ContractError(f"duplicate classifier name {c.name!r}")
+        seen.add(c.name)
+        out.append(c)
+    return out

@@ -1,0 +1,151 @@
+"""The classifier contract: verdicts, confidence levels, the Classifier base class and the context.
+
+A classifier is pure: it reads a packet and its flow's private state and returns a `Verdict`, `REJECT`
+(not my protocol: stop asking me for this flow) or None (undecided: show me the next packet).
+It must never raise on hostile input; the engine still guards each call and counts failures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Final, Literal
+
+if TYPE_CHECKING:
+    from tunnelwatch.flow import Flow
+    from tunnelwatch.packet import Packet
+
+Klass = Literal["vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown"]
+Confidence = Literal["confirmed", "heuristic", "port"]
+KLASSES: Final[tuple[str, ...]] = ("vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown")
+CONFIDENCES: Final[tuple[str, ...]] = ("confirmed", "heuristic", "port")
+NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a flow is, how sure we are, and why."""
+
+    klass: Klass
+    protocol: str
+    confidence: Confidence
+    evidence: tuple[str, ...] = ()
+
+    @property
+    def rank(self) -> int:
+        """Higher wins: flagged+confirmed > benign+confirmed > flagged+heuristic > benign > port."""
+        flagged = self.klass not in ("benign", "unknown")
+        if self.confidence == "confirmed":
+            return 6 if flagged else 5
+        if self.confidence == "heuristic":
+            return 4 if flagged else 3
+        return 1 if flagged else 2
+
+    @property
+    def final(self) -> bool:
+        """A confirmed non-benign verdict ends inspection of the flow."""
+        return self.confidence == "confirmed" and self.klass not in ("benign", "unknown")
+
+
+UNKNOWN: Final = Verdict("unknown", "unknown", "heuristic", ())
+
+
+class _Reject:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "REJECT"
+
+
+#: returned by `Classifier.inspect` when the flow is certainly not this classifier's protocol
+REJECT: Final = _Reject()
+InspectResult = Verdict | _Reject | None
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """A media or data flow announced by another flow (e.g. RTP announced in SIP/SDP)."""
+
+    protocol: str
+    klass: Klass
+    evidence: str
+    expires: float
+
+
+class Context:
+    """Cross-flow state a classifier may use: announced endpoints (expectations), bounded in size."""
+
+    def __init__(self, max_expectations: int = 4096, lifetime: float = 300.0) -> None:
+        self.max_expectations = max_expectations
+        self.lifetime = lifetime
+        self._expect: dict[tuple[bytes, int, int], Expectation] = {}
+
+    def expect(self, addr: bytes, port: int, proto: int, protocol: str, klass: Klass, evidence: str,
+               now: float) -> None:
+        """Announce that a flow to or from addr:port/proto will be `protocol`."""
+        if not (0 < port < 65536) or len(addr) not in (4, 16):
+            return
+        if len(self._expect) >= self.max_expectations:
+            # Drop the oldest announcement (dicts keep insertion order).
+            self._expect.pop(next(iter(self._expect)))
+        self._expect[(addr, port, proto)] = Expectation(protocol, klass, evidence, now + self.lifetime)
+
+    def lookup(self, pkt: Packet) -> Expectation | None:
+        """The expectation matching either end of this packet, if any and not expired."""
+        if not self._expect:
+            return None
+        for k in ((pkt.dst, pkt.dport, pkt.proto), (pkt.src, pkt.sport, pkt.proto)):
+            e = self._expect.get(k)
+            if e is not None:
+                if e.expires >= pkt.ts:
+                    return e
+                del self._expect[k]
+        return None
+
+    def __len__(self) -> int:
+        return len(self._expect)
+
+
+class Classifier:
+    """Base class for one protocol family. Subclasses set the class attributes and `inspect`."""
+
+    #: config key and registry name, e.g. "openvpn" (lowercase, [a-z0-9_])
+    name: ClassVar[str] = ""
+    #: the family this classifier reports
+    klass: ClassVar[Klass] = "unknown"
+    #: IP protocol numbers it wants to see (6 tcp, 17 udp, 50 esp, ...)
+    transports: ClassVar[frozenset[int]] = frozenset()
+    #: (ip proto, port) -> protocol name used as a last resort (confidence "port")
+    ports: ClassVar[dict[tuple[int, int], str]] = {}
+    #: protocols this classifier can emit (documentation and contract check)
+    protocols: ClassVar[tuple[str, ...]] = ()
+
+    def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+        """Look at one packet with payload; direction 0 = from initiator, 1 = reply."""
+        raise NotImplementedError
+
+    def verdict(self, protocol: str, confidence: Confidence, *evidence: str) -> Verdict:
+        """Build a verdict of this classifier's klass."""
+        return Verdict(self.klass, protocol, confidence, tuple(evidence))
+
+
+class ContractError(Exception):
+    """A classifier does not honour the contract; raised at load time."""
+
+
+def check_contract(c: Classifier) -> None:
+    """Check a classifier's declared attributes; raise ContractError with a clear message."""
+    cls = type(c).__name__
+    if not NAME_RE.match(c.name or ""):
+        raise ContractError(f"{cls}: name {c.name!r} must match {NAME_RE.pattern}")
+    if c.klass not in KLASSES or c.klass == "unknown":
+        raise ContractError(f"{cls}: klass {c.klass!r} must be one of {KLASSES[:4]}")
+    if not c.transports or not all(isinstance(t, int) and 0 <= t < 256 for t in c.transports):
+        raise ContractError(f"{cls}: transports must be a non-empty set of IP protocol numbers")
+    if not c.protocols:
+        raise ContractError(f"{cls}: protocols must list what it can report")
+    for (proto, port), protocol in c.ports.items():
+        if proto not in c.transports or not (0 < port < 65536) or protocol not in c.protocols:
+            raise ContractError(f"{cls}: bad port hint {(proto, port)} -> {protocol!r}")
+    if type(c).inspect is Classifier.inspect:
+        raise ContractError(f"{cls}: does not implement inspect()")

@@ -1,0 +1,164 @@
+"""OpenVPN over UDP and TCP: TLS mode (plain, tls-auth, tls-crypt, tls-crypt-v2) and static-key mode.
+
+Every OpenVPN packet starts with opcode<<3 | key_id, and every control packet carries its sender's
+8-byte session id in clear right after it, whatever the tls-auth/tls-crypt wrapping. A flow is
+confirmed when the client's hard reset is answered by a server hard reset and the session ids stay
+consistent (or the server visibly acknowledges the client's session id). TCP adds a 2-byte length
+prefix per packet. Static-key mode has no cleartext header at all: only its framing (HMAC + IV +
+cipher blocks) can be seen, so it is heuristic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Final
+
+from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
+from tunnelwatch.flow import Flow
+from tunnelwatch.packet import TCP, UDP, Packet
+
+P_CONTROL_HARD_RESET_CLIENT_V1: Final = 1
+P_CONTROL_HARD_RESET_SERVER_V1: Final = 2
+P_CONTROL_SOFT_RESET_V1: Final = 3
+P_CONTROL_V1: Final = 4
+P_ACK_V1: Final = 5
+P_DATA_V1: Final = 6
+P_CONTROL_HARD_RESET_CLIENT_V2: Final = 7
+P_CONTROL_HARD_RESET_SERVER_V2: Final = 8
+P_DATA_V2: Final = 9
+P_CONTROL_HARD_RESET_CLIENT_V3: Final = 10
+P_CONTROL_WKC_V1: Final = 11
+
+OPCODE_NAMES: Final = {
+    1: "HARD_RESET_CLIENT_V1", 2: "HARD_RESET_SERVER_V1", 3: "SOFT_RESET_V1", 4: "CONTROL_V1",
+    5: "ACK_V1", 6: "DATA_V1", 7: "HARD_RESET_CLIENT_V2", 8: "HARD_RESET_SERVER_V2", 9: "DATA_V2",
+    10: "HARD_RESET_CLIENT_V3", 11: "CONTROL_WKC_V1",
+}
+_CLIENT_RESETS: Final = frozenset({1, 7, 10})
+_SERVER_RESETS: Final = frozenset({2, 8})
+_CONTROL: Final = frozenset({3, 4, 5, 11})
+# Smallest hard reset: opcode + session id + ack len + packet id = 14 bytes. The largest
+# (tls-crypt-v2 with a wrapped client key) stays well under 1400.
+_MIN_RESET: Final = 14
+_MAX_RESET: Final = 1400
+# Static key: HMAC-SHA1 (20) + IV (16) + CBC ciphertext holding at least packet id + time (16).
+_STATIC_OVERHEAD: Final = 36
+_STATIC_MIN_PKTS: Final = 4
+
+
+@dataclass
+class _State:
+    client_sid: bytes = b""
+    server_sid: bytes = b""
+    client_reset: str = ""
+    server_reset: bool = False
+    acked: bool = False
+    consistent: int = 0
+    static_ok: list[int] = field(default_factory=lambda: [0, 0])
+    static_lens: set[int] = field(default_factory=set)
+    static_bad: bool = False
+    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
+
+
+class OpenVPN(Classifier):
+    """OpenVPN (UDP and TCP, TLS and static-key modes)."""
+
+    name: ClassVar[str] = "openvpn"
+    klass: ClassVar[Klass] = "vpn_tunnel"
+    transports: ClassVar[frozenset[int]] = frozenset({UDP, TCP})
+    protocols: ClassVar[tuple[str, ...]] = ("openvpn",)
+    ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 1194): "openvpn", (TCP, 1194): "openvpn"}
+
+    def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+        """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
+        st = flow.state.get("openvpn")
+        if st is None:
+            st = flow.state["openvpn"] = _State()
+        if pkt.proto == TCP:
+            return self._tcp(st, pkt.payload, direction)
+        return self._packet(st, pkt.payload, direction, "udp")
+
+    def _tcp(self, st: _State, data: bytes, direction: int) -> InspectResult:
+        buf = st.tcp_buf[direction] + data
+        if len(buf) > 4096:  # never buffer much: a real OpenVPN record fits well below this
+            return REJECT
+        result: InspectResult = None
+        while len(buf) >= 2:
+            plen = (buf[0] << 8) | buf[1]
+            if plen < _MIN_RESET - 2 or plen > 1700:
+                return REJECT
+            if len(buf) < 2 + plen:
+                break
+            rec, buf = buf[2:2 + plen], buf[2 + plen:]
+            result = self._packet(st, rec, direction, "tcp")
+            if result is REJECT or (result is not None and result.final):  # type: ignore[union-attr]
+                return result
+        st.tcp_buf[direction] = buf
+        return result
+
+    def _packet(self, st: _State, p: bytes, direction: int, tr: str) -> InspectResult:
+        if len(p) < 1:
+            return None
+        op, key_id = p[0] >> 3, p[0] & 7
+        if not st.client_reset and not st.server_reset:
+            # First packet seen of this flow decides whether we are looking at TLS mode at all.
+            if direction == 0 and op in _CLIENT_RESETS and key_id == 0 and _MIN_RESET <= len(p) <= _MAX_RESET:
+                st.client_sid = p[1:9]
+                st.client_reset = OPCODE_NAMES[op]
+                return self.verdict("openvpn", "heuristic", f"{tr} client {st.client_reset}")
+            if tr == "tcp":
+                return REJECT
+            return self._static(st, p, direction)
+        if direction == 1 and op in _SERVER_RESETS and key_id == 0 and _MIN_RESET <= len(p) <= _MAX_RESET:
+            sid = p[1:9]
+            if sid == st.client_sid:
+                return REJECT  # a server echoing the client's own id is not OpenVPN
+            st.server_sid = sid
+            st.server_reset = True
+            if st.client_sid and st.client_sid in p[9:]:
+                st.acked = True
+                return self._confirmed(st, tr)
+            return None
+        if op in _CONTROL and key_id == 0 and len(p) >= 9:
+            sid = p[1:9]
+            if (direction == 0 and sid == st.client_sid) or (direction == 1 and st.server_sid and
+                                                             sid == st.server_sid):
+                st.consistent += 1
+                if st.server_reset:
+                    return self._confirmed(st, tr)
+                return None
+            return REJECT
+        if op in (P_DATA_V1, P_DATA_V2) and st.server_reset:
+            return None
+        if op in _CLIENT_RESETS and direction == 0 and p[1:9] == st.client_sid:
+            return None  # retransmitted reset
+        return REJECT
+
+    def _confirmed(self, st: _State, tr: str) -> InspectResult:
+        ev = [f"{tr} client {st.client_reset}", "server HARD_RESET_SERVER"]
+        if st.acked:
+            ev.append("server acks client session id")
+        if st.consistent:
+            ev.append(f"session ids consistent in {st.consistent} control packet(s)")
+        return self.verdict("openvpn", "confirmed", *ev)
+
+    def _static(self, st: _State, p: bytes, direction: int) -> InspectResult:
+        """Static-key mode: every packet is HMAC-SHA1 + IV + whole cipher blocks, both ways."""
+        n = len(p)
+        if n < _STATIC_OVERHEAD + 16 or (n - _STATIC_OVERHEAD) % 16 or _looks_plain(p):
+            return REJECT
+        st.static_ok[direction] += 1
+        st.static_lens.add(n)
+        if min(st.static_ok) >= _STATIC_MIN_PKTS and len(st.static_lens) >= 2:
+            return self.verdict(
+                "openvpn", "heuristic",
+                f"static-key framing (HMAC+IV+16-byte blocks) on {sum(st.static_ok)} packets both ways",
+            )
+        return None
+
+
+def _looks_plain(p: bytes) -> bool:
+    """True when the start of the packet is mostly zero or printable (i.e. not ciphertext)."""
+    head = p[:32]
+    printable = sum(1 for b in head if 32 <= b < 127 or b == 0)
+    return printable > len(head) * 3 // 4

@@ -1,0 +1,89 @@
+"""The `tunnelwatch` command line: one subcommand per job, stable exit codes.
+
+Exit codes: 0 ok, 1 some input failed (others still processed), 2 usage, 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tunnelwatch import __version__
+from tunnelwatch.engine import DEFAULT_BUDGET
+
+EX_OK = 0
+EX_PARTIAL = 1
+EX_USAGE = 2
+EX_CONFIG = 78
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from tunnelwatch.offline import FileStats, classify_file
+    from tunnelwatch.output import write_jsonl, write_table
+    from tunnelwatch.pcapfile import PcapError
+
+    status = EX_OK
+    table_rows: list[dict[str, object]] = []
+    totals = {"files": 0, "flows": 0}
+    for path in args.pcap:
+        st = FileStats(path)
+        try:
+            records = classify_file(path, budget=args.budget, idle_timeout=args.idle_timeout,
+                                    progress=False if args.no_progress else None, stats=st)
+            if args.format == "jsonl":
+                write_jsonl(records, sys.stdout)
+            else:
+                table_rows.extend(records)
+        except PcapError as exc:
+            print(f"tunnelwatch: error: {exc}", file=sys.stderr)
+            status = EX_PARTIAL
+            continue
+        totals["files"] += 1
+        totals["flows"] += st.flows
+        for w in st.warnings:
+            print(f"tunnelwatch: warning: {path}: {w}", file=sys.stderr)
+    if args.format == "table":
+        write_table(table_rows, sys.stdout, only_flagged=args.flagged)  # type: ignore[arg-type]
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all subcommands."""
+    p = argparse.ArgumentParser(prog="tunnelwatch", description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--version", action="version", version=f"tunnelwatch {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    c = sub.add_parser("classify", help="classify the flows of pcap/pcapng files",
+                       description="Classify every bidirectional flow of the given captures. "
+                                   "One JSON object per flow with --format jsonl.")
+    c.add_argument("pcap", nargs="+", metavar="PCAP")
+    c.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
+    c.add_argument("--flagged", action="store_true", help="table: only tunnel/VoIP/proxy flows")
+    c.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                   help=f"packets per flow given to classifiers (default {DEFAULT_BUDGET})")
+    c.add_argument("--idle-timeout", type=float, default=120.0, help="seconds (default 120)")
+    c.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+    c.set_defaults(func=_cmd_classify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="tunnelwatch: %(levelname)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EX_USAGE
+    if getattr(args, "budget", 1) < 1:
+        parser.error("--budget must be at least 1")
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        return EX_OK
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,137 @@
+"""The classification engine: packets in, per-flow verdicts out.
+
+Feeds each new flow's first packets (up to a budget) to the classifiers that want its transport, keeps
+the best verdict, stops early on a confirmed tunnel/VoIP verdict, and falls back to port hints. The same
+engine runs offline (`tunnelwatch classify`) and inline behind NFQUEUE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from tunnelwatch.classify import load_classifiers
+from tunnelwatch.classify.base import REJECT, UNKNOWN, Classifier, Context, Verdict
+from tunnelwatch.flow import Flow
+from tunnelwatch.flowtable import FlowTable
+from tunnelwatch.packet import Packet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 24
+
+
+class Engine:
+    """Classify flows from packets. `on_end(flow, verdict)` is called exactly once per flow."""
+
+    def __init__(
+        self,
+        classifiers: Sequence[Classifier] | None = None,
+        *,
+        budget: int = DEFAULT_BUDGET,
+        idle_timeout: float = 120.0,
+        max_flows: int = 262_144,
+        on_end: Callable[[Flow, Verdict], None] | None = None,
+        on_decided: Callable[[Flow, Verdict], None] | None = None,
+    ) -> None:
+        if budget < 1:
+            raise ValueError("budget must be at least 1 packet")
+        self.classifiers = list(classifiers) if classifiers is not None else load_classifiers()
+        self.budget = budget
+        self.ctx = Context()
+        self.on_end = on_end
+        self.on_decided = on_decided
+        self.table = FlowTable(idle_timeout, max_flows, self._ended)
+        self._by_proto: dict[int, tuple[Classifier, ...]] = {}
+        for c in self.classifiers:
+            for t in c.transports:
+                self._by_proto[t] = (*self._by_proto.get(t, ()), c)
+        self._ports: dict[tuple[int, int], Classifier] = {}
+        for c in self.classifiers:
+            for pp in c.ports:
+                self._ports.setdefault(pp, c)
+        self.packets = 0
+        self.classifier_errors = 0
+        self._error_logged: set[str] = set()
+
+    def process(self, pkt: Packet) -> Flow:
+        """Account one packet to its flow and classify it if the flow is still undecided."""
+        self.packets += 1
+        flow, created = self.table.get(pkt)
+        if created:
+            flow.active = list(self._by_proto.get(pkt.proto, ()))
+            if self.ctx:
+                flow.expected = self.ctx.lookup(pkt)
+            if not flow.active:
+                flow.done = True
+        d = 0 if (pkt.src == flow.src and pkt.sport == flow.sport) else 1
+        flow.packets += 1
+        flow.bytes += pkt.length
+        flow.pkts_dir[d] += 1
+        flow.bytes_dir[d] += pkt.length
+        flow.last_ts = pkt.ts
+        if flow.done:
+            return flow
+        if pkt.payload:
+            flow.payload_pkts[d] += 1
+            self._inspect(flow, pkt, d)
+        if not flow.done and (flow.packets >= self.budget or not flow.active):
+            self._decide(flow)
+        return flow
+
+    def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:
+        ctx = self.ctx
+        for c in tuple(flow.active):
+            try:
+                r = c.inspect(flow, pkt, d, ctx)
+            except Exception as exc:  # a classifier bug must not take the engine down
+                self.classifier_errors += 1
+                if c.name not in self._error_logged:
+                    self._error_logged.add(c.name)
+                    log.warning("classifier %s failed on %s: %r (further failures counted only)",
+                                c.name, flow.describe(), exc)
+                flow.active.remove(c)
+                continue
+            if r is None:
+                continue
+            if r is REJECT:
+                flow.active.remove(c)
+                continue
+            assert isinstance(r, Verdict)
+            if flow.best is None or r.rank > flow.best.rank:
+                flow.best = r
+            if r.final:
+                self._decide(flow)
+                return
+
+    def _decide(self, flow: Flow) -> None:
+        flow.done = True
+        flow.active = []
+        if self.on_decided is not None:
+            self.on_decided(flow, self.verdict(flow))
+
+    def verdict(self, flow: Flow) -> Verdict:
+        """The flow's verdict now: the best classifier verdict, else a port hint, else unknown."""
+        best = flow.best
+        if best is not None and best.rank >= 2:
+            return best
+        hint = self._port_hint(flow)
+        if hint is not None:
+            return hint
+        return best if best is not None else UNKNOWN
+
+    def _port_hint(self, flow: Flow) -> Verdict | None:
+        for port in (flow.dport, flow.sport):
+            c = self._ports.get((flow.proto, port))
+            if c is not None:
+                protocol = c.ports[(flow.proto, port)]
+                return c.verdict(protocol, "port", f"{protocol} port {port}")
+        return None
+
+    def flush(self) -> None:
+        """End all flows (end of input)."""
+        self.table.flush()
+
+    def _ended(self, flow: Flow, reason: str) -> None:
+        if self.on_end is not None:
+            self.on_end(flow, self.verdict(flow))

@@ -1,0 +1,70 @@
+"""One bidirectional flow: its direction-agnostic key, counters, classification state and verdict."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tunnelwatch.packet import Packet, addr_text, transport_name
+
+if TYPE_CHECKING:
+    from tunnelwatch.classify.base import Classifier, Expectation, Verdict
+
+FlowKey = tuple[bytes, int, bytes, int, int]
+
+
+def flow_key(pkt: Packet) -> FlowKey:
+    """Direction-agnostic key: the lower (addr, port) end first, so both directions map to one flow."""
+    a = (pkt.src, pkt.sport)
+    b = (pkt.dst, pkt.dport)
+    if a <= b:
+        return (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto)
+    return (pkt.dst, pkt.dport, pkt.src, pkt.sport, pkt.proto)
+
+
+class Flow:
+    """A bidirectional flow. `src`/`sport` is the initiator (sender of the first packet seen)."""
+
+    __slots__ = (
+        "active", "best", "bytes", "bytes_dir", "done", "dport", "dst", "expected", "first_ts", "key",
+        "last_ts", "packets", "pkts_dir", "payload_pkts", "proto", "sport", "src", "state", "version",
+    )
+
+    def __init__(self, key: FlowKey, pkt: Packet) -> None:
+        self.key = key
+        self.src = pkt.src
+        self.sport = pkt.sport
+        self.dst = pkt.dst
+        self.dport = pkt.dport
+        self.proto = pkt.proto
+        self.version = pkt.version
+        self.first_ts = pkt.ts
+        self.last_ts = pkt.ts
+        self.packets = 0
+        self.bytes = 0
+        self.pkts_dir = [0, 0]
+        self.bytes_dir = [0, 0]
+        self.payload_pkts = [0, 0]
+        #: per-classifier private state, keyed by classifier name
+        self.state: dict[str, Any] = {}
+        #: classifiers still interested in this flow
+        self.active: list[Classifier] = []
+        #: best verdict so far (None until some classifier spoke)
+        self.best: Verdict | None = None
+        #: True once classification is finished (decided or budget spent)
+        self.done = False
+        #: set when another flow (e.g. SIP/SDP) announced this flow's endpoint
+        self.expected: Expectation | None = None
+
+    def direction(self, pkt: Packet) -> int:
+        """0 for packets from the initiator, 1 for replies."""
+        return 0 if pkt.src == self.src and pkt.sport == self.sport else 1
+
+    @property
+    def bidirectional(self) -> bool:
+        """True once packets were seen both ways."""
+        return self.pkts_dir[0] > 0 and self.pkts_dir[1] > 0
+
+    def describe(self) -> str:
+        """Short human form, e.g. 'udp 10.0.0.1:5000 -> 10.0.0.2:1194'."""
+        return (f"{transport_name(self.proto)} {addr_text(self.src)}:{self.sport} -> "
+                f"{addr_text(self.dst)}:{self.dport}")

@@ -1,0 +1,46 @@
+"""Shared test helpers: run crafted packets through the real engine and collect verdicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tunnelwatch.classify import load_classifiers
+from tunnelwatch.classify.base import Verdict
+from tunnelwatch.engine import Engine
+from tunnelwatch.flow import Flow
+from tunnelwatch.packet import addr_text, parse_ip, transport_name
+
+
+def run_engine(packets: Iterable[Any], *, names: Sequence[str] | None = None, budget: int = 24,
+               t0: float = 1000.0, step: float = 0.01) -> list[tuple[Flow, Verdict]]:
+    """Feed scapy packets (IP/IPv6 layer first) through an Engine; return (flow, verdict) per flow."""
+    ended: list[tuple[Flow, Verdict]] = []
+    engine = Engine(load_classifiers(names), budget=budget, on_end=lambda f, v: ended.append((f, v)))
+    ts = t0
+    for p in packets:
+        raw = bytes(p)
+        pkt = parse_ip(raw, ts)
+        assert pkt is not None, f"test packet not parsable: {p!r}"
+        engine.process(pkt)
+        ts += step
+    engine.flush()
+    return ended
+
+
+def verdicts(packets: Iterable[Any], **kw: Any) -> list[Verdict]:
+    """Only the verdicts, in flow-end order."""
+    return [v for _, v in run_engine(packets, **kw)]
+
+
+def one_verdict(packets: Iterable[Any], **kw: Any) -> Verdict:
+    """The verdict of the single flow the packets form (asserts there is exactly one)."""
+    vs = verdicts(packets, **kw)
+    assert len(vs) == 1, f"expected one flow, got {len(vs)}: {vs}"
+    return vs[0]
+
+
+def describe(flow: Flow) -> str:
+    """Text form of a flow for assertion messages."""
+    return (f"{transport_name(flow.proto)} {addr_text(flow.src)}:{flow.sport}->"
+            f"{addr_text(flow.dst)}:{flow.dport}")
