@@ -45,7 +45,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         for w in st.warnings:
             print(f"tunnelwatch: warning: {path}: {w}", file=sys.stderr)
     if args.format == "table":
-        write_table(table_rows, sys.stdout, only_flagged=args.flagged)  # type: ignore[arg-type]
+        write_table(table_rows, sys.stdout, only_flagged=args.flagged)
     return status
 
 

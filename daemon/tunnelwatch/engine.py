@@ -69,7 +69,6 @@ class Engine:
         flow.bytes += pkt.length
         flow.pkts_dir[d] += 1
         flow.bytes_dir[d] += pkt.length
-        flow.last_ts = pkt.ts
         if flow.done:
             return flow
         if pkt.payload:
@@ -98,7 +97,9 @@ class Engine:
                 flow.active.remove(c)
                 continue
             assert isinstance(r, Verdict)
-            if flow.best is None or r.rank > flow.best.rank:
+            best = flow.best
+            # Same rank and protocol: the later verdict has accumulated more evidence.
+            if best is None or r.rank > best.rank or (r.rank == best.rank and r.protocol == best.protocol):
                 flow.best = r
             if r.final:
                 self._decide(flow)

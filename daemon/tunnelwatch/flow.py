@@ -25,8 +25,25 @@ class Flow:
     """A bidirectional flow. `src`/`sport` is the initiator (sender of the first packet seen)."""
 
     __slots__ = (
-        "active", "best", "bytes", "bytes_dir", "done", "dport", "dst", "expected", "first_ts", "key",
-        "last_ts", "packets", "pkts_dir", "payload_pkts", "proto", "sport", "src", "state", "version",
+        "active",
+        "best",
+        "bytes",
+        "bytes_dir",
+        "done",
+        "dport",
+        "dst",
+        "expected",
+        "first_ts",
+        "key",
+        "last_ts",
+        "packets",
+        "payload_pkts",
+        "pkts_dir",
+        "proto",
+        "sport",
+        "src",
+        "state",
+        "version",
     )
 
     def __init__(self, key: FlowKey, pkt: Packet) -> None:

@@ -43,6 +43,8 @@ class FlowTable:
         flow = flows.get(key)
         if flow is not None:
             if pkt.ts - flow.last_ts <= self.idle_timeout:
+                if pkt.ts > flow.last_ts:  # out-of-order capture timestamps never move time back
+                    flow.last_ts = pkt.ts
                 flows.move_to_end(key)
                 self._expire(pkt.ts)
                 return flow, False

@@ -151,7 +151,7 @@ def _l4(ts: float, ver: int, src: bytes, dst: bytes, proto: int, buf: bytes, p: 
         if doff < 20 or end - p < doff:
             return None
         return Packet(ts, ver, src, dst, proto, sport, dport, length, buf[p + doff:end], buf[p + 13], frag)
-    if proto == ICMP or proto == ICMPV6:
+    if proto in (ICMP, ICMPV6):
         if end - p < 4:
             return None
         return Packet(ts, ver, src, dst, proto, 0, 0, length, buf[p:end], 0, frag)
@@ -178,7 +178,7 @@ def ip_offset_ethernet(buf: bytes) -> int:
             off += 4
         else:
             break
-    if etype == ETH_IPV4 or etype == ETH_IPV6:
+    if etype in (ETH_IPV4, ETH_IPV6):
         return off
     if etype == 0x8864 and len(buf) >= off + 8:  # PPPoE session: 6-byte header + PPP protocol
         ppp = unpack_from("!H", buf, off + 6)[0]

@@ -18,7 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +109,8 @@ class Lab:
                 return
             for n, p in self.procs:
                 if n == name and p.poll() is not None:
-                    raise AssertionError(f"{name} exited ({p.returncode}) before {needle!r}:\n{self.log(name)}")
+                    raise AssertionError(
+                        f"{name} exited ({p.returncode}) before {needle!r}:\n{self.log(name)[-3000:]}")
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {needle!r} from {name}:\n{self.log(name)[-3000:]}")
 
@@ -181,7 +182,8 @@ def lab(workdir: Path, *, ipv6: bool = True) -> Iterator[Lab]:
             lb.run(ns, "ip", "link", "set", "lo", "up")
             # No DAD delay (set before any link exists, so every link inherits it): addresses,
             # link-local ones included, are usable at once and tests need no sleeps.
-            lb.run(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+            lb.run(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                   "net.ipv6.conf.default.accept_dad=0")
         # veth pairs; interface names inside namespaces are fixed and short: lan0/wan0 on the router.
         sh("ip", "link", "add", f"{prefix}c", "netns", lb.client, "type", "veth", "peer", "name",
            f"{prefix}rl", "netns", lb.router)
@@ -213,8 +215,6 @@ def lab(workdir: Path, *, ipv6: bool = True) -> Iterator[Lab]:
             _kill(p, signal.SIGTERM, 5.0)
         for ns in (lb.client, lb.router, lb.server):
             for pid in _pids_in_ns(ns):
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             sh("ip", "netns", "del", ns, check=False)

@@ -85,19 +85,19 @@ class Common(Classifier):
                 return self.verdict("dns", "confirmed", "DNS over TCP")
             return REJECT if flow.payload_pkts[0] + flow.payload_pkts[1] >= 4 else None
         # UDP
-        if ports[0] in _DNS_PORTS or ports[1] in _DNS_PORTS:
-            if dns_message(p):
-                proto = "mdns" if 5353 in ports else "llmnr" if 5355 in ports else "dns"
-                return self.verdict(proto, "confirmed", "DNS message structure")
+        if (ports[0] in _DNS_PORTS or ports[1] in _DNS_PORTS) and dns_message(p):
+            proto = "mdns" if 5353 in ports else "llmnr" if 5355 in ports else "dns"
+            return self.verdict(proto, "confirmed", "DNS message structure")
         if 123 in ports and len(p) >= 48 and (p[0] & 7) in (1, 2, 3, 4, 5) and 1 <= (p[0] >> 3) & 7 <= 4:
             return self.verdict("ntp", "confirmed", "NTP header")
         if (67 in ports or 68 in ports) and len(p) >= 240 and p[236:240] == b"\x63\x82\x53\x63":
             return self.verdict("dhcp", "confirmed", "DHCP magic cookie")
         if 1900 in ports and p.startswith((b"M-SEARCH ", b"NOTIFY ", b"HTTP/1.1 200")):
             return self.verdict("ssdp", "confirmed", "SSDP request line")
-        if len(p) >= 7 and p[0] & 0xC0 == 0xC0 and unpack_from("!I", p, 1)[0] in _QUIC_VERSIONS:
-            if len(p) >= 1200 or direction == 1 or unpack_from("!I", p, 1)[0] == 0:
-                return self.verdict("quic", "confirmed", "QUIC long header, known version")
+        if (len(p) >= 7 and p[0] & 0xC0 == 0xC0 and unpack_from("!I", p, 1)[0] in _QUIC_VERSIONS
+                and (len(p) >= 1200 or direction == 1 or unpack_from("!I", p, 1)[0] == 0)):
+            # Clients pad Initial packets to 1200 bytes; version 0 is version negotiation.
+            return self.verdict("quic", "confirmed", "QUIC long header, known version")
         if p[:1] == b"Q" and len(p) > 9 and p[1:4] in (b"050", b"046", b"043"):
             return self.verdict("quic", "heuristic", "gQUIC version tag")
         if dtls_record(p):

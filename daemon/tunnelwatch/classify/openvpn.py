@@ -52,6 +52,7 @@ class _State:
     server_sid: bytes = b""
     client_reset: str = ""
     server_reset: bool = False
+    server_first: bool = False
     acked: bool = False
     consistent: int = 0
     static_ok: list[int] = field(default_factory=lambda: [0, 0])
@@ -106,9 +107,20 @@ class OpenVPN(Classifier):
                 st.client_sid = p[1:9]
                 st.client_reset = OPCODE_NAMES[op]
                 return self.verdict("openvpn", "heuristic", f"{tr} client {st.client_reset}")
+            if direction == 0 and op in _SERVER_RESETS and key_id == 0 and _MIN_RESET <= len(p) <= _MAX_RESET:
+                # Capture on the far side of a NAT or started late: only the server's half is here.
+                st.server_first = st.server_reset = True
+                st.server_sid = p[1:9]
+                return None
             if tr == "tcp":
                 return REJECT
             return self._static(st, p, direction)
+        if st.server_first:
+            if op in _CONTROL and key_id == 0 and direction == 0 and p[1:9] == st.server_sid:
+                st.consistent += 1
+                return self.verdict("openvpn", "heuristic", f"{tr} server HARD_RESET_SERVER first",
+                                    f"server session id consistent in {st.consistent} control packet(s)")
+            return None if op in (P_DATA_V1, P_DATA_V2) or direction == 1 else REJECT
         if direction == 1 and op in _SERVER_RESETS and key_id == 0 and _MIN_RESET <= len(p) <= _MAX_RESET:
             sid = p[1:9]
             if sid == st.client_sid:
@@ -126,7 +138,8 @@ class OpenVPN(Classifier):
                 st.consistent += 1
                 if st.server_reset:
                     return self._confirmed(st, tr)
-                return None
+                return self.verdict("openvpn", "heuristic", f"{tr} client {st.client_reset}",
+                                    f"client session id consistent in {st.consistent} control packet(s)")
             return REJECT
         if op in (P_DATA_V1, P_DATA_V2) and st.server_reset:
             return None

@@ -1,0 +1,115 @@
+"""OpenVPN: TLS mode (plain, tls-auth, tls-crypt), TCP framing, static key; near-misses rejected."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.packet import Raw
+
+from support import one_verdict, run_engine
+
+C, S = "192.0.2.10", "198.51.100.7"
+CSID = bytes.fromhex("1122334455667788")
+SSID = bytes.fromhex("99aabbccddeeff00")
+
+
+def hard_reset_client(hmac: int = 0) -> bytes:
+    # opcode 7 (P_CONTROL_HARD_RESET_CLIENT_V2), key id 0; [hmac+pid+time]; ack len 0; packet id 0
+    auth = os.urandom(hmac) + b"\x00\x00\x00\x01\x5f\x00\x00\x00" if hmac else b""
+    return bytes([7 << 3]) + CSID + auth + b"\x00" + b"\x00\x00\x00\x00"
+
+
+def hard_reset_server(hmac: int = 0, ack: bool = True) -> bytes:
+    auth = os.urandom(hmac) + b"\x00\x00\x00\x01\x5f\x00\x00\x00" if hmac else b""
+    acks = b"\x01" + b"\x00\x00\x00\x00" + CSID if ack else b"\x00"
+    return bytes([8 << 3]) + SSID + auth + acks + b"\x00\x00\x00\x00"
+
+
+def control(sid: bytes, hmac: int = 0) -> bytes:
+    auth = os.urandom(hmac) + b"\x00\x00\x00\x02\x5f\x00\x00\x00" if hmac else b""
+    return bytes([4 << 3]) + sid + auth + b"\x00" + b"\x00\x00\x00\x01" + b"\x16\x03\x01" + os.urandom(60)
+
+
+def udp(src: str, dst: str, sp: int, dp: int, data: bytes) -> IP:
+    return IP(src=src, dst=dst) / UDP(sport=sp, dport=dp) / Raw(data)
+
+
+def test_udp_plain_confirmed_by_ack_of_client_session_id() -> None:
+    v = one_verdict([udp(C, S, 40000, 1194, hard_reset_client()),
+                     udp(S, C, 1194, 40000, hard_reset_server())])
+    assert (v.klass, v.protocol, v.confidence) == ("vpn_tunnel", "openvpn", "confirmed")
+    assert "server acks client session id" in v.evidence
+
+
+def test_tls_auth_on_a_non_standard_port_confirmed() -> None:
+    pkts = [udp(C, S, 40000, 8443, hard_reset_client(hmac=32)),
+            udp(S, C, 8443, 40000, hard_reset_server(hmac=32)),
+            udp(C, S, 40000, 8443, control(CSID, hmac=32))]
+    v = one_verdict(pkts)
+    assert (v.protocol, v.confidence) == ("openvpn", "confirmed")
+
+
+def test_tls_crypt_confirmed_by_consistent_session_ids() -> None:
+    # tls-crypt: everything after opcode+session id+packet id+time+tag is encrypted, acks invisible
+    def wrap(op: int, sid: bytes) -> bytes:
+        return bytes([op << 3]) + sid + os.urandom(8) + os.urandom(32) + os.urandom(40)
+    pkts = [udp(C, S, 40000, 1194, wrap(7, CSID)), udp(S, C, 1194, 40000, wrap(8, SSID)),
+            udp(C, S, 40000, 1194, wrap(5, CSID)), udp(C, S, 40000, 1194, wrap(4, CSID))]
+    v = one_verdict(pkts)
+    assert v.confidence == "confirmed" and any("consistent" in e for e in v.evidence)
+
+
+def test_tcp_framing_with_two_records_in_one_segment() -> None:
+    def rec(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+    pkts = [IP(src=C, dst=S) / TCP(sport=40000, dport=443, flags="S"),
+            IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="SA"),
+            IP(src=C, dst=S) / TCP(sport=40000, dport=443, flags="PA") / Raw(rec(hard_reset_client())),
+            IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="PA") / Raw(rec(hard_reset_server(ack=False))
+                                                                            + rec(control(SSID)))]
+    v = one_verdict(pkts)
+    assert (v.protocol, v.confidence) == ("openvpn", "confirmed")
+    assert v.evidence[0].startswith("tcp client")
+
+
+def test_lone_client_reset_is_only_heuristic() -> None:
+    v = one_verdict([udp(C, S, 40000, 1194, hard_reset_client())])
+    assert (v.klass, v.confidence) == ("vpn_tunnel", "heuristic")
+
+
+def test_server_echoing_client_session_id_is_not_openvpn() -> None:
+    echo = bytes([8 << 3]) + CSID + b"\x00\x00\x00\x00\x00"
+    v = one_verdict([udp(C, S, 40000, 5000, hard_reset_client()), udp(S, C, 5000, 40000, echo)])
+    assert v.confidence != "confirmed"
+
+
+def test_static_key_framing_is_heuristic() -> None:
+    rng = random.Random(3)
+    pkts = []
+    for _i in range(6):
+        for src, dst, sp, dp in ((C, S, 40000, 1194), (S, C, 1194, 40000)):
+            n = 36 + 16 * rng.choice((4, 5, 7))
+            pkts.append(udp(src, dst, sp, dp, bytes(rng.randrange(256) for _ in range(n))))
+    v = one_verdict(pkts)
+    assert (v.protocol, v.confidence) == ("openvpn", "heuristic")
+    assert "static-key" in v.evidence[0]
+
+
+def test_near_misses_are_not_openvpn() -> None:
+    rng = random.Random(11)
+    dns = bytes.fromhex("abcd01000001000000000000076578616d706c6503636f6d0000010001")
+    tls = bytes.fromhex("160301002f0100002b0303") + bytes(32)
+    cases = [
+        [udp(C, S, 40000, 53, dns), udp(S, C, 53, 40000, dns)],
+        [IP(src=C, dst=S) / TCP(sport=40000, dport=1194, flags="PA") / Raw(tls)],
+        [udp(C, S, 40000, 27015, bytes(rng.randrange(256) for _ in range(rng.randrange(20, 300))))
+         for _ in range(10)],
+        # random bytes that start like a client reset but the "server" answers with garbage
+        [udp(C, S, 40000, 9999, hard_reset_client()), udp(S, C, 9999, 40000, b"\x01" * 40),
+         udp(S, C, 9999, 40000, b"\x02" * 40)],
+    ]
+    for pkts in cases:
+        for v in (v for _, v in run_engine(pkts)):
+            assert not (v.protocol == "openvpn" and v.confidence == "confirmed"), v

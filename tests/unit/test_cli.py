@@ -1,0 +1,63 @@
+"""`tunnelwatch classify`: the JSON contract fields, table output, and a bad file not stopping the rest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+from scapy.utils import wrpcap
+
+CONTRACT = {"pcap", "src", "sport", "dst", "dport", "transport", "klass", "protocol", "confidence",
+            "evidence", "packets", "bytes"}
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tunnelwatch", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def wireguard_pcap(path: Path) -> None:
+    init = b"\x01\x00\x00\x00" + (0x11223344).to_bytes(4, "little") + b"\xaa" * 140
+    resp = b"\x02\x00\x00\x00" + (0x55667788).to_bytes(4, "little") + (0x11223344).to_bytes(4, "little") \
+        + b"\xbb" * 80
+    c, s = "192.0.2.10", "198.51.100.7"
+    wrpcap(str(path), [Ether() / IP(src=c, dst=s) / UDP(sport=40000, dport=51820) / Raw(init),
+                       Ether() / IP(src=s, dst=c) / UDP(sport=51820, dport=40000) / Raw(resp),
+                       Ether() / IP(src=c, dst="192.0.2.53") / UDP(sport=40001, dport=53) / Raw(b"\x00" * 3)])
+
+
+def test_jsonl_contract_and_bad_file_reported(tmp_path: Path) -> None:
+    good = tmp_path / "wg.pcap"
+    wireguard_pcap(good)
+    bad = tmp_path / "bad.pcap"
+    bad.write_text("not a capture")
+    r = run("classify", str(bad), str(good), str(tmp_path / "missing.pcap"))
+    assert r.returncode == 1
+    assert "bad.pcap: not a pcap or pcapng file" in r.stderr
+    assert "missing.pcap: cannot open" in r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(recs) == 2 and all(rec.keys() >= CONTRACT for rec in recs)
+    wg = next(rec for rec in recs if rec["dport"] == 51820)
+    assert (wg["src"], wg["sport"], wg["transport"], wg["packets"]) == ("192.0.2.10", 40000, "udp", 2)
+    assert (wg["klass"], wg["protocol"], wg["confidence"]) == ("vpn_tunnel", "wireguard", "confirmed")
+    assert wg["evidence"]
+
+
+def test_table_format(tmp_path: Path) -> None:
+    good = tmp_path / "wg.pcap"
+    wireguard_pcap(good)
+    r = run("classify", "--format", "table", str(good))
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["pcap", "transport", "src"]
+    assert any("wireguard" in ln and "vpn_tunnel" in ln for ln in lines[1:])
+
+
+def test_version_and_usage() -> None:
+    assert run("--version").stdout.startswith("tunnelwatch ")
+    assert run().returncode == 2
