@@ -37,7 +37,7 @@ demo: $(VENV)/.stamp
 	$(BIN)/tunnelwatch classify --format table daemon/tunnelwatch/samples/*.pcap
 
 lint: $(VENV)/.stamp
-	$(BIN)/ruff check daemon tests
+	$(BIN)/ruff check daemon tests bench
 	$(BIN)/mypy
 
 unit: $(VENV)/.stamp
