@@ -29,6 +29,8 @@ class FlowTable:
         self.created = 0
         self.expired = 0
         self.evicted = 0
+        # Idle expiry is checked at most once per second of packet time, not on every packet.
+        self._next_expiry = float("-inf")
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -63,6 +65,9 @@ class FlowTable:
         return flow, True
 
     def _expire(self, now: float) -> None:
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + 1.0
         flows = self._flows
         limit = now - self.idle_timeout
         while flows:

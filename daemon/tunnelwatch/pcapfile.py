@@ -93,21 +93,36 @@ class PcapReader:
             self.unsupported_linktypes.add(linktype)
             return
         rec = struct.Struct(endian + "IIII")
+        unpack = rec.unpack_from
         read = self.fh.read
+        # Read in large chunks and slice records out of them: two small reads per packet cost more
+        # than the whole rest of the parsing.
+        buf = b""
+        pos = 0
         while True:
-            hdr = read(16)
-            if len(hdr) < 16:
-                self.truncated = bool(hdr)
-                return
-            sec, frac, incl, _orig = rec.unpack(hdr)
+            if len(buf) - pos < 16:
+                chunk = read(1 << 20)
+                if not chunk:
+                    self.truncated = len(buf) > pos
+                    return
+                buf = buf[pos:] + chunk
+                pos = 0
+                continue
+            sec, frac, incl, _orig = unpack(buf, pos)
             if incl > _MAX_RECORD:
                 self.truncated = True
                 return
-            data = read(incl)
-            if len(data) < incl:
-                self.truncated = True
-                return
-            yield sec + frac * unit, linktype, data
+            end = pos + 16 + incl
+            if end > len(buf):
+                chunk = read(max(1 << 20, incl))
+                if not chunk:
+                    self.truncated = True
+                    return
+                buf = buf[pos:] + chunk
+                pos = 0
+                continue
+            yield sec + frac * unit, linktype, buf[pos + 16:end]
+            pos = end
 
     def _iter_pcapng(self) -> Iterator[tuple[float, int, bytes]]:
         # Interfaces: (linktype, timestamp unit in seconds); reset at each section.
