@@ -1,0 +1,147 @@
+"""Engine: budget, early decision, port hints, and a failing classifier contained and counted."""
+
+from __future__ import annotations
+
+import io
+from typing import ClassVar
+
+import pytest
+
+from tunnelwatch.classify import classifier_names, load_classifiers
+from tunnelwatch.classify.base import (
+    REJECT,
+    Classifier,
+    Context,
+    ContractError,
+    InspectResult,
+    Klass,
+    check_contract,
+)
+from tunnelwatch.engine import Engine
+from tunnelwatch.flow import Flow
+from tunnelwatch.packet import UDP, Packet
+from tunnelwatch.progress import Progress
+
+A = bytes([10, 0, 0, 1])
+B = bytes([10, 0, 0, 2])
+
+
+def udp(ts: float, payload: bytes = b"x", sport: int = 4000, dport: int = 9) -> Packet:
+    return Packet(ts, 4, A, B, UDP, sport, dport, 28 + len(payload), payload)
+
+
+class Counting(Classifier):
+    name: ClassVar[str] = "counting"
+    klass: ClassVar[Klass] = "vpn_tunnel"
+    transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    protocols: ClassVar[tuple[str, ...]] = ("counted",)
+    ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 9): "counted"}
+
+    def __init__(self, confirm_at: int = 0) -> None:
+        self.calls = 0
+        self.confirm_at = confirm_at
+
+    def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+        self.calls += 1
+        if self.confirm_at and self.calls == self.confirm_at:
+            return self.verdict("counted", "confirmed", "saw enough")
+        return None
+
+
+class Broken(Counting):
+    name: ClassVar[str] = "broken"
+
+    def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+        raise IndexError("bug")
+
+
+def test_budget_limits_inspection_and_port_hint_applies() -> None:
+    c = Counting()
+    got = []
+    e = Engine([c], budget=5, on_end=lambda f, v: got.append(v))
+    for i in range(50):
+        e.process(udp(float(i)))
+    e.flush()
+    assert c.calls == 5
+    assert (got[0].protocol, got[0].confidence) == ("counted", "port")
+
+
+def test_confirmed_verdict_stops_inspection_early() -> None:
+    c = Counting(confirm_at=3)
+    decided = []
+    e = Engine([c], budget=20, on_decided=lambda f, v: decided.append(v))
+    for i in range(10):
+        e.process(udp(float(i)))
+    assert c.calls == 3 and decided[0].confidence == "confirmed"
+
+
+def test_broken_classifier_is_contained_logged_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    good = Counting(confirm_at=2)
+    e = Engine([Broken(), good], budget=10)
+    for i in range(4):
+        e.process(udp(float(i), sport=4000 + i))
+        e.process(udp(float(i) + 0.1, sport=4000 + i))
+    assert e.classifier_errors == 4
+    assert sum("classifier broken failed" in r.message for r in caplog.records) == 1
+    assert good.calls == 8
+
+
+def test_registry_contract_and_names() -> None:
+    names = classifier_names()
+    assert len(names) == len(set(names)) and "openvpn" in names and "sip" in names
+    assert [c.name for c in load_classifiers(["wireguard"])] == ["wireguard"]
+    with pytest.raises(ContractError, match="unknown classifier"):
+        load_classifiers(["nope"])
+
+
+def test_contract_catches_bad_declarations() -> None:
+    class Bad(Counting):
+        name: ClassVar[str] = "Bad Name"
+
+    class NoInspect(Classifier):
+        name: ClassVar[str] = "noinspect"
+        klass: ClassVar[Klass] = "voip"
+        transports: ClassVar[frozenset[int]] = frozenset({UDP})
+        protocols: ClassVar[tuple[str, ...]] = ("x",)
+
+    class BadPort(Counting):
+        name: ClassVar[str] = "badport"
+        ports: ClassVar[dict[tuple[int, int], str]] = {(6, 80): "counted"}
+
+    for cls, msg in ((Bad, "name"), (NoInspect, "inspect"), (BadPort, "port hint")):
+        with pytest.raises(ContractError, match=msg):
+            check_contract(cls())
+
+
+def test_expectation_marks_the_announced_flow() -> None:
+    ctx = Context()
+    ctx.expect(B, 30000, UDP, "rtp", "voip", "announced", now=0.0)
+    assert ctx.lookup(udp(1.0, dport=30000)) is not None
+    assert ctx.lookup(udp(1.0, dport=30001)) is None
+    assert ctx.lookup(udp(10_000.0, dport=30000)) is None  # expired
+
+
+def test_reject_removes_classifier_from_flow() -> None:
+    class Rejecting(Counting):
+        name: ClassVar[str] = "rejecting"
+
+        def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+            self.calls += 1
+            return REJECT
+
+    r = Rejecting()
+    e = Engine([r], budget=10)
+    for i in range(5):
+        e.process(udp(float(i)))
+    assert r.calls == 1
+
+
+def test_progress_bar_draws_when_enabled() -> None:
+    out = io.StringIO()
+    p = Progress(1000, "file.pcap", stream=out, enabled=True)
+    p.update(500, "42 pkts")
+    p.close()
+    assert "50.0%" in out.getvalue() and "file.pcap" in out.getvalue()
+    quiet = io.StringIO()
+    Progress(1000, "x", stream=quiet).update(500)
+    assert quiet.getvalue() == ""  # StringIO is not a terminal: no bar
