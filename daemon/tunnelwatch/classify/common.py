@@ -1,7 +1,8 @@
 """Ordinary traffic recognised positively: DNS/mDNS/LLMNR, TLS, DTLS, HTTP, QUIC, NTP, DHCP, SSDP, SSH.
 
-A benign verdict never ends inspection (a tunnel may still be found in the same flow, e.g. OpenConnect's
-TLS channel); it only outranks bare port hints, so that ordinary traffic on a VPN port is not flagged.
+A benign verdict never ends inspection (a tunnel may still be confirmed in the same flow, e.g. WebRTC's
+STUN before DTLS). A confirmed benign verdict outranks heuristic and port-only tunnel/VoIP guesses, so
+recognised ordinary traffic is not flagged on a hunch; only a confirmed tunnel/VoIP verdict beats it.
 """
 
 from __future__ import annotations
