@@ -49,6 +49,44 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tunnelwatch.daemon import run
+    from tunnelwatch.firewall import FirewallError
+    from tunnelwatch.registry import Registry
+    from tunnelwatch.runconfig import ConfigError, load_config
+
+    try:
+        cfg = load_config(Path(args.config))
+        registry = Registry.load(cfg.registry) if cfg.registry is not None else Registry()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    if not args.verbose:
+        logging.getLogger().setLevel(cfg.log_level.upper())
+    try:
+        return run(cfg, registry)
+    except FirewallError as exc:
+        print(f"tunnelwatch: error: firewall: {exc}", file=sys.stderr)
+        return EX_PARTIAL
+    except (OSError, RuntimeError) as exc:  # e.g. the queue is bound by another daemon
+        print(f"tunnelwatch: error: {exc}", file=sys.stderr)
+        return EX_PARTIAL
+
+
+def _cmd_firewall(args: argparse.Namespace) -> int:
+    from tunnelwatch.firewall import FirewallError, remove
+
+    try:
+        remove()
+    except FirewallError as exc:
+        print(f"tunnelwatch: error: firewall: {exc}", file=sys.stderr)
+        return EX_PARTIAL
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all subcommands."""
     p = argparse.ArgumentParser(prog="tunnelwatch", description=__doc__.splitlines()[0] if __doc__ else "")
@@ -67,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--idle-timeout", type=float, default=120.0, help="seconds (default 120)")
     c.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
     c.set_defaults(func=_cmd_classify)
+
+    r = sub.add_parser("run", help="the inline daemon: NFQUEUE, policy, kernel enforcement",
+                       description="Install the firewall rules, classify the first packets of each "
+                                   "connection from NFQUEUE and enforce the policy until SIGTERM.")
+    r.add_argument("--config", required=True, metavar="FILE", help="tunnelwatch.yaml")
+    r.set_defaults(func=_cmd_run)
+
+    f = sub.add_parser("firewall", help="manage tunnelwatch's own firewall rules",
+                       description="Remove every tunnelwatch rule (e.g. after a kill -9).")
+    f.add_argument("--remove", action="store_true", required=True, help="remove our chains and jumps")
+    f.set_defaults(func=_cmd_firewall)
     return p
 
 

@@ -1,0 +1,135 @@
+"""Policy decisions (every branch, clock injected) and the strict run configuration they come from."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from pathlib import Path
+
+import pytest
+
+from tunnelwatch.classify.base import Verdict
+from tunnelwatch.flow import Flow, flow_key
+from tunnelwatch.packet import UDP, Packet
+from tunnelwatch.policy import Decision, Policy
+from tunnelwatch.registry import Registry, parse_registry
+from tunnelwatch.runconfig import ConfigError, Rule, parse_config
+
+NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+OVPN = Verdict("vpn_tunnel", "openvpn", "confirmed", ("hard reset both ways",))
+WG_HEUR = Verdict("vpn_tunnel", "wireguard", "heuristic", ())
+SIP = Verdict("voip", "sip", "confirmed", ())
+
+
+def _flow(src: str = "198.51.100.2", dst: str = "203.0.113.2", dport: int = 1194) -> Flow:
+    pkt = Packet(0.0, 4, socket.inet_aton(src), socket.inet_aton(dst), UDP, 40000, dport, 100, b"x")
+    return Flow(flow_key(pkt), pkt)
+
+
+def _policy(text: str) -> Policy:
+    return Policy.from_config(parse_config(text))
+
+
+ENFORCE = "policy:\n  klass: {vpn_tunnel: enforce}\n"
+
+
+def test_unregistered_confirmed_tunnel_is_blocked_in_enforce_mode() -> None:
+    assert _policy(ENFORCE).decide(_flow(), OVPN, Registry(), NOW) == Decision("block", "unregistered")
+
+
+@pytest.mark.parametrize("verdict", [
+    Verdict("benign", "tls", "confirmed", ()),
+    Verdict("unknown", "unknown", "heuristic", ()),
+    Verdict("benign", "dns", "port", ()),
+])
+def test_benign_and_unknown_flows_always_pass(verdict: Verdict) -> None:
+    assert _policy(ENFORCE).decide(_flow(), verdict, Registry(), NOW).action == "allow"
+
+
+def test_default_mode_is_monitor_and_only_reports() -> None:
+    d = Policy(Rule()).decide(_flow(), OVPN, Registry(), NOW)
+    assert d == Decision("report", "monitor mode")
+
+
+def test_registered_flow_passes_and_names_its_registration() -> None:
+    reg = Registry(parse_registry(
+        "registrations:\n  - id: PTA-1\n    protocols: [openvpn]\n    servers: [203.0.113.0/24]\n"))
+    d = _policy(ENFORCE).decide(_flow(), OVPN, reg, NOW)
+    assert d == Decision("allow", "registered PTA-1")
+    # a registration for another protocol does not cover this one
+    reg = Registry(parse_registry("registrations:\n  - id: PTA-2\n    protocols: [ipsec]\n"
+                                  "    servers: [203.0.113.0/24]\n"))
+    assert _policy(ENFORCE).decide(_flow(), OVPN, reg, NOW).action == "block"
+
+
+def test_below_min_confidence_is_reported_not_blocked() -> None:
+    d = _policy(ENFORCE).decide(_flow(), WG_HEUR, Registry(), NOW)
+    assert d == Decision("report", "confidence heuristic below confirmed")
+    p = _policy("policy:\n  klass: {vpn_tunnel: {mode: enforce, min_confidence: heuristic}}\n")
+    assert p.decide(_flow(), WG_HEUR, Registry(), NOW).action == "block"
+    # a port-only guess never reaches heuristic
+    port = Verdict("vpn_tunnel", "openvpn", "port", ())
+    assert p.decide(_flow(), port, Registry(), NOW).action == "report"
+
+
+def test_grace_reports_until_the_end_of_its_date_then_enforces() -> None:
+    p = _policy("policy:\n  protocol:\n    openvpn: {mode: grace, until: 2026-06-01}\n")
+    assert p.decide(_flow(), OVPN, Registry(), NOW).action == "report"
+    assert "grace until 2026-06-02T00:00" in p.decide(_flow(), OVPN, Registry(), NOW).reason
+    later = dt.datetime(2026, 6, 2, 0, 0, tzinfo=dt.UTC)
+    assert p.decide(_flow(), OVPN, Registry(), later).action == "block"
+
+
+def test_protocol_rule_wins_over_klass_rule_and_reject_is_carried() -> None:
+    p = _policy("policy:\n  klass: {vpn_tunnel: monitor}\n  protocol:\n"
+                "    openvpn: {mode: enforce, action: reject}\n")
+    assert p.decide(_flow(), OVPN, Registry(), NOW) == Decision("block", "unregistered", reject=True)
+    wg = Verdict("vpn_tunnel", "wireguard", "confirmed", ())
+    assert p.decide(_flow(), wg, Registry(), NOW).action == "report"
+
+
+def test_voip_follows_its_own_klass_rule() -> None:
+    assert _policy(ENFORCE).decide(_flow(dport=5060), SIP, Registry(), NOW).action == "report"
+
+
+def test_example_config_in_the_repo_is_valid() -> None:
+    path = Path(__file__).resolve().parents[2] / "config" / "tunnelwatch.yaml"
+    cfg = parse_config(path.read_text(), str(path))
+    assert cfg.klass["vpn_tunnel"].mode == "enforce"
+    assert cfg.registry is not None and cfg.registry.name == "registry.yaml"
+
+
+def test_config_defaults() -> None:
+    cfg = parse_config("log: {level: info}\n")
+    got = (cfg.queue_num, cfg.packets, cfg.fail_closed, cfg.hooks, cfg.ipv6)
+    assert got == (0, 16, False, ("forward",), True)
+    assert cfg.default == Rule("monitor", None, "confirmed", "drop")
+
+
+@pytest.mark.parametrize(("text", "where", "words"), [
+    ("queue: {num: 0, pakets: 16}\n", "c.yaml:1:17:", "unknown key 'pakets'"),
+    ("queue:\n  packets: sixteen\n", "c.yaml:2:12:", "queue.packets must be an integer"),
+    ("queue:\n  packets: 0\n", "c.yaml:2:12:", "between 1 and 1000"),
+    ("queue:\n  fail_closed: 1\n", "c.yaml:2:16:", "true or false"),
+    ("firewall: {hooks: [forward, prerouting]}\n", "c.yaml:1:29:", "must be one of forward, input, output"),
+    ("policy:\n  klass: {vpn: enforce}\n", "c.yaml:2:11:", "unknown klass 'vpn'"),
+    ("policy:\n  klass: {vpn_tunnel: block}\n", "c.yaml:2:23:", "must be one of monitor, enforce, grace"),
+    ("policy:\n  klass: {vpn_tunnel: grace}\n", "c.yaml:2:23:", "grace needs a date"),
+    ("policy:\n  protocol:\n    openvpn: {mode: grace, until: soon}\n", "c.yaml:3:35:", "must be a date"),
+    ("policy:\n  default: {action: kill}\n", "c.yaml:2:21:", "drop, reject"),
+    ("queue: {num: 1\n", "c.yaml:", "YAML syntax"),
+    ("- just\n- a list\n", "c.yaml:1:1:", "must be a mapping"),
+    ("queue: {num: 1}\nqueue: {num: 2}\n", "c.yaml:2:1:", "duplicate key 'queue'"),
+    ("", "c.yaml:1:1:", "empty configuration"),
+])
+def test_config_errors_are_located(text: str, where: str, words: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "c.yaml")
+    msg = "\n".join(ei.value.problems)
+    assert where in msg and words in msg, msg
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_config("queue: {packets: -1, maxlen: x}\nlog: {level: loud}\n", "c.yaml")
+    assert len(ei.value.problems) == 3
