@@ -1,19 +1,132 @@
 """STUN (RFC 3489/5389/8489) and TURN (RFC 5766/8656), over UDP and TCP.
 
-STUB: not implemented yet; rejects every flow.
+A STUN message is a 20-byte header (two zero top bits, class/method type, body length, magic cookie
+0x2112A442 or, in classic RFC 3489, the first part of a 16-byte transaction id) followed by TLV
+attributes whose walk must end exactly at the announced length. A request answered in the other
+direction by a response carrying the same transaction id is confirmed. A lone well-formed message
+with the magic cookie is heuristic; classic messages (no cookie) need the cross-check, since their
+header has fewer fixed bits. TURN methods (Allocate, Refresh, Send, Data, CreatePermission,
+ChannelBind) report "turn", as do ChannelData frames after a TURN exchange. On TCP, messages may be
+sent back to back or each behind an RFC 4571 2-byte length; a segment may hold several messages.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass, field
+from struct import unpack_from
+from typing import ClassVar, Final, NamedTuple
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.flow import Flow
 from tunnelwatch.packet import TCP, UDP, Packet
 
+MAGIC_COOKIE: Final = 0x2112A442
+HEADER: Final = 20
+_CLASS_NAMES: Final = ("request", "indication", "success response", "error response")
+_METHOD_NAMES: Final = {1: "Binding", 2: "SharedSecret", 3: "Allocate", 4: "Refresh", 6: "Send", 7: "Data",
+                        8: "CreatePermission", 9: "ChannelBind", 10: "Connect", 11: "ConnectionBind",
+                        12: "ConnectionAttempt"}
+TURN_METHODS: Final = frozenset({3, 4, 6, 7, 8, 9, 10, 11, 12})
+# Attributes worth naming in evidence (names only: their values are payload).
+_NOTABLE: Final = {0x0006: "USERNAME", 0x0014: "REALM", 0x8022: "SOFTWARE", 0x0019: "REQUESTED-TRANSPORT",
+                   0x8029: "ICE-CONTROLLED", 0x802A: "ICE-CONTROLLING", 0x0025: "USE-CANDIDATE",
+                   0xC057: "GOOG-NETWORK-INFO", 0x8008: "MS-VERSION", 0x0013: "DATA"}
+# RFC 3489 had no cookie, so its messages are checked against its own small vocabulary.
+_CLASSIC_TYPES: Final = frozenset({0x0001, 0x0101, 0x0111, 0x0002, 0x0102, 0x0112})
+_CLASSIC_ATTRS: Final = frozenset(range(0x0001, 0x000C)) | {0x0020, 0x8020, 0x8022, 0x8023, 0x8028}
+CHANNEL_NUMBER: Final = 0x000C
+_MAX_ATTRS: Final = 48
+_MAX_REQUESTS: Final = 32
+_MAX_TCP_BUF: Final = 8192
+# Flows that show no STUN at all within this many payload packets are not STUN flows.
+_GIVE_UP: Final = 6
+
+
+class Message(NamedTuple):
+    """One parsed STUN message."""
+
+    cls: int
+    method: int
+    cookie: bool
+    tid: bytes
+    attrs: tuple[int, ...]
+    channel: int
+    end: int
+
+
+def message_type(t: int) -> tuple[int, int]:
+    """Split a 14-bit STUN message type into (class, method)."""
+    cls = ((t >> 4) & 1) | ((t >> 7) & 2)
+    method = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80)
+    return cls, method
+
+
+def parse_message(p: bytes, off: int = 0) -> Message | None:
+    """Parse one STUN message at p[off:]; None unless header and attribute walk are consistent."""
+    if len(p) - off < HEADER or p[off] & 0xC0:
+        return None
+    t, length, cookie_word = unpack_from("!HHI", p, off)
+    end = off + HEADER + length
+    if end > len(p):
+        return None
+    cookie = cookie_word == MAGIC_COOKIE
+    if not cookie and (t not in _CLASSIC_TYPES or length % 4):
+        return None
+    cls, method = message_type(t)
+    if method == 0:
+        return None
+    attrs: list[int] = []
+    channel = -1
+    pos = off + HEADER
+    while pos < end:
+        if end - pos < 4 or len(attrs) >= _MAX_ATTRS:
+            return None
+        at, al = unpack_from("!HH", p, pos)
+        nxt = pos + 4 + al
+        if nxt > end:
+            return None
+        if at == CHANNEL_NUMBER and al >= 2:
+            channel = unpack_from("!H", p, pos + 4)[0]
+        padded = pos + 4 + ((al + 3) & ~3)
+        # Some clients (seen from WhatsApp) leave the last attribute unpadded.
+        pos = padded if padded <= end else nxt
+        attrs.append(at)
+    if not cookie and not all(a in _CLASSIC_ATTRS for a in attrs):
+        return None
+    tid = bytes(p[off + 4:off + HEADER]) if not cookie else bytes(p[off + 8:off + HEADER])
+    return Message(cls, method, cookie, tid, tuple(attrs), channel, end)
+
+
+def channel_data(p: bytes, off: int, tcp: bool) -> int:
+    """End offset of a TURN ChannelData frame at p[off:] (0x4000-0x7FFF channel), or -1."""
+    if len(p) - off < 4 or not 0x40 <= p[off] <= 0x7F:
+        return -1
+    length = unpack_from("!H", p, off + 2)[0]
+    end = off + 4 + length
+    padded = off + 4 + ((length + 3) & ~3)
+    if tcp:
+        return padded if padded <= len(p) else -1
+    # Over UDP the padding is optional.
+    return len(p) if end <= len(p) <= padded else -1
+
+
+@dataclass
+class _State:
+    requests: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    seen: int = 0
+    classic_only: bool = True
+    turn: bool = False
+    channels: set[int] = field(default_factory=set)
+    channel_data: int = 0
+    first: str = ""
+    notable: set[str] = field(default_factory=set)
+    confirmed: str = ""
+    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
+    framing: list[int] = field(default_factory=lambda: [-1, -1])  # -1 unknown, 0 plain, 1 RFC 4571
+
 
 class STUN(Classifier):
-    """STUN (RFC 3489/5389/8489) and TURN (RFC 5766/8656), over UDP and TCP. classifier."""
+    """STUN and TURN: transaction ids cross-checked between requests and responses."""
 
     name: ClassVar[str] = "stun"
     klass: ClassVar[Klass] = "voip"
@@ -22,5 +135,150 @@ class STUN(Classifier):
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 3478): "stun"}
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
-        """Look at one packet of the flow."""
-        return REJECT
+        """Parse the STUN messages (or TURN ChannelData) in this packet and cross-check transactions."""
+        st = flow.state.get("stun")
+        if st is None:
+            st = flow.state["stun"] = _State()
+        if pkt.proto == TCP:
+            ok = self._tcp(st, pkt.payload, direction)
+        else:
+            ok = self._datagram(st, pkt.payload, direction)
+        if ok is None:
+            return REJECT
+        if st.confirmed:
+            return self._verdict(st, "confirmed")
+        if st.seen and not st.classic_only:
+            return self._verdict(st, "heuristic")
+        if st.channel_data >= 2 and st.turn:
+            return self._verdict(st, "heuristic")
+        if not st.seen and sum(flow.payload_pkts) >= _GIVE_UP:
+            return REJECT
+        return None
+
+    def _datagram(self, st: _State, p: bytes, direction: int) -> bool | None:
+        """Handle one UDP payload; None means 'certainly not STUN' (reject)."""
+        m = parse_message(p)
+        if m is not None and m.end == len(p):
+            self._message(st, m, direction)
+            return True
+        if st.turn and channel_data(p, 0, False) == len(p):
+            self._channel(st, p, 0)
+            return True
+        # WebRTC multiplexes DTLS and SRTP on the same 5-tuple after STUN: not a reason to reject.
+        return True
+
+    def _tcp(self, st: _State, data: bytes, direction: int) -> bool | None:
+        """Reassemble a little of one TCP direction and walk the messages it holds."""
+        buf = st.tcp_buf[direction] + data
+        if len(buf) > _MAX_TCP_BUF:
+            return None if not st.seen else True
+        pos = 0
+        while len(buf) - pos >= 4:
+            framing = st.framing[direction]
+            if framing < 0:
+                framing = self._detect_framing(buf, pos)
+                if framing < 0:
+                    if len(buf) - pos < HEADER + 2:
+                        break  # too little to tell yet
+                    st.tcp_buf[direction] = b""
+                    return True if st.seen else None
+                st.framing[direction] = framing
+            if framing == 1:
+                flen = unpack_from("!H", buf, pos)[0]
+                if len(buf) - pos - 2 < flen:
+                    break
+                frame = buf[pos + 2:pos + 2 + flen]
+                m = parse_message(frame)
+                if m is not None and m.end == len(frame):
+                    self._message(st, m, direction)
+                elif st.turn and channel_data(frame, 0, False) == len(frame):
+                    self._channel(st, frame, 0)
+                pos += 2 + flen
+                continue
+            if buf[pos] & 0xC0 == 0:
+                if len(buf) - pos < HEADER:
+                    break
+                if 20 + unpack_from("!H", buf, pos + 2)[0] > len(buf) - pos:
+                    break  # message continues in the next segment
+                m = parse_message(buf, pos)
+                if m is None:
+                    st.tcp_buf[direction] = b""
+                    return True if st.seen else None
+                self._message(st, m, direction)
+                pos = m.end
+            elif st.turn:
+                end = channel_data(buf, pos, True)
+                if end < 0:
+                    break
+                self._channel(st, buf, pos)
+                pos = end
+            else:
+                st.tcp_buf[direction] = b""
+                return True if st.seen else None
+        st.tcp_buf[direction] = buf[pos:]
+        return True
+
+    @staticmethod
+    def _detect_framing(buf: bytes, pos: int) -> int:
+        """0 for back-to-back STUN messages, 1 for RFC 4571 length-prefixed frames, -1 for neither."""
+        n = len(buf) - pos
+        if n >= HEADER and buf[pos] & 0xC0 == 0:
+            end = pos + HEADER + unpack_from("!H", buf, pos + 2)[0]
+            if end <= len(buf):
+                if parse_message(buf[pos:end]) is not None:
+                    return 0
+            elif unpack_from("!I", buf, pos + 4)[0] == MAGIC_COOKIE:
+                return 0  # the message continues in the next segment
+        if n >= HEADER + 2 and buf[pos + 2] & 0xC0 == 0:
+            flen = unpack_from("!H", buf, pos)[0]
+            if flen < HEADER:
+                return -1
+            if n - 2 >= flen:
+                m = parse_message(buf[pos + 2:pos + 2 + flen])
+                return 1 if m is not None and m.end == flen else -1
+            if unpack_from("!I", buf, pos + 6)[0] == MAGIC_COOKIE:
+                return 1
+        return -1
+
+    def _message(self, st: _State, m: Message, direction: int) -> None:
+        st.seen += 1
+        if m.cookie:
+            st.classic_only = False
+        if m.method in TURN_METHODS:
+            st.turn = True
+        if m.method == 9 and m.channel >= 0:
+            st.channels.add(m.channel)
+        mname = _METHOD_NAMES.get(m.method, f"method 0x{m.method:03x}")
+        if not st.first:
+            st.first = f"{mname} {_CLASS_NAMES[m.cls]}" + (" with magic cookie" if m.cookie else
+                                                            " (classic RFC 3489, no cookie)")
+        for a in m.attrs:
+            name = _NOTABLE.get(a)
+            if name is not None and len(st.notable) < 6:
+                st.notable.add(name)
+        if m.cls == 0:
+            if len(st.requests) < _MAX_REQUESTS:
+                st.requests[m.tid] = (direction, m.method)
+        elif m.cls >= 2:
+            req = st.requests.get(m.tid)
+            if req is not None and req[0] != direction and req[1] == m.method and not st.confirmed:
+                st.confirmed = f"{_CLASS_NAMES[m.cls]} to {mname} request matches its transaction id"
+
+    def _channel(self, st: _State, p: bytes, off: int) -> None:
+        st.channel_data += 1
+        ch = unpack_from("!H", p, off)[0]
+        if ch in st.channels and not st.confirmed:
+            st.confirmed = f"ChannelData on channel 0x{ch:04x} bound by ChannelBind"
+
+    def _verdict(self, st: _State, confidence: str) -> InspectResult:
+        ev = [st.first or "TURN ChannelData frames"]
+        if st.confirmed:
+            ev.append(st.confirmed)
+        elif st.seen:
+            ev.append(f"{st.seen} well-formed message(s), no cross-checked transaction yet")
+        if st.channel_data:
+            ev.append(f"{st.channel_data} ChannelData frame(s)")
+        if st.notable:
+            ev.append("attributes: " + ", ".join(sorted(st.notable)))
+        proto = "turn" if st.turn else "stun"
+        return self.verdict(proto, "confirmed" if confidence == "confirmed" else "heuristic", *ev)

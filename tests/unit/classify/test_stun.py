@@ -1,0 +1,132 @@
+"""STUN/TURN: transaction ids cross-checked both ways, classic STUN, TCP framings, TURN ChannelData."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.packet import Raw
+
+from support import one_verdict, run_engine
+from tunnelwatch.classify.stun import MAGIC_COOKIE, message_type, parse_message
+
+C, S = "192.0.2.10", "198.51.100.7"
+
+
+def attr(t: int, value: bytes) -> bytes:
+    return struct.pack("!HH", t, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def stun(mtype: int, tid: bytes, attrs: bytes = b"", cookie: bool = True) -> bytes:
+    head = struct.pack("!HH", mtype, len(attrs))
+    return head + (struct.pack("!I", MAGIC_COOKIE) + tid[:12] if cookie else tid[:16]) + attrs
+
+
+XOR_MAPPED = attr(0x0020, b"\x00\x01\x12\x34" + os.urandom(4))
+SOFTWARE = attr(0x8022, b"tunnelwatch test")
+
+
+def u(src: str, dst: str, sp: int, dp: int, b: bytes) -> IP:
+    return IP(src=src, dst=dst) / UDP(sport=sp, dport=dp) / Raw(b)
+
+
+def t(src: str, dst: str, sp: int, dp: int, b: bytes) -> IP:
+    return IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags="PA") / Raw(b)
+
+
+def test_message_type_split() -> None:
+    assert message_type(0x0001) == (0, 1)
+    assert message_type(0x0101) == (2, 1)
+    assert message_type(0x0113) == (3, 3)
+    assert message_type(0x0017) == (1, 7)
+
+
+def test_binding_answered_with_same_transaction_id_is_confirmed_on_any_port() -> None:
+    tid = os.urandom(12)
+    v = one_verdict([u(C, S, 40000, 443, stun(0x0001, tid, SOFTWARE)),
+                     u(S, C, 443, 40000, stun(0x0101, tid, XOR_MAPPED))])
+    assert (v.klass, v.protocol, v.confidence) == ("voip", "stun", "confirmed")
+    assert any("SOFTWARE" in e for e in v.evidence)
+
+
+def test_response_with_other_transaction_id_is_only_heuristic() -> None:
+    v = one_verdict([u(C, S, 40000, 3478, stun(0x0001, os.urandom(12))),
+                     u(S, C, 3478, 40000, stun(0x0101, os.urandom(12), XOR_MAPPED))])
+    assert (v.protocol, v.confidence) == ("stun", "heuristic")
+
+
+def test_lone_request_with_cookie_is_heuristic() -> None:
+    v = one_verdict([u(C, S, 40000, 19302, stun(0x0001, os.urandom(12)))])
+    assert (v.klass, v.protocol, v.confidence) == ("voip", "stun", "heuristic")
+
+
+def test_turn_allocate_error_then_channel_data() -> None:
+    tid = os.urandom(12)
+    v = one_verdict([u(C, S, 40000, 3478, stun(0x0003, tid, attr(0x0019, b"\x11\0\0\0"))),
+                     u(S, C, 3478, 40000, stun(0x0113, tid, attr(0x0009, b"\0\0\x04\x01")))])
+    assert (v.protocol, v.confidence) == ("turn", "confirmed")
+
+
+def test_channel_bind_then_channel_data_is_turn() -> None:
+    bind = stun(0x0009, os.urandom(12), attr(0x000C, b"\x40\x01\0\0"))
+    data = b"\x40\x01\x00\x08" + os.urandom(8)
+    v = one_verdict([u(C, S, 40000, 3478, bind), u(C, S, 40000, 3478, data), u(S, C, 3478, 40000, data)])
+    assert (v.protocol, v.confidence) == ("turn", "confirmed")
+    assert any("ChannelData" in e for e in v.evidence)
+
+
+def test_classic_rfc3489_needs_the_cross_check() -> None:
+    tid = os.urandom(16)
+    mapped = attr(0x0001, b"\x00\x01\x12\x34\xc0\x00\x02\x0a")
+    v = one_verdict([u(C, S, 40000, 13958, stun(0x0001, tid, cookie=False)),
+                     u(S, C, 13958, 40000, stun(0x0101, tid, mapped, cookie=False))])
+    assert (v.protocol, v.confidence) == ("stun", "confirmed")
+    lone = one_verdict([u(C, S, 40000, 13958, stun(0x0001, tid, cookie=False))])
+    assert lone.klass != "voip"
+
+
+def test_tcp_plain_framing_several_messages_in_one_segment() -> None:
+    tid = os.urandom(12)
+    req = stun(0x0003, tid, attr(0x0019, b"\x11\0\0\0"))
+    v = one_verdict([t(C, S, 40000, 3479, req + req + req[:10]), t(C, S, 40000, 3479, req[10:]),
+                     t(S, C, 3479, 40000, stun(0x0113, tid))])
+    assert (v.protocol, v.confidence) == ("turn", "confirmed")
+
+
+def test_tcp_rfc4571_length_framing() -> None:
+    tid = os.urandom(12)
+    req, resp = stun(0x0001, tid, SOFTWARE), stun(0x0101, tid, XOR_MAPPED)
+    v = one_verdict([t(C, S, 40000, 42000, struct.pack("!H", len(req)) + req),
+                     t(S, C, 42000, 40000, struct.pack("!H", len(resp)) + resp)])
+    assert (v.protocol, v.confidence) == ("stun", "confirmed")
+
+
+def test_webrtc_stun_then_dtls_stays_stun() -> None:
+    tid = os.urandom(12)
+    dtls = bytes.fromhex("16fefd0000000000000000") + struct.pack("!H", 20) + os.urandom(20)
+    v = one_verdict([u(C, S, 40000, 19305, stun(0x0001, tid)), u(S, C, 19305, 40000, stun(0x0101, tid,
+                                                                                          XOR_MAPPED)),
+                     u(C, S, 40000, 19305, dtls), u(S, C, 19305, 40000, dtls)])
+    assert (v.klass, v.protocol, v.confidence) == ("voip", "stun", "confirmed")
+
+
+def test_parse_rejects_bad_lengths_and_top_bits() -> None:
+    good = stun(0x0001, os.urandom(12), SOFTWARE)
+    assert parse_message(good) is not None
+    assert parse_message(good[:-1]) is None  # announced length runs past the data
+    assert parse_message(b"\xc0" + good[1:]) is None
+    broken_walk = good[:22] + b"\x00\xff" + good[24:]  # attribute length beyond the message
+    assert parse_message(broken_walk) is None
+
+
+def test_near_misses_are_not_stun() -> None:
+    dns = bytes.fromhex("abcd01000001000000000000") + b"\x07example\x03com\x00\x00\x01\x00\x01"
+    quic = b"\xc3\x00\x00\x00\x01\x08" + os.urandom(1194)
+    tls = bytes.fromhex("16030100c8010000c40303") + os.urandom(32)
+    no_cookie_random = b"\x00\x01\x00\x00" + os.urandom(16)
+    for pkts in ([u(C, S, 40000, 53, dns)], [u(C, S, 40000, 443, quic)], [t(C, S, 40000, 3478, tls)],
+                 [u(C, S, 40000, 9999, os.urandom(100)) for _ in range(6)],
+                 [u(C, S, 40000, 9999, no_cookie_random)]):
+        for _, v in run_engine(pkts):
+            assert v.protocol not in ("stun", "turn") or v.confidence == "port", v
