@@ -70,6 +70,8 @@ class Engine:
         flow.pkts_dir[d] += 1
         flow.bytes_dir[d] += pkt.length
         if flow.done:
+            if flow.follow_left and pkt.payload:
+                self._follow(flow, pkt, d)
             return flow
         if pkt.payload:
             flow.payload_pkts[d] += 1
@@ -105,8 +107,24 @@ class Engine:
                 self._decide(flow)
                 return
 
+    def _follow(self, flow: Flow, pkt: Packet, d: int) -> None:
+        """After the decision: let followers learn cross-flow facts; their verdicts no longer count."""
+        flow.follow_left -= 1
+        for c in tuple(flow.follow):
+            try:
+                r = c.inspect(flow, pkt, d, self.ctx)
+            except Exception:
+                self.classifier_errors += 1
+                r = REJECT
+            if r is REJECT:
+                flow.follow.remove(c)
+        if not flow.follow:
+            flow.follow_left = 0
+
     def _decide(self, flow: Flow) -> None:
         flow.done = True
+        flow.follow = [c for c in flow.active if c.follow]
+        flow.follow_left = max((c.follow for c in flow.follow), default=0)
         flow.active = []
         if self.on_decided is not None:
             self.on_decided(flow, self.verdict(flow))

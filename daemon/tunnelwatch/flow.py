@@ -34,6 +34,8 @@ class Flow:
         "dst",
         "expected",
         "first_ts",
+        "follow",
+        "follow_left",
         "key",
         "last_ts",
         "packets",
@@ -69,6 +71,9 @@ class Flow:
         self.best: Verdict | None = None
         #: True once classification is finished (decided or budget spent)
         self.done = False
+        #: classifiers that keep reading after the decision (see Classifier.follow), and for how long
+        self.follow: list[Classifier] = []
+        self.follow_left = 0
         #: set when another flow (e.g. SIP/SDP) announced this flow's endpoint
         self.expected: Expectation | None = None
 

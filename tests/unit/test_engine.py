@@ -15,6 +15,7 @@ from tunnelwatch.classify.base import (
     ContractError,
     InspectResult,
     Klass,
+    Verdict,
     check_contract,
 )
 from tunnelwatch.engine import Engine
@@ -145,3 +146,24 @@ def test_progress_bar_draws_when_enabled() -> None:
     quiet = io.StringIO()
     Progress(1000, "x", stream=quiet).update(500)
     assert quiet.getvalue() == ""  # StringIO is not a terminal: no bar
+
+
+def test_followers_keep_reading_after_the_decision_but_cannot_change_it() -> None:
+    class Follower(Counting):
+        name: ClassVar[str] = "follower"
+        follow: ClassVar[int] = 3
+
+        def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+            self.calls += 1
+            if self.calls == 1:
+                return self.verdict("counted", "confirmed", "first")
+            return Verdict("benign", "other", "confirmed", ("late",))
+
+    f = Follower()
+    got = []
+    e = Engine([f], budget=20, on_end=lambda fl, v: got.append(v))
+    for i in range(10):
+        e.process(udp(float(i)))
+    e.flush()
+    assert f.calls == 1 + 3
+    assert (got[0].protocol, got[0].evidence) == ("counted", ("first",))

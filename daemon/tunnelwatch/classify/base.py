@@ -119,6 +119,9 @@ class Classifier:
     ports: ClassVar[dict[tuple[int, int], str]] = {}
     #: protocols this classifier can emit (documentation and contract check)
     protocols: ClassVar[tuple[str, ...]] = ()
+    #: payload packets it still wants after the flow is decided, only to learn cross-flow facts
+    #: (e.g. SDP in later SIP messages); its verdicts are ignored then
+    follow: ClassVar[int] = 0
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Look at one packet with payload; direction 0 = from initiator, 1 = reply."""
@@ -147,5 +150,7 @@ def check_contract(c: Classifier) -> None:
     for (proto, port), protocol in c.ports.items():
         if proto not in c.transports or not (0 < port < 65536) or protocol not in c.protocols:
             raise ContractError(f"{cls}: bad port hint {(proto, port)} -> {protocol!r}")
+    if not (0 <= c.follow <= 10_000):
+        raise ContractError(f"{cls}: follow must be between 0 and 10000 packets")
     if type(c).inspect is Classifier.inspect:
         raise ContractError(f"{cls}: does not implement inspect()")

@@ -176,6 +176,8 @@ class SIP(Classifier):
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
     protocols: ClassVar[tuple[str, ...]] = ("sip",)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 5060): "sip", (TCP, 5060): "sip"}
+    # Calls are often set up long after a REGISTER exchange confirmed the flow: keep reading SDP.
+    follow: ClassVar[int] = 512
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse SIP messages, match responses to requests and announce SDP media."""
