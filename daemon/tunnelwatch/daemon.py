@@ -5,6 +5,8 @@ packet is queued before someone listens). Run: each queued packet goes parse -> 
 the flow's decision is returned as mark bits the kernel saves in the connmark. SIGHUP (or a changed
 registry file) reloads the registry; SIGTERM/SIGINT remove our rules and exit 0. A kill -9 leaves the
 rules, but --queue-bypass keeps traffic flowing and the next start re-installs them without duplicates.
+Once the queue is bound and the rules are in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is
+dropped (see privileges.py): enough to refresh and remove the rules, nothing else.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
-from tunnelwatch import firewall
+from tunnelwatch import firewall, privileges
 from tunnelwatch.classify.base import Verdict
 from tunnelwatch.engine import Engine
 from tunnelwatch.flow import Flow, FlowKey
@@ -77,6 +79,8 @@ class Enforcer:
         self.counts[d.action] += 1
         verb = "block(reject)" if d.reject else d.action
         level = logging.INFO if verdict.klass not in ("benign", "unknown") else logging.DEBUG
+        if d.bulk:
+            level = logging.WARNING  # the grey-traffic signature: the operator must see it
         log.log(level, "decided %s %s %s %s %s (%s)%s", verdict.klass, verdict.protocol, verdict.confidence,
                 verb, flow.describe(), d.reason,
                 f" [{'; '.join(verdict.evidence[:3])}]" if verdict.evidence else "")
@@ -85,14 +89,15 @@ class Enforcer:
         self.marks.pop(flow.key, None)
 
 
-def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime) -> firewall.Spec:
+def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend: str = "iptables"
+                  ) -> firewall.Spec:
     """Rules for this config; registrations valid now become queue bypasses (any protocol to them)."""
     bypass = tuple(
         firewall.Bypass(str(s.net), s.ports, tuple(str(h) for h in e.lan_hosts))
         for e in registry.active(now) for s in e.servers
     )
     return firewall.Spec(cfg.queue_num, cfg.queue_count, cfg.packets, cfg.fail_closed, cfg.hooks, cfg.ipv6,
-                         bypass)
+                         bypass, backend)
 
 
 class _Signals:
@@ -147,13 +152,15 @@ class _Rules:
     def __init__(self, cfg: RunConfig, registry: Registry) -> None:
         self.cfg = cfg
         self.registry = registry
-        self.spec = firewall_spec(cfg, registry, dt.datetime.now(dt.UTC))
+        self.backend, why = firewall.choose_backend(cfg.backend)
+        log.info("firewall backend: %s (%s)", self.backend, why)
+        self.spec = firewall_spec(cfg, registry, dt.datetime.now(dt.UTC), self.backend)
 
     def install(self) -> None:
         firewall.install(self.spec)
 
     def refresh(self) -> None:
-        fresh = firewall_spec(self.cfg, self.registry, dt.datetime.now(dt.UTC))
+        fresh = firewall_spec(self.cfg, self.registry, dt.datetime.now(dt.UTC), self.backend)
         if fresh != self.spec:
             firewall.install(fresh)
             self.spec = fresh
@@ -203,8 +210,12 @@ def _serve(cfg: RunConfig, registry: Registry, qnum: int, sig: _Signals,
 
 def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue) -> None:
     sig = _Signals()
+    def ready(ok: bool | None) -> None:
+        privileges.drop()  # the queue is bound: a worker never needs more than its netlink socket
+        results.put((qnum, ok, ""))
+
     try:
-        _serve(cfg, registry, qnum, sig, lambda ok: results.put((qnum, ok, "")), lambda: None)
+        _serve(cfg, registry, qnum, sig, ready, lambda: None)
     except Exception as exc:
         results.put((qnum, False, f"queue {qnum}: {exc}"))
         raise SystemExit(1) from exc
@@ -234,6 +245,7 @@ def _run_workers(cfg: RunConfig, registry: Registry, sig: _Signals, rules: _Rule
             flags.append(ok)
         rules.install()
         _log_ready(cfg, rules.spec, flags)
+        privileges.drop()  # workers forked later (restarts) inherit the reduced sets
         watch = _RegistryWatch(registry)
         next_tick = time.monotonic() + TICK
         while not sig.stop:
@@ -272,6 +284,7 @@ def run(cfg: RunConfig, registry: Registry) -> int:
             def ready(ok: bool | None) -> None:
                 rules.install()  # only now: no packet is queued before someone listens
                 _log_ready(cfg, rules.spec, [ok])
+                privileges.drop()
 
             _serve(cfg, registry, cfg.queue_num, sig, ready, rules.refresh)
         else:

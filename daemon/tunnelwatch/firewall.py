@@ -12,12 +12,19 @@ configured hooks (FORWARD, INPUT, OUTPUT), for IPv4 and IPv6:
 Mangle runs before filter at the same hook, so a packet the daemon accepts with a mark reaches the filter
 chain next. Install writes both chains with one `iptables-restore --noflush` per family (a chain
 declaration flushes it; jumps are added only when absent), so restarts never duplicate rules.
+
+Backends: iptables (iptables-nft on Debian) works everywhere. The native nftables backend writes the same
+logic as one `inet tunnelwatch` table, replaced atomically by `nft -f -`; it needs the kernel's nft
+`queue` expression (CONFIG_NFT_QUEUE), so `choose_backend("auto")` probes for it by loading a throw-away
+table with a queue rule in one transaction (the kernel answers ENOENT without the expression and the
+transaction leaves nothing behind) and falls back to iptables.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ from typing import Final
 log = logging.getLogger(__name__)
 
 CHAIN: Final = "TUNNELWATCH"
+NFT_TABLE: Final = "tunnelwatch"
 MARK_MASK: Final = 0x30000000
 MARK_ALLOW: Final = 0x10000000
 MARK_DROP: Final = 0x20000000
@@ -59,6 +67,7 @@ class Spec:
     hooks: tuple[str, ...] = ("forward",)
     ipv6: bool = True
     bypass: tuple[Bypass, ...] = ()
+    backend: str = "iptables"
 
 
 def _family(addr: str) -> int:
@@ -155,6 +164,12 @@ def versions(spec: Spec) -> tuple[int, ...]:
 
 def install(spec: Spec) -> None:
     """Install or refresh our rules idempotently; stale jumps of hooks no longer configured are removed."""
+    if spec.backend == "nftables":
+        enable_accounting()
+        _run(["nft", "-f", "-"], stdin=nft_script(spec))
+        enable_accounting()
+        remove_iptables()  # a switch of backend must not leave the other one's rules queueing too
+        return
     enable_accounting()
     for v in versions(spec):
         missing = [(t, _HOOK_CHAINS[h]) for t in ("mangle", "filter") for h in spec.hooks
@@ -184,13 +199,110 @@ def remove_family(version: int) -> None:
         _run([_tool(version), "-w", "-t", table, "-X", CHAIN], check=False)
 
 
-def remove() -> None:
-    """Remove every rule of ours (both families); safe to call when nothing is installed."""
+def remove_iptables() -> None:
+    """Remove our iptables rules (both families); safe to call when nothing is installed."""
     for v in (4, 6):
         remove_family(v)
+
+
+def remove() -> None:
+    """Remove every rule of ours, whichever backend installed it; safe to call when nothing is installed."""
+    remove_iptables()
+    if shutil.which("nft") is not None:
+        _run(["nft", "delete", "table", "inet", NFT_TABLE], check=False)
 
 
 def saved_rules(version: int = 4) -> list[str]:
     """Our lines in `iptables-save` output (chain declarations, jumps and chain rules)."""
     out = _run([_tool(version, "-save")]).stdout
     return [ln for ln in out.splitlines() if CHAIN in ln]
+
+
+def _nft_mark(x: int) -> str:
+    return f"0x{x:08x}"
+
+
+def _nft_bypass(b: Bypass) -> list[str]:
+    fam = "ip" if _family(b.server) == 4 else "ip6"
+    lans = [h for h in b.lan_hosts if _family(h) == _family(b.server)] or [""]
+    if b.lan_hosts and lans == [""]:
+        return []
+    out = []
+    for lan in lans:
+        match = (f"ct original {fam} saddr {lan} " if lan else "") + f"ct original {fam} daddr {b.server}"
+        if not b.ports:
+            out.append(f"{match} return")
+            continue
+        ports = ", ".join(str(p) for p in b.ports)
+        # one protocol per rule: only then does nft type proto-dst as a port (network byte order)
+        out += [f"meta l4proto {proto} {match} ct original proto-dst {{ {ports} }} return"
+                for proto in ("tcp", "udp")]
+    return out
+
+
+def nft_rules(spec: Spec) -> dict[str, list[str]]:
+    """The rules of our two nft chains, "queue" (mangle priority) and "verdict" (filter priority)."""
+    queue = [f"ct mark & {_nft_mark(MARK_MASK)} != 0 return"]
+    if not spec.ipv6:
+        queue.append("meta nfproto ipv6 return")
+    if "input" in spec.hooks or "output" in spec.hooks:
+        queue += ['iifname "lo" return', 'oifname "lo" return']
+    for b in spec.bypass:
+        if spec.ipv6 or _family(b.server) == 4:
+            queue += _nft_bypass(b)
+    flags = [] if spec.fail_closed else ["bypass"]
+    if spec.queue_count > 1:
+        nums = f"{spec.queue_num}-{spec.queue_num + spec.queue_count - 1}"
+        flags.append("fanout")
+    else:
+        nums = str(spec.queue_num)
+    flag_text = f" {','.join(flags)}" if flags else ""
+    queue.append(f"ct packets <= {spec.packets} queue num {nums}{flag_text}")
+    keep = _nft_mark(~MARK_MASK & 0xFFFFFFFF)
+    verdict = [f"meta mark & {_nft_mark(MARK_MASK)} == {_nft_mark(m)} ct mark set ct mark & {keep} | "
+               f"{_nft_mark(m)}" for m in (MARK_ALLOW, MARK_DROP, MARK_REJECT)]
+    is_drop = f"ct mark & {_nft_mark(MARK_MASK)} == {_nft_mark(MARK_DROP)}"
+    is_reject = f"ct mark & {_nft_mark(MARK_MASK)} == {_nft_mark(MARK_REJECT)}"
+    verdict += [f"{is_drop} drop", f"meta l4proto tcp {is_reject} reject with tcp reset",
+                f"{is_reject} reject with icmpx port-unreachable"]
+    return {"queue": queue, "verdict": verdict}
+
+
+def nft_script(spec: Spec) -> str:
+    """An `nft -f -` script replacing our table atomically (declare, delete, define: one transaction)."""
+    rules = nft_rules(spec)
+    lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}", f"table inet {NFT_TABLE} {{"]
+    for hook in spec.hooks:
+        for chain, prio in (("queue", "mangle"), ("verdict", "filter")):
+            lines += [f"  chain {chain}_{hook} {{",
+                      f"    type filter hook {hook} priority {prio}; policy accept;"]
+            lines += [f"    {r}" for r in rules[chain]]
+            lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+_PROBE: Final = ("table inet tunnelwatch_probe {\n  chain probe {\n    type filter hook forward priority 0;\n"
+                 "    ct packets <= 1 queue num 65535 bypass\n  }\n}\ndelete table inet tunnelwatch_probe\n")
+
+
+def probe_nft_queue() -> tuple[bool, str]:
+    """(True, "") when the kernel has the nft queue expression, else (False, why not)."""
+    if shutil.which("nft") is None:
+        return False, "no nft binary"
+    # one transaction: it either loads and deletes the probe table, or fails leaving nothing behind
+    r = _run(["nft", "-f", "-"], stdin=_PROBE, check=False)
+    if r.returncode == 0:
+        return True, ""
+    err = (r.stderr or r.stdout).strip().splitlines()
+    return False, err[0] if err else f"nft exit {r.returncode}"
+
+
+def choose_backend(wanted: str = "auto") -> tuple[str, str]:
+    """The backend to use and why: `auto` takes nftables when the probe passes, else iptables."""
+    if wanted != "auto":
+        return wanted, "configured"
+    ok, why = probe_nft_queue()
+    if ok:
+        return "nftables", "nft queue expression present"
+    return "iptables", f"nft queue expression unavailable ({why})"

@@ -19,7 +19,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 MODES: Final = ("monitor", "enforce", "grace")
 ACTIONS: Final = ("drop", "reject")
 HOOKS: Final = ("forward", "input", "output")
+BACKENDS: Final = ("auto", "iptables", "nftables")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+BULK_ACTIONS: Final = ("report", "block")
 
 
 class ConfigError(Exception):
@@ -148,6 +150,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class VoipRule:
+    """Bulk VoIP: more than `bulk_calls` media flows started by one host within `bulk_window` s (0 = off)."""
+
+    bulk_calls: int = 0
+    bulk_action: str = "report"
+    bulk_window: int = 120
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything `tunnelwatch run` needs."""
 
@@ -158,10 +169,12 @@ class RunConfig:
     fail_closed: bool = False
     hooks: tuple[str, ...] = ("forward",)
     ipv6: bool = True
+    backend: str = "auto"
     registry: Path | None = None
     default: Rule = Rule()
     klass: dict[str, Rule] = field(default_factory=dict)
     protocol: dict[str, Rule] = field(default_factory=dict)
+    voip: VoipRule = VoipRule()
     log_level: str = "info"
 
 
@@ -189,6 +202,18 @@ def _rule(r: YamlReader, node: Node, base: Rule, what: str) -> Rule:
     return Rule(mode, until, conf, action)
 
 
+def _voip(r: YamlReader, node: Node) -> VoipRule:
+    f = r.mapping(node, ("bulk_calls", "bulk_action", "bulk_window"), "policy.voip")
+    base = VoipRule()
+    return VoipRule(
+        r.opt(f, "bulk_calls", lambda n: r.integer(n, "policy.voip.bulk_calls", 0, 100_000), base.bulk_calls),
+        r.opt(f, "bulk_action", lambda n: r.string(n, "policy.voip.bulk_action", BULK_ACTIONS),
+              base.bulk_action),
+        r.opt(f, "bulk_window", lambda n: r.integer(n, "policy.voip.bulk_window", 10, 86_400),
+              base.bulk_window),
+    )
+
+
 def parse_config(text: str, path: str = "<config>") -> RunConfig:
     """Parse and validate the run configuration; raise ConfigError listing every problem."""
     r = YamlReader(path)
@@ -200,8 +225,9 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
     top = r.mapping(root, _TOP, "the configuration")
     q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "fail_closed"), "queue") \
         if "queue" in top else {}
-    fw = r.mapping(top["firewall"], ("hooks", "ipv6"), "firewall") if "firewall" in top else {}
-    pol = r.mapping(top["policy"], ("default", "klass", "protocol"), "policy") if "policy" in top else {}
+    fw = r.mapping(top["firewall"], ("hooks", "ipv6", "backend"), "firewall") if "firewall" in top else {}
+    pol = r.mapping(top["policy"], ("default", "klass", "protocol", "voip"), "policy") \
+        if "policy" in top else {}
     lg = r.mapping(top["log"], ("level",), "log") if "log" in top else {}
     hooks: list[str] = []
     for n in r.seq(fw["hooks"], "firewall.hooks") if "hooks" in fw else []:
@@ -244,10 +270,12 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         fail_closed=r.opt(q, "fail_closed", lambda n: r.boolean(n, "queue.fail_closed"), False),
         hooks=tuple(hooks) or ("forward",),
         ipv6=r.opt(fw, "ipv6", lambda n: r.boolean(n, "firewall.ipv6"), True),
+        backend=r.opt(fw, "backend", lambda n: r.string(n, "firewall.backend", BACKENDS), "auto"),
         registry=registry,
         default=default,
         klass=per["klass"],
         protocol=per["protocol"],
+        voip=_voip(r, pol["voip"]) if "voip" in pol else VoipRule(),
         log_level=r.opt(lg, "level", lambda n: r.string(n, "log.level", LOG_LEVELS), "info"),
     )
     if cfg.queue_num + cfg.queue_count - 1 > 65535:

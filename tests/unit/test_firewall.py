@@ -132,3 +132,85 @@ def test_ipv6_off_removes_v6_rules(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failed_command_raises_firewall_error() -> None:
     with pytest.raises(firewall.FirewallError, match="no-such-iptables"):
         firewall._run(["no-such-iptables", "-L"])
+
+
+NFT = Spec(queue_num=3, packets=12, backend="nftables",
+           bypass=(Bypass("203.0.113.2/32", (1194, 51820)),
+                   Bypass("2001:db8:2::/64", (), ("2001:db8:1::2/128",)),
+                   Bypass("192.0.2.0/28", (), ("2001:db8:1::5/128",))))
+
+
+def test_nft_rules_mirror_the_iptables_fast_path() -> None:
+    r = firewall.nft_rules(NFT)
+    q, v = r["queue"], r["verdict"]
+    assert q[0] == "ct mark & 0x30000000 != 0 return"
+    assert q[-1] == "ct packets <= 12 queue num 3 bypass"
+    # one protocol per rule so nft types proto-dst as a port; LAN restriction per family
+    assert ("meta l4proto udp ct original ip daddr 203.0.113.2/32 ct original proto-dst { 1194, 51820 } "
+            "return") in q
+    assert "ct original ip6 saddr 2001:db8:1::2/128 ct original ip6 daddr 2001:db8:2::/64 return" in q
+    assert not any("192.0.2.0" in x for x in q)  # restricted to LAN hosts of the other family only
+    assert v[1] == "meta mark & 0x30000000 == 0x20000000 ct mark set ct mark & 0xcfffffff | 0x20000000"
+    assert "ct mark & 0x30000000 == 0x20000000 drop" in v
+    assert v[-2].startswith("meta l4proto tcp") and v[-2].endswith("reject with tcp reset")
+    assert v[-1].endswith("reject with icmpx port-unreachable")
+
+
+def test_nft_queue_options_and_ipv6_off() -> None:
+    last = firewall.nft_rules(Spec(queue_num=4, queue_count=4, fail_closed=True))["queue"][-1]
+    assert last == "ct packets <= 16 queue num 4-7 fanout"
+    last = firewall.nft_rules(Spec(queue_num=4, queue_count=2))["queue"][-1]
+    assert last == "ct packets <= 16 queue num 4-5 bypass,fanout"
+    q = firewall.nft_rules(Spec(ipv6=False, bypass=(Bypass("2001:db8:2::/64"),)))["queue"]
+    assert "meta nfproto ipv6 return" in q and not any("2001:" in x for x in q)
+
+
+def test_nft_script_replaces_the_table_atomically_per_hook() -> None:
+    s = firewall.nft_script(Spec(hooks=("forward", "output"), backend="nftables"))
+    lines = s.splitlines()
+    assert lines[:3] == ["table inet tunnelwatch", "delete table inet tunnelwatch",
+                         "table inet tunnelwatch {"]
+    assert s.count("type filter hook forward priority mangle;") == 1
+    assert s.count("type filter hook output priority filter;") == 1
+    assert 'oifname "lo" return' in s and "hook input" not in s
+    assert s.count("{") == s.count("}")
+
+
+def test_nft_install_runs_one_transaction_and_clears_iptables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(firewall, "enable_accounting", lambda: None)
+    fake = FakeIptables({(4, "mangle", "FORWARD"): 1})  # left over from an iptables run
+    monkeypatch.setattr(firewall, "_run", fake)
+    firewall.install(NFT)
+    nft = [c for c in fake.calls if c[0] == "nft"]
+    assert nft == [["nft", "-f", "-"]]
+    assert fake.present[(4, "mangle", "FORWARD")] == 0
+    assert not fake.scripts  # no iptables-restore
+
+
+def _probe_with(monkeypatch: pytest.MonkeyPatch, have_nft: bool, rc: int, err: str = "") -> list[list[str]]:
+    calls: list[list[str]] = []
+
+    def run(args: Sequence[str], stdin: str | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        calls.append([*args, stdin or ""])
+        return subprocess.CompletedProcess(list(args), rc, "", err)
+
+    monkeypatch.setattr(firewall.shutil, "which", lambda name: "/usr/sbin/nft" if have_nft else None)
+    monkeypatch.setattr(firewall, "_run", run)
+    return calls
+
+
+def test_backend_probe_falls_back_to_iptables(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _probe_with(monkeypatch, True, 1, "/dev/stdin:4:21-25: Error: Could not process rule: "
+                        "No such file or directory\n  ct packets\n")
+    backend, why = firewall.choose_backend("auto")
+    assert backend == "iptables" and "No such file or directory" in why
+    # the probe is one throw-away transaction with a queue rule that removes its own table
+    script = calls[0][-1]
+    assert "queue num" in script and script.rstrip().endswith("delete table inet tunnelwatch_probe")
+    _probe_with(monkeypatch, False, 0)
+    assert firewall.choose_backend("auto") == ("iptables", "nft queue expression unavailable (no nft binary)")
+    _probe_with(monkeypatch, True, 0)
+    assert firewall.choose_backend("auto") == ("nftables", "nft queue expression present")
+    calls = _probe_with(monkeypatch, True, 1)
+    assert firewall.choose_backend("iptables") == ("iptables", "configured") and not calls

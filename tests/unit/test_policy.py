@@ -97,6 +97,7 @@ def test_example_config_in_the_repo_is_valid() -> None:
     cfg = parse_config(path.read_text(), str(path))
     assert cfg.klass["vpn_tunnel"].mode == "enforce"
     assert cfg.registry is not None and cfg.registry.name == "registry.yaml"
+    assert cfg.backend == "auto" and cfg.voip.bulk_calls == 0  # bulk VoIP is off unless asked for
 
 
 def test_config_defaults() -> None:
@@ -133,3 +134,84 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as ei:
         parse_config("queue: {packets: -1, maxlen: x}\nlog: {level: loud}\n", "c.yaml")
     assert len(ei.value.problems) == 3
+
+
+RTP = Verdict("voip", "rtp", "confirmed", ("RTP both ways",))
+RTP_HEUR = Verdict("voip", "rtp", "heuristic", ())
+BULK = "policy:\n  voip: {bulk_calls: 3, bulk_action: %s, bulk_window: 60}\n"
+
+
+def _calls(p: Policy, n: int, src: str = "198.51.100.2", at: dt.datetime = NOW, first_port: int = 20000,
+           verdict: Verdict = RTP) -> list[Decision]:
+    """n RTP media flows (one per call) from `src` to distinct ports, decided at `at`."""
+    return [p.decide(_flow(src, dport=first_port + 2 * i), verdict, Registry(), at) for i in range(n)]
+
+
+def test_bulk_voip_is_off_by_default_and_voip_is_only_reported() -> None:
+    p = _policy("policy:\n  klass: {voip: monitor}\n")
+    assert {d.action for d in _calls(p, 50)} == {"report"}
+    assert not any(d.bulk for d in _calls(p, 5, first_port=30000))
+
+
+def test_more_than_k_concurrent_calls_from_one_host_are_reported() -> None:
+    p = _policy(BULK % "report")
+    ds = _calls(p, 5)
+    assert [d.bulk for d in ds] == [False, False, False, True, True]
+    assert [d.action for d in ds] == ["report"] * 5
+    assert ds[3].reason == "bulk VoIP: 4 calls from 198.51.100.2 within 60 s (limit 3)"
+    assert ds[4].reason.startswith("bulk VoIP: 5 calls")
+
+
+def test_bulk_block_blocks_new_voip_flows_of_that_host_only() -> None:
+    p = _policy(BULK % "block")
+    assert [d.action for d in _calls(p, 4)] == ["report", "report", "report", "block"]
+    # the host's new signalling is blocked too while it is above the limit
+    assert p.decide(_flow(dport=5060), SIP, Registry(), NOW).action == "block"
+    # another LAN host with the same number of calls as the limit is untouched
+    assert [d.action for d in _calls(p, 3, src="198.51.100.3")] == ["report"] * 3
+    # the same flow decided twice (e.g. after a worker restart) is one call, not two
+    p2 = _policy(BULK % "block")
+    same = [p2.decide(_flow(dport=20000), RTP, Registry(), NOW) for _ in range(10)]
+    assert {d.action for d in same} == {"report"}
+
+
+def test_bulk_count_is_a_sliding_window() -> None:
+    p = _policy(BULK % "block")
+    assert not any(d.bulk for d in _calls(p, 3))
+    later = NOW + dt.timedelta(seconds=59)
+    assert _calls(p, 1, at=later, first_port=40000)[0].action == "block"  # 4 within 60 s
+    much_later = NOW + dt.timedelta(seconds=61)
+    # the first three calls left the window: 2 remain (the 4th and this one)
+    d = _calls(p, 1, at=much_later, first_port=41000)[0]
+    assert d.action == "report" and not d.bulk
+
+
+def test_bulk_block_still_needs_the_voip_minimum_confidence() -> None:
+    p = _policy("policy:\n  klass: {voip: {mode: monitor, min_confidence: confirmed}}\n"
+                "  voip: {bulk_calls: 1, bulk_action: block}\n")
+    ds = _calls(p, 3, verdict=RTP_HEUR)
+    assert [d.action for d in ds] == ["report"] * 3 and ds[2].bulk
+    assert "confidence heuristic below confirmed" in ds[2].reason
+
+
+def test_rtcp_and_tunnels_do_not_count_as_calls_and_registered_media_passes() -> None:
+    p = _policy(BULK % "block" + "  klass: {vpn_tunnel: monitor}\n")
+    rtcp = Verdict("voip", "rtcp", "confirmed", ())
+    assert not any(d.bulk for d in _calls(p, 10, verdict=rtcp))
+    assert not any(d.bulk for d in _calls(p, 10, verdict=OVPN, first_port=30000))
+    reg = Registry(parse_registry("registrations:\n  - id: CC-1\n    servers: [203.0.113.0/24]\n"))
+    assert {p.decide(_flow(dport=50000 + i), RTP, reg, NOW).action for i in range(10)} == {"allow"}
+
+
+@pytest.mark.parametrize(("text", "where", "words"), [
+    ("policy:\n  voip: {bulk_calls: -1}\n", "c.yaml:2:22:", "between 0 and 100000"),
+    ("policy:\n  voip: {bulk_calls: 4, bulk_action: drop}\n", "c.yaml:2:38:", "one of report, block"),
+    ("policy:\n  voip: {bulk_window: 1}\n", "c.yaml:2:23:", "between 10 and 86400"),
+    ("policy:\n  voip: {bulk: 4}\n", "c.yaml:2:10:", "unknown key 'bulk' in policy.voip"),
+    ("firewall: {backend: nft}\n", "c.yaml:1:21:", "one of auto, iptables, nftables"),
+])
+def test_voip_config_errors_are_located(text: str, where: str, words: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "c.yaml")
+    msg = "\n".join(ei.value.problems)
+    assert where in msg and words in msg, msg
