@@ -33,8 +33,12 @@ $(VENV)/.stamp: pyproject.toml
 
 setup: system-deps $(VENV)/.stamp
 
-demo: $(VENV)/.stamp
-	$(BIN)/tunnelwatch classify --format table daemon/tunnelwatch/samples/*.pcap
+# As root: the namespace lab (real OpenVPN, WireGuard, HTTPS, SIP through the daemon in enforce mode).
+# Otherwise: the offline classifier over the sample captures shipped in the package.
+demo: setup
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/tunnelwatch lab; else \
+		echo "== not root: the enforcement lab needs root (network namespaces); classifying sample captures"; \
+		$(BIN)/tunnelwatch classify --format table daemon/tunnelwatch/samples/*.pcap; fi
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check daemon tests bench
@@ -55,6 +59,7 @@ eval: $(VENV)/.stamp
 bench: $(VENV)/.stamp
 	$(BIN)/pip install -q 'nfstream==6.6.0'
 	$(BIN)/python bench/classify_bench.py --corpus $(CORPUS) --repeat 20
+	$(BIN)/python bench/net_bench.py --rounds 3
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info daemon/*.egg-info

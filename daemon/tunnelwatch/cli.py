@@ -87,6 +87,12 @@ def _cmd_firewall(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from tunnelwatch.lab import main as lab_main
+
+    return lab_main(keep=args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all subcommands."""
     p = argparse.ArgumentParser(prog="tunnelwatch", description=__doc__.splitlines()[0] if __doc__ else "")
@@ -116,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Remove every tunnelwatch rule (e.g. after a kill -9).")
     f.add_argument("--remove", action="store_true", required=True, help="remove our chains and jumps")
     f.set_defaults(func=_cmd_firewall)
+
+    lb = sub.add_parser("lab", help="demo: real tunnels through the daemon in throw-away namespaces",
+                        description="Build client/router/server network namespaces, run the daemon in the "
+                                    "router (vpn_tunnel: enforce), drive OpenVPN, WireGuard, HTTPS and SIP "
+                                    "through it, print what was blocked and allowed, and clean up. "
+                                    "Needs root.")
+    lb.add_argument("--keep", action="store_true", help="keep the work directory with every log")
+    lb.set_defaults(func=_cmd_lab)
     return p
 
 
