@@ -103,6 +103,10 @@ def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
         target = f"NFQUEUE --queue-num {spec.queue_num}"
     if not spec.fail_closed:
         target += " --queue-bypass"
+    # TCP handshake and reset segments carry no payload to classify: keeping them out of userspace
+    # takes the queue's latency off every connection set-up (they still count towards connbytes).
+    mangle += [f"-A {CHAIN} -p tcp --tcp-flags SYN SYN -j RETURN",
+               f"-A {CHAIN} -p tcp --tcp-flags RST RST -j RETURN"]
     mangle.append(f"-A {CHAIN} -m connbytes --connbytes 0:{spec.packets} --connbytes-dir both "
                   f"--connbytes-mode packets -j {target}")
     unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
@@ -257,6 +261,7 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
     else:
         nums = str(spec.queue_num)
     flag_text = f" {','.join(flags)}" if flags else ""
+    queue.append("tcp flags & (syn | rst) != 0 return")  # no payload to classify (see chain_rules)
     queue.append(f"ct packets <= {spec.packets} queue num {nums}{flag_text}")
     keep = _nft_mark(~MARK_MASK & 0xFFFFFFFF)
     verdict = [f"meta mark & {_nft_mark(MARK_MASK)} == {_nft_mark(m)} ct mark set ct mark & {keep} | "

@@ -56,9 +56,12 @@ def test_registered_endpoints_bypass_the_queue_per_family() -> None:
     assert (f"-A {CHAIN} -m conntrack --ctorigsrc 198.51.100.20/32 --ctorigdst 192.0.2.0/28 -j RETURN") in v4
     assert not any("192.0.2.64" in r or "2001:" in r for r in v4)
     assert v6[1] == f"-A {CHAIN} -m conntrack --ctorigdst 2001:db8:2::/64 -j RETURN"
-    assert len(v6) == 3
+    assert len(v6) == 5  # connmark shortcut, the bypass, TCP SYN and RST skips, the queue rule
     # bypasses come before the queue rule, after the connmark shortcut
     assert v4.index(next(r for r in v4 if "NFQUEUE" in r)) == len(v4) - 1
+    # handshake/reset segments never reach userspace: they skip the queue just before it
+    assert v4[-3:-1] == [f"-A {CHAIN} -p tcp --tcp-flags SYN SYN -j RETURN",
+                         f"-A {CHAIN} -p tcp --tcp-flags RST RST -j RETURN"]
 
 
 def test_restore_script_declares_chains_and_adds_only_missing_jumps() -> None:
