@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 24
 
 
+def _rank(v: Verdict) -> int:
+    return v.rank
+
+
 class Engine:
     """Classify flows from packets. `on_end(flow, verdict)` is called exactly once per flow."""
 
@@ -97,8 +101,12 @@ class Engine:
                 continue
             if r is REJECT:
                 flow.active.remove(c)
+                if flow.cands.pop(c.name, None) is not None:
+                    # "certainly not my protocol" withdraws what this classifier said earlier
+                    flow.best = max(flow.cands.values(), key=_rank, default=None)
                 continue
             assert isinstance(r, Verdict)
+            flow.cands[c.name] = r
             best = flow.best
             # Same rank and protocol: the later verdict has accumulated more evidence.
             if best is None or r.rank > best.rank or (r.rank == best.rank and r.protocol == best.protocol):

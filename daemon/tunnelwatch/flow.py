@@ -29,6 +29,7 @@ class Flow:
         "best",
         "bytes",
         "bytes_dir",
+        "cands",
         "done",
         "dport",
         "dst",
@@ -69,6 +70,8 @@ class Flow:
         self.active: list[Classifier] = []
         #: best verdict so far (None until some classifier spoke)
         self.best: Verdict | None = None
+        #: each classifier's latest verdict; a later REJECT withdraws it
+        self.cands: dict[str, Verdict] = {}
         #: True once classification is finished (decided or budget spent)
         self.done = False
         #: classifiers that keep reading after the decision (see Classifier.follow), and for how long

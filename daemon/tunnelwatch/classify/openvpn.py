@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
-from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
+from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass, Verdict
 from tunnelwatch.flow import Flow
 from tunnelwatch.packet import TCP, UDP, Packet
 
@@ -44,6 +44,8 @@ _MAX_RESET: Final = 1400
 # Static key: HMAC-SHA1 (20) + IV (16) + CBC ciphertext holding at least packet id + time (16).
 _STATIC_OVERHEAD: Final = 36
 _STATIC_MIN_PKTS: Final = 4
+_TIME_MIN: Final = 1_420_070_400  # 2015-01-01: replay timestamps are Unix times
+_TIME_MAX: Final = 4_102_444_800  # 2100-01-01
 
 
 @dataclass
@@ -58,6 +60,7 @@ class _State:
     static_ok: list[int] = field(default_factory=lambda: [0, 0])
     static_lens: set[int] = field(default_factory=set)
     static_bad: bool = False
+    tls_dead: bool = False
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
 
 
@@ -75,11 +78,21 @@ class OpenVPN(Classifier):
         st = flow.state.get("openvpn")
         if st is None:
             st = flow.state["openvpn"] = _State()
+        # Only the flow's first payload packet may open a TLS-mode session: later packets of other
+        # traffic (static-key ciphertext, random UDP) start with a reset-like byte 3 times in 256.
+        first = flow.payload_pkts[0] + flow.payload_pkts[1] == 1
         if pkt.proto == TCP:
-            return self._tcp(st, pkt.payload, direction)
-        return self._packet(st, pkt.payload, direction, "udp")
+            return self._tcp(st, pkt.payload, direction, first)
+        p = pkt.payload
+        static = self._static(st, p, direction)  # static-key framing is tracked on every datagram
+        if not st.tls_dead:
+            r = self._packet(st, p, direction, "udp", first)
+            if r is not REJECT:
+                return r
+            st.tls_dead = True
+        return static
 
-    def _tcp(self, st: _State, data: bytes, direction: int) -> InspectResult:
+    def _tcp(self, st: _State, data: bytes, direction: int, first: bool) -> InspectResult:
         buf = st.tcp_buf[direction] + data
         if len(buf) > 4096:  # never buffer much: a real OpenVPN record fits well below this
             return REJECT
@@ -91,37 +104,38 @@ class OpenVPN(Classifier):
             if len(buf) < 2 + plen:
                 break
             rec, buf = buf[2:2 + plen], buf[2 + plen:]
-            result = self._packet(st, rec, direction, "tcp")
-            if result is REJECT or (result is not None and result.final):  # type: ignore[union-attr]
+            result = self._packet(st, rec, direction, "tcp", first)
+            first = False
+            if result is REJECT or (isinstance(result, Verdict) and result.final):
                 return result
         st.tcp_buf[direction] = buf
         return result
 
-    def _packet(self, st: _State, p: bytes, direction: int, tr: str) -> InspectResult:
+    def _packet(self, st: _State, p: bytes, direction: int, tr: str, first: bool) -> InspectResult:
         if len(p) < 1:
             return None
         op, key_id = p[0] >> 3, p[0] & 7
         if not st.client_reset and not st.server_reset:
-            # First packet seen of this flow decides whether we are looking at TLS mode at all.
-            if direction == 0 and op in _CLIENT_RESETS and key_id == 0 and _MIN_RESET <= len(p) <= _MAX_RESET:
+            if not first or key_id != 0 or direction != 0:
+                return REJECT
+            layout = reset_layout(p)
+            if op in _CLIENT_RESETS and layout:
                 st.client_sid = p[1:9]
-                st.client_reset = OPCODE_NAMES[op]
+                st.client_reset = f"{OPCODE_NAMES[op]} ({layout})"
                 return self.verdict("openvpn", "heuristic", f"{tr} client {st.client_reset}")
-            if direction == 0 and op in _SERVER_RESETS and key_id == 0 and _MIN_RESET <= len(p) <= _MAX_RESET:
+            if op in _SERVER_RESETS and layout:
                 # Capture on the far side of a NAT or started late: only the server's half is here.
                 st.server_first = st.server_reset = True
                 st.server_sid = p[1:9]
                 return None
-            if tr == "tcp":
-                return REJECT
-            return self._static(st, p, direction)
+            return REJECT
         if st.server_first:
             if op in _CONTROL and key_id == 0 and direction == 0 and p[1:9] == st.server_sid:
                 st.consistent += 1
                 return self.verdict("openvpn", "heuristic", f"{tr} server HARD_RESET_SERVER first",
                                     f"server session id consistent in {st.consistent} control packet(s)")
             return None if op in (P_DATA_V1, P_DATA_V2) or direction == 1 else REJECT
-        if direction == 1 and op in _SERVER_RESETS and key_id == 0 and _MIN_RESET <= len(p) <= _MAX_RESET:
+        if direction == 1 and op in _SERVER_RESETS and key_id == 0 and reset_layout(p):
             sid = p[1:9]
             if sid == st.client_sid:
                 return REJECT  # a server echoing the client's own id is not OpenVPN
@@ -157,8 +171,11 @@ class OpenVPN(Classifier):
 
     def _static(self, st: _State, p: bytes, direction: int) -> InspectResult:
         """Static-key mode: every packet is HMAC-SHA1 + IV + whole cipher blocks, both ways."""
+        if st.static_bad:
+            return REJECT
         n = len(p)
         if n < _STATIC_OVERHEAD + 16 or (n - _STATIC_OVERHEAD) % 16 or _looks_plain(p):
+            st.static_bad = True
             return REJECT
         st.static_ok[direction] += 1
         st.static_lens.add(n)
@@ -168,6 +185,33 @@ class OpenVPN(Classifier):
                 f"static-key framing (HMAC+IV+16-byte blocks) on {sum(st.static_ok)} packets both ways",
             )
         return None
+
+
+def reset_layout(p: bytes) -> str:
+    """Which control-channel wrapping a hard reset fits ('plain', 'tls-auth', 'tls-crypt'), or ''.
+
+    A first reset's reliability-layer message id is 0 and, with tls-auth/tls-crypt, its replay
+    packet id is 1: together 32+ fixed bits that ciphertext and random data almost never match.
+    """
+    n = len(p)
+    if not (_MIN_RESET <= n <= _MAX_RESET):
+        return ""
+    acks = p[9]
+    end = 10 + 4 * acks + (8 if acks else 0)
+    if acks <= 8 and n >= end + 4 and p[end:end + 4] == b"\0\0\0\0":
+        return "plain"
+    # tls-crypt(-v2): replay packet id then a Unix time in clear; OpenVPN 2.6's tls-crypt-v2 client
+    # sets high bits of the packet id (seen: 0x0a010001), so only its low half must be 1.
+    if (n >= 9 + 8 + 32 and p[11:13] == b"\0\x01"
+            and _TIME_MIN <= int.from_bytes(p[13:17], "big") <= _TIME_MAX):
+        return "tls-crypt"
+    for h in (16, 20, 28, 32, 48, 64):  # HMAC sizes: MD5 .. SHA512
+        if n >= 22 + h and p[9 + h:13 + h] == b"\0\0\0\x01":
+            acks = p[17 + h]
+            end = 18 + h + 4 * acks + (8 if acks else 0)
+            if acks <= 8 and n >= end + 4 and p[end:end + 4] == b"\0\0\0\0":
+                return "tls-auth"
+    return ""
 
 
 def _looks_plain(p: bytes) -> bool:

@@ -13,22 +13,23 @@ from support import one_verdict, run_engine
 C, S = "192.0.2.10", "198.51.100.7"
 CSID = bytes.fromhex("1122334455667788")
 SSID = bytes.fromhex("99aabbccddeeff00")
+NOW = (1_763_000_000).to_bytes(4, "big")  # replay timestamp (Unix time) in tls-auth/tls-crypt
 
 
 def hard_reset_client(hmac: int = 0) -> bytes:
     # opcode 7 (P_CONTROL_HARD_RESET_CLIENT_V2), key id 0; [hmac+pid+time]; ack len 0; packet id 0
-    auth = os.urandom(hmac) + b"\x00\x00\x00\x01\x5f\x00\x00\x00" if hmac else b""
+    auth = os.urandom(hmac) + b"\x00\x00\x00\x01" + NOW if hmac else b""
     return bytes([7 << 3]) + CSID + auth + b"\x00" + b"\x00\x00\x00\x00"
 
 
 def hard_reset_server(hmac: int = 0, ack: bool = True) -> bytes:
-    auth = os.urandom(hmac) + b"\x00\x00\x00\x01\x5f\x00\x00\x00" if hmac else b""
+    auth = os.urandom(hmac) + b"\x00\x00\x00\x01" + NOW if hmac else b""
     acks = b"\x01" + b"\x00\x00\x00\x00" + CSID if ack else b"\x00"
     return bytes([8 << 3]) + SSID + auth + acks + b"\x00\x00\x00\x00"
 
 
 def control(sid: bytes, hmac: int = 0) -> bytes:
-    auth = os.urandom(hmac) + b"\x00\x00\x00\x02\x5f\x00\x00\x00" if hmac else b""
+    auth = os.urandom(hmac) + b"\x00\x00\x00\x02" + NOW if hmac else b""
     return bytes([4 << 3]) + sid + auth + b"\x00" + b"\x00\x00\x00\x01" + b"\x16\x03\x01" + os.urandom(60)
 
 
@@ -53,10 +54,10 @@ def test_tls_auth_on_a_non_standard_port_confirmed() -> None:
 
 def test_tls_crypt_confirmed_by_consistent_session_ids() -> None:
     # tls-crypt: everything after opcode+session id+packet id+time+tag is encrypted, acks invisible
-    def wrap(op: int, sid: bytes) -> bytes:
-        return bytes([op << 3]) + sid + os.urandom(8) + os.urandom(32) + os.urandom(40)
+    def wrap(op: int, sid: bytes, pid: int = 1) -> bytes:
+        return bytes([op << 3]) + sid + pid.to_bytes(4, "big") + NOW + os.urandom(32 + 40)
     pkts = [udp(C, S, 40000, 1194, wrap(7, CSID)), udp(S, C, 1194, 40000, wrap(8, SSID)),
-            udp(C, S, 40000, 1194, wrap(5, CSID)), udp(C, S, 40000, 1194, wrap(4, CSID))]
+            udp(C, S, 40000, 1194, wrap(5, CSID, 2)), udp(C, S, 40000, 1194, wrap(4, CSID, 3))]
     v = one_verdict(pkts)
     assert v.confidence == "confirmed" and any("consistent" in e for e in v.evidence)
 
@@ -113,3 +114,30 @@ def test_near_misses_are_not_openvpn() -> None:
     for pkts in cases:
         for v in (v for _, v in run_engine(pkts)):
             assert not (v.protocol == "openvpn" and v.confidence == "confirmed"), v
+
+
+def test_reset_lookalike_byte_later_in_a_static_key_flow_does_not_derail_it() -> None:
+    # Ciphertext whose first byte reads as a client/server hard reset (0x38 / 0x40), after the first
+    # packet: seen with real static-key OpenVPN in the lab.
+    rng = random.Random(5)
+    pkts = []
+    for i in range(6):
+        for src, dst, sp, dp in ((C, S, 40000, 1194), (S, C, 1194, 40000)):
+            body = bytearray(rng.randrange(256) for _ in range(36 + 16 * rng.choice((4, 6))))
+            if i == 2:
+                body[0] = 0x38 if src == C else 0x40
+            pkts.append(udp(src, dst, sp, dp, bytes(body)))
+    v = one_verdict(pkts)
+    assert (v.protocol, v.confidence) == ("openvpn", "heuristic") and "static-key" in v.evidence[0]
+
+
+def test_random_udp_is_not_openvpn_even_when_it_starts_like_a_reset() -> None:
+    rng = random.Random(9)
+    flagged = 0
+    for i in range(300):
+        body = bytearray(rng.randrange(256) for _ in range(rng.randrange(14, 200)))
+        body[0] = rng.choice((0x08, 0x38, 0x50))  # hard reset opcodes, key id 0
+        pkts = [udp(C, S, 20000 + i, 7777, bytes(body)),
+                udp(S, C, 7777, 20000 + i, bytes(rng.randrange(256) for _ in range(60)))]
+        flagged += sum(v.protocol == "openvpn" for _, v in run_engine(pkts))
+    assert flagged == 0
