@@ -37,8 +37,8 @@ setup: system-deps $(VENV)/.stamp
 # Otherwise: the offline classifier over the sample captures shipped in the package.
 demo: setup
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/tunnelwatch lab; else \
-		echo "== not root: the enforcement lab needs root (network namespaces); classifying sample captures"; \
-		$(BIN)/tunnelwatch classify --format table daemon/tunnelwatch/samples/*.pcap; fi
+		echo "== not root: the enforcement lab needs root (network namespaces); classifying the golden captures"; \
+		$(BIN)/tunnelwatch classify --format table tests/data/captures/*.pcap; fi
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check daemon tests bench
