@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus/ndpi
 # System packages: build deps for netfilterqueue/systemd-python, and the real peers the tests drive.
-APT_PKGS := python3-venv gcc pkg-config libnetfilter-queue-dev libsystemd-dev iproute2 iptables ipset \
+APT_PKGS := python3-venv gcc pkg-config libnetfilter-queue-dev libsystemd-dev systemd iproute2 iptables ipset \
 	conntrack nftables iperf3 iputils-ping tcpdump openvpn wireguard-go wireguard-tools strongswan strongswan-swanctl libcharon-extra-plugins xl2tpd \
 	pptpd pptp-linux baresip sip-tester openssl curl procps psmisc
 
