@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from tunnelwatch.classify import load_classifiers
-from tunnelwatch.classify.base import REJECT, UNKNOWN, Classifier, Context, Verdict
+from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
 from tunnelwatch.flow import Flow
 from tunnelwatch.flowtable import FlowTable
 from tunnelwatch.packet import Packet
@@ -99,6 +99,9 @@ class Engine:
                 continue
             if r is None:
                 continue
+            if r is DONE:
+                flow.active.remove(c)
+                continue
             if r is REJECT:
                 flow.active.remove(c)
                 if flow.cands.pop(c.name, None) is not None:
@@ -124,7 +127,7 @@ class Engine:
             except Exception:
                 self.classifier_errors += 1
                 r = REJECT
-            if r is REJECT:
+            if r is REJECT or r is DONE:
                 flow.follow.remove(c)
         if not flow.follow:
             flow.follow_left = 0

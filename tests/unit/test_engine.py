@@ -9,6 +9,7 @@ import pytest
 
 from tunnelwatch.classify import classifier_names, load_classifiers
 from tunnelwatch.classify.base import (
+    DONE,
     REJECT,
     Classifier,
     Context,
@@ -167,3 +168,27 @@ def test_followers_keep_reading_after_the_decision_but_cannot_change_it() -> Non
     e.flush()
     assert f.calls == 1 + 3
     assert (got[0].protocol, got[0].evidence) == ("counted", ("first",))
+
+
+def test_done_keeps_the_verdict_and_reject_withdraws_it() -> None:
+    class Says(Counting):
+        name: ClassVar[str] = "says"
+
+        def __init__(self, then: object) -> None:
+            super().__init__()
+            self.then = then
+
+        def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+            self.calls += 1
+            if self.calls == 1:
+                return self.verdict("counted", "heuristic", "looked right")
+            return self.then  # type: ignore[return-value]
+
+    for then, expect in ((DONE, "heuristic"), (REJECT, "port")):
+        s = Says(then)
+        got: list[Verdict] = []
+        e = Engine([s], budget=10, on_end=lambda f, v, out=got: out.append(v))  # type: ignore[misc]
+        for i in range(5):
+            e.process(udp(float(i)))
+        e.flush()
+        assert s.calls == 2 and got[0].confidence == expect

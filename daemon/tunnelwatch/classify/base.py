@@ -2,6 +2,7 @@
 
 A classifier is pure: it reads a packet and its flow's private state and returns a `Verdict`, `REJECT`
 (not my protocol: stop asking me for this flow) or None (undecided: show me the next packet).
+`DONE` means "I have said all I will say": the engine stops asking and keeps the earlier verdict.
 It must never raise on hostile input; the engine still guards each call and counts failures.
 """
 
@@ -57,9 +58,19 @@ class _Reject:
         return "REJECT"
 
 
-#: returned by `Classifier.inspect` when the flow is certainly not this classifier's protocol
+class _Done:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DONE"
+
+
+#: returned by `Classifier.inspect` when the flow is certainly not this classifier's protocol;
+#: it also withdraws any verdict this classifier gave the flow earlier
 REJECT: Final = _Reject()
-InspectResult = Verdict | _Reject | None
+#: returned when the classifier has said all it will say: stop asking, keep its verdict
+DONE: Final = _Done()
+InspectResult = Verdict | _Reject | _Done | None
 
 
 @dataclass(frozen=True, slots=True)

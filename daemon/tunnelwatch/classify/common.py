@@ -10,7 +10,7 @@ from __future__ import annotations
 from struct import unpack_from
 from typing import ClassVar, Final
 
-from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass, Verdict
+from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass, Verdict
 from tunnelwatch.flow import Flow
 from tunnelwatch.packet import TCP, UDP, Packet
 
@@ -74,7 +74,7 @@ class Common(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Recognise one of the common protocols from the flow's first payload packets."""
         if "common" in flow.state:
-            return None  # recognised already: later packets (encrypted records, ...) change nothing
+            return DONE  # recognised already: later packets (encrypted records, ...) change nothing
         v = self._recognise(flow, pkt, direction)
         if isinstance(v, Verdict):
             flow.state["common"] = v.protocol
