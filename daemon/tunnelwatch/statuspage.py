@@ -1,0 +1,254 @@
+"""Rendering of a status snapshot (see statusweb.StatusState.snapshot): the technician's HTML page, the
+Prometheus text exposition and the `tunnelwatch status` summary.
+
+Pure functions of the snapshot: no I/O, no clock except the snapshot's own `now`. Every value that reaches
+HTML is escaped, every value that reaches a terminal has its control characters replaced (flow fields and
+mDNS names can be attacker-influenced), and every Prometheus label value is escaped per the format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+REFRESH_S: Final = 10
+KNOWN_HEALTH: Final = ("starting", "ok", "degraded", "stopping")
+# Top-level snapshot keys that are not plain gauges (strings, or rendered some other way).
+_NOT_GAUGES: Final = frozenset({"now", "started", "uptime_s", "recent", "counters"})
+_FLOW_COLUMNS: Final = ("time", "transport", "src", "dst", "klass", "protocol", "confidence", "action",
+                        "reason")
+_CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+_CSS: Final = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;background:#fafafa}
+h1{font-size:1.4rem;margin:0 0 1rem}h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
+dl{display:grid;grid-template-columns:max-content auto;gap:.3rem 1.2rem;margin:0}dt{color:#555}dd{margin:0}
+table{border-collapse:collapse;font-size:.9rem}
+td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}th{background:#eee}
+.health-ok{color:#176f2c;font-weight:bold}.health-bad{color:#a4000f;font-weight:bold}
+tr.action-block td{background:#fde8e8}tr.action-report td{background:#fff6d6}
+footer{margin-top:2rem;color:#666}
+"""
+
+
+def esc(value: object) -> str:
+    """HTML-escape any value (quotes included)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def printable(value: object, limit: int = 200) -> str:
+    """A value safe to print on a terminal: control characters replaced, length bounded."""
+    text = _CTRL.sub("?", "" if value is None else str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def endpoint(addr: object, port: object) -> str:
+    """addr:port, with brackets around IPv6 addresses."""
+    a = "" if addr is None else str(addr)
+    if port in (None, ""):
+        return a
+    return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
+
+
+def when(ts: object) -> str:
+    """A decision timestamp (epoch seconds or text) as local ISO time to the second."""
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
+        try:
+            return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+        except (OverflowError, OSError, ValueError):
+            return str(ts)
+    return "" if ts is None else str(ts)
+
+
+def duration(seconds: object) -> str:
+    """Seconds as e.g. '2d 3h 04m' or '5m 07s'."""
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d {h}h {m:02d}m"
+    if h:
+        return f"{h}h {m:02d}m"
+    return f"{m}m {s:02d}s"
+
+
+def flow_cells(rec: Mapping[str, object]) -> dict[str, str]:
+    """The display cells of one recorded decision."""
+    cells = {c: "" if rec.get(c) is None else str(rec.get(c)) for c in _FLOW_COLUMNS}
+    cells["time"] = when(rec.get("ts"))
+    cells["src"] = endpoint(rec.get("src"), rec.get("sport"))
+    cells["dst"] = endpoint(rec.get("dst"), rec.get("dport"))
+    return cells
+
+
+def _counters(snap: Mapping[str, object]) -> list[dict[str, object]]:
+    raw = snap.get("counters")
+    return [c for c in raw if isinstance(c, dict)] if isinstance(raw, list) else []
+
+
+def _recent(snap: Mapping[str, object]) -> list[Mapping[str, object]]:
+    raw = snap.get("recent")
+    return [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
+
+
+def flow_totals(snap: Mapping[str, object]) -> dict[tuple[str, str], int]:
+    """Decided flows by (klass, action) from the snapshot's `flows` counter."""
+    out: dict[tuple[str, str], int] = {}
+    for c in _counters(snap):
+        labels = c.get("labels")
+        value = c.get("value")
+        if c.get("name") == "flows" and isinstance(labels, dict) and isinstance(value, int):
+            key = (str(labels.get("klass", "")), str(labels.get("action", "")))
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def render_html(snap: Mapping[str, object], *, refresh: int = REFRESH_S) -> str:
+    """The read-only status page; self-contained (no external assets), reloads itself every `refresh` s."""
+    health = str(snap.get("health", "?"))
+    backlog = snap.get("uplink_backlog")
+    hclass = "ok" if health == "ok" else "bad"
+    regver = snap.get("registry_version") or "none"
+    rows = [
+        ("Health", f'<span id="health" class="health-{hclass}">{esc(health)}</span>'),
+        ("Mode", f'<span id="mode">{esc(snap.get("mode"))}</span>'),
+        ("Registry version", f'<span id="registry-version">{esc(regver)}</span>'),
+        ("Uplink backlog", f'<span id="uplink-backlog">{esc("n/a" if backlog is None else backlog)}</span>'),
+        ("Config check", f'<span id="config-check">{esc(snap.get("config_check"))}</span>'),
+        ("Device", f'<span id="device-id">{esc(snap.get("device_id"))}</span>'),
+        ("Version", esc(snap.get("version"))),
+        ("Up for", esc(duration(snap.get("uptime_s")))),
+    ]
+    summary = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    totals = sorted(flow_totals(snap).items())
+    counts = "".join(f"<tr><td>{esc(k)}</td><td>{esc(a)}</td><td>{n}</td></tr>" for (k, a), n in totals)
+    counts_table = (f'<table id="counts"><tr><th>klass</th><th>action</th><th>flows</th></tr>{counts}</table>'
+                    if counts else '<p id="counts">No flows decided yet.</p>')
+    recent = _recent(snap)
+    head = "".join(f"<th>{esc(c)}</th>" for c in _FLOW_COLUMNS)
+    body = "".join(
+        f'<tr class="action-{esc(r.get("action"))}">'
+        + "".join(f"<td>{esc(v)}</td>" for v in flow_cells(r).values()) + "</tr>"
+        for r in recent)
+    flows_table = (f'<table id="flows"><tr>{head}</tr>{body}</table>' if recent
+                   else '<p id="flows">No tagged or blocked flows yet.</p>')
+    now = esc(when(snap.get("now")))
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="referrer" content="no-referrer"><meta http-equiv="refresh" content="{int(refresh)}">'
+        f"<title>tunnelwatch {esc(snap.get('device_id'))}</title><style>{_CSS}</style></head><body>"
+        f"<h1>tunnelwatch {esc(snap.get('device_id'))}</h1><dl id=\"summary\">{summary}</dl>"
+        f"<h2>Decided flows</h2>{counts_table}"
+        f"<h2>Recent tagged and blocked flows (newest first)</h2>{flows_table}"
+        f"<footer>Read-only view, generated {now}, refreshed every {int(refresh)} s. "
+        "Also: <code>/api/status</code> (JSON) and <code>/metrics</code> (Prometheus), "
+        "both with <code>Authorization: Bearer</code>.</footer></body></html>")
+
+
+def render_unauthorized() -> str:
+    """The 401 page: says what is needed, reveals nothing about the box."""
+    return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>401 Unauthorized</title>'
+            '</head><body><h1 id="unauthorized">401 Unauthorized</h1><p>This tunnelwatch status page needs '
+            "the status token from the box's configuration: open <code>/?token=TOKEN</code>, or send "
+            "<code>Authorization: Bearer TOKEN</code>.</p></body></html>")
+
+
+def _label_value(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(labels: Mapping[str, object]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{metric_name(k)}="{_label_value(v)}"' for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def metric_name(name: str) -> str:
+    """A valid Prometheus metric/label name made from any string."""
+    clean = _METRIC_NAME.sub("_", name) or "_"
+    return "_" + clean if clean[0].isdigit() else clean
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[Mapping[str, object], float]]
+            ) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        v = str(value) if isinstance(value, int) else repr(float(value))
+        lines.append(f"{name}{_labels(labels)} {v}")
+    return lines
+
+
+def render_metrics(snap: Mapping[str, object]) -> str:
+    """The snapshot in the Prometheus text exposition format (version 0.0.4)."""
+    health = str(snap.get("health", ""))
+    out = _family("tunnelwatch_up", "gauge", "1 while the daemon is deciding flows (health ok or degraded).",
+                  [({}, 1 if health in ("ok", "degraded") else 0)])
+    info = {k: snap.get(k) for k in ("version", "mode", "device_id", "registry_version")}
+    out += _family("tunnelwatch_info", "gauge", "Build and configuration facts as labels; always 1.",
+                   [({k: "" if v is None else v for k, v in info.items()}, 1)])
+    states = [*KNOWN_HEALTH, *([health] if health not in KNOWN_HEALTH else [])]
+    out += _family("tunnelwatch_health", "gauge", "1 for the current health state, 0 for the others.",
+                   [({"state": s}, 1 if s == health else 0) for s in states])
+    out += _family("tunnelwatch_config_ok", "gauge", "1 when the configuration check passed.",
+                   [({}, 1 if snap.get("config_check") == "ok" else 0)])
+    started = snap.get("started")
+    if isinstance(started, int | float):
+        out += _family("tunnelwatch_start_time_seconds", "gauge", "Daemon start, seconds since the epoch.",
+                       [({}, float(started))])
+    for key, value in sorted(snap.items()):
+        if key in _NOT_GAUGES or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            name = f"tunnelwatch_{metric_name(key)}"
+            out += _family(name, "gauge", f"Current {key.replace('_', ' ')}.", [({}, value)])
+    families: dict[str, list[tuple[Mapping[str, object], float]]] = {}
+    for c in _counters(snap):
+        value = c.get("value")
+        labels = c.get("labels")
+        if isinstance(value, int | float) and isinstance(labels, dict):
+            families.setdefault(str(c.get("name")), []).append((labels, value))
+    for cname, samples in sorted(families.items()):
+        help_text = ("Decided flows by klass and action." if cname == "flows"
+                     else f"Count of {cname.replace('_', ' ')}.")
+        out += _family(f"tunnelwatch_{metric_name(cname)}_total", "counter", help_text, samples)
+    return "\n".join(out) + "\n"
+
+
+def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
+    """The human summary printed by `tunnelwatch status`."""
+    p = printable
+    backlog = snap.get("uplink_backlog")
+    lines = [
+        f"tunnelwatch {p(snap.get('version'))} on {p(snap.get('device_id'))}",
+        f"  health:           {p(snap.get('health'))} (up {duration(snap.get('uptime_s'))})",
+        f"  mode:             {p(snap.get('mode'))}",
+        f"  config check:     {p(snap.get('config_check'))}",
+        f"  registry version: {p(snap.get('registry_version') or 'none')}",
+        f"  uplink backlog:   {p('n/a' if backlog is None else backlog)}",
+    ]
+    totals = flow_totals(snap)
+    by_action: dict[str, int] = {}
+    for (_, action), n in totals.items():
+        by_action[action] = by_action.get(action, 0) + n
+    decided = ", ".join(f"{n} {p(a)}" for a, n in sorted(by_action.items())) or "none yet"
+    lines.append(f"  flows decided:    {decided}")
+    recent = _recent(snap)[:limit]
+    if not recent:
+        lines.append("recent tagged/blocked flows: none")
+        return "\n".join(lines) + "\n"
+    lines.append(f"recent tagged/blocked flows (newest {len(recent)}):")
+    rows = [{c: p(v, 60) for c, v in flow_cells(r).items()} for r in recent]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in _FLOW_COLUMNS}
+    lines.append("  " + " ".join(f"{c:{widths[c]}}" for c in _FLOW_COLUMNS).rstrip())
+    lines += ["  " + " ".join(f"{r[c]:{widths[c]}}" for c in _FLOW_COLUMNS).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
