@@ -9,9 +9,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunnelwatch import __version__
 from tunnelwatch.engine import DEFAULT_BUDGET
+
+if TYPE_CHECKING:
+    from tunnelwatch.registry import Registry
+    from tunnelwatch.runconfig import RunConfig
 
 EX_OK = 0
 EX_PARTIAL = 1
@@ -49,31 +55,67 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tunnelwatch.daemon import run
-    from tunnelwatch.firewall import FirewallError
+def _load(path: str) -> tuple[RunConfig, Registry] | None:
+    """The config and its registry, or None after printing every problem (exit 78)."""
     from tunnelwatch.registry import Registry
     from tunnelwatch.runconfig import ConfigError, load_config
 
     try:
-        cfg = load_config(Path(args.config))
-        registry = Registry.load(cfg.registry) if cfg.registry is not None else Registry()
+        cfg = load_config(Path(path))
+        return cfg, Registry.load(cfg.registry) if cfg.registry is not None else Registry()
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        print(f"tunnelwatch: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
+        return None
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from tunnelwatch.runconfig import summary
+
+    loaded = _load(args.file)
+    if loaded is None:
         return EX_CONFIG
-    if not args.verbose:
-        logging.getLogger().setLevel(cfg.log_level.upper())
+    cfg, registry = loaded
+    dropins = f" + {len(cfg.sources) - 1} drop-in(s): {', '.join(Path(s).name for s in cfg.sources[1:])}" \
+        if len(cfg.sources) > 1 else ""
+    print(f"configuration OK: {args.file}{dropins}")
+    reg = f"{cfg.registry}: {len(registry.entries)} registrations" if cfg.registry is not None else "none"
+    for line in [*summary(cfg), f"registry: {reg}"]:
+        print(f"  {line}")
+    return EX_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tunnelwatch.daemon import run
+    from tunnelwatch.firewall import FirewallError
+    from tunnelwatch.service import setup_logging
+
+    loaded = _load(args.config)
+    if loaded is None:
+        return EX_CONFIG
+    cfg, registry = loaded
+    setup_logging("debug" if args.verbose else cfg.log_level, journal=cfg.log_journal)
     try:
-        return run(cfg, registry)
+        return run(cfg, registry, Path(args.config), verbose=args.verbose)
     except FirewallError as exc:
         print(f"tunnelwatch: error: firewall: {exc}", file=sys.stderr)
         return EX_PARTIAL
     except (OSError, RuntimeError) as exc:  # e.g. the queue is bound by another daemon
         print(f"tunnelwatch: error: {exc}", file=sys.stderr)
         return EX_PARTIAL
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from tunnelwatch.statusweb import cli_status
+
+    return cli_status(args)
+
+
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from tunnelwatch.discovery import cli_discover
+
+    return cli_discover(args)
 
 
 def _cmd_firewall(args: argparse.Namespace) -> int:
@@ -117,6 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "connection from NFQUEUE and enforce the policy until SIGTERM.")
     r.add_argument("--config", required=True, metavar="FILE", help="tunnelwatch.yaml")
     r.set_defaults(func=_cmd_run)
+
+    cc = sub.add_parser("check-config", help="validate a configuration (and its drop-ins and registry)",
+                        description="Load FILE, its FILE.d/*.yaml drop-ins and the registry it names like "
+                                    "`tunnelwatch run` would. Exit 0 with a summary, or 78 with every "
+                                    "problem as file:line:col: message.")
+    cc.add_argument("file", metavar="FILE", help="tunnelwatch.yaml")
+    cc.set_defaults(func=_cmd_check_config)
+
+    st = sub.add_parser("status", help="health, mode and recent flagged flows of the running daemon",
+                        description="Ask the running daemon over its local socket (root only). Exit 0 when "
+                                    "healthy, 1 otherwise or when the daemon is unreachable.")
+    st.add_argument("--socket", default="/run/tunnelwatch/status.sock", metavar="PATH",
+                    help="status socket (default /run/tunnelwatch/status.sock)")
+    st.add_argument("--json", action="store_true", help="the full snapshot as JSON")
+    st.set_defaults(func=_cmd_status)
+
+    dc = sub.add_parser("discover", help="list tunnelwatch boxes on this network (mDNS)",
+                        description="Browse _tunnelwatch._tcp.local. and list the boxes that answer.")
+    dc.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
+    dc.add_argument("--json", action="store_true", help="one JSON object per box")
+    dc.set_defaults(func=_cmd_discover)
 
     f = sub.add_parser("firewall", help="manage tunnelwatch's own firewall rules",
                        description="Remove every tunnelwatch rule (e.g. after a kill -9).")

@@ -1,48 +1,46 @@
 """`tunnelwatch run`: the inline daemon's life cycle and its per-packet decision path.
 
-Start: load config and registry (exit 78 when invalid), bind the queue, then install the rules (so no
-packet is queued before someone listens). Run: each queued packet goes parse -> engine -> policy, and
-the flow's decision is returned as mark bits the kernel saves in the connmark. SIGHUP (or a changed
-registry file) reloads the registry; SIGTERM/SIGINT remove our rules and exit 0. A kill -9 leaves the
-rules, but --queue-bypass keeps traffic flowing and the next start re-installs them without duplicates.
-Once the queue is bound and the rules are in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is
-dropped (see privileges.py): enough to refresh and remove the rules, nothing else.
+Start: load config and registry (exit 78 when invalid), start the status socket, bind the queue, then
+install the rules (so no packet is queued before someone listens) and only then tell systemd READY=1.
+Run: each queued packet goes parse -> engine -> policy, and the flow's decision is returned as mark bits
+the kernel saves in the connmark. SIGHUP reloads config and registry (supervisor.py); SIGTERM/SIGINT send
+STOPPING=1, remove our rules and exit 0. A kill -9 leaves the rules, but --queue-bypass keeps traffic
+flowing and the next start re-installs them without duplicates. Once the queue is bound and the rules are
+in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is dropped (see privileges.py).
+
+With several queues, one worker process per queue handles packets (workers.py); the main process owns the
+rules, the supervisor and the status state.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import multiprocessing as mp
 import os
-import queue
 import select
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable
-from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from tunnelwatch import firewall, privileges
+from tunnelwatch.appliance import Appliance
 from tunnelwatch.classify.base import Verdict
 from tunnelwatch.engine import Engine
 from tunnelwatch.flow import Flow, FlowKey
-from tunnelwatch.packet import parse_ip
+from tunnelwatch.packet import addr_text, parse_ip, transport_name
 from tunnelwatch.policy import Decision, Policy
 from tunnelwatch.registry import Registry
 from tunnelwatch.runconfig import RunConfig
-
-if TYPE_CHECKING:
-    from multiprocessing.queues import Queue as MPQueue
-
-    ResultQueue = MPQueue[tuple[int, bool | None, str]]
+from tunnelwatch.service import Notifier
+from tunnelwatch.supervisor import Supervisor
 
 log = logging.getLogger("tunnelwatch")
 
 EX_CONFIG: Final = 78
-TICK: Final = 30.0  # seconds between registry-file and validity-window checks
+Record = Callable[[dict[str, object]], None]
 
 
 def _mark(d: Decision) -> int:
@@ -54,12 +52,24 @@ def _mark(d: Decision) -> int:
 class Enforcer:
     """The per-packet path: classify, decide once per flow, remember the flow's mark bits."""
 
-    def __init__(self, cfg: RunConfig, registry: Registry) -> None:
+    def __init__(self, cfg: RunConfig, registry: Registry, record: Record | None = None) -> None:
+        self.cfg = cfg
         self.policy = Policy.from_config(cfg)
         self.registry = registry
+        self.record = record
         self.engine = Engine(budget=cfg.packets, on_decided=self._decided, on_end=self._ended)
         self.marks: dict[FlowKey, int] = {}
-        self.counts: Counter[str] = Counter()
+        self.counts: dict[str, int] = {}
+
+    def apply(self, cfg: RunConfig, registry: Registry) -> None:
+        """A reloaded config: new flows get the new policy; decided flows keep their marks."""
+        if cfg != self.cfg:
+            policy = Policy.from_config(cfg)
+            if cfg.voip == self.cfg.voip:
+                policy.calls = self.policy.calls  # the bulk-VoIP window survives unrelated changes
+            self.policy, self.cfg = policy, cfg
+            self.engine.budget = cfg.packets
+        self.registry = registry
 
     def handle(self, payload: bytes) -> int:
         """Mark bits for one queued packet: the flow's decision, or 0 while it is still undecided."""
@@ -76,14 +86,23 @@ class Enforcer:
     def _decided(self, flow: Flow, verdict: Verdict) -> None:
         d = self.policy.decide(flow, verdict, self.registry, dt.datetime.now(dt.UTC))
         self.marks[flow.key] = _mark(d)
-        self.counts[d.action] += 1
+        self.counts[d.action] = self.counts.get(d.action, 0) + 1
         verb = "block(reject)" if d.reject else d.action
         level = logging.INFO if verdict.klass not in ("benign", "unknown") else logging.DEBUG
         if d.bulk:
             level = logging.WARNING  # the grey-traffic signature: the operator must see it
+        desc = flow.describe()
         log.log(level, "decided %s %s %s %s %s (%s)%s", verdict.klass, verdict.protocol, verdict.confidence,
-                verb, flow.describe(), d.reason,
-                f" [{'; '.join(verdict.evidence[:3])}]" if verdict.evidence else "")
+                verb, desc, d.reason,
+                f" [{'; '.join(verdict.evidence[:3])}]" if verdict.evidence else "",
+                extra={"FLOW": desc, "KLASS": verdict.klass, "PROTOCOL": verdict.protocol, "VERDICT": verb,
+                       "CONFIDENCE": verdict.confidence})
+        if self.record is not None:
+            self.record({"ts": time.time(), "src": addr_text(flow.src), "sport": flow.sport,
+                         "dst": addr_text(flow.dst), "dport": flow.dport,
+                         "transport": transport_name(flow.proto),
+                         "klass": verdict.klass, "protocol": verdict.protocol,
+                         "confidence": verdict.confidence, "action": d.action, "reason": d.reason})
 
     def _ended(self, flow: Flow, verdict: Verdict) -> None:
         self.marks.pop(flow.key, None)
@@ -100,7 +119,9 @@ def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend:
                          bypass, backend)
 
 
-class _Signals:
+class Signals:
+    """SIGTERM/SIGINT/SIGHUP as flags plus a wakeup fd for select()."""
+
     def __init__(self) -> None:
         self.stop = 0
         self.hup = False
@@ -126,28 +147,8 @@ class _Signals:
             pass
 
 
-class _RegistryWatch:
-    """Reload the registry when its file changed (checked every tick) or on SIGHUP."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.mtime = self._mtime()
-
-    def _mtime(self) -> float:
-        try:
-            return self.registry.path.stat().st_mtime if self.registry.path is not None else 0.0
-        except OSError:
-            return 0.0
-
-    def check(self, force: bool) -> None:
-        mtime = self._mtime()
-        if force or mtime != self.mtime:
-            self.registry.reload()
-            self.mtime = mtime
-
-
-class _Rules:
-    """The installed rule set of this daemon, refreshed when the active registrations change."""
+class Rules:
+    """The installed rule set of this daemon, refreshed when the config or active registrations change."""
 
     def __init__(self, cfg: RunConfig, registry: Registry) -> None:
         self.cfg = cfg
@@ -157,17 +158,25 @@ class _Rules:
         self.spec = firewall_spec(cfg, registry, dt.datetime.now(dt.UTC), self.backend)
 
     def install(self) -> None:
+        """Install the current spec."""
         firewall.install(self.spec)
 
-    def refresh(self) -> None:
-        fresh = firewall_spec(self.cfg, self.registry, dt.datetime.now(dt.UTC), self.backend)
+    def apply(self, cfg: RunConfig, registry: Registry) -> None:
+        """Install the rules of a reloaded config (nothing is run when they are unchanged)."""
+        fresh = firewall_spec(cfg, registry, dt.datetime.now(dt.UTC), self.backend)
         if fresh != self.spec:
-            firewall.install(fresh)
+            firewall.install(fresh)  # idempotent: chains rewritten in one restore, stale jumps removed
             self.spec = fresh
             log.info("rules refreshed: %d registered endpoints bypass the queue", len(fresh.bypass))
+        self.cfg, self.registry = cfg, registry
+
+    def refresh(self) -> None:
+        """Re-install when the registrations valid now changed."""
+        self.apply(self.cfg, self.registry)
 
 
-def _log_ready(cfg: RunConfig, spec: firewall.Spec, flags: list[bool | None]) -> None:
+def log_ready(cfg: RunConfig, spec: firewall.Spec, flags: list[bool | None]) -> None:
+    """The "ready:" line (tests and technicians wait for it)."""
     if cfg.fail_closed:
         fo = "off (fail_closed)"
     else:
@@ -179,117 +188,64 @@ def _log_ready(cfg: RunConfig, spec: firewall.Spec, flags: list[bool | None]) ->
              "on" if cfg.ipv6 else "off", len(spec.bypass), fo)
 
 
-def _serve(cfg: RunConfig, registry: Registry, qnum: int, sig: _Signals,
-           on_ready: Callable[[bool | None], None], on_tick: Callable[[], None]) -> None:
-    """Bind one queue and handle its packets until a stop signal."""
+Host = Callable[[list[int]], None]  # called after every select with the ready fds
+
+
+def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool | None], None],
+           fds: list[int], timeout: Callable[[], float], wake: Host) -> None:
+    """Bind one queue and handle its packets until a stop signal; `wake` does the host's other work."""
     from tunnelwatch.nfqueue import Queue  # needs the compiled binding: only the daemon imports it
 
-    enforcer = Enforcer(cfg, registry)
+    cfg = enforcer.cfg
     nfq = Queue(qnum, enforcer.handle, firewall.MARK_MASK, maxlen=cfg.maxlen, fail_open=not cfg.fail_closed)
     try:
         on_ready(nfq.flags_ok)
-        watch = _RegistryWatch(registry)
         qfd = nfq.fileno()
-        next_tick = time.monotonic() + TICK
         while not sig.stop:
-            ready, _, _ = select.select([qfd, sig.rfd], [], [], max(0.0, next_tick - time.monotonic()))
+            ready, _, _ = select.select([qfd, sig.rfd, *fds], [], [], timeout())
             if sig.rfd in ready:
                 sig.drain()
             if qfd in ready:
                 nfq.poll()
-            if sig.hup or time.monotonic() >= next_tick:
-                watch.check(sig.hup)
-                sig.hup = False
-                on_tick()
-                next_tick = time.monotonic() + TICK
+            wake(ready)
         log.info("stopping on signal %d: queue %d: %d packets seen, decisions %s", sig.stop, qnum,
-                 nfq.packets, dict(enforcer.counts))
+                 nfq.packets, enforcer.counts)
     finally:
         nfq.close()
 
 
-def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue) -> None:
-    sig = _Signals()
-    def ready(ok: bool | None) -> None:
-        privileges.drop()  # the queue is bound: a worker never needs more than its netlink socket
-        results.put((qnum, ok, ""))
-
-    try:
-        _serve(cfg, registry, qnum, sig, ready, lambda: None)
-    except Exception as exc:
-        results.put((qnum, False, f"queue {qnum}: {exc}"))
-        raise SystemExit(1) from exc
-
-
-def _run_workers(cfg: RunConfig, registry: Registry, sig: _Signals, rules: _Rules) -> None:
-    """One worker process per queue; this process owns the rules and restarts dead workers."""
-    ctx = mp.get_context("fork")
-    results: ResultQueue = ctx.Queue()
-    procs: dict[int, BaseProcess] = {}
-
-    def start(q: int) -> None:
-        procs[q] = ctx.Process(target=_worker, args=(cfg, registry, q, results), name=f"tunnelwatch-q{q}")
-        procs[q].start()
-
-    try:
-        for q in range(cfg.queue_num, cfg.queue_num + cfg.queue_count):
-            start(q)
-        flags: list[bool | None] = []
-        for _ in procs:
-            try:
-                _, ok, error = results.get(timeout=30)
-            except queue.Empty:
-                raise RuntimeError("a queue worker did not start within 30 s") from None
-            if error:
-                raise RuntimeError(error)
-            flags.append(ok)
-        rules.install()
-        _log_ready(cfg, rules.spec, flags)
-        privileges.drop()  # workers forked later (restarts) inherit the reduced sets
-        watch = _RegistryWatch(registry)
-        next_tick = time.monotonic() + TICK
-        while not sig.stop:
-            select.select([sig.rfd], [], [], 1.0)
-            sig.drain()
-            if sig.hup or time.monotonic() >= next_tick:
-                for p in procs.values():
-                    if sig.hup and p.pid is not None:
-                        os.kill(p.pid, signal.SIGHUP)
-                watch.check(sig.hup)
-                sig.hup = False
-                rules.refresh()
-                next_tick = time.monotonic() + TICK
-            for q, p in list(procs.items()):
-                if not p.is_alive() and not sig.stop:
-                    # --queue-bypass let its share of traffic through meanwhile
-                    log.error("worker for queue %d died (exit %s): restarting it", q, p.exitcode)
-                    start(q)
-        log.info("stopping on signal %d", sig.stop)
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-
-
-def run(cfg: RunConfig, registry: Registry) -> int:
+def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose: bool = False) -> int:
     """Run until SIGTERM/SIGINT, then remove our rules; returns the exit code."""
-    sig = _Signals()
-    rules = _Rules(cfg, registry)
+    sig = Signals()
+    notifier = Notifier()
+    app = Appliance(cfg, registry)
+    rules = Rules(cfg, registry)
+    enforcer = Enforcer(cfg, registry)
+    sup = Supervisor(cfg, registry, path, rules, app, notifier, enforcer.apply, verbose=verbose)
     try:
         if cfg.queue_count == 1:
+            enforcer.record = sup.record
+            app.start_status()
+
             def ready(ok: bool | None) -> None:
                 rules.install()  # only now: no packet is queued before someone listens
-                _log_ready(cfg, rules.spec, [ok])
+                log_ready(cfg, rules.spec, [ok])
                 privileges.drop()
+                sup.ready()
 
-            _serve(cfg, registry, cfg.queue_num, sig, ready, rules.refresh)
+            def wake(ready_fds: list[int]) -> None:
+                sup.hup, sig.hup = sup.hup or sig.hup, False
+                sup.wake()
+
+            serve(enforcer, cfg.queue_num, sig, ready, [], sup.timeout, wake)
         else:
-            _run_workers(cfg, registry, sig, rules)
+            from tunnelwatch.workers import run_workers
+
+            run_workers(cfg, sig, rules, sup, app)
     finally:
+        notifier.stopping()
+        app.state.set(health="stopping")
+        app.stop()
         firewall.remove()
         log.info("rules removed")
     return 0

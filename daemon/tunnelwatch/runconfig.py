@@ -1,20 +1,33 @@
-"""The minimal YAML configuration of `tunnelwatch run` and the strict YAML reader shared with the registry.
+"""The typed configuration of `tunnelwatch run`: schema, defaults, validation, drop-ins and secrets.
 
 Strict on purpose: a field technician's typo (unknown key, wrong type, out-of-range number) is reported
-as `file:line:col: message` and the daemon refuses to start (exit 78) instead of running with a silently
-ignored setting.
+as `file:line:col: message; hint` and the daemon refuses to start (exit 78) instead of running with a
+silently ignored setting. Drop-ins: `<config file>.d/*.yaml` (e.g. /etc/tunnelwatch/tunnelwatch.yaml.d/)
+are merged over the main file in lexical order (mappings merge key by key, lists and scalars replace), and
+problems point into the drop-in that set the value. The status token is a secret: it lives in its own
+file that must be owned by root (or the daemon's user) and not readable by group or others.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+from tunnelwatch.appconfig import (
+    DiscoveryConfig,
+    StatusConfig,
+    discovery_section,
+    read_secret,
+    status_section,
+)
+from tunnelwatch.yamlcheck import ConfigError, YamlReader, kind, merge, relative_path
+
+__all__ = ["ConfigError", "DiscoveryConfig", "Rule", "RunConfig", "StatusConfig", "VoipRule", "YamlReader",
+           "dropin_dir", "load_config", "parse_config", "read_secret", "restart_needed"]
 
 MODES: Final = ("monitor", "enforce", "grace")
 ACTIONS: Final = ("drop", "reject")
@@ -22,121 +35,6 @@ HOOKS: Final = ("forward", "input", "output")
 BACKENDS: Final = ("auto", "iptables", "nftables")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 BULK_ACTIONS: Final = ("report", "block")
-
-
-class ConfigError(Exception):
-    """A configuration file is invalid; `problems` holds one `file:line:col: message` per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class YamlReader:
-    """Typed access to a composed YAML document that records located problems instead of raising."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.problems: list[str] = []
-        self._loader = yaml.SafeLoader("")
-
-    def load(self, text: str) -> Node | None:
-        """Compose the document; a syntax error becomes a located problem."""
-        try:
-            return yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            where = f"{mark.line + 1}:{mark.column + 1}" if mark is not None else "1:1"
-            self.problems.append(f"{self.path}:{where}: YAML syntax: {exc.problem}")
-        except yaml.YAMLError as exc:
-            self.problems.append(f"{self.path}:1:1: YAML: {exc}")
-        return None
-
-    def err(self, node: Node, msg: str) -> None:
-        """Record a problem at the node's position."""
-        m = node.start_mark
-        self.problems.append(f"{self.path}:{m.line + 1}:{m.column + 1}: {msg}")
-
-    def mapping(self, node: Node, allowed: tuple[str, ...], what: str) -> dict[str, Node]:
-        """Keys -> value nodes of a mapping; unknown and duplicate keys are problems."""
-        if not isinstance(node, MappingNode):
-            self.err(node, f"{what} must be a mapping")
-            return {}
-        out: dict[str, Node] = {}
-        for k, v in node.value:
-            key = k.value if isinstance(k, ScalarNode) else None
-            if key not in allowed:
-                self.err(k, f"unknown key {key!r} in {what} (allowed: {', '.join(allowed)})")
-            elif key in out:
-                self.err(k, f"duplicate key {key!r} in {what}")
-            else:
-                out[key] = v
-        return out
-
-    def seq(self, node: Node, what: str) -> list[Node]:
-        """Items of a sequence."""
-        if not isinstance(node, SequenceNode):
-            self.err(node, f"{what} must be a list")
-            return []
-        return list(node.value)
-
-    def value(self, node: Node) -> Any:
-        """The plain Python value of a scalar node (None for non-scalars)."""
-        if not isinstance(node, ScalarNode):
-            return None
-        try:
-            return self._loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.err(node, f"bad value: {exc}")
-            return None
-
-    def integer(self, node: Node, what: str, lo: int, hi: int) -> int | None:
-        """An integer within [lo, hi]."""
-        v = self.value(node)
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.err(node, f"{what} must be an integer")
-            return None
-        if not lo <= v <= hi:
-            self.err(node, f"{what} must be between {lo} and {hi}")
-            return None
-        return v
-
-    def boolean(self, node: Node, what: str) -> bool | None:
-        """true or false."""
-        v = self.value(node)
-        if not isinstance(v, bool):
-            self.err(node, f"{what} must be true or false")
-            return None
-        return v
-
-    def string(self, node: Node, what: str, choices: tuple[str, ...] = ()) -> str | None:
-        """A non-empty string, optionally one of `choices`."""
-        v = self.value(node)
-        if not isinstance(v, str) or not v:
-            self.err(node, f"{what} must be a non-empty string")
-            return None
-        if choices and v not in choices:
-            self.err(node, f"{what} must be one of {', '.join(choices)} (got {v!r})")
-            return None
-        return v
-
-    def date(self, node: Node, what: str, end_of_day: bool = True) -> dt.datetime | None:
-        """A YAML date or timestamp as an aware UTC datetime; a bare date means the end (or start) of it."""
-        v = self.value(node)
-        if isinstance(v, dt.datetime):
-            return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
-        if isinstance(v, dt.date):
-            start = dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC)
-            return start + dt.timedelta(days=1) if end_of_day else start
-        self.err(node, f"{what} must be a date (YYYY-MM-DD) or timestamp")
-        return None
-
-    def opt(self, fields: dict[str, Node], key: str, conv: Callable[[Node], Any], default: Any) -> Any:
-        """conv(fields[key]) when present and valid, else `default`."""
-        if key not in fields:
-            return default
-        v = conv(fields[key])
-        return default if v is None else v
 
 
 @dataclass(frozen=True)
@@ -176,11 +74,19 @@ class RunConfig:
     protocol: dict[str, Rule] = field(default_factory=dict)
     voip: VoipRule = VoipRule()
     log_level: str = "info"
+    log_journal: bool | None = None  # None = auto: journald when running under systemd
+    status: StatusConfig = field(default_factory=StatusConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    sources: tuple[str, ...] = field(default=(), compare=False)  # main file, then drop-ins applied
 
 
-_TOP: Final = ("queue", "firewall", "registry", "policy", "log")
+_TOP: Final = ("queue", "firewall", "registry", "policy", "status", "discovery", "log")
 _KLASSES: Final = ("vpn_tunnel", "voip", "proxy_obfuscated")
 _CONFIDENCES: Final = ("confirmed", "heuristic", "port")
+# what a reload cannot change in place: the queue binding (number, count, kernel queue length, fail-open
+# flag) is made once at start, and a backend switch would need the other backend's rules torn down
+RESTART_FIELDS: Final = {"queue_num": "queue.num", "queue_count": "queue.count", "maxlen": "queue.maxlen",
+                         "fail_closed": "queue.fail_closed", "backend": "firewall.backend"}
 
 
 def _rule(r: YamlReader, node: Node, base: Rule, what: str) -> Rule:
@@ -195,7 +101,7 @@ def _rule(r: YamlReader, node: Node, base: Rule, what: str) -> Rule:
     if mode == "grace" and until is None and "until" not in f:
         r.err(node, f"{what}: mode grace needs until: YYYY-MM-DD")
     if until is not None and mode != "grace":
-        r.err(f["until"], f"{what}.until only applies to mode grace")
+        r.err(f["until"], f"{what}.until only applies to mode grace; set mode: grace or remove until")
     conf = r.opt(f, "min_confidence", lambda n: r.string(n, f"{what}.min_confidence", _CONFIDENCES),
                  base.min_confidence)
     action = r.opt(f, "action", lambda n: r.string(n, f"{what}.action", ACTIONS), base.action)
@@ -214,21 +120,49 @@ def _voip(r: YamlReader, node: Node) -> VoipRule:
     )
 
 
-def parse_config(text: str, path: str = "<config>") -> RunConfig:
-    """Parse and validate the run configuration; raise ConfigError listing every problem."""
-    r = YamlReader(path)
-    root = r.load(text)
-    if root is None:
-        if not r.problems:
-            r.problems.append(f"{path}:1:1: empty configuration")
-        raise ConfigError(r.problems)
+def _journal(r: YamlReader, node: Node) -> bool | None:
+    v = r.value(node)
+    if isinstance(v, bool):
+        return v
+    if v != "auto":
+        r.err(node, f"log.journal must be one of auto, true, false (got {kind(node)})")
+    return None
+
+
+def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[str, dict[str, Rule]]:
+    per: dict[str, dict[str, Rule]] = {"klass": {}, "protocol": {}}
+    for section in ("klass", "protocol"):
+        if section not in pol:
+            continue
+        node = pol[section]
+        if not isinstance(node, MappingNode):
+            r.err(node, f"policy.{section} must be a mapping (got {kind(node)})")
+            continue
+        for k, v in node.value:
+            name = k.value if isinstance(k, ScalarNode) else ""
+            if section == "klass" and name not in _KLASSES:
+                guess = [g for g in _KLASSES if g.startswith(str(name)[:3])]
+                hint = f"did you mean {guess[0]!r}?" if guess else f"one of {', '.join(_KLASSES)}"
+                r.err(k, f"unknown klass {name!r} ({hint})")
+                continue
+            if section == "protocol" and not (isinstance(name, str) and name.isidentifier()):
+                r.err(k, f"bad protocol name {name!r} (a classifier's protocol, e.g. openvpn, wireguard)")
+                continue
+            if name in per[section]:
+                r.err(k, f"duplicate {section} {name!r}: keep one")
+                continue
+            per[section][name] = _rule(r, v, default, f"policy.{section}.{name}")
+    return per
+
+
+def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
     top = r.mapping(root, _TOP, "the configuration")
     q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "fail_closed"), "queue") \
         if "queue" in top else {}
     fw = r.mapping(top["firewall"], ("hooks", "ipv6", "backend"), "firewall") if "firewall" in top else {}
     pol = r.mapping(top["policy"], ("default", "klass", "protocol", "voip"), "policy") \
         if "policy" in top else {}
-    lg = r.mapping(top["log"], ("level",), "log") if "log" in top else {}
+    lg = r.mapping(top["log"], ("level", "journal"), "log") if "log" in top else {}
     hooks: list[str] = []
     for n in r.seq(fw["hooks"], "firewall.hooks") if "hooks" in fw else []:
         h = r.string(n, "firewall.hooks item", HOOKS)
@@ -240,28 +174,9 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
     if "registry" in top:
         s = r.string(top["registry"], "registry")
         if s is not None:
-            registry = Path(s) if Path(s).is_absolute() else Path(path).parent / s
+            registry = relative_path(top["registry"], s, path)
     default = _rule(r, pol["default"], Rule(), "policy.default") if "default" in pol else Rule()
-    per: dict[str, dict[str, Rule]] = {"klass": {}, "protocol": {}}
-    for section in ("klass", "protocol"):
-        if section not in pol:
-            continue
-        node = pol[section]
-        if not isinstance(node, MappingNode):
-            r.err(node, f"policy.{section} must be a mapping")
-            continue
-        for k, v in node.value:
-            name = k.value if isinstance(k, ScalarNode) else ""
-            if section == "klass" and name not in _KLASSES:
-                r.err(k, f"unknown klass {name!r} (one of {', '.join(_KLASSES)})")
-                continue
-            if section == "protocol" and not (isinstance(name, str) and name.isidentifier()):
-                r.err(k, f"bad protocol name {name!r}")
-                continue
-            if name in per[section]:
-                r.err(k, f"duplicate {section} {name!r}")
-                continue
-            per[section][name] = _rule(r, v, default, f"policy.{section}.{name}")
+    per = _policy_rules(r, pol, default)
     cfg = RunConfig(
         queue_num=r.opt(q, "num", lambda n: r.integer(n, "queue.num", 0, 65535), 0),
         queue_count=r.opt(q, "count", lambda n: r.integer(n, "queue.count", 1, 64), 1),
@@ -277,18 +192,95 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         protocol=per["protocol"],
         voip=_voip(r, pol["voip"]) if "voip" in pol else VoipRule(),
         log_level=r.opt(lg, "level", lambda n: r.string(n, "log.level", LOG_LEVELS), "info"),
+        log_journal=_journal(r, lg["journal"]) if "journal" in lg else None,
+        status=status_section(r, top["status"], path) if "status" in top else StatusConfig(),
+        discovery=discovery_section(r, top["discovery"]) if "discovery" in top else DiscoveryConfig(),
+        sources=(path,),
     )
     if cfg.queue_num + cfg.queue_count - 1 > 65535:
-        r.problems.append(f"{path}:1:1: queue.num + queue.count exceeds queue 65535")
+        r.problems.append(f"{path}:1:1: queue.num + queue.count exceeds queue 65535; lower queue.num")
+    return cfg
+
+
+def parse_config(text: str, path: str = "<config>", dropins: list[tuple[str, str]] | None = None
+                 ) -> RunConfig:
+    """Parse and validate a configuration (plus (name, text) drop-ins merged in order); raise ConfigError
+    listing every problem."""
+    r = YamlReader(path)
+    root = r.load(text)
+    if root is None and not r.problems:
+        r.problems.append(f"{path}:1:1: empty configuration; start from config/tunnelwatch.yaml")
+    for name, dtext in dropins or []:
+        node = r.load(dtext, name)
+        if node is None:
+            continue
+        if not isinstance(node, MappingNode):
+            r.err(node, "a drop-in must be a mapping of sections, like the main file")
+        elif root is not None:
+            root = merge(root, node)
+    if root is None or r.problems:
+        raise ConfigError(r.problems)
+    cfg = _parse(r, root, path)
     if r.problems:
         raise ConfigError(r.problems)
     return cfg
 
 
+def dropin_dir(path: Path) -> Path:
+    """Where drop-ins for this config file live: `<file>.d/` (e.g. tunnelwatch.yaml.d/)."""
+    return path.with_name(path.name + ".d")
+
+
 def load_config(path: Path) -> RunConfig:
-    """Read and parse a configuration file; unreadable files are ConfigErrors too."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}:1:1: cannot read: {exc}"]) from exc
-    return parse_config(text, str(path))
+    """Read a configuration file and its drop-ins; unreadable files are ConfigErrors too."""
+    problems: list[str] = []
+
+    def read(p: Path) -> str:
+        try:
+            return p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{p}:1:1: cannot read: {exc}")
+            return ""
+
+    text = read(path)
+    d = dropin_dir(path)
+    files = sorted(p for p in d.glob("*.yaml") if not p.name.startswith(".")) if d.is_dir() else []
+    dropins = [(str(p), read(p)) for p in files]
+    if problems:
+        raise ConfigError(problems)
+    cfg = parse_config(text, str(path), dropins)
+    return RunConfig(**{**cfg.__dict__, "sources": (str(path), *(n for n, _ in dropins))})
+
+
+def restart_needed(old: RunConfig, new: RunConfig) -> list[str]:
+    """The settings that differ between two configs and can only change with a restart."""
+    return [name for attr, name in RESTART_FIELDS.items() if getattr(old, attr) != getattr(new, attr)]
+
+
+def _rule_text(r: Rule) -> str:
+    until = f" until {r.until:%Y-%m-%d %H:%M} UTC" if r.until is not None else ""
+    return f"{r.mode}{until} (min {r.min_confidence}, {r.action})"
+
+
+def summary(cfg: RunConfig) -> list[str]:
+    """What a technician needs to see after `check-config`: the effective settings, one line per area."""
+    last = cfg.queue_num + cfg.queue_count - 1
+    queues = f"queue {cfg.queue_num}" if cfg.queue_count == 1 else f"queues {cfg.queue_num}-{last}"
+    st, disc = cfg.status, cfg.discovery
+    http = f"HTTP on {', '.join(st.listen)} port {st.port} (token from {st.token_file})" if st.listen \
+        else "HTTP off (status.listen is empty)"
+    mdns = f"on {', '.join(disc.interfaces)}" if disc.enabled and disc.interfaces else "off"
+    rules = [f"{k} {_rule_text(v)}" for k, v in sorted(cfg.klass.items())]
+    rules += [f"protocol {k} {_rule_text(v)}" for k, v in sorted(cfg.protocol.items())]
+    journal = {None: "auto", True: "on", False: "off"}[cfg.log_journal]
+    return [
+        f"{queues}, first {cfg.packets} packets per connection, maxlen {cfg.maxlen}, "
+        f"{'fail-closed' if cfg.fail_closed else 'fail-open'}",
+        f"firewall: hooks {','.join(cfg.hooks)}, ipv6 {'on' if cfg.ipv6 else 'off'}, backend {cfg.backend}",
+        f"policy: default {_rule_text(cfg.default)}" + "".join(f"; {r}" for r in rules),
+        "bulk VoIP: " + (f"{cfg.voip.bulk_action} above {cfg.voip.bulk_calls} calls per host in "
+                         f"{cfg.voip.bulk_window} s" if cfg.voip.bulk_calls else "off"),
+        f"status: socket {st.socket or 'off'}, {http}",
+        f"discovery: {mdns}" + (f", device id {disc.device_id}" if disc.device_id else ""),
+        f"log: level {cfg.log_level}, journal {journal}",
+    ]
