@@ -102,7 +102,8 @@ def _daemon_config(work: Path, packets: int) -> Path:
     (work / "registry.yaml").write_text("registrations: []\n")
     cfg = work / "tunnelwatch.yaml"
     cfg.write_text(f"queue: {{num: 0, packets: {packets}}}\nfirewall: {{hooks: [forward], ipv6: true}}\n"
-                   "registry: registry.yaml\npolicy:\n  klass: {vpn_tunnel: enforce}\nlog: {level: info}\n")
+                   "registry: registry.yaml\npolicy:\n  klass: {vpn_tunnel: enforce}\nlog: {level: info}\n"
+                   f"status: {{socket: {work / 'status.sock'}}}\n")
     return cfg
 
 

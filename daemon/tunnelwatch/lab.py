@@ -78,7 +78,8 @@ class Demo:
         cfg.write_text("queue: {num: 0, packets: 16}\nfirewall: {hooks: [forward], ipv6: true}\n"
                        "registry: registry.yaml\npolicy:\n  default: {mode: monitor}\n"
                        "  klass: {vpn_tunnel: enforce, voip: monitor, proxy_obfuscated: monitor}\n"
-                       "log: {level: debug}\n")
+                       "log: {level: debug}\n"
+                       f"status: {{socket: {self.work / 'status.sock'}}}\n")  # never the box's own socket
         self.lb.spawn(self.lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)],
                       "daemon")
         self.lb.wait_for_log("daemon", "ready:", timeout=30)

@@ -41,7 +41,8 @@ def _config(tmp: Path, mode: str, *, registered: bool = False, packets: int = 16
                    "firewall: {hooks: [forward], ipv6: true}\n"
                    "registry: registry.yaml\npolicy:\n"
                    f"  klass: {{vpn_tunnel: {{mode: {mode}, action: {action}}}}}\n"
-                   "log: {level: debug}\n")
+                   "log: {level: debug}\n"
+                   f"status: {{socket: {tmp / 'status.sock'}}}\n")
     return cfg
 
 

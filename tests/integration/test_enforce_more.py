@@ -47,7 +47,8 @@ def _config(tmp: Path, mode: str, *, registry: str = "registrations: []\n", queu
                    "firewall: {hooks: [forward], ipv6: true}\n"
                    "registry: registry.yaml\npolicy:\n"
                    f"  klass: {{vpn_tunnel: {{mode: {mode}}}, voip: monitor}}\n"
-                   f"{voip}log: {{level: debug}}\n")
+                   f"{voip}log: {{level: debug}}\n"
+                   f"status: {{socket: {tmp / 'status.sock'}}}\n")
     return cfg
 
 
