@@ -3,8 +3,10 @@
 Builds the client / router / server namespace lab (tunnelwatch.netlab) and measures, through the router,
 first with no daemon and then with the daemon enforcing (vpn_tunnel: enforce, first N packets of each
 connection queued): iperf3 TCP throughput client -> server, new TCP connections per second (sequential
-connect/close), and the connect() time of a new flow (SYN -> SYN-ACK, p50/p99), whose difference is the
-latency the daemon adds to a new flow's first packet. A benchmark, not a test: it prints figures and never
+connect, one 4-byte request echoed, close), the connect() time of a new flow (SYN -> SYN-ACK; SYN and
+RST skip the queue) and the round trip of its first request and reply (both queued: the difference with
+and without the daemon is twice the latency the daemon adds to a new flow's first payload packet),
+p50/p99. A benchmark, not a test: it prints figures and never
 fails on them. Every loop is bounded in count and time; all traffic stays inside the lab's namespaces.
 Needs root (prints why and exits 0 otherwise).
 """
@@ -25,34 +27,48 @@ TOOLS = ("ip", "ss", "sysctl", "iptables", "ip6tables", "iptables-save", "iptabl
 IPERF_PORT = 5201
 ACCEPT_PORT = 9009
 
-# Accepts and closes at once: the cheapest possible peer, so the figures are the network path's.
+# Accepts, echoes the first request, closes: the cheapest peer that still makes the first payload
+# packets of each connection cross the daemon both ways, so the figures are the network path's.
 ACCEPT_SERVER = """
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4096)
 print("listening", flush=True)
 while True:
-    c, _ = s.accept(); c.close()
+    c, _ = s.accept()
+    c.settimeout(2.0)
+    try:
+        data = c.recv(64)
+        if data:
+            c.sendall(data)
+    except OSError:
+        pass
+    c.close()
 """
 
-# Sequential connects, each timed from connect() to its return (the SYN-ACK arrived), bounded in count
+# Sequential connects, each timed from connect() to its return (the SYN-ACK arrived) and then from the
+# first request to its echo, bounded in count
 # and in time; prints one JSON object.
 CONNECT_CLIENT = """
 import json, socket, sys, time
 host, port, n, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-times, failed = [], 0
+times, rtts, failed = [], [], 0
 start = time.perf_counter(); deadline = start + limit
 while len(times) + failed < n and time.perf_counter() < deadline:
     s = socket.socket(); s.settimeout(2.0)
     t0 = time.perf_counter()
     try:
-        s.connect((host, port)); times.append(time.perf_counter() - t0)
+        s.connect((host, port)); t1 = time.perf_counter()
+        s.sendall(b"ping"); reply = s.recv(64); t2 = time.perf_counter()
+        if reply != b"ping":
+            raise OSError("no echo")
+        times.append(t1 - t0); rtts.append(t2 - t1)
     except OSError:
         failed += 1
     finally:
         s.close()
 print(json.dumps({"ok": len(times), "failed": failed, "elapsed": time.perf_counter() - start,
-                  "connect_us": [t * 1e6 for t in times]}))
+                  "connect_us": [t * 1e6 for t in times], "rtt_us": [t * 1e6 for t in rtts]}))
 """
 
 
@@ -64,6 +80,8 @@ class Figures:
     conn_per_s: float = 0.0
     p50_us: float = 0.0
     p99_us: float = 0.0
+    rtt50_us: float = 0.0
+    rtt99_us: float = 0.0
     failed: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -94,6 +112,7 @@ def measure(lb: Lab, seconds: int, conns: int) -> Figures:
         return f
     f.conn_per_s = c["ok"] / c["elapsed"] if c["elapsed"] > 0 else 0.0
     f.p50_us, f.p99_us = _pct(c["connect_us"], 0.50), _pct(c["connect_us"], 0.99)
+    f.rtt50_us, f.rtt99_us = _pct(c["rtt_us"], 0.50), _pct(c["rtt_us"], 0.99)
     f.failed = c["failed"]
     return f
 
@@ -116,7 +135,9 @@ def table(without: list[Figures], with_: list[Figures], packets: int) -> str:
     rows = [("iperf3 TCP throughput client->server (Gbit/s)", "gbps", 2),
             ("new TCP connections per second", "conn_per_s", 0),
             ("new flow connect() p50 (us)", "p50_us", 0),
-            ("new flow connect() p99 (us)", "p99_us", 0)]
+            ("new flow connect() p99 (us)", "p99_us", 0),
+            ("first request->reply p50 (us, 2 queued pkts)", "rtt50_us", 0),
+            ("first request->reply p99 (us, 2 queued pkts)", "rtt99_us", 0)]
     out = [f"{'metric':<48} {'without daemon':>15} {'with daemon':>12} {'ratio':>7}  added",
            "-" * 96]
     for label, attr, digits in rows:

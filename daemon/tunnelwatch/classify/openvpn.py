@@ -37,6 +37,7 @@ OPCODE_NAMES: Final = {
 _CLIENT_RESETS: Final = frozenset({1, 7, 10})
 _SERVER_RESETS: Final = frozenset({2, 8})
 _CONTROL: Final = frozenset({3, 4, 5, 11})
+_RESETS: Final = _CLIENT_RESETS | _SERVER_RESETS
 # Smallest hard reset: opcode + session id + ack len + packet id = 14 bytes. The largest
 # (tls-crypt-v2 with a wrapped client key) stays well under 1400.
 _MIN_RESET: Final = 14
@@ -77,6 +78,15 @@ class OpenVPN(Classifier):
         """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
         st = flow.state.get("openvpn")
         if st is None:
+            # Cheap first look before any state exists: most flows are not OpenVPN at all.
+            p = pkt.payload
+            if pkt.proto == TCP:
+                if (len(p) < 3 or not _MIN_RESET - 2 <= ((p[0] << 8) | p[1]) <= 1700
+                        or p[2] & 7 or p[2] >> 3 not in _RESETS):
+                    return REJECT
+            elif not (p[0] & 7 == 0 and p[0] >> 3 in _RESETS) and (
+                    len(p) < _STATIC_OVERHEAD + 16 or (len(p) - _STATIC_OVERHEAD) % 16):
+                return REJECT
             st = flow.state["openvpn"] = _State()
         # Only the flow's first payload packet may open a TLS-mode session: later packets of other
         # traffic (static-key ciphertext, random UDP) start with a reset-like byte 3 times in 256.
