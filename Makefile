@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus/ndpi
 # System packages: build deps for netfilterqueue/systemd-python, and the real peers the tests drive.
 APT_PKGS := python3-venv gcc pkg-config libnetfilter-queue-dev libsystemd-dev systemd iproute2 iptables ipset \
-	conntrack nftables iperf3 iputils-ping tcpdump openvpn wireguard-go wireguard-tools strongswan strongswan-swanctl libcharon-extra-plugins xl2tpd \
+	conntrack nftables iperf3 nfdump tshark iputils-ping tcpdump openvpn wireguard-go wireguard-tools strongswan strongswan-swanctl libcharon-extra-plugins xl2tpd \
 	pptpd pptp-linux baresip sip-tester openssl curl procps psmisc chromium
 
 .PHONY: help setup system-deps demo test unit integration lint bench eval clean
