@@ -78,6 +78,11 @@ def _m(x: int) -> str:
     return f"0x{x:x}/0x{MARK_MASK:x}"
 
 
+# u32 tests that succeed only when a 4-byte word exists at the TCP payload start (IPv6: no extension
+# headers assumed; with them the read lands elsewhere in the packet and the segment is simply queued).
+_NO_PAYLOAD: Final = {4: "0>>22&0x3C@12>>26&0x3C@0>>24=0:255", 6: "52>>26&0x3C@40>>24=0:255"}
+
+
 def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
     """The rules of our chain per table (`-A TUNNELWATCH ...` lines) for IP version 4 or 6."""
     mangle = [f"-A {CHAIN} -m connmark ! --mark {_m(0)} -j RETURN"]
@@ -106,7 +111,10 @@ def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
     # TCP handshake and reset segments carry no payload to classify: keeping them out of userspace
     # takes the queue's latency off every connection set-up (they still count towards connbytes).
     mangle += [f"-A {CHAIN} -p tcp --tcp-flags SYN SYN -j RETURN",
-               f"-A {CHAIN} -p tcp --tcp-flags RST RST -j RETURN"]
+               f"-A {CHAIN} -p tcp --tcp-flags RST RST -j RETURN",
+               # Pure ACKs carry nothing to classify either: u32 cannot read a 4-byte word at the start
+               # of the TCP payload (IP header length + data offset), so the negated match skips them.
+               f"-A {CHAIN} -p tcp -m u32 ! --u32 {_NO_PAYLOAD[version]} -j RETURN"]
     mangle.append(f"-A {CHAIN} -m connbytes --connbytes 0:{spec.packets} --connbytes-dir both "
                   f"--connbytes-mode packets -j {target}")
     unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"

@@ -56,12 +56,14 @@ def test_registered_endpoints_bypass_the_queue_per_family() -> None:
     assert (f"-A {CHAIN} -m conntrack --ctorigsrc 198.51.100.20/32 --ctorigdst 192.0.2.0/28 -j RETURN") in v4
     assert not any("192.0.2.64" in r or "2001:" in r for r in v4)
     assert v6[1] == f"-A {CHAIN} -m conntrack --ctorigdst 2001:db8:2::/64 -j RETURN"
-    assert len(v6) == 5  # connmark shortcut, the bypass, TCP SYN and RST skips, the queue rule
+    assert len(v6) == 6  # connmark shortcut, the bypass, TCP SYN/RST/no-payload skips, the queue rule
     # bypasses come before the queue rule, after the connmark shortcut
     assert v4.index(next(r for r in v4 if "NFQUEUE" in r)) == len(v4) - 1
     # handshake/reset segments never reach userspace: they skip the queue just before it
-    assert v4[-3:-1] == [f"-A {CHAIN} -p tcp --tcp-flags SYN SYN -j RETURN",
+    assert v4[-4:-2] == [f"-A {CHAIN} -p tcp --tcp-flags SYN SYN -j RETURN",
                          f"-A {CHAIN} -p tcp --tcp-flags RST RST -j RETURN"]
+    assert "-m u32 ! --u32 0>>22&0x3C@12>>26&0x3C@0>>24=0:255 -j RETURN" in v4[-2]
+    assert "-m u32 ! --u32 52>>26&0x3C@40>>24=0:255 -j RETURN" in v6[-2]
 
 
 def test_restore_script_declares_chains_and_adds_only_missing_jumps() -> None:
