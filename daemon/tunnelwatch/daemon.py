@@ -14,6 +14,7 @@ rules, the supervisor and the status state.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -33,6 +34,7 @@ from tunnelwatch.flow import Flow, FlowKey
 from tunnelwatch.packet import addr_text, parse_ip, transport_name
 from tunnelwatch.policy import Decision, Policy
 from tunnelwatch.registry import Registry
+from tunnelwatch.reporting import Reporter
 from tunnelwatch.runconfig import RunConfig
 from tunnelwatch.service import Notifier
 from tunnelwatch.supervisor import Supervisor
@@ -98,11 +100,16 @@ class Enforcer:
                 extra={"FLOW": desc, "KLASS": verdict.klass, "PROTOCOL": verdict.protocol, "VERDICT": verb,
                        "CONFIDENCE": verdict.confidence})
         if self.record is not None:
+            registered = d.action == "allow" and d.reason.startswith("registered ")
+            reg = d.reason[len("registered "):] if registered else None
             self.record({"ts": time.time(), "src": addr_text(flow.src), "sport": flow.sport,
                          "dst": addr_text(flow.dst), "dport": flow.dport,
                          "transport": transport_name(flow.proto),
                          "klass": verdict.klass, "protocol": verdict.protocol,
-                         "confidence": verdict.confidence, "action": d.action, "reason": d.reason})
+                         "confidence": verdict.confidence, "action": d.action, "reason": d.reason,
+                         "evidence": [e[:128] for e in verdict.evidence[:16]], "bulk": d.bulk or None,
+                         "registration_id": reg, "packets": flow.packets, "bytes": flow.bytes,
+                         "first_seen": flow.first_ts, "last_seen": flow.last_ts})
 
     def _ended(self, flow: Flow, verdict: Verdict) -> None:
         self.marks.pop(flow.key, None)
@@ -214,6 +221,12 @@ def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool 
         nfq.close()
 
 
+def _poke(fd: int) -> None:
+    """Wake the main loop's select (a registry sync thread has work for it)."""
+    with contextlib.suppress(OSError):  # the pipe is full: the loop is awake anyway
+        os.write(fd, b"\0")
+
+
 def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose: bool = False) -> int:
     """Run until SIGTERM/SIGINT, then remove our rules; returns the exit code."""
     sig = Signals()
@@ -222,10 +235,13 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
     rules = Rules(cfg, registry)
     enforcer = Enforcer(cfg, registry)
     sup = Supervisor(cfg, registry, path, rules, app, notifier, enforcer.apply, verbose=verbose)
+    reporter = Reporter(cfg, app.state, str(app.state.snapshot()["device_id"]), lambda: _poke(sig.wfd))
+    sup.reporter = reporter
     try:
         if cfg.queue_count == 1:
             enforcer.record = sup.record
             app.start_status()
+            reporter.start()
 
             def ready(ok: bool | None) -> None:
                 rules.install()  # only now: no packet is queued before someone listens
@@ -245,6 +261,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
     finally:
         notifier.stopping()
         app.state.set(health="stopping")
+        reporter.stop(f"signal {signal.Signals(sig.stop).name}" if sig.stop else "error")
         app.stop()
         firewall.remove()
         log.info("rules removed")

@@ -24,10 +24,11 @@ from tunnelwatch.appconfig import (
     read_secret,
     status_section,
 )
+from tunnelwatch.reportconfig import ReportConfig, report_section
 from tunnelwatch.yamlcheck import ConfigError, YamlReader, kind, merge, relative_path
 
-__all__ = ["ConfigError", "DiscoveryConfig", "Rule", "RunConfig", "StatusConfig", "VoipRule", "YamlReader",
-           "dropin_dir", "load_config", "parse_config", "read_secret", "restart_needed"]
+__all__ = ["ConfigError", "DiscoveryConfig", "ReportConfig", "Rule", "RunConfig", "StatusConfig", "VoipRule",
+           "YamlReader", "dropin_dir", "load_config", "parse_config", "read_secret", "restart_needed"]
 
 MODES: Final = ("monitor", "enforce", "grace")
 ACTIONS: Final = ("drop", "reject")
@@ -77,10 +78,11 @@ class RunConfig:
     log_journal: bool | None = None  # None = auto: journald when running under systemd
     status: StatusConfig = field(default_factory=StatusConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)  # main file, then drop-ins applied
 
 
-_TOP: Final = ("queue", "firewall", "registry", "policy", "status", "discovery", "log")
+_TOP: Final = ("queue", "firewall", "registry", "policy", "status", "discovery", "report", "log")
 _KLASSES: Final = ("vpn_tunnel", "voip", "proxy_obfuscated")
 _CONFIDENCES: Final = ("confirmed", "heuristic", "port")
 # what a reload cannot change in place: the queue binding (number, count, kernel queue length, fail-open
@@ -195,6 +197,7 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
         log_journal=_journal(r, lg["journal"]) if "journal" in lg else None,
         status=status_section(r, top["status"], path) if "status" in top else StatusConfig(),
         discovery=discovery_section(r, top["discovery"]) if "discovery" in top else DiscoveryConfig(),
+        report=report_section(r, top["report"], path) if "report" in top else ReportConfig(),
         sources=(path,),
     )
     if cfg.queue_num + cfg.queue_count - 1 > 65535:
@@ -254,7 +257,11 @@ def load_config(path: Path) -> RunConfig:
 
 def restart_needed(old: RunConfig, new: RunConfig) -> list[str]:
     """The settings that differ between two configs and can only change with a restart."""
-    return [name for attr, name in RESTART_FIELDS.items() if getattr(old, attr) != getattr(new, attr)]
+    out = [name for attr, name in RESTART_FIELDS.items() if getattr(old, attr) != getattr(new, attr)]
+    # the spool file is opened once, by the main process, before the queues are bound
+    if (old.report.spool, old.report.state_dir) != (new.report.spool, new.report.state_dir):
+        out.append("report.spool / report.state_dir")
+    return out
 
 
 def _rule_text(r: Rule) -> str:
@@ -283,4 +290,26 @@ def summary(cfg: RunConfig) -> list[str]:
         f"status: socket {st.socket or 'off'}, {http}",
         f"discovery: {mdns}" + (f", device id {disc.device_id}" if disc.device_id else ""),
         f"log: level {cfg.log_level}, journal {journal}",
+        *report_summary(cfg.report),
+    ]
+
+
+def report_summary(rep: ReportConfig) -> list[str]:
+    """The report section in `check-config` words."""
+    up = rep.uplink
+    auth = " + ".join(x for x in ("mTLS" if up.client_cert else "", "token" if up.token else "") if x) \
+        or "no client auth"
+    ipf = rep.ipfix
+    sync = rep.registry_sync
+    priv = rep.privacy
+    nets = f" in {', '.join(priv.subscriber_nets)}" if priv.subscriber_nets else ""
+    return [
+        f"report: spool {rep.spool.path} (max {rep.spool.max_events} events, "
+        f"{rep.spool.max_bytes // 1048576} MB, {rep.spool.retention_days} days), "
+        f"heartbeat every {rep.heartbeat} s",
+        "report uplink: " + (f"{up.url} ({auth})" if up.url else "off (report.uplink.url is null)"),
+        "report ipfix: " + (f"{ipf.collector[0]}:{ipf.collector[1]}/{ipf.transport}, PEN {ipf.enterprise}"
+                            if ipf.collector else "off"),
+        "registry sync: " + (f"{sync.url} every {sync.interval} s" if sync.url else "off"),
+        f"privacy: subscriber addresses {priv.subscriber_addresses}{nets}",
     ]

@@ -11,6 +11,7 @@ READY=1 either way, WATCHDOG=1 every half watchdog period, and a STATUS= line wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -28,11 +29,21 @@ from tunnelwatch.service import Notifier, setup_logging
 
 if TYPE_CHECKING:
     from tunnelwatch.daemon import Rules
+    from tunnelwatch.reporting import Reporter
 
 log = logging.getLogger("tunnelwatch")
 
 TICK: Final = 30.0  # seconds between registry-file and validity-window checks
 STATUS_EVERY: Final = 2.0  # seconds between STATUS= refreshes (sent only when the text changed)
+POLICY_FIELDS: Final = ("default", "klass", "protocol", "voip")
+
+
+def digest(path: Path | None) -> str | None:
+    """sha256 of a file, hex (None when unreadable)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+    except OSError:
+        return None
 
 
 class RegistryWatch:
@@ -41,6 +52,7 @@ class RegistryWatch:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.mtime = self._mtime()
+        self.rejected = False  # the last check found a changed file it could not load
 
     def _mtime(self) -> float:
         try:
@@ -54,7 +66,9 @@ class RegistryWatch:
         if mtime == self.mtime:
             return False
         self.mtime = mtime
-        return self.registry.reload()
+        ok = self.registry.reload()
+        self.rejected = not ok
+        return ok
 
 
 class Supervisor:
@@ -67,6 +81,7 @@ class Supervisor:
         self.cfg, self.registry, self.path = cfg, registry, path
         self.rules, self.app, self.notifier, self.apply_path = rules, app, notifier, apply_path
         self.verbose = verbose
+        self.reporter: Reporter | None = None
         self.watch = RegistryWatch(registry)
         self.counts: Counter[str] = Counter()
         self.hup = False
@@ -84,6 +99,13 @@ class Supervisor:
         if rec.get("action") == "block":
             self.counts["blocked"] += 1
         self.app.state.record_decision(rec)
+        if self.reporter is not None:
+            self.reporter.flow(rec)
+
+    def event(self, kind: str, **fields: object) -> None:
+        """Report an event upward (nothing when reporting is off)."""
+        if self.reporter is not None:
+            self.reporter.event(kind, **fields)
 
     def status_text(self) -> str:
         """The systemd STATUS= line."""
@@ -93,7 +115,8 @@ class Supervisor:
 
     def ready(self) -> None:
         """Rules are in place: tell systemd and start advertising."""
-        self.app.state.set(health="ok")
+        degraded = self.reporter is not None and self.reporter.degraded is not None
+        self.app.state.set(health="degraded" if degraded else "ok")
         self.notifier.ready(self.status_text())
         self.last_status = self.status_text()
         self.app.start_discovery()
@@ -108,12 +131,21 @@ class Supervisor:
         if self.hup:
             self.hup = False
             self.reload()
+        synced = self.reporter.take_sync() if self.reporter is not None else None
         now = time.monotonic()
-        if now >= self.next_tick:
+        if now >= self.next_tick or synced is not None:
             self.next_tick = now + TICK
+            source = "sync" if synced is not None else "file"
             if self.watch.check():
                 self.apply_path(self.cfg, self.registry)
-                self.app.state.set(registry_version=registry_version(self.registry))
+                self.app.state.set(registry_version=self._registry_version())
+                self.event("registry_changed", source=source, entries=len(self.registry.entries),
+                           version=synced.version if synced is not None else None,
+                           digest=digest(self.registry.path))
+            elif self.watch.rejected:
+                self.watch.rejected = False
+                self.event("registry_rejected", source=source, reason="the registry file is invalid; "
+                           "the last good one stays (see the log)", digest=digest(self.registry.path))
             self._refresh_rules()
         if self.interval and now >= self.next_dog:
             self.notifier.watchdog()
@@ -166,6 +198,8 @@ class Supervisor:
         when = time.strftime("%Y-%m-%d %H:%M:%S")
         self.app.state.set(config_check=f"reload refused at {when}: {problems[0]}")
         self.app.state.count("config_rejected", reason=reason)
+        self.event("config_rejected", path=str(self.path)[:256], errors=[p[:256] for p in problems[:32]],
+                   digest=digest(self.path))
 
     def _apply(self, new: RunConfig, reg: Registry) -> None:
         old = self.cfg
@@ -182,7 +216,30 @@ class Supervisor:
         if not self.verbose and (new.log_level, new.log_journal) != (old.log_level, old.log_journal):
             setup_logging(new.log_level, journal=new.log_journal)
         self.app.apply(new, reg)
+        if self.reporter is not None:
+            self.reporter.apply(new)
+            self.app.state.set(registry_version=self._registry_version(reg))
+        self._report_changes(old, new, reg, changed)
         self.cfg, self.registry = new, reg
         self.watch = RegistryWatch(reg)
         log.info("reload #%d: applied %s (%s)", self.reloads, self.path,
                  ", ".join(changed) or "nothing changed")
+
+    def _registry_version(self, reg: Registry | None = None) -> str:
+        """The status line's registry version, led by the signed version when registry sync is on."""
+        text = registry_version(reg or self.registry)
+        sync = self.reporter.sync if self.reporter is not None else None
+        version = sync.current_version() if sync is not None else 0
+        return f"v{version} (signed), {text}" if version else text
+
+    def _report_changes(self, old: RunConfig, new: RunConfig, reg: Registry, changed: list[str]) -> None:
+        conf = [c for c in changed if c != "registry"]
+        if conf:
+            self.event("config_changed", path=str(self.path)[:256], digest=digest(self.path),
+                       summary=f"reload #{self.reloads}: {', '.join(conf)}"[:256], changes=conf[:32])
+        pol = [c for c in conf if c in POLICY_FIELDS]
+        if pol:
+            self.event("policy_changed", summary=f"policy {', '.join(pol)} changed (reload #{self.reloads})",
+                       changes=pol)
+        if "registry" in changed:
+            self.event("registry_changed", source="file", entries=len(reg.entries), digest=digest(reg.path))

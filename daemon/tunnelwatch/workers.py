@@ -141,6 +141,8 @@ def run_workers(cfg: RunConfig, sig: Signals, rules: Rules, sup: Supervisor, app
                 raise RuntimeError(error)
             flags.append(ok)
         app.start_status()  # after the fork: workers do not inherit the status threads
+        if sup.reporter is not None:
+            sup.reporter.start()  # likewise: the spool connection and report threads stay in this process
         rules.install()
         log_ready(cfg, rules.spec, flags)
         privileges.drop()  # workers forked later (restarts) inherit the reduced sets

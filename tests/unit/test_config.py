@@ -136,3 +136,49 @@ def test_check_config_exit_codes_and_output(tmp_path: Path) -> None:
     r = _cli("check-config", str(bad))
     assert r.returncode == 78
     assert f"{bad}:4:3: unknown key 'pakets' in queue: did you mean 'packets'?" in r.stderr
+
+
+def test_report_section_resolves_paths_and_secrets(tmp_path: Path) -> None:
+    d = _copy("valid", tmp_path, 0o600)
+    rep = load_config(d / "reporting.yaml").report
+    assert rep.state_dir == d / "state"
+    assert rep.spool.path == d / "state" / "spool.db"  # unnamed files follow state_dir
+    assert (rep.spool.max_events, rep.spool.max_bytes, rep.spool.retention_days) == (200000, 20000000, 7)
+    up = rep.uplink
+    assert up.url == "https://collector.isp.example:8443/tw"
+    assert (up.ca_file, up.client_cert, up.client_key) == (d / "isp-ca.pem", d / "box.pem", d / "box.key")
+    assert up.token is not None and len(up.token) >= 16 and up.token not in repr(up)
+    assert (up.batch_size, up.max_rate) == (200, 5.5)
+    assert rep.ipfix.collector == ("192.0.2.50", 4739) and rep.ipfix.transport == "tcp"
+    assert rep.registry_sync.interval == 600 and rep.registry_sync.public_key is not None
+    assert rep.privacy.subscriber_addresses == "hash"
+    assert rep.privacy.key_file == d / "state" / "privacy.key"
+    assert rep.privacy.subscriber_nets == ("192.168.1.0/24", "2001:db8:1::/64")
+    assert rep.heartbeat == 60
+
+
+def test_report_defaults_are_off_and_in_the_state_dir() -> None:
+    rep = parse_config("policy: {}\n").report
+    assert rep.uplink.url is None and rep.ipfix.collector is None and rep.registry_sync.url is None
+    assert str(rep.spool.path) == "/var/lib/tunnelwatch/spool.db"
+    assert rep.spool.max_bytes == 100 * 1024 * 1024 and rep.heartbeat == 300
+    assert rep.privacy.subscriber_addresses == "clear"
+    v6 = parse_config('report: {ipfix: {collector: "[2001:db8::5]:4739"}}\n').report.ipfix
+    assert v6.collector == ("2001:db8::5", 4739)
+
+
+def test_the_shipped_example_lists_every_report_option() -> None:
+    text = EXAMPLE.read_text()
+    for key in ("state_dir", "heartbeat", "spool", "path", "max_events", "max_bytes", "retention_days",
+                "uplink", "url", "ca_file", "client_cert", "client_key", "batch_size", "max_rate", "ipfix",
+                "collector",
+                "transport", "enterprise", "registry_sync", "public_key", "interval", "privacy",
+                "subscriber_addresses", "key_file", "subscriber_nets"):
+        assert f"\n  {key}:" in text or f"\n    {key}:" in text, key
+
+
+def test_spool_location_needs_a_restart_other_report_settings_do_not() -> None:
+    old = parse_config("report: {heartbeat: 30}\n")
+    assert restart_needed(old, parse_config("report: {spool: {path: /tmp/x.db}}\n"))
+    live = parse_config("report: {heartbeat: 5, ipfix: {collector: '10.0.0.1:4739'}}\n")
+    assert restart_needed(old, live) == []
