@@ -122,6 +122,9 @@ def render_html(snap: Mapping[str, object], *, refresh: int = REFRESH_S) -> str:
         ("Mode", f'<span id="mode">{esc(snap.get("mode"))}</span>'),
         ("Registry version", f'<span id="registry-version">{esc(regver)}</span>'),
         ("Uplink backlog", f'<span id="uplink-backlog">{esc("n/a" if backlog is None else backlog)}</span>'),
+        ("Uplink last error",
+         f'<span id="uplink-error">{esc(snap.get("uplink_last_error") or "none")}</span>'),
+        ("Registry sync", f'<span id="registry-sync">{esc(snap.get("registry_sync") or "off")}</span>'),
         ("Config check", f'<span id="config-check">{esc(snap.get("config_check"))}</span>'),
         ("Device", f'<span id="device-id">{esc(snap.get("device_id"))}</span>'),
         ("Version", esc(snap.get("version"))),
@@ -235,6 +238,8 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
         f"  config check:     {p(snap.get('config_check'))}",
         f"  registry version: {p(snap.get('registry_version') or 'none')}",
         f"  uplink backlog:   {p('n/a' if backlog is None else backlog)}",
+        f"  uplink error:     {p(snap.get('uplink_last_error') or 'none')}",
+        f"  registry sync:    {p(snap.get('registry_sync') or 'off')}",
     ]
     totals = flow_totals(snap)
     by_action: dict[str, int] = {}
