@@ -19,12 +19,15 @@ import os
 import select
 import socket
 import struct
+import time
 import warnings
 from collections.abc import Callable
 from typing import Final
 
 from netfilterqueue import NetfilterQueue
 from netfilterqueue import Packet as QueuedPacket
+
+from tunnelwatch import qstats
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class Queue:
         self.mark_mask = mark_mask
         self.packets = 0
         self.errors = 0
+        # userspace time per verdict, read by the heartbeat (qstats keeps it importable without us)
+        self._latency = qstats.recorder(num)
         #: True/False once the kernel acknowledged/refused our queue flags, None when unconfirmed
         self.flags_ok: bool | None = None
         self._nfq = NetfilterQueue()
@@ -111,6 +116,7 @@ class Queue:
             sock.close()
 
     def _callback(self, pkt: QueuedPacket) -> None:
+        t0 = time.perf_counter()
         self.packets += 1
         try:
             bits = self.handler(pkt.get_payload()) & self.mark_mask
@@ -122,6 +128,7 @@ class Queue:
         if bits:
             pkt.set_mark((pkt.get_mark() & ~self.mark_mask & 0xFFFFFFFF) | bits)
         pkt.accept()
+        self._latency.append(time.perf_counter() - t0)
 
     def fileno(self) -> int:
         """The netlink socket to wait on."""

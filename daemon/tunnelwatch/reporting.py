@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from tunnelwatch import __version__
+from tunnelwatch import __version__, qstats
 from tunnelwatch.events import EventError, make_event
 from tunnelwatch.privacy import Pseudonymizer, load_or_create_key
 from tunnelwatch.runconfig import RunConfig
@@ -340,6 +340,11 @@ class Reporter:
                                      "flows_by_klass": dict(self._by_klass),
                                      "flows_by_action": dict(self._by_action),
                                      "packets_queued": queued, "queue_drops": qdrops}
+            # userspace time per verdict, {p50, p99, max} ms; only queues served by this process
+            # (single-queue mode): worker processes keep their own samples
+            latency = qstats.summary_ms(qs)
+            if latency is not None:
+                hb["verdict_latency_ms"] = latency
             drops, self._drops = self._drops, 0
         if drops:
             log.warning("report: %d events dropped (reporting queue full or spool write failed)", drops)

@@ -156,6 +156,8 @@ def test_events_reach_the_collector_once_across_sigterm_and_kill9(tmp_path: Path
         _wait_stored(tmp_path, lambda e: sum(x["kind"] == "heartbeat" for x in e) >= 2, "two heartbeats")
         beat = [e for e in _stored(tmp_path) if e["kind"] == "heartbeat"][-1]
         assert beat["flows_by_klass"].get("vpn_tunnel", 0) >= 1 and beat["packets_queued"] > 0
+        lat = beat["verdict_latency_ms"]  # userspace time per verdict, single queue
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["max"], lat
 
         # the IPFIX copy of the decision reached the sink, with the protocol name in applicationName
         lb.wait_for_log("ipfix", "True", timeout=10)
