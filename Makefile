@@ -15,7 +15,7 @@ help:
 	@echo "make setup   - system packages (when root) + $(VENV) with tunnelwatch and test tools"
 	@echo "make demo    - classify the bundled sample captures and print the table"
 	@echo "make test    - setup, then lint, type-check, unit and integration tests"
-	@echo "make bench   - classification throughput vs nfstream (nDPI) on the corpus x20"
+	@echo "make bench   - classification vs nfstream (nDPI) on the corpus x20; router with/without daemon (root)"
 	@echo "make eval    - agreement with nDPI's labels on $(CORPUS)"
 
 system-deps:

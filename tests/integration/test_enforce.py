@@ -184,6 +184,7 @@ def test_only_first_packets_of_a_connection_are_queued(tmp_path: Path) -> None:
         r = fetch(lb, f"http://{SERVER_IP}:{HTTP_PORT}/big.bin")  # one connection, > 700 packets
         assert r.stdout == "200 1048576", r.stderr
         queued = _queue_sent(lb) - before
+        print(f"1 MiB download, first {n} packets per connection: {queued} packets queued")
         assert 1 <= queued <= n, queued
         before = _queue_sent(lb)
         ping = lb.run(lb.client, "ping", "-c", "200", "-i", "0.002", "-W", "1", "-q", SERVER_IP, check=False)
