@@ -161,19 +161,34 @@ class Lab:
                 _kill(p, sig, timeout)
 
     @contextmanager
-    def capture(self, ns: str, iface: str, pcap: Path, bpf: str = "") -> Iterator[Path]:
-        """tcpdump on an interface of a namespace for the duration of the block; yields the pcap path."""
+    def capture(self, ns: str, iface: str, pcap: Path, bpf: str = "", timeout: float = 10.0
+                ) -> Iterator[Path]:
+        """tcpdump on an interface of a namespace for the block; stopped only once all of it is on disk.
+
+        --immediate-mode: otherwise tcpdump hands packets over in blocks up to a second late and a short
+        block ends before the first one. At the end the server pings the client with a random payload,
+        which crosses every lab interface; tcpdump writes in order, so once that marker is in the file,
+        every packet that crossed the interface before it is too.
+        """
         name = f"tcpdump-{pcap.stem}"
-        args = ["tcpdump", "-i", iface, "-n", "-U", "-s", "0", "-w", str(pcap)]
+        args = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "0", "-w", str(pcap)]
         if bpf:
-            args += bpf.split()
+            args += ["(", *bpf.split(), ")", "or", "icmp"]  # the marker must pass the filter
         p = self.spawn(ns, args, name)
         # tcpdump says "listening on" only once the socket is open: no packet is missed after this.
         self.wait_for_log(name, "listening on")
         try:
             yield pcap
+            token = uuid.uuid4().hex[:16]
+            self.run(self.server, "ping", "-n", "-c1", "-W1", "-s", "64", "-p", token, CLIENT_IP, check=False)
+            marker = bytes.fromhex(token)
+            deadline = time.monotonic() + timeout
+            while marker not in pcap.read_bytes():
+                if time.monotonic() > deadline or p.poll() is not None:
+                    raise AssertionError(
+                        f"capture marker never reached {pcap.name}:\n{self.log(name)[-2000:]}")
+                time.sleep(0.02)  # polling the file for the marker, not a guess at timing
         finally:
-            time.sleep(0.3)  # let in-flight replies reach the capture before it stops
             _kill(p, signal.SIGINT, 5.0)
 
     def teardown(self) -> None:

@@ -6,18 +6,13 @@ tunnel. Key material is generated under the test's tmp dir at test time; nothing
 
 from __future__ import annotations
 
-import signal
 import sys
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from enforce_peers import make_pki
 
-from support.netns import CLIENT_IP, SERVER_IP, Lab, sh
+from support.netns import SERVER_IP, Lab, sh
 
 OPENVPN_PORT = 1194
 WG_PORT = 51820
@@ -40,31 +35,6 @@ class Peers:
     client_conf: Path
     proto: str
     server_tun_ip: str
-
-
-@contextmanager
-def capture(lb: Lab, ns: str, iface: str, pcap: Path, timeout: float = 10.0) -> Iterator[Path]:
-    """tcpdump on `iface` for the block, stopped only once everything sent in the block is on disk.
-
-    Unlike Lab.capture this uses --immediate-mode: without it tcpdump hands packets over in blocks up
-    to a second late and a short test ends before the first one. At the end the server pings the
-    client with a random payload; tcpdump writes packets in order, so once that marker is in the file
-    every packet that crossed the interface before it is too.
-    """
-    name = f"tcpdump-{pcap.stem}"
-    p = lb.spawn(ns, ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "0", "-w", str(pcap)],
-                 name)
-    lb.wait_for_log(name, "listening on")
-    yield pcap
-    token = uuid.uuid4().hex[:16]
-    lb.run(lb.server, "ping", "-n", "-c1", "-W1", "-s", "64", "-p", token, CLIENT_IP, check=False)
-    marker = bytes.fromhex(token)
-    deadline = time.monotonic() + timeout
-    while marker not in pcap.read_bytes():
-        if time.monotonic() > deadline or p.poll() is not None:
-            raise AssertionError(f"capture marker never reached {pcap.name}:\n{lb.log(name)[-2000:]}")
-        time.sleep(0.02)
-    lb.stop(name, signal.SIGINT)
 
 
 def openvpn_tls(d: Path, proto: str = "udp", wrap: str = "") -> Peers:
@@ -211,5 +181,5 @@ def dns_query(lb: Lab, name: str = "example.test") -> str:
     return r.stdout.strip()
 
 
-__all__ = ["Peers", "capture", "dns_query", "openvpn_static", "openvpn_tls", "ping_through", "start_dns",
+__all__ = ["Peers", "dns_query", "openvpn_static", "openvpn_tls", "ping_through", "start_dns",
            "start_https", "start_openvpn", "start_wireguard"]

@@ -18,7 +18,6 @@ from peers_vpn import (
     OPENVPN_PORT,
     WG_PORT,
     WG_SERVER_TUN_IP,
-    capture,
     dns_query,
     openvpn_static,
     openvpn_tls,
@@ -43,7 +42,7 @@ def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab], None
     """Run `drive` in a fresh lab while tcpdump records the router's WAN side; classify the capture."""
     require_tools("tcpdump", "ping", "ss", *tools)
     pcap = tmp_path / "wan0.pcap"
-    with lab(tmp_path) as lb, capture(lb, lb.router, "wan0", pcap):
+    with lab(tmp_path) as lb, lb.capture(lb.router, "wan0", pcap):
         drive(lb)
     return list(classify_file(str(pcap)))
 
