@@ -7,7 +7,6 @@ import base64
 import http.server
 import json
 import ssl
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.netns import require_tools
+from support.pki import make_pki
 from tunnelwatch.registry import Registry
 from tunnelwatch.regsync import RegistrySync, sign_document
 
@@ -28,32 +28,11 @@ MAX = 20_000
 Route = Callable[[http.server.BaseHTTPRequestHandler], None]
 
 
-def _ca(d: Path, name: str) -> tuple[Path, Path]:
-    key, crt = d / f"{name}.key", d / f"{name}.crt"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-days", "2", "-subj", f"/CN={name}", "-keyout", key, "-out", crt,
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign"], check=True, capture_output=True)
-    return key, crt
-
-
-def _leaf(d: Path, ca: tuple[Path, Path], name: str, san: str) -> tuple[Path, Path]:
-    key, csr, crt, ext = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.crt", d / f"{name}.ext"
-    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", f"/CN={name}", "-keyout", key, "-out", csr], check=True, capture_output=True)
-    ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[1], "-CAkey", ca[0], "-CAcreateserial",
-                    "-days", "2", "-extfile", ext, "-out", crt], check=True, capture_output=True)
-    return crt, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     require_tools("openssl")
-    d = tmp_path_factory.mktemp("pki")
-    ca, other = _ca(d, "isp-ca"), _ca(d, "rogue-ca")
-    crt, key = _leaf(d, ca, "server", "IP:127.0.0.1")
-    return {"ca": ca[1], "other_ca": other[1], "crt": crt, "key": key}
+    p = make_pki(tmp_path_factory.mktemp("pki"))  # server certificate for 127.0.0.1, plus an untrusted CA
+    return {"ca": p.ca, "other_ca": p.rogue_ca, "crt": p.server_cert, "key": p.server_key}
 
 
 class Server:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.netns import SERVER_IP, Lab, lab, require_tools
-from support.pki import Pki, _leaf, make_pki
+from support.pki import Pki, leaf, make_pki
 from tunnelwatch.events import make_event
 from tunnelwatch.labpeers import HTTPS_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
 from tunnelwatch.regsync import sign_document
@@ -57,7 +57,7 @@ def _pki(tmp: Path) -> Pki:
     d.mkdir()
     pki = make_pki(d)
     # the collector is reached at the server namespace's address, not 127.0.0.1
-    _leaf(d, "ca", "collector", f"subjectAltName=IP:{SERVER_IP}\nextendedKeyUsage=serverAuth\n"
+    leaf(d, "ca", "collector", f"subjectAltName=IP:{SERVER_IP}\nextendedKeyUsage=serverAuth\n"
                                 "basicConstraints=CA:FALSE\n")
     return pki
 

@@ -36,12 +36,14 @@ def _ca(d: Path, name: str) -> None:
          cwd=d)
 
 
-def _leaf(d: Path, ca: str, name: str, ext: str) -> None:
+def leaf(d: Path, ca: str, name: str, ext: str) -> tuple[Path, Path]:
+    """A certificate `name`.pem (and its key) signed by CA `ca` in d, with openssl extension lines `ext`."""
     _run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
          "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
     (d / f"{name}.ext").write_text(ext)
     _run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
          "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
+    return d / f"{name}.pem", d / f"{name}.key"
 
 
 def make_pki(d: Path) -> Pki:
@@ -52,10 +54,10 @@ def make_pki(d: Path) -> Pki:
     client_ext = "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"
     _ca(d, "ca")
     _ca(d, "rogue-ca")
-    _leaf(d, "ca", "server", server_ext)
-    _leaf(d, "ca", "client", client_ext)
-    _leaf(d, "rogue-ca", "rogue-client", client_ext)
-    _leaf(d, "rogue-ca", "rogue-server", server_ext)
+    leaf(d, "ca", "server", server_ext)
+    leaf(d, "ca", "client", client_ext)
+    leaf(d, "rogue-ca", "rogue-client", client_ext)
+    leaf(d, "rogue-ca", "rogue-server", server_ext)
     return Pki(ca=d / "ca.pem", server_cert=d / "server.pem", server_key=d / "server.key",
                client_cert=d / "client.pem", client_key=d / "client.key", rogue_ca=d / "rogue-ca.pem",
                rogue_cert=d / "rogue-client.pem", rogue_key=d / "rogue-client.key",
