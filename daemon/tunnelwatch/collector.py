@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+# one definition of the wire contract (docs/uplink.md), shared with the sender
+from tunnelwatch.uplink import BATCH_HEADER, DEVICE_HEADER, EVENTS_PATH, WIRE_SCHEMA
+
 log = logging.getLogger(__name__)
 
-EVENTS_PATH: Final = "/v1/events"
 MAX_BODY: Final = 16 * 1024 * 1024          # compressed bytes accepted in one POST
 MAX_INFLATED: Final = 128 * 1024 * 1024     # guards against a gzip bomb
 _DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -272,14 +274,14 @@ def _decode(raw: bytes, encoding: str) -> Any:
 
 
 def _validate(doc: Any, headers: Any) -> tuple[str, str, list[dict[str, Any]]]:
-    if not isinstance(doc, dict) or doc.get("schema") != 1:
+    if not isinstance(doc, dict) or doc.get("schema") != WIRE_SCHEMA:
         raise ValueError("body must be an object with schema 1")
     device, batch_id, events = doc.get("device_id"), doc.get("batch_id"), doc.get("events")
     if not isinstance(device, str) or not _DEVICE_RE.match(device):
         raise ValueError("bad device_id")
     if not isinstance(batch_id, str) or not _BATCH_RE.match(batch_id):
         raise ValueError("bad batch_id")
-    if headers.get("X-Tunnelwatch-Batch-Id") != batch_id or headers.get("X-Tunnelwatch-Device") != device:
+    if headers.get(BATCH_HEADER) != batch_id or headers.get(DEVICE_HEADER) != device:
         raise ValueError("headers and body disagree on batch id or device")
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise ValueError("events must be a list of objects")
