@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -44,3 +45,22 @@ def describe(flow: Flow) -> str:
     """Text form of a flow for assertion messages."""
     return (f"{transport_name(flow.proto)} {addr_text(flow.src)}:{flow.sport}->"
             f"{addr_text(flow.dst)}:{flow.dport}")
+
+
+def mutate(rnd: random.Random, seeds: Sequence[bytes]) -> bytes:
+    """One of the seeds with up to four random bytes changed, cut at a random length (fuzz input)."""
+    s = bytearray(rnd.choice(seeds))
+    for _ in range(rnd.randint(0, 4)):
+        s[rnd.randrange(len(s))] = rnd.randrange(256)
+    return bytes(s[:rnd.randint(0, len(s))])
+
+
+def feed_raw(names: Sequence[str], raws: Iterable[bytes], *, budget: int = 24, t0: float = 1000.0) -> Engine:
+    """Feed raw IP packets (one a second of capture time) to an Engine of the named classifiers; flushed."""
+    engine = Engine(load_classifiers(names), budget=budget)
+    for i, raw in enumerate(raws):
+        pkt = parse_ip(raw, t0 + i)
+        assert pkt is not None, f"fuzz packet {i} not parsable"
+        engine.process(pkt)
+    engine.flush()
+    return engine

@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
-from support import one_verdict, run_engine
-from tunnelwatch.classify import load_classifiers
-from tunnelwatch.engine import Engine
+from support import feed_raw, mutate, one_verdict, run_engine
 from tunnelwatch.offline import classify_file
-from tunnelwatch.packet import parse_ip
 
 C, S = "192.0.2.10", "198.51.100.7"
 SID = bytes(range(1, 33))
@@ -143,20 +141,15 @@ def test_plain_tls_and_random_udp_443_are_not_anyconnect() -> None:
 
 def test_fuzz_never_raises() -> None:
     rnd = random.Random(21)
-    engine = Engine(load_classifiers(["anyconnect"]), budget=24)
     seeds = [client_hello(LEGACY, SID), server_hello(LEGACY, SID), hello_verify(LEGACY),
              client_hello(DTLS12, SID, (0x00A8,)), record(23, LEGACY, os.urandom(50), 1, 1)]
-    for i in range(3000):
-        s = bytearray(rnd.choice(seeds))
-        for _ in range(rnd.randint(0, 4)):
-            s[rnd.randrange(len(s))] = rnd.randrange(256)
-        data = bytes(s[:rnd.randint(0, len(s))])
-        ip = u(C, S, 1000 + i % 60, 443, data) if i % 3 else u(S, C, 443, 1000 + i % 60, data)
-        pkt = parse_ip(bytes(ip), 1000.0 + i)
-        assert pkt is not None
-        engine.process(pkt)
-    engine.flush()
-    assert engine.classifier_errors == 0
+
+    def raws() -> Iterator[bytes]:
+        for i in range(3000):
+            data = mutate(rnd, seeds)
+            yield bytes(u(C, S, 1000 + i % 60, 443, data) if i % 3 else u(S, C, 443, 1000 + i % 60, data))
+
+    assert feed_raw(["anyconnect"], raws()).classifier_errors == 0
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="nDPI corpus not present")

@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
-from support import one_verdict, run_engine
-from tunnelwatch.classify import load_classifiers
-from tunnelwatch.engine import Engine
+from support import feed_raw, mutate, one_verdict, run_engine
 from tunnelwatch.offline import classify_file
-from tunnelwatch.packet import parse_ip
 
 C, S = "192.0.2.10", "198.51.100.7"
 ISPI, RSPI = bytes.fromhex("b64ef32131a48952"), bytes.fromhex("86babd3904886955")
@@ -150,23 +148,18 @@ def test_ah_ip_protocol_51() -> None:
 
 def test_fuzz_never_raises() -> None:
     rnd = random.Random(1234)
-    engine = Engine(load_classifiers(["ipsec"]), budget=24)
     seeds = [ike(), b"\x00\x00\x00\x00" + ike(rspi=RSPI, exch=35, msgid=1, np=46), esp(0x1234, 1),
              ah(0x1234, 1)]
-    for i in range(3000):
-        s = bytearray(rnd.choice(seeds))
-        for _ in range(rnd.randint(0, 4)):
-            s[rnd.randrange(len(s))] = rnd.randrange(256)
-        data = bytes(s[:rnd.randint(0, len(s))])
-        proto = rnd.choice((17, 50, 51))
-        sport = rnd.choice((500, 4500, 1000 + i))
-        raw = bytes(IP(src=C, dst=S, proto=proto) / Raw(data)) if proto != 17 else \
-            bytes(u(C, S, sport, rnd.choice((500, 4500)), data))
-        pkt = parse_ip(raw, 1000.0 + i)
-        assert pkt is not None
-        engine.process(pkt)
-    engine.flush()
-    assert engine.classifier_errors == 0
+
+    def raws() -> Iterator[bytes]:
+        for i in range(3000):
+            data = mutate(rnd, seeds)
+            proto = rnd.choice((17, 50, 51))
+            sport = rnd.choice((500, 4500, 1000 + i))
+            yield bytes(IP(src=C, dst=S, proto=proto) / Raw(data)) if proto != 17 else \
+                bytes(u(C, S, sport, rnd.choice((500, 4500)), data))
+
+    assert feed_raw(["ipsec"], raws()).classifier_errors == 0
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="nDPI corpus not present")

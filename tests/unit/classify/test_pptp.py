@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import GRE
 from scapy.packet import Raw
 
-from support import one_verdict
-from tunnelwatch.classify import load_classifiers
-from tunnelwatch.engine import Engine
+from support import feed_raw, mutate, one_verdict
 from tunnelwatch.offline import classify_file
-from tunnelwatch.packet import parse_ip
 
 C, S = "192.0.2.10", "198.51.100.7"
 CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
@@ -108,23 +106,16 @@ def test_gre_near_misses() -> None:
 
 def test_fuzz_never_raises() -> None:
     rnd = random.Random(5)
-    engine = Engine(load_classifiers(["pptp"]), budget=24)
     seeds = [SCCRQ, SCCRP, msg(7, b"\x00\x01"), pptp_gre(1, b"\xff\x03\x00\x21" + bytes(IP())),
              bytes(GRE(proto=0x6558) / Raw(os.urandom(20)))]
-    for i in range(3000):
-        s = bytearray(rnd.choice(seeds))
-        for _ in range(rnd.randint(0, 4)):
-            s[rnd.randrange(len(s))] = rnd.randrange(256)
-        data = bytes(s[:rnd.randint(0, len(s))])
-        if rnd.random() < 0.5:
-            raw = bytes(IP(src=C, dst=S, proto=47) / Raw(data))
-        else:
-            raw = bytes(t(C, S, 1000 + i % 40, 1723, data))
-        pkt = parse_ip(raw, 1000.0 + i)
-        assert pkt is not None
-        engine.process(pkt)
-    engine.flush()
-    assert engine.classifier_errors == 0
+
+    def raws() -> Iterator[bytes]:
+        for i in range(3000):
+            data = mutate(rnd, seeds)
+            yield bytes(IP(src=C, dst=S, proto=47) / Raw(data)) if rnd.random() < 0.5 else \
+                bytes(t(C, S, 1000 + i % 40, 1723, data))
+
+    assert feed_raw(["pptp"], raws()).classifier_errors == 0
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="nDPI corpus not present")
