@@ -8,7 +8,7 @@ engine runs offline (`tunnelwatch classify`) and inline behind NFQUEUE.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 24
 
 
-def _rank(v: Verdict) -> int:
-    return v.rank
+def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
+    best: Verdict | None = None
+    for v in verdicts:
+        if v.beats(best):
+            best = v
+    return best
 
 
 class Engine:
@@ -106,13 +110,11 @@ class Engine:
                 flow.active.remove(c)
                 if flow.cands.pop(c.name, None) is not None:
                     # "certainly not my protocol" withdraws what this classifier said earlier
-                    flow.best = max(flow.cands.values(), key=_rank, default=None)
+                    flow.best = _best_of(flow.cands.values())
                 continue
             assert isinstance(r, Verdict)
             flow.cands[c.name] = r
-            best = flow.best
-            # Same rank and protocol: the later verdict has accumulated more evidence.
-            if best is None or r.rank > best.rank or (r.rank == best.rank and r.protocol == best.protocol):
+            if r.beats(flow.best):
                 flow.best = r
             if r.final:
                 self._decide(flow)

@@ -93,7 +93,7 @@ _F: Final[dict[str, _Field]] = {
     "transport": _Field("str", "tcp, udp, icmp, esp, gre, proto-N ...", max_len=16, pattern=_NAME),
     "klass": _Field("str", "coarse class", enum=KLASSES),
     "protocol": _Field("str", "detected protocol (openvpn, wireguard, sip ...)", max_len=32, pattern=_NAME),
-    "confidence": _Field("str", "confirmed, heuristic or port", enum=CONFIDENCES),
+    "confidence": _Field("str", "confirmed, heuristic, list or port", enum=CONFIDENCES),
     "evidence": _Field("strs", "short protocol facts, never payload", max_len=128, pattern=_TEXT, items=16),
     "action": _Field("str", "what the policy did", enum=ACTIONS),
     "reason": _text("why the policy did it", 256),

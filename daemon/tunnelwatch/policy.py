@@ -27,7 +27,7 @@ from tunnelwatch.registry import Registry
 from tunnelwatch.runconfig import Rule, RunConfig, VoipRule
 
 Action = Literal["allow", "report", "block"]
-_CONF_RANK: Final = {"port": 0, "heuristic": 1, "confirmed": 2}
+_CONF_RANK: Final = {"port": 0, "list": 1, "heuristic": 2, "confirmed": 3}
 MEDIA_PROTOCOLS: Final = ("rtp",)
 _MAX_TRACKED: Final = 100_000  # media flows remembered at most: memory stays bounded under a flood
 

@@ -24,6 +24,7 @@ from tunnelwatch.appconfig import (
     read_secret,
     status_section,
 )
+from tunnelwatch.classify.base import CONFIDENCES
 from tunnelwatch.reportconfig import ReportConfig, report_section
 from tunnelwatch.yamlcheck import ConfigError, YamlReader, kind, merge, relative_path
 
@@ -84,7 +85,7 @@ class RunConfig:
 
 _TOP: Final = ("queue", "firewall", "registry", "policy", "status", "discovery", "report", "log")
 _KLASSES: Final = ("vpn_tunnel", "voip", "proxy_obfuscated")
-_CONFIDENCES: Final = ("confirmed", "heuristic", "port")
+_CONFIDENCES: Final = CONFIDENCES
 # what a reload cannot change in place: the queue binding (number, count, kernel queue length, fail-open
 # flag) is made once at start, and a backend switch would need the other backend's rules torn down
 RESTART_FIELDS: Final = {"queue_num": "queue.num", "queue_count": "queue.count", "maxlen": "queue.maxlen",

@@ -192,3 +192,47 @@ def test_done_keeps_the_verdict_and_reject_withdraws_it() -> None:
             e.process(udp(float(i)))
         e.flush()
         assert s.calls == 2 and got[0].confidence == expect
+
+
+def test_a_verdict_that_looked_inside_a_benign_carrier_outranks_it_in_either_order() -> None:
+    class Carrier(Counting):
+        name: ClassVar[str] = "carrier"
+        klass: ClassVar[Klass] = "benign"
+        protocols: ClassVar[tuple[str, ...]] = ("tls",)
+        ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+        def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+            return self.verdict("tls", "confirmed", "TLS record")
+
+    class Inner(Counting):
+        name: ClassVar[str] = "inner"
+        klass: ClassVar[Klass] = "proxy_obfuscated"
+        protocols: ClassVar[tuple[str, ...]] = ("tor",)
+        ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+        def __init__(self, sees_through: frozenset[str]) -> None:
+            super().__init__()
+            self.sees_through = sees_through
+
+        def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+            return self.verdict("tor", "heuristic", "cell sizes", supersedes=self.sees_through)
+
+    for sees_through, expect in ((frozenset({"tls"}), "tor"), (frozenset(), "tls"), (frozenset({"ssh"}), "tls")):
+        for order in ((Carrier(), Inner(sees_through)), (Inner(sees_through), Carrier())):
+            got: list[Verdict] = []
+            e = Engine(list(order), budget=3, on_end=lambda f, v, out=got: out.append(v))  # type: ignore[misc]
+            for i in range(3):
+                e.process(udp(float(i)))
+            e.flush()
+            assert got[0].protocol == expect, (sees_through, order)
+
+
+def test_confidence_ranks_keep_list_between_heuristic_and_port() -> None:
+    def v(klass: Klass, conf: str) -> Verdict:
+        return Verdict(klass, "x", conf)  # type: ignore[arg-type]
+
+    order = [v("vpn_tunnel", "confirmed"), v("benign", "confirmed"), v("vpn_tunnel", "heuristic"),
+             v("benign", "heuristic"), v("vpn_tunnel", "list"), v("benign", "list"), v("benign", "port"),
+             v("vpn_tunnel", "port")]
+    ranks = [x.rank for x in order]
+    assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(ranks)

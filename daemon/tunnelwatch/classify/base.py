@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from tunnelwatch.packet import Packet
 
 Klass = Literal["vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown"]
-Confidence = Literal["confirmed", "heuristic", "port"]
+Confidence = Literal["confirmed", "heuristic", "list", "port"]
 KLASSES: Final[tuple[str, ...]] = ("vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown")
-CONFIDENCES: Final[tuple[str, ...]] = ("confirmed", "heuristic", "port")
+#: strongest first; "list" = the endpoint is on an operator-supplied list (e.g. a VPN provider's servers)
+CONFIDENCES: Final[tuple[str, ...]] = ("confirmed", "heuristic", "list", "port")
 NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 
 
@@ -31,16 +32,37 @@ class Verdict:
     protocol: str
     confidence: Confidence
     evidence: tuple[str, ...] = ()
+    #: benign carrier protocols this verdict looked inside (e.g. "tls" for Tor or Trojan, "ssh" for
+    #: port forwarding): it outranks a confirmed benign verdict for one of them on the same flow
+    supersedes: frozenset[str] = frozenset()
+
+    @property
+    def flagged(self) -> bool:
+        """True for tunnel, VoIP and proxy verdicts (the ones policy acts on)."""
+        return self.klass not in ("benign", "unknown")
 
     @property
     def rank(self) -> int:
-        """Higher wins: flagged+confirmed > benign+confirmed > flagged+heuristic > benign > port."""
-        flagged = self.klass not in ("benign", "unknown")
+        """Higher wins: confirmed > heuristic > list > port; flagged wins ties, except port-only guesses."""
+        flagged = self.flagged
         if self.confidence == "confirmed":
-            return 6 if flagged else 5
+            return 8 if flagged else 7
         if self.confidence == "heuristic":
+            return 6 if flagged else 5
+        if self.confidence == "list":
             return 4 if flagged else 3
         return 1 if flagged else 2
+
+    def beats(self, other: Verdict | None) -> bool:
+        """Whether this verdict should replace `other` as a flow's best verdict."""
+        if other is None:
+            return True
+        if self.flagged and other.klass == "benign" and other.protocol in self.supersedes:
+            return True
+        if other.flagged and self.klass == "benign" and self.protocol in other.supersedes:
+            return False
+        # Same rank and protocol: the later verdict has accumulated more evidence.
+        return self.rank > other.rank or (self.rank == other.rank and self.protocol == other.protocol)
 
     @property
     def final(self) -> bool:
@@ -138,9 +160,10 @@ class Classifier:
         """Look at one packet with payload; direction 0 = from initiator, 1 = reply."""
         raise NotImplementedError
 
-    def verdict(self, protocol: str, confidence: Confidence, *evidence: str) -> Verdict:
+    def verdict(self, protocol: str, confidence: Confidence, *evidence: str,
+                supersedes: frozenset[str] = frozenset()) -> Verdict:
         """Build a verdict of this classifier's klass."""
-        return Verdict(self.klass, protocol, confidence, tuple(evidence))
+        return Verdict(self.klass, protocol, confidence, tuple(evidence), supersedes)
 
 
 class ContractError(Exception):
