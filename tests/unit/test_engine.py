@@ -217,7 +217,8 @@ def test_a_verdict_that_looked_inside_a_benign_carrier_outranks_it_in_either_ord
         def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
             return self.verdict("tor", "heuristic", "cell sizes", supersedes=self.sees_through)
 
-    for sees_through, expect in ((frozenset({"tls"}), "tor"), (frozenset(), "tls"), (frozenset({"ssh"}), "tls")):
+    cases = ((frozenset({"tls"}), "tor"), (frozenset(), "tls"), (frozenset({"ssh"}), "tls"))
+    for sees_through, expect in cases:
         for order in ((Carrier(), Inner(sees_through)), (Inner(sees_through), Carrier())):
             got: list[Verdict] = []
             e = Engine(list(order), budget=3, on_end=lambda f, v, out=got: out.append(v))  # type: ignore[misc]
