@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tunnelwatch")
 
 QUEUE_MAX: Final = 10_000  # events waiting for the writer thread
+HOLD_MAX: Final = 20_000  # built events held in memory while the spool cannot be written (disk full)
+RETRY_EVERY: Final = 2.0  # seconds between spool write attempts while it fails
 BATCH_MAX: Final = 500  # events per spool transaction
 STATUS_EVERY: Final = 2.0  # seconds between uplink figures pushed into the status state
 STOP_WAIT: Final = 5.0  # seconds SIGTERM may spend flushing the last events upward
@@ -93,6 +95,8 @@ class Reporter:
         self.started = time.time()
         self.privacy = Pseudonymizer("clear", None)
         self.spool: Spool | None = None
+        self._held: list[dict[str, object]] = []  # writer thread only
+        self._retry_at = 0.0
         self.uplink: Uplink | None = None
         self.ipfix: IpfixExporter | None = None
         self.sync: RegistrySync | None = None
@@ -320,17 +324,48 @@ class Reporter:
             events = [e for e in (self._build(i) for i in items if i != _STOP)
                       if e is not None]
             if events and self.spool is not None:
-                try:
-                    self.spool.put_many(events)
-                except Exception as exc:  # a full disk must not end reporting for good: counted
-                    log.error("report: spool write failed, %d events lost: %s", len(events), exc)
-                    with self._lock:
-                        self._drops += len(events)
-                if self.uplink is not None:
-                    self.uplink.kick()
+                self._store(events, force=stopping)
+            elif self._held and time.monotonic() >= self._retry_at:
+                self._store([], force=stopping)
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_EVERY
                 self._status()
+        if self._held:
+            log.error("report: %d events lost at shutdown: the spool is still not writable", len(self._held))
+
+    def _store(self, events: list[dict[str, object]], *, force: bool = False) -> None:
+        """Commit events to the spool; while it fails (disk full), hold them in memory and retry."""
+        assert self.spool is not None
+        if self._held:
+            self._held.extend(events)
+            events = self._held
+            if not force and time.monotonic() < self._retry_at:
+                self._trim_held()
+                return
+        try:
+            self.spool.put_many(events)
+        except Exception as exc:  # a full disk must not end reporting for good: held, then counted
+            if not self._held:
+                log.error("report: spool write failed: %s; holding events in memory (at most %d) and "
+                          "retrying every %.0f s", exc, HOLD_MAX, RETRY_EVERY)
+                self.state.set(health="degraded", report=f"spool write failing: {exc}"[:200])
+            self._held = events
+            self._retry_at = time.monotonic() + RETRY_EVERY
+            self._trim_held()
+            return
+        if self._held:
+            log.warning("report: spool writable again: %d held events written", len(events))
+            self._held = []
+            self.state.set(health="ok", report=None)
+        if self.uplink is not None:
+            self.uplink.kick()
+
+    def _trim_held(self) -> None:
+        over = len(self._held) - HOLD_MAX
+        if over > 0:  # the oldest go first, counted and reported in the next heartbeat that is stored
+            del self._held[:over]
+            with self._lock:
+                self._drops += over
 
     def _heartbeat(self) -> dict[str, object]:
         qs = range(self.cfg.queue_num, self.cfg.queue_num + self.cfg.queue_count)

@@ -164,3 +164,64 @@ def test_reloads_report_config_policy_and_rejections(tmp_path: Path) -> None:
     assert isinstance(errors, list) and "vpn_tunel" in errors[0] and ":1:" in errors[0]
     sup.record({"klass": "vpn_tunnel", "action": "block"})
     assert fake.events[-1][0] == "flow"
+
+
+def test_a_spool_that_cannot_be_written_holds_events_and_loses_none_when_it_recovers(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    import sqlite3
+
+    from tunnelwatch import reporting
+
+    monkeypatch.setattr(reporting, "RETRY_EVERY", 0.05)
+    state = _state()
+    rep = Reporter(_cfg(tmp_path), state, "tw-test")
+    rep.stop_wait = 1.0
+    rep.start()
+    assert rep.spool is not None
+    real_put = rep.spool.put_many
+    full = {"on": True, "failed": 0}
+
+    def put_many(events: Any) -> None:
+        if full["on"]:
+            full["failed"] += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        real_put(events)
+
+    monkeypatch.setattr(rep.spool, "put_many", put_many)
+    for port in range(20):
+        rep.flow(_flow(sport=41000 + port))
+    deadline = time.monotonic() + 10
+    while full["failed"] < 3 and time.monotonic() < deadline:  # several retries while "full"
+        time.sleep(0.02)
+    assert full["failed"] >= 3 and state.snapshot()["health"] == "degraded"
+    full["on"] = False
+    while state.snapshot()["health"] != "ok" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rep.stop("signal SIGTERM")
+    ports = sorted(int(str(e["sport"])) for e in _events(tmp_path) if e["kind"] == "flow_blocked")
+    assert ports == list(range(41000, 41020))  # every event held through the outage arrived once
+    assert state.snapshot()["health"] == "ok"
+
+
+def test_held_events_are_bounded_and_the_overflow_is_counted(tmp_path: Path, monkeypatch: Any) -> None:
+    import sqlite3
+
+    from tunnelwatch import reporting
+
+    monkeypatch.setattr(reporting, "HOLD_MAX", 5)
+    rep = Reporter(_cfg(tmp_path), _state(), "tw-test")
+    rep.stop_wait = 0.5
+    rep.start()
+    assert rep.spool is not None
+
+    def put_many(events: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(rep.spool, "put_many", put_many)
+    for port in range(12):
+        rep.flow(_flow(sport=42000 + port))
+    deadline = time.monotonic() + 10
+    while rep._drops < 7 and time.monotonic() < deadline:  # 12 flows + daemon_started - 5 held
+        time.sleep(0.02)
+    assert len(rep._held) == 5 and rep._drops >= 7
+    rep.stop("signal SIGTERM")
