@@ -250,13 +250,16 @@ def test_disk_full_under_the_spool_loses_no_event(tmp_path: Path) -> None:
 
 
 def test_wall_clock_jumps_move_the_grace_deadline_but_break_nothing(tmp_path: Path) -> None:
-    """libfaketime moves the daemon's wall clock (not its monotonic clock) forward and back while it runs:
-    a grace period ends and starts again accordingly, heartbeats and enforcement go on."""
+    """libfaketime steps the running daemon's clock forward by three days, as NTP does on a box without a
+    real-time clock: the grace period ends on time (a new tunnel is blocked), the daemon keeps working.
+
+    libfaketime 0.9.10 moves the monotonic clock with the wall clock (faking the wall clock alone breaks
+    time.sleep with EINVAL), so this is the harsher case: every timer fires at once. Backward steps are not
+    injected here: they would move the monotonic clock backward, which no real clock does."""
     require_tools(*TOOLS, "openvpn", str(FAKETIME_LIB))
     offset = tmp_path / "faketime"
     offset.write_text("+0\n")
-    env = {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1",
-           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    env = {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
     tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date().isoformat()
     policy = ("policy:\n  klass: {vpn_tunnel: enforce}\n"
               f"  protocol: {{openvpn: {{mode: grace, until: {tomorrow}}}}}\n")
@@ -268,7 +271,7 @@ def test_wall_clock_jumps_move_the_grace_deadline_but_break_nothing(tmp_path: Pa
 
         def phase(shift: str, expect: str, n: int) -> None:
             offset.write_text(shift + "\n")
-            want = {"+0": 0.0, "+3d": 3 * 86400.0, "-1d": -86400.0}[shift]
+            want = {"+0": 0.0, "+3d": 3 * 86400.0}[shift]
             _wait(lambda: abs(float(fetch_snapshot(sock)["now"]) - time.time() - want) < 3600,
                   f"the daemon's clock at {shift}")
             pat = f"decided vpn_tunnel openvpn confirmed {expect}"
@@ -283,7 +286,6 @@ def test_wall_clock_jumps_move_the_grace_deadline_but_break_nothing(tmp_path: Pa
 
         phase("+0", "report", 0)  # within the grace period: reported, not blocked
         phase("+3d", "block", 1)  # the clock jumps past the grace date: a new tunnel is blocked
-        phase("-1d", "report", 2)  # and back: grace again
-        log = lb.log("daemon")
-        assert log.count("openvpn confirmed report") >= 2 and log.count("openvpn confirmed block") >= 1, log
+        up = float(fetch_snapshot(sock)["uptime_s"])
+        _wait(lambda: float(fetch_snapshot(sock)["uptime_s"]) > up, "the status clock to keep moving")
         _healthy(lb, p)
