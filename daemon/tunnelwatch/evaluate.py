@@ -27,7 +27,7 @@ KLASS_ORDER = ("vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown")
 NDPI_FAMILY = {
     "OpenVPN": "openvpn", "WireGuard": "wireguard", "IPSec": "ipsec", "PPTP": "pptp", "GRE": "gre",
     "L2TP": "l2tp", "CiscoVPN": "anyconnect", "SIP": "sip", "RTP": "rtp", "RTCP": "rtcp", "SRTP": "rtp",
-    "STUN": "stun", "TURN": "turn",
+    "STUN": "stun", "TURN": "turn", "Tor": "tor",
 }
 # protocols we report -> family (so ike/esp/ah all count as ipsec)
 OUR_FAMILY = {"ike": "ipsec", "esp": "ipsec", "ah": "ipsec"}

@@ -40,6 +40,9 @@ PACKAGES: Final = {
     "sipp": "sip-tester", "iperf3": "iperf3", "tcpdump": "tcpdump", "iptables": "iptables",
     "ip6tables": "iptables", "iptables-save": "iptables", "ip6tables-save": "iptables",
     "iptables-restore": "iptables", "ip6tables-restore": "iptables",
+    "ss-server": "shadowsocks-libev", "ss-local": "shadowsocks-libev", "v2ray": "v2ray",
+    "obfs4proxy": "obfs4proxy", "sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
+    "ssh-keygen": "openssh-client", "mount": "mount", "umount": "mount", "dd": "coreutils",
 }
 
 

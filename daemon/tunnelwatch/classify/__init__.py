@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from tunnelwatch.classify import (
     anyconnect,
     common,
+    fep,
     ipsec,
     l2tp,
     openvpn,
@@ -18,6 +19,7 @@ from tunnelwatch.classify import (
     rtp,
     sip,
     stun,
+    tor,
     wireguard,
 )
 from tunnelwatch.classify.base import Classifier, ContractError, check_contract
@@ -32,6 +34,8 @@ REGISTRY: tuple[type[Classifier], ...] = (
     sip.SIP,
     stun.STUN,
     rtp.RTP,
+    tor.Tor,
+    fep.FullyEncrypted,
     common.Common,
 )
 
