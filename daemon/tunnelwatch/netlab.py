@@ -43,6 +43,7 @@ PACKAGES: Final = {
     "ss-server": "shadowsocks-libev", "ss-local": "shadowsocks-libev", "v2ray": "v2ray",
     "obfs4proxy": "obfs4proxy", "sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
     "ssh-keygen": "openssh-client", "mount": "mount", "umount": "mount", "dd": "coreutils",
+    "tincd": "tinc", "edge": "n2n", "supernode": "n2n", "fastd": "fastd",
 }
 
 

@@ -11,16 +11,21 @@ from collections.abc import Iterable
 from tunnelwatch.classify import (
     anyconnect,
     common,
+    fastd,
     fep,
     ipsec,
     l2tp,
+    n2n,
     openvpn,
     pptp,
     rtp,
     sip,
     stun,
+    tailscale,
+    tinc,
     tor,
     wireguard,
+    zerotier,
 )
 from tunnelwatch.classify.base import Classifier, ContractError, check_contract
 
@@ -31,6 +36,11 @@ REGISTRY: tuple[type[Classifier], ...] = (
     l2tp.L2TP,
     pptp.PPTP,
     anyconnect.AnyConnect,
+    tinc.Tinc,
+    n2n.N2N,
+    fastd.Fastd,
+    zerotier.ZeroTier,
+    tailscale.Tailscale,
     sip.SIP,
     stun.STUN,
     rtp.RTP,
