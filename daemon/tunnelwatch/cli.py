@@ -16,6 +16,7 @@ from tunnelwatch import __version__
 from tunnelwatch.engine import DEFAULT_BUDGET
 
 if TYPE_CHECKING:
+    from tunnelwatch.endpoints import EndpointIndex
     from tunnelwatch.registry import Registry
     from tunnelwatch.runconfig import RunConfig
 
@@ -25,11 +26,34 @@ EX_USAGE = 2
 EX_CONFIG = 78
 
 
+def _endpoint_index(files: list[str]) -> EndpointIndex | None:
+    """The YAML endpoint lists given with --endpoints, or None after printing every problem."""
+    from tunnelwatch.endpoints import EndpointIndex, ListSource, load_list
+    from tunnelwatch.yamlcheck import ConfigError
+
+    lists, problems = [], []
+    for f in files:
+        if not f.endswith((".yaml", ".yml")):
+            problems.append(f"{f}: --endpoints takes YAML lists (docs/endpoints.md); a text list needs its "
+                            "labels from tunnelwatch.yaml")
+            continue
+        try:
+            lists.append(load_list(ListSource(Path(f))))
+        except ConfigError as exc:
+            problems += exc.problems
+    for p in problems:
+        print(p, file=sys.stderr)
+    return EndpointIndex(lists) if not problems else None
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     from tunnelwatch.offline import FileStats, classify_file
     from tunnelwatch.output import write_jsonl, write_table
     from tunnelwatch.pcapfile import PcapError
 
+    endpoints = _endpoint_index(args.endpoints) if args.endpoints else None
+    if args.endpoints and endpoints is None:
+        return EX_CONFIG
     status = EX_OK
     table_rows: list[dict[str, object]] = []
     totals = {"files": 0, "flows": 0}
@@ -37,7 +61,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         st = FileStats(path)
         try:
             records = classify_file(path, budget=args.budget, idle_timeout=args.idle_timeout,
-                                    progress=False if args.no_progress else None, stats=st)
+                                    progress=False if args.no_progress else None, stats=st,
+                                    endpoints=endpoints)
             if args.format == "jsonl":
                 write_jsonl(records, sys.stdout)
             else:
@@ -62,6 +87,10 @@ def _load(path: str) -> tuple[RunConfig, Registry] | None:
 
     try:
         cfg = load_config(Path(path))
+        if cfg.endpoints.lists:
+            from tunnelwatch.endpoints import Endpoints
+
+            Endpoints(cfg.endpoints, strict=True)  # the list files too: a technician's typo shows here
         return cfg, Registry.load(cfg.registry) if cfg.registry is not None else Registry()
     except ConfigError as exc:
         for problem in exc.problems:
@@ -152,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"packets per flow given to classifiers (default {DEFAULT_BUDGET})")
     c.add_argument("--idle-timeout", type=float, default=120.0, help="seconds (default 120)")
     c.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+    c.add_argument("--endpoints", action="append", default=[], metavar="FILE",
+                   help="YAML endpoint list (docs/endpoints.md); repeatable")
     c.set_defaults(func=_cmd_classify)
 
     r = sub.add_parser("run", help="the inline daemon: NFQUEUE, policy, kernel enforcement",

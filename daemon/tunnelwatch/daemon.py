@@ -6,7 +6,9 @@ Run: each queued packet goes parse -> engine -> policy, and the flow's decision 
 the kernel saves in the connmark. SIGHUP reloads config and registry (supervisor.py); SIGTERM/SIGINT send
 STOPPING=1, remove our rules and exit 0. A kill -9 leaves the rules, but --queue-bypass keeps traffic
 flowing and the next start re-installs them without duplicates. Once the queue is bound and the rules are
-in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is dropped (see privileges.py).
+in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is dropped (see privileges.py). Endpoint lists
+(endpoints.py) are loaded at start (a bad one exits 78), re-read on every reload and whenever a list file
+changes (checked every `endpoints.watch` seconds, between packets).
 
 With several queues, one worker process per queue handles packets (workers.py); the main process owns the
 rules, the supervisor and the status state.
@@ -29,13 +31,14 @@ from typing import Final
 from tunnelwatch import firewall, privileges
 from tunnelwatch.appliance import Appliance
 from tunnelwatch.classify.base import Verdict
+from tunnelwatch.endpoints import Endpoints
 from tunnelwatch.engine import Engine
 from tunnelwatch.flow import Flow, FlowKey
 from tunnelwatch.packet import addr_text, parse_ip, transport_name
 from tunnelwatch.policy import Decision, Policy
 from tunnelwatch.registry import Registry
 from tunnelwatch.reporting import Reporter
-from tunnelwatch.runconfig import RunConfig
+from tunnelwatch.runconfig import ConfigError, RunConfig
 from tunnelwatch.service import Notifier
 from tunnelwatch.supervisor import Supervisor
 
@@ -54,24 +57,45 @@ def _mark(d: Decision) -> int:
 class Enforcer:
     """The per-packet path: classify, decide once per flow, remember the flow's mark bits."""
 
-    def __init__(self, cfg: RunConfig, registry: Registry, record: Record | None = None) -> None:
+    def __init__(self, cfg: RunConfig, registry: Registry, record: Record | None = None,
+                 endpoints: Endpoints | None = None) -> None:
         self.cfg = cfg
         self.policy = Policy.from_config(cfg)
         self.registry = registry
         self.record = record
+        self.endpoints = endpoints if endpoints is not None else Endpoints(cfg.endpoints)
         self.engine = Engine(budget=cfg.packets, on_decided=self._decided, on_end=self._ended)
+        self._use_lists()
+        self.next_watch = time.monotonic() + cfg.endpoints.watch
         self.marks: dict[FlowKey, int] = {}
         self.counts: dict[str, int] = {}
 
+    def _use_lists(self) -> None:
+        idx = self.endpoints.index
+        self.engine.endpoints = idx if idx.count else None  # no lists: not even a call per decision
+
     def apply(self, cfg: RunConfig, registry: Registry) -> None:
         """A reloaded config: new flows get the new policy; decided flows keep their marks."""
+        if cfg is not self.cfg:
+            # a reload (SIGHUP) brings a freshly loaded config object: re-read the lists too; a registry
+            # file change hands back the running one (in workers every hand-over is a copy: re-read anyway)
+            self.endpoints.reload(cfg.endpoints)
+            self._use_lists()
         if cfg != self.cfg:
             policy = Policy.from_config(cfg)
             if cfg.voip == self.cfg.voip:
                 policy.calls = self.policy.calls  # the bulk-VoIP window survives unrelated changes
-            self.policy, self.cfg = policy, cfg
+            self.policy = policy
             self.engine.budget = cfg.packets
-        self.registry = registry
+        self.cfg, self.registry = cfg, registry
+
+    def tick(self) -> None:
+        """Between packets: re-read endpoint list files that changed (every `endpoints.watch` seconds)."""
+        watch = self.cfg.endpoints.watch
+        if watch and self.cfg.endpoints.lists and time.monotonic() >= self.next_watch:
+            self.next_watch = time.monotonic() + watch
+            if self.endpoints.check():
+                self._use_lists()
 
     def handle(self, payload: bytes) -> int:
         """Mark bits for one queued packet: the flow's decision, or 0 while it is still undecided."""
@@ -215,6 +239,7 @@ def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool 
             if qfd in ready:
                 nfq.poll()
             wake(ready)
+            enforcer.tick()
         log.info("stopping on signal %d: queue %d: %d packets seen, decisions %s", sig.stop, qnum,
                  nfq.packets, enforcer.counts)
     finally:
@@ -229,11 +254,16 @@ def _poke(fd: int) -> None:
 
 def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose: bool = False) -> int:
     """Run until SIGTERM/SIGINT, then remove our rules; returns the exit code."""
+    try:
+        endpoints = Endpoints(cfg.endpoints, strict=True)
+    except ConfigError as exc:
+        log.error("endpoint lists invalid (%d problem(s), see above): not starting", len(exc.problems))
+        return EX_CONFIG
     sig = Signals()
     notifier = Notifier()
     app = Appliance(cfg, registry)
     rules = Rules(cfg, registry)
-    enforcer = Enforcer(cfg, registry)
+    enforcer = Enforcer(cfg, registry, endpoints=endpoints)
     sup = Supervisor(cfg, registry, path, rules, app, notifier, enforcer.apply, verbose=verbose)
     reporter = Reporter(cfg, app.state, str(app.state.snapshot()["device_id"]), lambda: _poke(sig.wfd))
     sup.reporter = reporter

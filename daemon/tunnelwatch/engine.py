@@ -1,8 +1,9 @@
 """The classification engine: packets in, per-flow verdicts out.
 
 Feeds each new flow's first packets (up to a budget) to the classifiers that want its transport, keeps
-the best verdict, stops early on a confirmed tunnel/VoIP verdict, and falls back to port hints. The same
-engine runs offline (`tunnelwatch classify`) and inline behind NFQUEUE.
+the best verdict, stops early on a confirmed tunnel/VoIP verdict, and falls back to the operator's endpoint
+lists (confidence "list") and then to port hints. The same engine runs offline (`tunnelwatch classify`) and
+inline behind NFQUEUE.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
+from tunnelwatch.endpoints import EndpointIndex
 from tunnelwatch.flow import Flow
 from tunnelwatch.flowtable import FlowTable
 from tunnelwatch.packet import Packet
@@ -41,6 +43,7 @@ class Engine:
         max_flows: int = 262_144,
         on_end: Callable[[Flow, Verdict], None] | None = None,
         on_decided: Callable[[Flow, Verdict], None] | None = None,
+        endpoints: EndpointIndex | None = None,
     ) -> None:
         if budget < 1:
             raise ValueError("budget must be at least 1 packet")
@@ -49,6 +52,8 @@ class Engine:
         self.ctx = Context()
         self.on_end = on_end
         self.on_decided = on_decided
+        #: operator endpoint lists; replaced as a whole on reload (the daemon swaps in a new index)
+        self.endpoints = endpoints
         self.table = FlowTable(idle_timeout, max_flows, self._ended)
         self._by_proto: dict[int, tuple[Classifier, ...]] = {}
         for c in self.classifiers:
@@ -143,8 +148,15 @@ class Engine:
             self.on_decided(flow, self.verdict(flow))
 
     def verdict(self, flow: Flow) -> Verdict:
-        """The flow's verdict now: the best classifier verdict, else a port hint, else unknown."""
+        """The flow's verdict now: a flagged confirmed/heuristic verdict, else an endpoint-list match, else
+        the best classifier verdict, else a port hint, else unknown."""
         best = flow.best
+        if best is not None and best.flagged and best.confidence in ("confirmed", "heuristic"):
+            return best
+        if self.endpoints is not None:
+            listed = self.endpoints.match(flow)
+            if listed is not None:
+                return listed
         if best is not None and best.rank >= 2:
             return best
         hint = self._port_hint(flow)

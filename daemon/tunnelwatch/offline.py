@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunnelwatch.classify.base import Classifier, Verdict
+from tunnelwatch.endpoints import EndpointIndex
 from tunnelwatch.engine import DEFAULT_BUDGET, Engine
 from tunnelwatch.flow import Flow
 from tunnelwatch.packet import addr_text, parse_ip, transport_name
@@ -60,6 +61,7 @@ def classify_file(
     progress: bool | None = None,
     stats: FileStats | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    endpoints: EndpointIndex | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield flow records of one capture file, in order of flow end. Raises PcapError for a bad file."""
     name = os.path.basename(path)
@@ -70,7 +72,7 @@ def classify_file(
         st.flows += 1
         out.append(flow_record(name, flow, v))
 
-    engine = Engine(classifiers, budget=budget, idle_timeout=idle_timeout, on_end=ended)
+    engine = Engine(classifiers, budget=budget, idle_timeout=idle_timeout, on_end=ended, endpoints=endpoints)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed in finally, generator below
     except OSError as exc:

@@ -25,6 +25,7 @@ from tunnelwatch.appconfig import (
     status_section,
 )
 from tunnelwatch.classify.base import CONFIDENCES
+from tunnelwatch.endpoints import EndpointsConfig, endpoints_section
 from tunnelwatch.reportconfig import ReportConfig, report_section
 from tunnelwatch.yamlcheck import ConfigError, YamlReader, kind, merge, relative_path
 
@@ -80,10 +81,11 @@ class RunConfig:
     status: StatusConfig = field(default_factory=StatusConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)  # main file, then drop-ins applied
 
 
-_TOP: Final = ("queue", "firewall", "registry", "policy", "status", "discovery", "report", "log")
+_TOP: Final = ("queue", "firewall", "registry", "policy", "status", "discovery", "report", "log", "endpoints")
 _KLASSES: Final = ("vpn_tunnel", "voip", "proxy_obfuscated")
 _CONFIDENCES: Final = CONFIDENCES
 # what a reload cannot change in place: the queue binding (number, count, kernel queue length, fail-open
@@ -199,6 +201,7 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
         status=status_section(r, top["status"], path) if "status" in top else StatusConfig(),
         discovery=discovery_section(r, top["discovery"]) if "discovery" in top else DiscoveryConfig(),
         report=report_section(r, top["report"], path) if "report" in top else ReportConfig(),
+        endpoints=endpoints_section(r, top["endpoints"], path) if "endpoints" in top else EndpointsConfig(),
         sources=(path,),
     )
     if cfg.queue_num + cfg.queue_count - 1 > 65535:
@@ -291,6 +294,7 @@ def summary(cfg: RunConfig) -> list[str]:
         f"status: socket {st.socket or 'off'}, {http}",
         f"discovery: {mdns}" + (f", device id {disc.device_id}" if disc.device_id else ""),
         f"log: level {cfg.log_level}, journal {journal}",
+        "endpoint lists: " + (", ".join(f"{s.path} ({s.format})" for s in cfg.endpoints.lists) or "none"),
         *report_summary(cfg.report),
     ]
 

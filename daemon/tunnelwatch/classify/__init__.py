@@ -17,6 +17,7 @@ from tunnelwatch.classify import (
     l2tp,
     n2n,
     openvpn,
+    openvpn_obfs,
     pptp,
     rtp,
     sip,
@@ -31,6 +32,7 @@ from tunnelwatch.classify.base import Classifier, ContractError, check_contract
 
 REGISTRY: tuple[type[Classifier], ...] = (
     openvpn.OpenVPN,
+    openvpn_obfs.OpenVPNObfs,
     wireguard.WireGuard,
     ipsec.IPsec,
     l2tp.L2TP,

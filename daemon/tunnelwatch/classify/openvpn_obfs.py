@@ -1,0 +1,175 @@
+"""OpenVPN under XOR obfuscation ("xor patch", provider "scramble"/"obfuscated" servers), UDP and TCP.
+
+Implements the two passive fingerprints of Xue et al., "OpenVPN is Open to VPN Fingerprinting" (USENIX
+Security 2022), which survive a per-packet XOR with a fixed key because the first byte of every packet
+(opcode << 3 | key_id) still maps to one value per opcode:
+
+- opcode pattern: the client's first packet (hard reset) and the server's first packet (hard reset) each
+  appear once, and what follows uses only a few other values (P_CONTROL, P_ACK, later P_DATA): at least 4
+  and, in the first packets, at most 6 distinct first bytes in all;
+- ACK size: pure P_ACK packets are small and repeat with sizes that differ only by whole 4-byte packet ids
+  (their ack array, at most 8 ids), while the control packets beside them carry the much larger TLS
+  records. Their size is 18 + 4 x ids plus the tls-auth/tls-crypt wrapping (an HMAC of 16/20/32/64 bytes +
+  8, or 40), so always 2 modulo 4.
+
+TCP keeps OpenVPN's 2-byte record length in clear (the patch XORs the record, not the framing), so records
+are reassembled first. Cleartext opcodes are left to the openvpn classifier, which confirms them; this
+one only reports "heuristic" and never looks past its packet budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Final
+
+from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass, Verdict
+from tunnelwatch.flow import Flow
+from tunnelwatch.packet import TCP, UDP, Packet
+
+NAME: Final = "openvpn_obfs"
+# Smallest record: opcode + session id + ack count + packet id (a plain reset) = 14 bytes. A reset stays
+# below 1200: a first QUIC datagram is at least 1200, so QUIC is refused on its first packet.
+_MIN_REC: Final = 14
+_MAX_RESET: Final = 1200
+_MAX_REC: Final = 1700
+_MAX_BUF: Final = 4096
+# P_ACK: opcode + session id + ack count + >= 1 packet id + remote session id (22), plus tls-auth/crypt
+_ACK_MIN: Final = 22
+_ACK_MAX: Final = 300
+_ACK_SPREAD: Final = 28  # 1 to 8 packet ids in one ack array
+_MIN_AFTER: Final = 4  # records after the two resets before the pattern may be judged
+_MAX_OTHER: Final = 4  # distinct non-reset first bytes: CONTROL, ACK, DATA_V2 (+ DATA_V1 / SOFT_RESET)
+_MAX_RETX: Final = 3
+# Cleartext hard resets with key id 0: the openvpn classifier's business, not an obfuscated flow.
+_PLAIN_CLIENT: Final = frozenset({1 << 3, 7 << 3, 10 << 3})
+_PLAIN_SERVER: Final = frozenset({2 << 3, 8 << 3})
+
+
+@dataclass
+class _State:
+    client_dir: int
+    c: int = -1
+    c_len: int = 0
+    s: int = -1
+    s_len: int = 0
+    retx: int = 0
+    after: int = 0
+    fired: bool = False
+    #: first byte -> sizes of the records that started with it (bounded by the packet budget)
+    sizes: dict[int, list[int]] = field(default_factory=dict)
+    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
+
+
+class OpenVPNObfs(Classifier):
+    """XOR-obfuscated OpenVPN from its opcode pattern and ACK sizes (Xue et al. 2022)."""
+
+    name: ClassVar[str] = NAME
+    klass: ClassVar[Klass] = "vpn_tunnel"
+    transports: ClassVar[frozenset[int]] = frozenset({UDP, TCP})
+    protocols: ClassVar[tuple[str, ...]] = ("openvpn",)
+
+    def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+        """Follow the first byte and size of each record; judge once both resets and a few more are in."""
+        st = flow.state.get(NAME)
+        p = pkt.payload
+        if st is None:
+            # cheap refusal of the common case: TLS/HTTP/SSH lengths, QUIC and tiny datagrams
+            if pkt.proto == TCP:
+                if len(p) < 2 or not _MIN_REC <= ((p[0] << 8) | p[1]) < _MAX_RESET:
+                    return REJECT
+            elif not _MIN_REC <= len(p) < _MAX_RESET:
+                return REJECT
+            st = flow.state[NAME] = _State(direction)
+        elif st.fired:
+            return DONE
+        if pkt.proto == UDP:
+            return self._record(st, p, direction)
+        buf = st.tcp_buf[direction] + p
+        if len(buf) > _MAX_BUF:
+            return REJECT
+        result: InspectResult = None
+        while len(buf) >= 2:
+            n = (buf[0] << 8) | buf[1]
+            if not _MIN_REC <= n <= _MAX_REC:
+                return REJECT
+            if len(buf) < 2 + n:
+                break
+            result = self._record(st, buf[2:2 + n], direction)
+            buf = buf[2 + n:]
+            if result is not None:
+                return result
+        st.tcp_buf[direction] = buf
+        return result
+
+    def _record(self, st: _State, rec: bytes, direction: int) -> InspectResult:
+        n = len(rec)
+        if n < _MIN_REC:
+            return REJECT
+        b = rec[0]
+        client = direction == st.client_dir
+        if st.c < 0:
+            st.c, st.c_len = b, n
+            return None
+        if st.s < 0:
+            if client:
+                # before the server answers, the client may only retransmit its reset
+                if b == st.c and n == st.c_len and st.retx < _MAX_RETX:
+                    st.retx += 1
+                    return None
+                return REJECT
+            # the same first byte both ways (DNS ids, DTLS, RTP, game headers) is not a reset pair
+            if b == st.c or n >= _MAX_RESET or (st.c in _PLAIN_CLIENT and b in _PLAIN_SERVER):
+                return REJECT
+            st.s, st.s_len = b, n
+            return None
+        if b == st.c or b == st.s:
+            # resets appear once; only a retransmitted copy of one is allowed
+            if n == (st.c_len if b == st.c else st.s_len) and st.retx < _MAX_RETX:
+                st.retx += 1
+                return None
+            return REJECT
+        sizes = st.sizes.setdefault(b, [])
+        sizes.append(n)
+        if len(st.sizes) > _MAX_OTHER:
+            return REJECT
+        st.after += 1
+        # OpenVPN repeats CONTROL and ACK: at least two records reuse a value (random first bytes rarely do)
+        if st.after < _MIN_AFTER or len(st.sizes) < 2 or st.after - len(st.sizes) < 2:
+            return None
+        # The server's reset acks the client's (one packet id + the client's session id: 12 bytes more):
+        # with that cross-check, one ACK record is enough (over TCP, pure TCP ACKs eat the packet budget).
+        acked = st.s_len == st.c_len + 12
+        ack = self._ack_value(st, 1 if acked else 2)
+        if ack is None:
+            return None
+        st.fired = True
+        return self._verdict(st, ack)
+
+    @staticmethod
+    def _ack_value(st: _State, need: int) -> int | None:
+        """The value whose records look like P_ACK: `need` or more, small, sizes apart by whole packet ids,
+        and much smaller than the largest control record."""
+        for v, sizes in st.sizes.items():
+            if len(sizes) < need:
+                continue
+            lo, hi = min(sizes), max(sizes)
+            if lo < _ACK_MIN or hi > _ACK_MAX or hi - lo > _ACK_SPREAD or any(s % 4 != 2 for s in sizes):
+                continue
+            if any(max(o) > hi + 64 for w, o in st.sizes.items() if w != v):
+                return v
+        return None
+
+    def _verdict(self, st: _State, ack: int) -> Verdict:
+        sizes = st.sizes[ack]
+        lo, hi = min(sizes), max(sizes)
+        span = f"{lo} bytes" if lo == hi else f"{lo}-{hi} bytes in 4-byte steps"
+        n = f"{len(sizes)} ACK record{'s' if len(sizes) > 1 else ''}"
+        ev = [
+            "opcode pattern of OpenVPN under XOR obfuscation",
+            f"client reset 0x{st.c:02x} and server reset 0x{st.s:02x} once each, then "
+            f"{len(st.sizes)} other values in {st.after} records",
+            f"ACK-size fingerprint: {n} (0x{ack:02x}) of {span}",
+        ]
+        if st.s_len == st.c_len + 12:
+            ev.append("server reset 12 bytes longer than the client's (acks it: packet id + session id)")
+        return self.verdict("openvpn", "heuristic", *ev)
