@@ -64,8 +64,11 @@ class Enforcer:
         self.registry = registry
         self.record = record
         self.endpoints = endpoints if endpoints is not None else Endpoints(cfg.endpoints)
-        self.engine = Engine(budget=cfg.packets, on_decided=self._decided, on_end=self._ended)
+        self.engine = Engine(budget=cfg.packets, max_flows=cfg.flows, on_decided=self._decided,
+                             on_end=self._ended)
         self._use_lists()
+        self.unparsed = 0  # queued packets that are not IP we can read (counted, then accepted)
+        self._evictions_seen = 0
         self.next_watch = time.monotonic() + cfg.endpoints.watch
         self.marks: dict[FlowKey, int] = {}
         self.counts: dict[str, int] = {}
@@ -87,6 +90,7 @@ class Enforcer:
                 policy.calls = self.policy.calls  # the bulk-VoIP window survives unrelated changes
             self.policy = policy
             self.engine.budget = cfg.packets
+            self.engine.table.max_flows = cfg.flows  # a smaller table shrinks as new flows arrive
         self.cfg, self.registry = cfg, registry
 
     def tick(self) -> None:
@@ -96,11 +100,25 @@ class Enforcer:
             self.next_watch = time.monotonic() + watch
             if self.endpoints.check():
                 self._use_lists()
+        evicted = self.engine.table.evicted
+        if evicted and not self._evictions_seen:
+            # once: a full table is either a flood or an undersized queue.flows; both need a human
+            log.warning("flow table full (%d flows): forgetting the least recently seen flows; a flood of "
+                        "new flows, or raise queue.flows", self.engine.table.max_flows)
+        self._evictions_seen = evicted
+
+    def flow_stats(self) -> dict[str, int]:
+        """Flow-table and parser counters for the status (cumulative since start)."""
+        t = self.engine.table
+        return {"tracked": len(t), "max": t.max_flows, "created": t.created, "expired": t.expired,
+                "evicted": t.evicted, "classifier_errors": self.engine.classifier_errors,
+                "unparsed_packets": self.unparsed}
 
     def handle(self, payload: bytes) -> int:
         """Mark bits for one queued packet: the flow's decision, or 0 while it is still undecided."""
         pkt = parse_ip(payload, time.time())
         if pkt is None:
+            self.unparsed += 1
             return 0
         flow = self.engine.process(pkt)
         bits = self.marks.get(flow.key)
@@ -279,9 +297,15 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
                 privileges.drop()
                 sup.ready()
 
+            next_stats = 0.0
+
             def wake(ready_fds: list[int]) -> None:
+                nonlocal next_stats
                 sup.hup, sig.hup = sup.hup or sig.hup, False
                 sup.wake()
+                if time.monotonic() >= next_stats:  # status figures: cheap, but not per packet
+                    next_stats = time.monotonic() + 1.0
+                    app.state.set(flows=enforcer.flow_stats())
 
             serve(enforcer, cfg.queue_num, sig, ready, [], sup.timeout, wake)
         else:

@@ -67,6 +67,7 @@ class RunConfig:
     queue_count: int = 1
     packets: int = 16
     maxlen: int = 4096
+    flows: int = 262_144
     fail_closed: bool = False
     hooks: tuple[str, ...] = ("forward",)
     ipv6: bool = True
@@ -162,7 +163,7 @@ def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[st
 
 def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
     top = r.mapping(root, _TOP, "the configuration")
-    q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "fail_closed"), "queue") \
+    q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "flows", "fail_closed"), "queue") \
         if "queue" in top else {}
     fw = r.mapping(top["firewall"], ("hooks", "ipv6", "backend"), "firewall") if "firewall" in top else {}
     pol = r.mapping(top["policy"], ("default", "klass", "protocol", "voip"), "policy") \
@@ -187,6 +188,7 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
         queue_count=r.opt(q, "count", lambda n: r.integer(n, "queue.count", 1, 64), 1),
         packets=r.opt(q, "packets", lambda n: r.integer(n, "queue.packets", 1, 1000), 16),
         maxlen=r.opt(q, "maxlen", lambda n: r.integer(n, "queue.maxlen", 16, 1_000_000), 4096),
+        flows=r.opt(q, "flows", lambda n: r.integer(n, "queue.flows", 1000, 10_000_000), 262_144),
         fail_closed=r.opt(q, "fail_closed", lambda n: r.boolean(n, "queue.fail_closed"), False),
         hooks=tuple(hooks) or ("forward",),
         ipv6=r.opt(fw, "ipv6", lambda n: r.boolean(n, "firewall.ipv6"), True),
@@ -285,7 +287,7 @@ def summary(cfg: RunConfig) -> list[str]:
     rules += [f"protocol {k} {_rule_text(v)}" for k, v in sorted(cfg.protocol.items())]
     journal = {None: "auto", True: "on", False: "off"}[cfg.log_journal]
     return [
-        f"{queues}, first {cfg.packets} packets per connection, maxlen {cfg.maxlen}, "
+        f"{queues}, first {cfg.packets} packets per connection, maxlen {cfg.maxlen}, {cfg.flows} flows, "
         f"{'fail-closed' if cfg.fail_closed else 'fail-open'}",
         f"firewall: hooks {','.join(cfg.hooks)}, ipv6 {'on' if cfg.ipv6 else 'off'}, backend {cfg.backend}",
         f"policy: default {_rule_text(cfg.default)}" + "".join(f"; {r}" for r in rules),

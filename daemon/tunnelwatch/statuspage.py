@@ -247,6 +247,12 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
         by_action[action] = by_action.get(action, 0) + n
     decided = ", ".join(f"{n} {p(a)}" for a, n in sorted(by_action.items())) or "none yet"
     lines.append(f"  flows decided:    {decided}")
+    ft = snap.get("flows")
+    if isinstance(ft, dict):
+        lines.append(f"  flow table:       {p(ft.get('tracked'))}/{p(ft.get('max'))} tracked, "
+                     f"{p(ft.get('evicted'))} evicted when full, {p(ft.get('expired'))} expired idle, "
+                     f"{p(ft.get('unparsed_packets'))} unreadable packets, "
+                     f"{p(ft.get('classifier_errors'))} classifier errors")
     recent = _recent(snap)[:limit]
     if not recent:
         lines.append("recent tagged/blocked flows: none")

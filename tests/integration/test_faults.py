@@ -123,6 +123,39 @@ def test_queue_overflow_fails_open_unless_the_operator_chose_fail_closed(tmp_pat
         _healthy(lb, p)
 
 
+def test_a_flood_of_new_flows_keeps_the_table_bounded_and_says_so(tmp_path: Path) -> None:
+    """5,000 new UDP flows (fresh source and destination ports) against a 1,000-flow table: the table stays
+    at its bound, the evictions are counted and logged once, a download during the flood still works."""
+    require_tools(*TOOLS)
+    with lab(tmp_path, ipv6=False) as lb:
+        start_web(lb, tmp_path / "www")
+        p = _start_daemon(lb, _flood_config(tmp_path))
+        sock = str(tmp_path / "status.sock")
+        lb.spawn(lb.client, [sys.executable, "-c", UDP_SPRAY, SERVER_IP, "20000", "5000"], "spray")
+        assert _http_ok(lb)  # while the flood runs
+        lb.wait_for_log("spray", "sent 5000", timeout=60)
+        _wait(lambda: _queue(lb)[1] == 0, "the queue to drain")
+
+        def flows() -> dict[str, int]:
+            f = fetch_snapshot(sock).get("flows")
+            return f if isinstance(f, dict) else {}
+
+        _wait(lambda: flows().get("created", 0) >= 2000 and flows().get("evicted", 0) > 0,
+              "the status to count the flood", timeout=30)
+        f = flows()
+        print(f"flood: {f}")  # the figures for docs/faults.md (pytest -s)
+        assert f["max"] == 1000 and f["tracked"] <= 1000, f
+        assert f["evicted"] >= f["created"] - 1000 - f["expired"], f
+        assert lb.log("daemon").count("flow table full") == 1
+        _healthy(lb, p)
+
+
+def _flood_config(tmp: Path) -> Path:
+    cfg = _config(tmp)
+    cfg.write_text(cfg.read_text().replace("maxlen: 4096,", "maxlen: 4096, flows: 1000,"))
+    return cfg
+
+
 # Packets built in the client namespace with scapy: mutated real handshakes to the ports our classifiers
 # watch, plus odd headers the kernel still forwards. Bounded: a fixed list, sent once.
 MALFORMED = r"""
