@@ -29,6 +29,7 @@ NDPI_FAMILY = {
     "L2TP": "l2tp", "CiscoVPN": "anyconnect", "SIP": "sip", "RTP": "rtp", "RTCP": "rtcp", "SRTP": "rtp",
     "STUN": "stun", "TURN": "turn", "Tor": "tor",
     "TINC": "tinc", "Tailscale": "tailscale", "CloudflareWarp": "warp",
+    "Softether": "softether",
 }
 # protocols we report -> family (so ike/esp/ah all count as ipsec)
 OUR_FAMILY = {"ike": "ipsec", "esp": "ipsec", "ah": "ipsec"}

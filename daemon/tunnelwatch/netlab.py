@@ -44,6 +44,8 @@ PACKAGES: Final = {
     "obfs4proxy": "obfs4proxy", "sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
     "ssh-keygen": "openssh-client", "mount": "mount", "umount": "mount", "dd": "coreutils",
     "tincd": "tinc", "edge": "n2n", "supernode": "n2n", "fastd": "fastd",
+    "iodine": "iodine", "iodined": "iodine", "ptunnel": "ptunnel", "ocserv": "ocserv",
+    "openconnect": "openconnect", "stdbuf": "coreutils",
 }
 
 
