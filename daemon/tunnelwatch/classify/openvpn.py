@@ -63,6 +63,10 @@ class _State:
     static_bad: bool = False
     tls_dead: bool = False
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
+    #: 1 when the flow's first payload came from the responder (a capture or queue that started
+    #: mid-handshake, after the SYN): the sender of the first payload is the OpenVPN client
+    flip: int = 0
+    tcp_records: int = 0  # on TCP the first *record* opens a session (a reset may span segments)
 
 
 class OpenVPN(Classifier):
@@ -88,11 +92,14 @@ class OpenVPN(Classifier):
                     len(p) < _STATIC_OVERHEAD + 16 or (len(p) - _STATIC_OVERHEAD) % 16):
                 return REJECT
             st = flow.state["openvpn"] = _State()
+            if flow.payload_pkts[direction] == 1 and not flow.payload_pkts[direction ^ 1]:
+                st.flip = direction
+        direction ^= st.flip
         # Only the flow's first payload packet may open a TLS-mode session: later packets of other
         # traffic (static-key ciphertext, random UDP) start with a reset-like byte 3 times in 256.
         first = flow.payload_pkts[0] + flow.payload_pkts[1] == 1
         if pkt.proto == TCP:
-            return self._tcp(st, pkt.payload, direction, first)
+            return self._tcp(st, pkt.payload, direction)
         p = pkt.payload
         static = self._static(st, p, direction)  # static-key framing is tracked on every datagram
         if not st.tls_dead:
@@ -102,7 +109,7 @@ class OpenVPN(Classifier):
             st.tls_dead = True
         return static
 
-    def _tcp(self, st: _State, data: bytes, direction: int, first: bool) -> InspectResult:
+    def _tcp(self, st: _State, data: bytes, direction: int) -> InspectResult:
         buf = st.tcp_buf[direction] + data
         if len(buf) > 4096:  # never buffer much: a real OpenVPN record fits well below this
             return REJECT
@@ -114,8 +121,8 @@ class OpenVPN(Classifier):
             if len(buf) < 2 + plen:
                 break
             rec, buf = buf[2:2 + plen], buf[2 + plen:]
-            result = self._packet(st, rec, direction, "tcp", first)
-            first = False
+            result = self._packet(st, rec, direction, "tcp", st.tcp_records == 0)
+            st.tcp_records += 1
             if result is REJECT or (isinstance(result, Verdict) and result.final):
                 return result
         st.tcp_buf[direction] = buf

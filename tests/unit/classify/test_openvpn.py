@@ -141,3 +141,18 @@ def test_random_udp_is_not_openvpn_even_when_it_starts_like_a_reset() -> None:
                 udp(S, C, 7777, 20000 + i, bytes(rng.randrange(256) for _ in range(60)))]
         flagged += sum(v.protocol == "openvpn" for _, v in run_engine(pkts))
     assert flagged == 0
+
+
+def test_tcp_reset_split_into_segments_seen_from_the_middle_of_the_handshake() -> None:
+    """A capture (or a queue) that starts at the SYN-ACK: the responder is seen first, the client's reset
+    arrives in 9-byte segments (seen in NordVPN traffic). The client is whoever sends the first payload."""
+    def rec(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+    reset = rec(hard_reset_client(hmac=64))
+    pkts = [IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="SA")]
+    pkts += [IP(src=C, dst=S) / TCP(sport=40000, dport=443, flags="PA") / Raw(reset[i:i + 9])
+             for i in range(0, len(reset), 9)]
+    reply = rec(hard_reset_server(hmac=64))
+    pkts.append(IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="PA") / Raw(reply))
+    v = one_verdict(pkts)
+    assert (v.protocol, v.confidence) == ("openvpn", "confirmed")
