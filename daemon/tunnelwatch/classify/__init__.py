@@ -24,11 +24,13 @@ from tunnelwatch.classify import (
     rtp,
     sip,
     softether,
+    sshfwd,
     sstp,
     stun,
     tailscale,
     tinc,
     tor,
+    trojan,
     wireguard,
     zerotier,
 )
@@ -55,6 +57,8 @@ REGISTRY: tuple[type[Classifier], ...] = (
     stun.STUN,
     rtp.RTP,
     tor.Tor,
+    trojan.Trojan,
+    sshfwd.SshForward,
     fep.FullyEncrypted,
     common.Common,
 )

@@ -1,0 +1,86 @@
+"""SSH used as a proxy (port forwarding, `ssh -D` SOCKS, `ssh -L`) told from interactive SSH and scp.
+
+Everything after the key exchange is encrypted, so the only facts are the sizes and directions of packets.
+Each forwarded connection opens its own channel: the client sends SSH_MSG_CHANNEL_OPEN "direct-tcpip"
+(target host, port and originator: 80+ bytes on the wire), the server answers with a bare
+OPEN_CONFIRMATION (17 bytes of payload: 44 bytes with chacha20-poly1305, 52 with AES-GCM, 64 with
+AES-CTR + hmac-sha2-256-etm) and the client immediately sends the forwarded request (80+ bytes). An
+interactive session or scp opens ONE session channel; interactive sessions then trade tiny
+keystroke/echo packets, scp moves bulk data one way. The rule: at least `MIN_OPENS` of those
+open/confirm/request triples after authentication (three: setting up one interactive session already
+makes two, auth success -> session open and open -> confirmation -> pty/shell request), and fewer than
+`MAX_KEYSTROKES` keystroke/echo pairs.
+It needs the packets after authentication (OpenSSH: about 30 packets in; the third forwarded connection
+about 60 packets in), so it decides only when the engine's budget for the flow is large enough; with a
+smaller budget it stays silent and the flow remains plain "ssh". Heuristic only: a client-side TCP
+tunnel is all a network can see, not what goes through it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
+from tunnelwatch.flow import Flow
+from tunnelwatch.packet import TCP, Packet
+
+#: payload packets of version exchange, key exchange and authentication (OpenSSH: 14-18) to skip
+SKIP: Final = 16
+#: a direct-tcpip CHANNEL_OPEN (host names are at most 255 bytes); bulk data segments are larger
+OPEN_MIN: Final = 80
+OPEN_MAX: Final = 400
+#: the forwarded request that follows the confirmation (an HTTP request, a TLS ClientHello...)
+REQ_MIN: Final = 80
+REQ_MAX: Final = 2000
+#: largest server packet that is a bare OPEN_CONFIRMATION with the common ciphers
+CONFIRM_MAX: Final = 64
+#: keystroke/echo packets are the smallest SSH packets (36-52 bytes with the common ciphers)
+KEY_MAX: Final = 52
+MIN_OPENS: Final = 3
+MAX_KEYSTROKES: Final = 6
+#: stop looking after this many payload packets (the triples come early or the flow is something else)
+MAX_PKTS: Final = 160
+_SSH: Final = frozenset({"ssh"})
+
+# state slots: previous two payload packets as signed sizes (+ client, - server), triples, keystroke pairs
+_P1, _P2, _OPENS, _KEYS = range(4)
+
+
+class SshForward(Classifier):
+    """SSH flows that open several forwarded channels (heuristic, outranks plain "ssh")."""
+
+    name: ClassVar[str] = "ssh_forwarding"
+    klass: ClassVar[Klass] = "proxy_obfuscated"
+    transports: ClassVar[frozenset[int]] = frozenset({TCP})
+    protocols: ClassVar[tuple[str, ...]] = ("ssh_forwarding",)
+
+    def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+        """Skip the handshake, then count open/confirm/request triples and keystroke/echo pairs."""
+        st: list[int] | None = flow.state.get("sshfwd")
+        if st is None:
+            if not pkt.payload.startswith(b"SSH-"):
+                return REJECT  # the client's banner opens every SSH connection
+            st = flow.state["sshfwd"] = [0, 0, 0, 0]
+            return None
+        if st[_OPENS] >= MIN_OPENS:
+            return DONE  # decided: the rest of the flow is the forwarded traffic itself
+        n = flow.payload_pkts[0] + flow.payload_pkts[1]
+        if n <= SKIP:
+            return None
+        if n > MAX_PKTS:
+            return DONE
+        size = len(pkt.payload)
+        cur = size if direction == 0 else -size
+        p1, p2 = st[_P1], st[_P2]
+        if REQ_MIN <= cur <= REQ_MAX and -CONFIRM_MAX <= p1 < 0 and OPEN_MIN <= p2 <= OPEN_MAX:
+            st[_OPENS] += 1
+        elif 0 > cur >= -KEY_MAX and 0 < p1 <= KEY_MAX:
+            st[_KEYS] += 1
+            if st[_KEYS] >= MAX_KEYSTROKES:
+                return DONE  # typed input echoed back: an interactive session
+        st[_P2], st[_P1] = p1, cur
+        if st[_OPENS] >= MIN_OPENS:
+            return self.verdict("ssh_forwarding", "heuristic",
+                                f"{st[_OPENS]} channel open/confirm/request exchanges after authentication",
+                                f"{st[_KEYS]} keystroke/echo pairs", supersedes=_SSH)
+        return None

@@ -1,0 +1,287 @@
+"""Real TLS-in-TLS proxies and real OpenSSH between lab namespaces, captured on the router's WAN side.
+
+v2ray's Trojan (and VMess over TLS) carries an HTTPS download from `openssl s_server` in the server
+namespace: the proxy flow must be a heuristic tls_in_tls verdict and nothing else flagged. OpenSSH with
+dynamic (-D, curl through it) and local (-L) forwarding must be heuristic ssh_forwarding, while an
+interactive session (typed input on a pty) and an scp of 1 MB must stay plain benign ssh. The SSH flows
+are classified with a deeper budget (SSH_BUDGET packets): channel traffic only starts after authentication.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
+from support.pki import leaf, make_pki
+from tunnelwatch.classify import load_classifiers
+from tunnelwatch.classify.sshfwd import SshForward
+from tunnelwatch.classify.trojan import Trojan
+from tunnelwatch.offline import classify_file
+
+pytestmark = pytest.mark.integration
+
+Record = dict[str, Any]
+HTTPS_PORT = 8443
+PAYLOAD_BYTES = 200_000
+PASSWORD = "tunnelwatch-lab-secret"
+VMESS_ID = "b831381d-6324-4d53-ad4f-8cda48b30811"
+SSH_BUDGET = 128
+
+
+def _classify(pcap: Path, budget: int) -> list[Record]:
+    # the new classifiers first, as they will be in the registry (ties go to the earlier one)
+    return list(classify_file(str(pcap), classifiers=[Trojan(), SshForward(), *load_classifiers()],
+                              budget=budget))
+
+
+def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab, Path], None],
+             budget: int = 24) -> list[Record]:
+    """Run `drive` while tcpdump records the router's WAN side; classify the capture."""
+    require_tools("tcpdump", "ss", "curl", "openssl", *tools)
+    pcap = tmp_path / "wan0.pcap"
+    with lab(tmp_path, ipv6=False) as lb, lb.capture(lb.router, "wan0", pcap):
+        drive(lb, tmp_path)
+    return _classify(pcap, budget)
+
+
+def _listening(lb: Lab, ns: str, port: int) -> None:
+    lb.wait_until(ns, ["sh", "-c", f"ss -ltn | grep -q ':{port} '"])
+
+
+def _https_server(lb: Lab, d: Path) -> Path:
+    """openssl s_server serving d/www over TLS on 127.0.0.1 in the server namespace; returns the CA."""
+    pki = make_pki(d)
+    www = d / "www"
+    www.mkdir()
+    (www / "file.bin").write_bytes(os.urandom(PAYLOAD_BYTES))
+    lb.spawn(lb.server, ["sh", "-c", f"cd {shlex.quote(str(www))} && exec openssl s_server -quiet -WWW "
+                         f"-accept 127.0.0.1:{HTTPS_PORT} -cert {pki.server_cert} -key {pki.server_key} "
+                         f"-cert_chain {pki.ca}"], "https")
+    _listening(lb, lb.server, HTTPS_PORT)
+    ca: Path = pki.ca
+    return ca
+
+
+def _download(lb: Lab, ca: Path, *curl_args: str) -> None:
+    r = lb.run(lb.client, "curl", "-sS", "--max-time", "20", "--cacert", str(ca), "-o", "/dev/null", "-w",
+               "%{size_download}", *curl_args, f"https://127.0.0.1:{HTTPS_PORT}/file.bin")
+    assert r.stdout.strip() == str(PAYLOAD_BYTES), f"download through the proxy failed: {r.stdout} {r.stderr}"
+
+
+def _table(records: list[Record]) -> str:
+    return "\n".join(f"  {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} {r['transport']} "
+                     f"{r['klass']} {r['protocol']} {r['confidence']} {r['evidence']} pkts={r['packets']}"
+                     for r in records)
+
+
+def _proxy_flows(records: list[Record], dport: int) -> list[Record]:
+    hits = [r for r in records if r["transport"] == "tcp" and r["dport"] == dport and r["src"] == CLIENT_IP
+            and r["dst"] == SERVER_IP]
+    assert hits, f"no flow to port {dport}:\n{_table(records)}"
+    return hits
+
+
+def _assert_only(records: list[Record], dport: int, protocol: str) -> None:
+    """The client's flow(s) to `dport` are heuristic `protocol`; no other flow is flagged."""
+    hits = _proxy_flows(records, dport)
+    for r in hits:
+        assert (r["klass"], r["protocol"], r["confidence"]) == ("proxy_obfuscated", protocol, "heuristic"), \
+            f"proxy flow mislabelled:\n{_table([r])}"
+        assert r["evidence"]
+    others = [r for r in records if r not in hits and r["klass"] not in ("benign", "unknown")]
+    assert not others, f"flows wrongly flagged:\n{_table(others)}"
+
+
+def _v2ray(lb: Lab, d: Path, inbound: dict[str, Any], outbound: dict[str, Any]) -> None:
+    """A v2ray server (inbound on SERVER_IP:10443 with TLS) and a client with a SOCKS inbound on 1081."""
+    cert, key = leaf(d, "ca", "proxy", f"subjectAltName=IP:{SERVER_IP}\nextendedKeyUsage=serverAuth\n"
+                     "basicConstraints=CA:FALSE\n")
+    server = {"inbounds": [{"listen": SERVER_IP, "port": 10443, **inbound, "streamSettings": {
+        "security": "tls", "tlsSettings": {"certificates": [{"certificateFile": str(cert),
+                                                             "keyFile": str(key)}]}}}],
+              "outbounds": [{"protocol": "freedom"}]}
+    client = {"inbounds": [{"listen": "127.0.0.1", "port": 1081, "protocol": "socks",
+                            "settings": {"udp": False}}],
+              "outbounds": [{**outbound, "streamSettings": {"security": "tls", "tlsSettings": {
+                  "serverName": SERVER_IP, "certificates": [{"usage": "verify",
+                                                             "certificateFile": str(d / "ca.pem")}]}}}]}
+    for name, cfg in (("server", server), ("client", client)):
+        (d / f"v2ray-{name}.json").write_text(json.dumps({"log": {"loglevel": "warning"}, **cfg}))
+    lb.spawn(lb.server, ["v2ray", "-config", str(d / "v2ray-server.json")], "v2ray-server")
+    lb.spawn(lb.client, ["v2ray", "-config", str(d / "v2ray-client.json")], "v2ray-client")
+    _listening(lb, lb.server, 10443)
+    _listening(lb, lb.client, 1081)
+
+
+def test_v2ray_trojan_is_tls_in_tls(tmp_path: Path) -> None:
+    def drive(lb: Lab, d: Path) -> None:
+        ca = _https_server(lb, d)
+        _v2ray(lb, d, {"protocol": "trojan", "settings": {"clients": [{"password": PASSWORD}]}},
+               {"protocol": "trojan", "settings": {"servers": [{"address": SERVER_IP, "port": 10443,
+                                                                 "password": PASSWORD}]}})
+        _download(lb, ca, "--socks5-hostname", "127.0.0.1:1081")
+
+    _assert_only(_capture(tmp_path, ("v2ray",), drive), 10443, "tls_in_tls")
+
+
+def test_v2ray_vmess_over_tls_is_tls_in_tls(tmp_path: Path) -> None:
+    def drive(lb: Lab, d: Path) -> None:
+        ca = _https_server(lb, d)
+        _v2ray(lb, d, {"protocol": "vmess", "settings": {"clients": [{"id": VMESS_ID, "alterId": 0}]}},
+               {"protocol": "vmess", "settings": {"vnext": [{"address": SERVER_IP, "port": 10443, "users": [
+                   {"id": VMESS_ID, "alterId": 0, "security": "aes-128-gcm"}]}]}})
+        _download(lb, ca, "--socks5-hostname", "127.0.0.1:1081")
+
+    _assert_only(_capture(tmp_path, ("v2ray",), drive), 10443, "tls_in_tls")
+
+
+def test_direct_https_is_plain_tls(tmp_path: Path) -> None:
+    def drive(lb: Lab, d: Path) -> None:
+        pki = make_pki(d)
+        cert, key = leaf(d, "ca", "web", f"subjectAltName=IP:{SERVER_IP}\nextendedKeyUsage=serverAuth\n"
+                         "basicConstraints=CA:FALSE\n")
+        www = d / "www"
+        www.mkdir()
+        (www / "file.bin").write_bytes(os.urandom(PAYLOAD_BYTES))
+        serve = (f"cd {shlex.quote(str(www))} && exec openssl s_server -quiet -WWW -accept "
+                 f"{SERVER_IP}:{HTTPS_PORT} -cert {cert} -key {key} -cert_chain {pki.ca}")
+        lb.spawn(lb.server, ["sh", "-c", serve], "https")
+        _listening(lb, lb.server, HTTPS_PORT)
+        for _ in range(3):
+            # two downloads over one connection (HTTP/1.1 keep-alive), each body to /dev/null
+            r = lb.run(lb.client, "curl", "-sS", "--max-time", "20", "--cacert", str(pki.ca), "-o",
+                       "/dev/null", "-o", "/dev/null", "-w", "%{size_download}", f"https://{SERVER_IP}:{HTTPS_PORT}/file.bin",
+                       f"https://{SERVER_IP}:{HTTPS_PORT}/file.bin")
+            assert r.stdout.strip() == str(PAYLOAD_BYTES) * 2, r.stderr
+
+    records = _capture(tmp_path, (), drive, budget=SSH_BUDGET)
+    for r in _proxy_flows(records, HTTPS_PORT):
+        assert (r["klass"], r["protocol"]) == ("benign", "tls"), _table([r])
+    flagged = [r for r in records if r["klass"] not in ("benign", "unknown")]
+    assert not flagged, _table(flagged)
+
+
+# ---------------------------------------------------------------- OpenSSH
+
+def _sshd(lb: Lab, d: Path) -> list[str]:
+    """Start sshd on SERVER_IP:2222 with a fresh client key; return the ssh command prefix."""
+    key = d / "id_ed25519"
+    lb.run(lb.client, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+    lb.run(lb.server, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
+    (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
+    os.chmod(d, 0o700)
+    # sshd insists on its privilege separation directory (systemd's RuntimeDirectory normally makes it)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    lb.spawn(lb.server, ["/usr/sbin/sshd", "-D", "-e", "-p", "2222", "-h", str(d / "host_key"),
+                         "-o", f"AuthorizedKeysFile={d / 'authorized_keys'}", "-o", "StrictModes=no",
+                         "-o", "PidFile=none", "-o", "UsePAM=no", "-o", f"ListenAddress={SERVER_IP}"], "sshd")
+    lb.wait_for_log("sshd", "Server listening on")
+    return ["-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+
+
+def _ssh_flows(records: list[Record]) -> list[Record]:
+    return [r for r in records if r["transport"] == "tcp" and r["dport"] == 2222]
+
+
+def _web(lb: Lab, d: Path) -> None:
+    www = d / "www"
+    www.mkdir(exist_ok=True)
+    (www / "file.bin").write_bytes(os.urandom(PAYLOAD_BYTES))
+    for i in range(8):
+        (www / f"page{i}.html").write_text("<html>" + "x" * (2000 + 3000 * i) + "</html>")
+    lb.spawn(lb.server, ["python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www),
+                         "8000"], "web")
+    _listening(lb, lb.server, 8000)
+
+
+def _browse(lb: Lab, *proxy: str, base: str = "http://127.0.0.1:8000") -> None:
+    """Fetch a few pages and the big file, each over its own connection (like a browser's first visit)."""
+    for i in range(8):
+        r = lb.run(lb.client, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                   *proxy, f"{base}/page{i}.html")
+        assert r.stdout.strip() == "200", r.stderr
+    r = lb.run(lb.client, "curl", "-sS", "--max-time", "15", "-o", "/dev/null", "-w", "%{size_download}",
+               *proxy, f"{base}/file.bin")
+    assert r.stdout.strip() == str(PAYLOAD_BYTES), r.stderr
+
+
+def test_ssh_dynamic_and_local_forwarding_are_flagged(tmp_path: Path) -> None:
+    def drive(lb: Lab, d: Path) -> None:
+        _web(lb, d)
+        opts = _sshd(lb, d)
+        lb.spawn(lb.client, ["ssh", *opts, "-p", "2222", "-N", "-D", "127.0.0.1:1082", f"root@{SERVER_IP}"],
+                 "ssh-D")
+        _listening(lb, lb.client, 1082)
+        _browse(lb, "--socks5-hostname", "127.0.0.1:1082")
+        lb.stop("ssh-D")
+        lb.spawn(lb.client, ["ssh", *opts, "-p", "2222", "-N", "-L", "127.0.0.1:8080:127.0.0.1:8000",
+                             f"root@{SERVER_IP}"], "ssh-L")
+        _listening(lb, lb.client, 8080)
+        _browse(lb, base="http://127.0.0.1:8080")
+        lb.stop("ssh-L")
+
+    records = _capture(tmp_path, ("sshd", "ssh", "ssh-keygen", "python3"), drive, budget=SSH_BUDGET)
+    flows = _ssh_flows(records)
+    assert len(flows) == 2, _table(records)
+    for r in flows:
+        assert (r["klass"], r["protocol"], r["confidence"]) == \
+            ("proxy_obfuscated", "ssh_forwarding", "heuristic"), _table([r])
+    others = [r for r in records if r not in flows and r["klass"] not in ("benign", "unknown")]
+    assert not others, _table(others)
+
+
+# Types a few shell commands on a pty, one key at a time, waiting for each echo like a person would.
+_TYPIST = r"""
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("ssh", ["ssh", "-tt", *sys.argv[1:]])
+out = b""
+def wait_for(needle, timeout=15.0):
+    global out
+    end = time.monotonic() + timeout
+    while needle not in out:
+        assert time.monotonic() < end, f"timed out waiting for {needle!r}: {out[-500:]!r}"
+        out += os.read(fd, 4096)
+wait_for(b"#")
+for cmd in ("echo typed-by-a-person", "ls /", "uname -a", "pwd", "exit"):
+    for ch in cmd:
+        os.write(fd, ch.encode())
+        wait_for(ch.encode())
+    os.write(fd, b"\r")
+    if cmd != "exit":
+        wait_for(b"#")
+os.waitpid(pid, 0)
+print("typed", out.count(b"typed-by-a-person"))
+"""
+
+
+def test_interactive_ssh_and_scp_are_not_flagged(tmp_path: Path) -> None:
+    def drive(lb: Lab, d: Path) -> None:
+        opts = _sshd(lb, d)
+        (d / "big.bin").write_bytes(os.urandom(1_000_000))
+        r = lb.run(lb.client, "python3", "-c", _TYPIST, *opts, "-p", "2222", f"root@{SERVER_IP}",
+                   "env PS1='# ' sh -i", timeout=60)
+        assert "typed" in r.stdout, r.stdout + r.stderr
+        lb.run(lb.client, "scp", *opts, "-P", "2222", f"root@{SERVER_IP}:{d / 'big.bin'}",
+               str(d / "copy.bin"))
+        assert (d / "copy.bin").stat().st_size == 1_000_000
+        lb.run(lb.client, "scp", *opts, "-P", "2222", str(d / "big.bin"), f"root@{SERVER_IP}:{d / 'up.bin'}")
+        r = lb.run(lb.client, "ssh", *opts, "-p", "2222", f"root@{SERVER_IP}", "echo", "hello-from-ssh")
+        assert "hello-from-ssh" in r.stdout
+
+    records = _capture(tmp_path, ("sshd", "ssh", "scp", "ssh-keygen", "python3"), drive, budget=SSH_BUDGET)
+    flows = _ssh_flows(records)
+    assert len(flows) == 4, _table(records)
+    for r in flows:
+        assert (r["klass"], r["protocol"]) == ("benign", "ssh"), _table([r])
+    flagged = [r for r in records if r["klass"] not in ("benign", "unknown")]
+    assert not flagged, _table(flagged)

@@ -1,0 +1,125 @@
+"""SSH port forwarding from packet sizes: repeated channel open/confirm/request; not interactive or scp."""
+
+from __future__ import annotations
+
+import random
+
+from scapy.layers.inet import IP, TCP
+from scapy.packet import Raw
+
+from support import mutate
+from tunnelwatch.classify import load_classifiers
+from tunnelwatch.classify.base import Verdict
+from tunnelwatch.classify.sshfwd import SshForward
+from tunnelwatch.engine import Engine
+from tunnelwatch.packet import parse_ip
+
+C, S = "192.0.2.10", "198.51.100.7"
+NAMES = ["ssh_forwarding", "common"]
+rnd = random.Random(3)
+
+
+def _engine(budget: int) -> Engine:
+    # registered locally until the lead adds the class to classify.REGISTRY
+    return Engine([SshForward(), *load_classifiers(["common"])], budget=budget)
+
+
+def one_verdict(packets: list[IP], *, budget: int = 24, names: object = None) -> Verdict:
+    """The single flow's verdict from SshForward + common (see support.one_verdict)."""
+    ended: list[Verdict] = []
+    engine = _engine(budget)
+    engine.on_end = lambda f, v: ended.append(v)
+    for i, p in enumerate(packets):
+        pkt = parse_ip(bytes(p), 1000.0 + i * 0.01)
+        assert pkt is not None
+        engine.process(pkt)
+    engine.flush()
+    assert len(ended) == 1, ended
+    return ended[0]
+
+
+def feed_raw(names: object, raws: list[bytes], *, budget: int = 24) -> Engine:
+    """Feed raw IP packets; return the flushed engine (its classifier_errors must stay 0)."""
+    engine = _engine(budget)
+    for i, raw in enumerate(raws):
+        pkt = parse_ip(raw, 1000.0 + i)
+        assert pkt is not None
+        engine.process(pkt)
+    engine.flush()
+    return engine
+
+
+def pkt(d: int, n: int) -> IP:
+    if d == 0:
+        return IP(src=C, dst=S) / TCP(sport=40000, dport=22, flags="PA") / Raw(rnd.randbytes(n))
+    return IP(src=S, dst=C) / TCP(sport=22, dport=40000, flags="PA") / Raw(rnd.randbytes(n))
+
+
+def seq(sizes: str) -> list[IP]:
+    """'C92 S44 C124' -> packets of those sizes and directions."""
+    return [pkt(0 if w[0] == "C" else 1, int(w[1:])) for w in sizes.split()]
+
+
+# OpenSSH 9.2 as captured in the lab: banners, key exchange, public-key authentication
+HANDSHAKE = ("C1560 S1088 C1208 S1564 C16 C44 S44 C60 S52 C140 S100 C308 S28")
+
+
+def flow(after: str) -> list[IP]:
+    banner = [pkt(0, 0), pkt(1, 0)]
+    banner[0][Raw].load = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
+    banner[1][Raw].load = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
+    return [*banner, *seq(HANDSHAKE), *seq(after)]
+
+
+FORWARD = "C60 S288 S172 " + " ".join(["C92 S44 C124 S228 S4344 S708 C36 S72 C36"] * 4)
+
+
+def test_dynamic_forwarding_is_flagged_with_a_deep_budget() -> None:
+    v = one_verdict(flow(FORWARD), names=NAMES, budget=96)
+    assert (v.klass, v.protocol, v.confidence) == ("proxy_obfuscated", "ssh_forwarding", "heuristic")
+    assert "ssh" in v.supersedes
+
+
+def test_default_budget_ends_before_the_channels_so_it_stays_ssh() -> None:
+    v = one_verdict(flow(FORWARD), names=NAMES, budget=24)
+    assert (v.klass, v.protocol) == ("benign", "ssh")
+
+
+def test_interactive_session_is_not_flagged() -> None:
+    typing = " ".join(["C36 S36"] * 30)
+    v = one_verdict(flow("C112 S288 S216 C460 S108 " + typing), names=NAMES, budget=128)
+    assert (v.klass, v.protocol) == ("benign", "ssh")
+
+
+def test_session_setup_alone_is_not_flagged() -> None:
+    # auth success -> session open -> confirmation -> pty/shell request: two triples, not three
+    v = one_verdict(flow("C128 S48 C448 S112 S96 S64 S1232 C48 S48"), names=NAMES, budget=128)
+    assert v.protocol == "ssh"
+
+
+def test_scp_bulk_with_window_adjusts_is_not_flagged() -> None:
+    bulk = " ".join(["C32804 C32804 S36"] * 20)
+    v = one_verdict(flow("C112 S288 S216 C112 S72 C44 S356 C68 S76 C100 S68 C108 S52 " + bulk),
+                    names=NAMES, budget=128)
+    assert v.protocol == "ssh"
+    down = " ".join(["S32804 S32804 C36"] * 20)
+    v = one_verdict(flow("C112 S288 S216 C112 S72 C44 S356 C68 S76 C100 S76 C108 S52 " + down),
+                    names=NAMES, budget=128)
+    assert v.protocol == "ssh"
+
+
+def test_not_ssh_is_rejected_on_the_first_packet() -> None:
+    pk = seq("C92 S44 C124 " * 10)
+    assert one_verdict(pk, names=NAMES, budget=128).klass != "proxy_obfuscated"
+
+
+def test_hostile_input_never_raises() -> None:
+    seeds = [bytes(p[Raw].load) for p in flow(FORWARD)[:20]]
+    r = random.Random(2)
+    for i in range(40):
+        raws = [bytes(IP(src=C, dst=S) / TCP(sport=40000, dport=22) / Raw(b"SSH-2.0-x\r\n"))]
+        for j in range(60):
+            p = pkt(j % 2, 1)
+            p[Raw].load = mutate(r, seeds) or b"\x00"
+            raws.append(bytes(p))
+        assert feed_raw(NAMES, raws, budget=128).classifier_errors == 0, i
