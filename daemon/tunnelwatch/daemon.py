@@ -48,6 +48,10 @@ EX_CONFIG: Final = 78
 Record = Callable[[dict[str, object]], None]
 
 
+def _deep(cfg: RunConfig) -> dict[tuple[int, int], int]:
+    return {(6 if t == "tcp" else 17, port): n for t, port, n in cfg.deep}
+
+
 def _mark(d: Decision) -> int:
     if d.action != "block":
         return firewall.MARK_ALLOW
@@ -65,7 +69,7 @@ class Enforcer:
         self.record = record
         self.endpoints = endpoints if endpoints is not None else Endpoints(cfg.endpoints)
         self.engine = Engine(budget=cfg.packets, max_flows=cfg.flows, on_decided=self._decided,
-                             on_end=self._ended)
+                             on_end=self._ended, deep=_deep(cfg))
         self._use_lists()
         self.unparsed = 0  # queued packets that are not IP we can read (counted, then accepted)
         self._evictions_seen = 0
@@ -91,6 +95,7 @@ class Enforcer:
             self.policy = policy
             self.engine.budget = cfg.packets
             self.engine.table.max_flows = cfg.flows  # a smaller table shrinks as new flows arrive
+            self.engine.deep = _deep(cfg)
         self.cfg, self.registry = cfg, registry
 
     def tick(self) -> None:
@@ -165,7 +170,7 @@ def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend:
         for e in registry.active(now) for s in e.servers
     )
     return firewall.Spec(cfg.queue_num, cfg.queue_count, cfg.packets, cfg.fail_closed, cfg.hooks, cfg.ipv6,
-                         bypass, backend)
+                         bypass, backend, cfg.deep)
 
 
 class Signals:

@@ -21,6 +21,8 @@ from tunnelwatch.packet import Packet
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET = 24
+#: flows to these (ip proto, server port) get a larger budget: SSH forwarding shows after the login
+DEFAULT_DEEP: dict[tuple[int, int], int] = {(6, 22): 96}
 
 
 def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -44,6 +46,7 @@ class Engine:
         on_end: Callable[[Flow, Verdict], None] | None = None,
         on_decided: Callable[[Flow, Verdict], None] | None = None,
         endpoints: EndpointIndex | None = None,
+        deep: dict[tuple[int, int], int] | None = None,
     ) -> None:
         if budget < 1:
             raise ValueError("budget must be at least 1 packet")
@@ -54,6 +57,8 @@ class Engine:
         self.on_decided = on_decided
         #: operator endpoint lists; replaced as a whole on reload (the daemon swaps in a new index)
         self.endpoints = endpoints
+        #: (ip proto, server port) -> a larger budget for flows to that port (SSH forwarding shows late)
+        self.deep = dict(DEFAULT_DEEP if deep is None else deep)
         self.table = FlowTable(idle_timeout, max_flows, self._ended)
         self._by_proto: dict[int, tuple[Classifier, ...]] = {}
         for c in self.classifiers:
@@ -89,7 +94,8 @@ class Engine:
         if pkt.payload:
             flow.payload_pkts[d] += 1
             self._inspect(flow, pkt, d)
-        if not flow.done and (flow.packets >= self.budget or not flow.active):
+        if not flow.done and (not flow.active or (flow.packets >= self.budget and (
+                not self.deep or flow.packets >= self.deep.get((flow.proto, flow.dport), 0)))):
             self._decide(flow)
         return flow
 

@@ -68,6 +68,9 @@ class Spec:
     ipv6: bool = True
     bypass: tuple[Bypass, ...] = ()
     backend: str = "iptables"
+    #: (transport, server port, packets): connections to these ports are queued deeper than `packets`
+    #: (SSH: port forwarding shows only after authentication, ~30 packets in)
+    deep: tuple[tuple[str, int, int], ...] = ()
 
 
 def _family(addr: str) -> int:
@@ -115,6 +118,9 @@ def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
                # Pure ACKs carry nothing to classify either: u32 cannot read a 4-byte word at the start
                # of the TCP payload (IP header length + data offset), so the negated match skips them.
                f"-A {CHAIN} -p tcp -m u32 ! --u32 {_NO_PAYLOAD[version]} -j RETURN"]
+    for proto, port, packets in spec.deep:
+        mangle.append(f"-A {CHAIN} -m conntrack --ctproto {proto} --ctorigdstport {port} -m connbytes "
+                      f"--connbytes 0:{packets} --connbytes-dir both --connbytes-mode packets -j {target}")
     mangle.append(f"-A {CHAIN} -m connbytes --connbytes 0:{spec.packets} --connbytes-dir both "
                   f"--connbytes-mode packets -j {target}")
     unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
@@ -270,6 +276,9 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
         nums = str(spec.queue_num)
     flag_text = f" {','.join(flags)}" if flags else ""
     queue.append("tcp flags & (syn | rst) != 0 return")  # no payload to classify (see chain_rules)
+    for proto, port, packets in spec.deep:
+        queue.append(f"meta l4proto {proto} ct original proto-dst {port} ct packets <= {packets} "
+                     f"queue num {nums}{flag_text}")
     queue.append(f"ct packets <= {spec.packets} queue num {nums}{flag_text}")
     keep = _nft_mark(~MARK_MASK & 0xFFFFFFFF)
     verdict = [f"meta mark & {_nft_mark(MARK_MASK)} == {_nft_mark(m)} ct mark set ct mark & {keep} | "

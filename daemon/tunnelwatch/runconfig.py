@@ -68,6 +68,8 @@ class RunConfig:
     packets: int = 16
     maxlen: int = 4096
     flows: int = 262_144
+    #: (transport, server port, packets) queued deeper than `packets` (default: SSH, see config)
+    deep: tuple[tuple[str, int, int], ...] = (("tcp", 22, 96),)
     fail_closed: bool = False
     hooks: tuple[str, ...] = ("forward",)
     ipv6: bool = True
@@ -135,6 +137,23 @@ def _journal(r: YamlReader, node: Node) -> bool | None:
     return None
 
 
+def _deep(r: YamlReader, node: Node) -> tuple[tuple[str, int, int], ...]:
+    out: list[tuple[str, int, int]] = []
+    for item in r.seq(node, "queue.deep"):
+        m = r.mapping(item, ("transport", "port", "packets"), "queue.deep item")
+        for key in ("transport", "port", "packets"):
+            if key not in m and isinstance(item, MappingNode):
+                r.err(item, f"queue.deep item needs {key} (e.g. {{transport: tcp, port: 22, packets: 96}})")
+        tr = r.opt(m, "transport", lambda n: r.string(n, "queue.deep transport", ("tcp", "udp")), None)
+        port = r.opt(m, "port", lambda n: r.integer(n, "queue.deep port", 1, 65535), None)
+        packets = r.opt(m, "packets", lambda n: r.integer(n, "queue.deep packets", 1, 1000), None)
+        if tr is not None and port is not None and packets is not None:
+            if any(d[:2] == (tr, port) for d in out):
+                r.err(item, f"queue.deep: {tr}/{port} listed twice; keep one")
+            out.append((tr, port, packets))
+    return tuple(out)
+
+
 def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[str, dict[str, Rule]]:
     per: dict[str, dict[str, Rule]] = {"klass": {}, "protocol": {}}
     for section in ("klass", "protocol"):
@@ -163,7 +182,8 @@ def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[st
 
 def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
     top = r.mapping(root, _TOP, "the configuration")
-    q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "flows", "fail_closed"), "queue") \
+    q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "flows", "deep", "fail_closed"),
+                  "queue") \
         if "queue" in top else {}
     fw = r.mapping(top["firewall"], ("hooks", "ipv6", "backend"), "firewall") if "firewall" in top else {}
     pol = r.mapping(top["policy"], ("default", "klass", "protocol", "voip"), "policy") \
@@ -189,6 +209,7 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
         packets=r.opt(q, "packets", lambda n: r.integer(n, "queue.packets", 1, 1000), 16),
         maxlen=r.opt(q, "maxlen", lambda n: r.integer(n, "queue.maxlen", 16, 1_000_000), 4096),
         flows=r.opt(q, "flows", lambda n: r.integer(n, "queue.flows", 1000, 10_000_000), 262_144),
+        deep=_deep(r, q["deep"]) if "deep" in q else RunConfig.deep,
         fail_closed=r.opt(q, "fail_closed", lambda n: r.boolean(n, "queue.fail_closed"), False),
         hooks=tuple(hooks) or ("forward",),
         ipv6=r.opt(fw, "ipv6", lambda n: r.boolean(n, "firewall.ipv6"), True),
@@ -288,6 +309,7 @@ def summary(cfg: RunConfig) -> list[str]:
     journal = {None: "auto", True: "on", False: "off"}[cfg.log_journal]
     return [
         f"{queues}, first {cfg.packets} packets per connection, maxlen {cfg.maxlen}, {cfg.flows} flows, "
+        f"deeper: {', '.join(f'{t}/{p} {n} packets' for t, p, n in cfg.deep) or 'none'}, "
         f"{'fail-closed' if cfg.fail_closed else 'fail-open'}",
         f"firewall: hooks {','.join(cfg.hooks)}, ipv6 {'on' if cfg.ipv6 else 'off'}, backend {cfg.backend}",
         f"policy: default {_rule_text(cfg.default)}" + "".join(f"; {r}" for r in rules),

@@ -66,13 +66,15 @@ def test_valid_example_loads(example: Path, tmp_path: Path) -> None:
 def test_the_shipped_example_covers_every_option_with_its_default() -> None:
     cfg = load_config(EXAMPLE)
     text = EXAMPLE.read_text()
-    for key in ("num", "count", "packets", "maxlen", "fail_closed", "hooks", "ipv6", "backend", "registry",
-                "default", "klass", "protocol", "bulk_calls", "bulk_action", "bulk_window", "socket",
-                "listen", "port", "token_file", "enabled", "interfaces", "device_id", "level", "journal"):
+    for key in ("num", "count", "packets", "maxlen", "flows", "deep", "fail_closed", "hooks", "ipv6",
+                "backend", "registry", "default", "klass", "protocol", "bulk_calls", "bulk_action",
+                "bulk_window", "socket", "listen", "port", "token_file", "enabled", "interfaces",
+                "device_id", "level", "journal"):
         assert f"\n  {key}:" in text or f"\n{key}:" in text or f"\n    {key}:" in text, key
     # apart from the illustrative policy, the example's values are the defaults
     defaults = parse_config("policy: {}\n")
-    for attr in ("queue_num", "queue_count", "packets", "maxlen", "fail_closed", "hooks", "ipv6", "backend",
+    for attr in ("queue_num", "queue_count", "packets", "maxlen", "flows", "deep", "fail_closed", "hooks",
+                 "ipv6", "backend",
                  "voip", "log_level", "log_journal", "status", "discovery"):
         assert getattr(cfg, attr) == getattr(defaults, attr), attr
 
@@ -182,3 +184,14 @@ def test_spool_location_needs_a_restart_other_report_settings_do_not() -> None:
     assert restart_needed(old, parse_config("report: {spool: {path: /tmp/x.db}}\n"))
     live = parse_config("report: {heartbeat: 5, ipfix: {collector: '10.0.0.1:4739'}}\n")
     assert restart_needed(old, live) == []
+
+
+def test_deeper_queue_per_port_parses_and_rejects_bad_items() -> None:
+    assert parse_config("queue: {deep: []}\n").deep == ()
+    cfg = parse_config("queue:\n  deep:\n    - {transport: udp, port: 4500, packets: 40}\n")
+    assert cfg.deep == (("udp", 4500, 40),)
+    with pytest.raises(ConfigError) as e:
+        parse_config("queue:\n  deep:\n    - {transport: tcp, port: 22}\n    - {transport: sctp, port: 1, "
+                     "packets: 5}\n")
+    text = "\n".join(e.value.problems)
+    assert "queue.deep item needs packets" in text and "queue.deep transport must be one of tcp, udp" in text

@@ -237,3 +237,12 @@ def test_confidence_ranks_keep_list_between_heuristic_and_port() -> None:
              v("vpn_tunnel", "port")]
     ranks = [x.rank for x in order]
     assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(ranks)
+
+
+def test_deep_ports_get_a_larger_budget() -> None:
+    for dport, deep, expect in ((22, {(UDP, 22): 8}, 8), (23, {(UDP, 22): 8}, 3), (22, {}, 3)):
+        c = Counting()
+        e = Engine([c], budget=3, deep=deep)
+        for i in range(12):
+            e.process(udp(float(i), dport=dport))
+        assert c.calls == expect, (dport, deep)

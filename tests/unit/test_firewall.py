@@ -219,3 +219,13 @@ def test_backend_probe_falls_back_to_iptables(monkeypatch: pytest.MonkeyPatch) -
     assert firewall.choose_backend("auto") == ("nftables", "nft queue expression present")
     calls = _probe_with(monkeypatch, True, 1)
     assert firewall.choose_backend("iptables") == ("iptables", "configured") and not calls
+
+
+def test_deeper_ports_are_queued_longer_before_the_generic_rule() -> None:
+    rules = chain_rules(Spec(packets=16, deep=(("tcp", 22, 96),)), 4)["mangle"]
+    deep = [r for r in rules if "--ctorigdstport 22" in r]
+    assert deep == [f"-A {CHAIN} -m conntrack --ctproto tcp --ctorigdstport 22 -m connbytes --connbytes 0:96 "
+                    "--connbytes-dir both --connbytes-mode packets -j NFQUEUE --queue-num 0 --queue-bypass"]
+    assert rules.index(deep[0]) == len(rules) - 2 and "0:16" in rules[-1]
+    nft = firewall.nft_rules(Spec(packets=16, deep=(("tcp", 22, 96),)))["queue"]
+    assert "meta l4proto tcp ct original proto-dst 22 ct packets <= 96 queue num 0 bypass" in nft
