@@ -45,6 +45,8 @@ from tunnelwatch.supervisor import Supervisor
 log = logging.getLogger("tunnelwatch")
 
 EX_CONFIG: Final = 78
+#: an undecided flow that saw no queued packet for this long is decided on what was seen (Engine.decide_quiet)
+QUIET_S: Final = 2.0
 Record = Callable[[dict[str, object]], None]
 
 
@@ -105,12 +107,23 @@ class Enforcer:
             self.next_watch = time.monotonic() + watch
             if self.endpoints.check():
                 self._use_lists()
+        self._decide_quiet()
         evicted = self.engine.table.evicted
         if evicted and not self._evictions_seen:
             # once: a full table is either a flood or an undersized queue.flows; both need a human
             log.warning("flow table full (%d flows): forgetting the least recently seen flows; a flood of "
                         "new flows, or raise queue.flows", self.engine.table.max_flows)
         self._evictions_seen = evicted
+
+    def _decide_quiet(self) -> None:
+        for flow in self.engine.decide_quiet(time.time(), QUIET_S):
+            bits = self.marks.get(flow.key, 0)
+            log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())
+            if bits in (firewall.MARK_DROP, firewall.MARK_REJECT):
+                found = firewall.mark_connection(transport_name(flow.proto), addr_text(flow.src), flow.sport,
+                                                 addr_text(flow.dst), flow.dport, bits)
+                if not found:  # closed meanwhile, or not TCP/UDP: nothing left to block
+                    log.info("block decided after %s went quiet: no conntrack entry left", flow.describe())
 
     def flow_stats(self) -> dict[str, int]:
         """Flow-table and parser counters for the status (cumulative since start)."""
@@ -256,7 +269,7 @@ def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool 
         on_ready(nfq.flags_ok)
         qfd = nfq.fileno()
         while not sig.stop:
-            ready, _, _ = select.select([qfd, sig.rfd, *fds], [], [], timeout())
+            ready, _, _ = select.select([qfd, sig.rfd, *fds], [], [], min(timeout(), QUIET_S / 2))
             if sig.rfd in ready:
                 sig.drain()
             if qfd in ready:

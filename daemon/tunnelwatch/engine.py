@@ -9,12 +9,13 @@ inline behind NFQUEUE.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
 from tunnelwatch.endpoints import EndpointIndex
-from tunnelwatch.flow import Flow
+from tunnelwatch.flow import Flow, FlowKey
 from tunnelwatch.flowtable import FlowTable
 from tunnelwatch.packet import Packet
 
@@ -71,6 +72,8 @@ class Engine:
         self.packets = 0
         self.classifier_errors = 0
         self._error_logged: set[str] = set()
+        # undecided flows, least recently seen first: see decide_quiet()
+        self._undecided: OrderedDict[FlowKey, Flow] = OrderedDict()
 
     def process(self, pkt: Packet) -> Flow:
         """Account one packet to its flow and classify it if the flow is still undecided."""
@@ -82,6 +85,10 @@ class Engine:
                 flow.expected = self.ctx.lookup(pkt)
             if not flow.active:
                 flow.done = True
+            else:
+                self._undecided[flow.key] = flow
+        elif not flow.done:
+            self._undecided.move_to_end(flow.key)
         d = 0 if (pkt.src == flow.src and pkt.sport == flow.sport) else 1
         flow.packets += 1
         flow.bytes += pkt.length
@@ -145,7 +152,26 @@ class Engine:
         if not flow.follow:
             flow.follow_left = 0
 
+    def decide_quiet(self, now: float, quiet: float) -> list[Flow]:
+        """Decide undecided flows that saw no packet for `quiet` seconds; returns them.
+
+        Inline, the kernel stops queueing a connection after its first N packets counted in both
+        directions, handshake and pure ACKs included, while userspace sees only the payload packets: a
+        flow can fall silent before it reaches the budget. It is decided on what was seen by then.
+        """
+        out: list[Flow] = []
+        und = self._undecided
+        cutoff = now - quiet
+        while und:
+            flow = next(iter(und.values()))
+            if flow.last_ts > cutoff:
+                break
+            self._decide(flow)
+            out.append(flow)
+        return out
+
     def _decide(self, flow: Flow) -> None:
+        self._undecided.pop(flow.key, None)
         flow.done = True
         flow.follow = [c for c in flow.active if c.follow]
         flow.follow_left = max((c.follow for c in flow.follow), default=0)
@@ -183,5 +209,6 @@ class Engine:
         self.table.flush()
 
     def _ended(self, flow: Flow, reason: str) -> None:
+        self._undecided.pop(flow.key, None)
         if self.on_end is not None:
             self.on_end(flow, self.verdict(flow))

@@ -166,6 +166,26 @@ def _has_jump(version: int, table: str, chain: str) -> bool:
     return _run([_tool(version), "-w", "-t", table, "-C", chain, "-j", CHAIN], check=False).returncode == 0
 
 
+def mark_connection(proto: str, src: str, sport: int, dst: str, dport: int, mark: int) -> bool:
+    """Set our decision bits on one existing conntrack entry (either direction); True when it was found.
+
+    For decisions made after the kernel stopped queueing the connection (see Engine.decide_quiet): no
+    packet of it passes userspace any more, so the mark cannot ride on a verdict.
+    """
+    if proto not in ("tcp", "udp"):
+        return False
+    for a, ap, b, bp in ((src, sport, dst, dport), (dst, dport, src, sport)):
+        try:
+            r = _run(["conntrack", "-U", "-p", proto, "-s", a, "-d", b, "--sport", str(ap),
+                      "--dport", str(bp), "--mark", f"{mark}/{MARK_MASK}"], check=False)
+        except FirewallError as exc:
+            log.warning("conntrack: %s", exc)
+            return False
+        if r.returncode == 0:
+            return True
+    return False
+
+
 def enable_accounting() -> None:
     """connbytes counts nothing without conntrack accounting: switch it on in this namespace."""
     try:

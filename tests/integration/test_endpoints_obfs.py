@@ -241,3 +241,130 @@ def test_xor_obfuscated_openvpn_heuristic_and_plain_still_confirmed(tmp_path: Pa
     assert (p["klass"], p["protocol"], p["confidence"]) == ("vpn_tunnel", "openvpn", "confirmed"), table
     others = [r for r in records if r not in (o, p) and r["klass"] not in ("benign", "unknown")]
     assert not others, table
+
+
+# A TLS echo server (one line back per line), and a client that sends a line every 0.2 s on ONE TLS
+# connection and prints how many came back. Both bounded in time and count.
+_TLS_ECHO = r"""
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+srv.settimeout(60)
+print("tls echo ready", flush=True)
+def serve(conn):
+    with ctx.wrap_socket(conn, server_side=True) as c:
+        c.settimeout(15)
+        f = c.makefile("rwb")
+        for _ in range(200):
+            line = f.readline()
+            if not line:
+                return
+            f.write(line)
+            f.flush()
+for _ in range(4):
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+_TLS_CLIENT = r"""
+import socket, ssl, sys, time
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+back = 0
+try:
+    with ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)) as c:
+        c.settimeout(1.0)
+        f = c.makefile("rwb")
+        for i in range(int(sys.argv[3])):
+            f.write(b"line %d\n" % i)
+            f.flush()
+            if f.readline():
+                back += 1
+            time.sleep(0.2)
+except OSError:
+    pass
+print(back)
+"""
+
+
+def test_a_listed_tls_connection_is_blocked(tmp_path: Path) -> None:
+    """TCP inline: a TLS connection to a listed server is decided on its handshake and cut off."""
+    require_tools("iptables", "iptables-save", "iptables-restore", "ss", "conntrack")
+    pki = make_pki(tmp_path / "pki")
+    lst = tmp_path / "lab-vpn.yaml"
+    lst.write_text(f"provider: LabVPN\nklass: vpn_tunnel\nprotocol: labvpn\nentries:\n"
+                   f"  - {{address: {SERVER_IP}, ports: [{ECHO_PORT}], transport: tcp}}\n")
+    (tmp_path / "registry.yaml").write_text("registrations: []\n")
+    cfg = tmp_path / "tunnelwatch.yaml"
+    cfg.write_text("queue: {num: 3, packets: 16}\nfirewall: {hooks: [forward], ipv6: false}\n"
+                   "registry: registry.yaml\nendpoints: {lists: [lab-vpn.yaml]}\n"
+                   "policy:\n  klass: {vpn_tunnel: {mode: enforce, min_confidence: list}}\n"
+                   f"log: {{level: debug}}\nstatus: {{socket: {tmp_path / 'status.sock'}}}\n")
+    with lab(tmp_path, ipv6=False) as lb:
+        echo = _script(tmp_path, "tlsecho", _TLS_ECHO)
+        lb.spawn(lb.server, [sys.executable, echo, SERVER_IP, str(ECHO_PORT), str(pki / "server.crt"),
+                             str(pki / "server.key")], "echo")
+        lb.wait_for_log("echo", "tls echo ready")
+        lb.spawn(lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)], "daemon")
+        lb.wait_for_log("daemon", "ready:", timeout=20)
+        client = _script(tmp_path, "tlsclient", _TLS_CLIENT)
+        r = lb.run(lb.client, sys.executable, client, SERVER_IP, str(ECHO_PORT), "30", timeout=60)
+        back = int(r.stdout.strip())
+        log = lb.log("daemon")
+        assert f"decided vpn_tunnel labvpn list block tcp {CLIENT_IP}:" in log, log[-3000:]
+        assert back < 30, back
+
+
+# A plain TCP line echo server, and a client sending one line every 0.2 s on ONE connection.
+_TCP_ECHO = r"""
+import socket, sys, threading
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+srv.settimeout(60)
+print("tcp echo ready", flush=True)
+def serve(c):
+    c.settimeout(15)
+    f = c.makefile("rwb")
+    for _ in range(200):
+        line = f.readline()
+        if not line:
+            return
+        f.write(line)
+        f.flush()
+for _ in range(4):
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+_TCP_CLIENT = _TLS_CLIENT.replace("ctx.wrap_socket(socket.create_connection(", "(socket.create_connection(")
+
+
+def test_an_undecided_flow_is_decided_when_it_goes_quiet_and_the_block_reaches_the_kernel(
+        tmp_path: Path) -> None:
+    """queue.packets 4: the kernel queues the handshake and the first line only, the reply and everything
+    after bypass userspace while the flow is undecided. QUIET_S later the daemon decides it (a list block)
+    and marks the conntrack entry, so the kernel drops the rest of a connection it no longer queues."""
+    require_tools("iptables", "iptables-save", "iptables-restore", "ss", "conntrack")
+    lst = tmp_path / "lab-vpn.yaml"
+    lst.write_text(f"provider: LabVPN\nklass: vpn_tunnel\nprotocol: labvpn\nentries:\n"
+                   f"  - {{address: {SERVER_IP}, ports: [{ECHO_PORT}], transport: tcp}}\n")
+    (tmp_path / "registry.yaml").write_text("registrations: []\n")
+    cfg = tmp_path / "tunnelwatch.yaml"
+    cfg.write_text("queue: {num: 3, packets: 4}\nfirewall: {hooks: [forward], ipv6: false}\n"
+                   "registry: registry.yaml\nendpoints: {lists: [lab-vpn.yaml]}\n"
+                   "policy:\n  klass: {vpn_tunnel: {mode: enforce, min_confidence: list}}\n"
+                   f"log: {{level: debug}}\nstatus: {{socket: {tmp_path / 'status.sock'}}}\n")
+    with lab(tmp_path, ipv6=False) as lb:
+        echo = _script(tmp_path, "tcpecho", _TCP_ECHO)
+        lb.spawn(lb.server, [sys.executable, echo, SERVER_IP, str(ECHO_PORT)], "echo")
+        lb.wait_for_log("echo", "tcp echo ready")
+        lb.spawn(lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)], "daemon")
+        lb.wait_for_log("daemon", "ready:", timeout=20)
+        client = _script(tmp_path, "tcpclient", _TCP_CLIENT)
+        r = lb.run(lb.client, sys.executable, client, SERVER_IP, str(ECHO_PORT), "25", timeout=60)
+        back = int(r.stdout.strip())
+        log = lb.log("daemon")
+        assert "decided after going quiet" in log and \
+            f"decided vpn_tunnel labvpn list block tcp {CLIENT_IP}:" in log, log[-3000:]
+        # lines came back while the flow was undecided (about QUIET_S / 0.2 s of them), then none
+        assert 1 <= back < 20, back
+        assert "no conntrack entry left" not in log

@@ -14,10 +14,13 @@ from tunnelwatch.packet import addr_text, parse_ip, transport_name
 
 
 def run_engine(packets: Iterable[Any], *, names: Sequence[str] | None = None, budget: int = 24,
-               t0: float = 1000.0, step: float = 0.01) -> list[tuple[Flow, Verdict]]:
-    """Feed scapy packets (IP/IPv6 layer first) through an Engine; return (flow, verdict) per flow."""
+               t0: float = 1000.0, step: float = 0.01, deep: dict[tuple[int, int], int] | None = None
+               ) -> list[tuple[Flow, Verdict]]:
+    """Feed scapy packets (IP/IPv6 layer first) through an Engine; return (flow, verdict) per flow.
+    `deep` as Engine's (None = the default deeper budgets, e.g. SSH)."""
     ended: list[tuple[Flow, Verdict]] = []
-    engine = Engine(load_classifiers(names), budget=budget, on_end=lambda f, v: ended.append((f, v)))
+    engine = Engine(load_classifiers(names), budget=budget, on_end=lambda f, v: ended.append((f, v)),
+                    deep=deep)
     ts = t0
     for p in packets:
         raw = bytes(p)

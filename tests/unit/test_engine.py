@@ -246,3 +246,18 @@ def test_deep_ports_get_a_larger_budget() -> None:
         for i in range(12):
             e.process(udp(float(i), dport=dport))
         assert c.calls == expect, (dport, deep)
+
+
+def test_undecided_flows_are_decided_once_they_go_quiet() -> None:
+    got: list[tuple[int, Verdict]] = []
+    c = Counting()
+    e = Engine([c], budget=10, on_decided=lambda f, v: got.append((f.sport, v)))
+    e.process(udp(0.0, sport=4001))
+    e.process(udp(1.0, sport=4002))
+    e.process(udp(1.5, sport=4001))  # 4001 seen again: now the more recent one
+    assert e.decide_quiet(now=2.0, quiet=2.0) == [] and not got
+    quiet = e.decide_quiet(now=3.2, quiet=2.0)
+    assert [f.sport for f in quiet] == [4002] and [s for s, _ in got] == [4002]
+    assert got[0][1].confidence == "port"  # decided on what was seen: the port hint here
+    e.process(udp(3.3, sport=4002))  # a decided flow is not decided again
+    assert [f.sport for f in e.decide_quiet(now=10.0, quiet=2.0)] == [4001] and len(got) == 2

@@ -19,15 +19,15 @@ NAMES = ["ssh_forwarding", "common"]
 rnd = random.Random(3)
 
 
-def _engine(budget: int) -> Engine:
-    # registered locally until the lead adds the class to classify.REGISTRY
-    return Engine([SshForward(), *load_classifiers(["common"])], budget=budget)
+def _engine(budget: int, deep: dict[tuple[int, int], int] | None = None) -> Engine:
+    return Engine([SshForward(), *load_classifiers(["common"])], budget=budget, deep=deep)
 
 
-def one_verdict(packets: list[IP], *, budget: int = 24, names: object = None) -> Verdict:
+def one_verdict(packets: list[IP], *, budget: int = 24, names: object = None,
+                deep: dict[tuple[int, int], int] | None = None) -> Verdict:
     """The single flow's verdict from SshForward + common (see support.one_verdict)."""
     ended: list[Verdict] = []
-    engine = _engine(budget)
+    engine = _engine(budget, deep)
     engine.on_end = lambda f, v: ended.append(v)
     for i, p in enumerate(packets):
         pkt = parse_ip(bytes(p), 1000.0 + i * 0.01)
@@ -81,8 +81,11 @@ def test_dynamic_forwarding_is_flagged_with_a_deep_budget() -> None:
 
 
 def test_default_budget_ends_before_the_channels_so_it_stays_ssh() -> None:
-    v = one_verdict(flow(FORWARD), names=NAMES, budget=24)
+    v = one_verdict(flow(FORWARD), names=NAMES, budget=24, deep={})
     assert (v.klass, v.protocol) == ("benign", "ssh")
+    # the engine's default deeper budget for tcp/22 (queue.deep inline) is what makes it visible
+    v = one_verdict(flow(FORWARD), names=NAMES, budget=24)
+    assert v.protocol == "ssh_forwarding"
 
 
 def test_interactive_session_is_not_flagged() -> None:
