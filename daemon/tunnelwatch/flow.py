@@ -14,11 +14,11 @@ FlowKey = tuple[bytes, int, bytes, int, int]
 
 def flow_key(pkt: Packet) -> FlowKey:
     """Direction-agnostic key: the lower (addr, port) end first, so both directions map to one flow."""
-    a = (pkt.src, pkt.sport)
-    b = (pkt.dst, pkt.dport)
-    if a <= b:
-        return (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto)
-    return (pkt.dst, pkt.dport, pkt.src, pkt.sport, pkt.proto)
+    src, dst = pkt.src, pkt.dst
+    # (src, sport) <= (dst, dport) without building the two tuples; FlowTable.get inlines the same test
+    if src < dst or (src == dst and pkt.sport <= pkt.dport):
+        return (src, pkt.sport, dst, pkt.dport, pkt.proto)
+    return (dst, pkt.dport, src, pkt.sport, pkt.proto)
 
 
 class Flow:

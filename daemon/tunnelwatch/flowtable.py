@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
-from tunnelwatch.flow import Flow, FlowKey, flow_key
+from tunnelwatch.flow import Flow, FlowKey
 from tunnelwatch.packet import Packet
 
 
@@ -40,21 +40,28 @@ class FlowTable:
 
     def get(self, pkt: Packet) -> tuple[Flow, bool]:
         """Return (flow, created) for the packet, creating the flow and expiring idle ones as needed."""
-        key = flow_key(pkt)
+        # flow_key() and the expiry check inlined: this runs for every packet (docs/performance.md)
+        src, sport, dst, dport, ts = pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.ts
+        if src < dst or (src == dst and sport <= dport):
+            key = (src, sport, dst, dport, pkt.proto)
+        else:
+            key = (dst, dport, src, sport, pkt.proto)
         flows = self._flows
         flow = flows.get(key)
         if flow is not None:
-            if pkt.ts - flow.last_ts <= self.idle_timeout:
-                if pkt.ts > flow.last_ts:  # out-of-order capture timestamps never move time back
-                    flow.last_ts = pkt.ts
+            if ts - flow.last_ts <= self.idle_timeout:
+                if ts > flow.last_ts:  # out-of-order capture timestamps never move time back
+                    flow.last_ts = ts
                 flows.move_to_end(key)
-                self._expire(pkt.ts)
+                if ts >= self._next_expiry:
+                    self._expire(ts)
                 return flow, False
             # Same 5-tuple after a long silence: a new flow, as nfstream and conntrack would see it.
             del flows[key]
             self.expired += 1
             self._end(flow, "idle")
-        self._expire(pkt.ts)
+        if ts >= self._next_expiry:
+            self._expire(ts)
         while len(flows) >= self.max_flows:
             _, old = flows.popitem(last=False)
             self.evicted += 1
@@ -65,8 +72,6 @@ class FlowTable:
         return flow, True
 
     def _expire(self, now: float) -> None:
-        if now < self._next_expiry:
-            return
         self._next_expiry = now + 1.0
         flows = self._flows
         limit = now - self.idle_timeout

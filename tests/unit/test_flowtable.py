@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunnelwatch.flow import Flow
+from tunnelwatch.flow import Flow, flow_key
 from tunnelwatch.flowtable import FlowTable
 from tunnelwatch.packet import UDP, Packet
 
@@ -62,3 +62,18 @@ def test_flush_ends_every_flow_once() -> None:
     t.flush()
     t.flush()
     assert len(ended) == 50 and len({id(f) for f in ended}) == 50 and len(t) == 0
+
+
+def test_key_is_the_lower_address_port_end_first_and_the_table_agrees() -> None:
+    # the comparison is inlined in FlowTable.get: it must order exactly like (addr, port) tuples,
+    # including one host talking to itself (equal addresses, ports decide)
+    cases = [(A, 5000, B, 53), (B, 53, A, 5000), (A, 9000, A, 53), (A, 53, A, 9000), (A, 7, A, 7),
+             (bytes([10, 0, 0, 1]), 1, bytes([9, 255, 255, 255]), 65535)]
+    for src, sport, dst, dport in cases:
+        p = pkt(src, sport, dst, dport, 1.0)
+        lo, hi = sorted([(src, sport), (dst, dport)])
+        assert flow_key(p) == (*lo, *hi, UDP)
+        t = FlowTable()
+        f, _ = t.get(p)
+        assert f.key == flow_key(p)
+        assert t.get(pkt(dst, dport, src, sport, 1.1)) == (f, False)

@@ -1,0 +1,175 @@
+"""The daemon's userspace per-packet path without the kernel: synthetic packets through the real Enforcer.
+
+Two measurements, each in a fresh process so RSS figures are its own:
+- `scale`: fill the flow table with N concurrent flows (each sees one first payload packet, as the first
+  queued packet of a new TCP connection would), report RSS growth per flow and the CPU time per new flow
+  as the table grows (per decade of table size), then the cost of one more packet on existing flows;
+- `mix`: a bounded stream of new connections shaped like the router bench's (request + echo, both queued),
+  reporting microseconds per queued packet (the figure to profile and optimise).
+Prints one JSON object on stdout. Every loop is bounded in count; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import struct
+import sys
+import time
+from typing import Any
+
+from tunnelwatch.daemon import Enforcer
+from tunnelwatch.registry import Registry
+from tunnelwatch.runconfig import parse_config
+
+CONFIG = "queue: {num: 0, packets: 16}\npolicy:\n  klass: {vpn_tunnel: enforce}\nlog: {level: info}\n"
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def tcp_packet(src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, flags: int = 0x18) -> bytes:
+    """An IPv4/TCP packet with a valid IP checksum (the TCP checksum is not read by anyone here)."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
+    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    return hdr + tcp
+
+
+def client_addr(i: int) -> tuple[bytes, int]:
+    """A distinct (address, port) for flow i: 10.x.y.z, ports 1024..65023."""
+    host = 1 + i // 64000
+    return struct.pack("!BBBB", 10, (host >> 16) & 0xFF, (host >> 8) & 0xFF, host & 0xFF), 1024 + i % 64000
+
+
+SERVER = bytes([192, 0, 2, 1])
+
+
+def set_gc(mode: str) -> None:
+    """'daemon': the collector settings the daemon's packet path runs with (nfqueue.relax_gc); 'default':
+    the interpreter's own."""
+    if mode == "daemon":
+        try:
+            from tunnelwatch.nfqueue import relax_gc
+        except ImportError as exc:  # the daemon extra (netfilterqueue) is not installed
+            print(f"flow_bench: cannot apply the daemon's GC settings: {exc}", file=sys.stderr)
+            return
+        relax_gc()
+
+
+def make_enforcer(max_flows: int) -> Enforcer:
+    """The daemon's Enforcer (enforce mode, 16 packets queued) with room for `max_flows` flows."""
+    enf = Enforcer(parse_config(CONFIG), Registry())
+    enf.engine.table.max_flows = max_flows
+    return enf
+
+
+def rss_bytes() -> int:
+    """This process's resident set size, from /proc/self/status."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def scale(flows: int, payload: bytes, limit: float) -> dict[str, Any]:
+    """Fill the table with `flows` flows (bounded by `limit` seconds); RSS and CPU per flow by decade."""
+    enf = make_enforcer(flows + 1)
+    handle = enf.handle
+    # Packets are built in chunks so their bytes do not count as flow state.
+    gc.collect()
+    base = rss_bytes()
+    marks = sorted({m for m in (10_000, 100_000, 1_000_000, flows) if m <= flows})
+    steps: list[dict[str, Any]] = []
+    done = 0
+    cpu_in_flows = 0.0
+    deadline = time.monotonic() + limit
+    chunk = 10_000
+    for m in marks:
+        seg_cpu = 0.0
+        seg_start = done
+        while done < m and time.monotonic() < deadline:
+            n = min(chunk, m - done)
+            pkts = []
+            for i in range(done, done + n):
+                a, p = client_addr(i)
+                pkts.append(tcp_packet(a, p, SERVER, 9009, payload))
+            t = time.process_time()
+            for b in pkts:
+                handle(b)
+            seg_cpu += time.process_time() - t
+            done += n
+        cpu_in_flows += seg_cpu
+        if done < m:
+            break
+        gc.collect()
+        steps.append({"flows": done, "rss_bytes": rss_bytes() - base,
+                      "us_per_new_flow": seg_cpu / max(1, done - seg_start) * 1e6})
+    # One more packet (the echo, reply direction) on up to 10k existing flows: the lookup cost at this size.
+    n = min(done, 10_000)
+    pkts = []
+    for i in range(0, done, max(1, done // max(1, n))):
+        a, p = client_addr(i)
+        pkts.append(tcp_packet(SERVER, 9009, a, p, payload))
+    t = time.process_time()
+    for b in pkts[:n]:
+        handle(b)
+    existing = (time.process_time() - t) / max(1, len(pkts[:n])) * 1e6
+    # What one automatic full collection would stall the packet path for (the daemon avoids them).
+    t = time.perf_counter()
+    gc.collect()
+    pause = time.perf_counter() - t
+    return {"flows": done, "full_gc_pause_s": pause, "table": len(enf.engine.table),
+            "complete": done >= flows, "steps": steps, "us_per_existing_pkt": existing, "base_rss": base}
+
+
+def mix(conns: int, payload: bytes) -> dict[str, Any]:
+    """`conns` new connections: request then echo, both through the Enforcer; microseconds per packet."""
+    enf = make_enforcer(262_144)
+    handle = enf.handle
+    pkts = []
+    for i in range(conns):
+        a, p = client_addr(i)
+        pkts.append(tcp_packet(a, p, SERVER, 9009, payload))
+        pkts.append(tcp_packet(SERVER, 9009, a, p, payload))
+    t = time.perf_counter()
+    c = time.process_time()
+    for b in pkts:
+        handle(b)
+    cpu = time.process_time() - c
+    wall = time.perf_counter() - t
+    return {"packets": len(pkts), "us_per_pkt_cpu": cpu / len(pkts) * 1e6,
+            "us_per_pkt_wall": wall / len(pkts) * 1e6}
+
+
+def main() -> int:
+    """Entry point: one measurement, one JSON object on stdout."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    ap.add_argument("mode", choices=("scale", "mix"))
+    ap.add_argument("--flows", type=int, default=100_000, help="scale: concurrent flows (<= 2,000,000)")
+    ap.add_argument("--conns", type=int, default=20_000, help="mix: new connections (<= 1,000,000)")
+    ap.add_argument("--limit", type=float, default=300.0, help="scale: seconds at most (default 300)")
+    ap.add_argument("--gc", choices=("daemon", "default"), default="daemon",
+                    help="collector settings: the daemon's (default) or the interpreter's")
+    ap.add_argument("--payload", default="ping", help="first request bytes (default 'ping', as net_bench)")
+    a = ap.parse_args()
+    if not (1 <= a.flows <= 2_000_000 and 1 <= a.conns <= 1_000_000 and 0 < a.limit <= 3600):
+        ap.error("bounds: --flows 1..2e6, --conns 1..1e6, --limit 0..3600")
+    payload = a.payload.encode()
+    set_gc(a.gc)
+    out = scale(a.flows, payload, a.limit) if a.mode == "scale" else mix(a.conns, payload)
+    json.dump(out, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,368 @@
+"""`make bench`: every performance figure of issue 7 from one run, printed as one table.
+
+Sections (each skipped with a reason, never failed, when its prerequisite is missing):
+1. offline classification packets/s, tunnelwatch vs nfstream (nDPI) on the same file (classify_bench);
+2. through the lab's router namespace without and with `tunnelwatch run` (enforce): iperf3 TCP throughput,
+   iperf3 UDP packets/s at 64 and 1400 bytes, new TCP connections/s, the first request's round trip (both
+   packets queued: half the difference is the latency added to one queued packet), and the daemon's CPU
+   seconds per 1,000 new flows (utime + stime from /proc/PID/stat around the connection loop); root only;
+3. the Enforcer's userspace path alone (flow_bench, fresh processes): microseconds per queued packet,
+   flow-state RSS and CPU per new flow at 10k, 100k and 1M concurrent flows.
+Progress goes to stderr, the table to stdout (--json: one JSON object instead). Every load is bounded in
+count and time; all network traffic stays inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import classify_bench
+import net_bench
+
+from tunnelwatch.netlab import SERVER_IP, Lab, can_run_lab, lab, missing_packages
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Row:
+    """One line of the table: a metric, its baseline, tunnelwatch's figure and their ratio."""
+
+    section: str
+    metric: str
+    baseline: float | None
+    value: float | None
+    unit: str
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """value / baseline when both exist."""
+        if self.baseline and self.value is not None:
+            return self.value / self.baseline
+        return None
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr."""
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --- 1. offline -------------------------------------------------------------------------------------
+
+
+def offline(corpus: str, repeat: int, runs: int) -> list[Row]:
+    """tunnelwatch classify vs nfstream on the corpus repeated `repeat` times; median of `runs`."""
+    pcap_dir = os.path.join(corpus, "pcap")
+    if not os.path.isdir(pcap_dir):
+        say(f"offline: skipped, no corpus at {corpus}")
+        return [Row("offline", "classification (no corpus)", None, None, "pkt/s", "skipped")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "corpus.pcap")
+        n = classify_bench.build_corpus(pcap_dir, repeat, path)
+        say(f"offline: {n} packets (corpus x{repeat}), {runs} run(s) each: tunnelwatch ...")
+        tw, flows = classify_bench.timed(classify_bench.run_tunnelwatch, path, runs)
+        nf_rate = None
+        note = f"corpus x{repeat} = {n} pkts, {flows} flows"
+        try:
+            say("offline: nfstream ...")
+            nf, _ = classify_bench.timed(classify_bench.run_nfstream, path, runs)
+            nf_rate = n / statistics.median(nf)
+        except ImportError:
+            note += "; nfstream not installed (pip install nfstream==6.6.0)"
+    return [Row("offline", "classification, 1 process (vs nfstream/nDPI)", nf_rate,
+                n / statistics.median(tw), "pkt/s", note)]
+
+
+# --- 2. router namespace ----------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process, in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def _iperf_udp(lb: Lab, size: int, seconds: int, rate: str) -> tuple[float, str]:
+    """Packets/s the server received from one bounded iperf3 UDP run of `size`-byte datagrams."""
+    r = lb.run(lb.client, "iperf3", "-c", SERVER_IP, "-p", str(net_bench.IPERF_PORT), "-u",
+               "-l", str(size), "-b", rate, "-t", str(seconds), "-J", check=False, timeout=seconds + 30)
+    try:
+        s = json.loads(r.stdout)["end"]["sum"]
+        return (s["packets"] - s["lost_packets"]) / s["seconds"], f"lost {s['lost_percent']:.1f}%"
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return 0.0, f"iperf3 -u failed: {(r.stdout + r.stderr)[-200:]}"
+
+
+def _connect(lb: Lab, conns: int, limit: int) -> dict[str, Any] | None:
+    """One sequential connection loop in the client namespace (net_bench.CONNECT_CLIENT)."""
+    r = lb.run(lb.client, sys.executable, "-c", net_bench.CONNECT_CLIENT, SERVER_IP,
+               str(net_bench.ACCEPT_PORT), str(conns), str(limit), check=False, timeout=limit + 30)
+    try:
+        return dict(json.loads(r.stdout))
+    except ValueError:
+        say(f"connection loop failed: {r.stderr[-300:]}")
+        return None
+
+
+def _connect_parallel(lb: Lab, clients: int, conns: int, limit: int) -> tuple[int, float]:
+    """`clients` connection loops at once; (connections made, seconds the slowest took)."""
+    cmd = ["ip", "netns", "exec", lb.client, sys.executable, "-c", net_bench.CONNECT_CLIENT, SERVER_IP,
+           str(net_bench.ACCEPT_PORT), str(conns // clients), str(limit)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(clients)]
+    ok, elapsed = 0, 0.0
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=limit + 30)
+            c = json.loads(out)
+            ok += c["ok"]
+            elapsed = max(elapsed, c["elapsed"])
+        except (subprocess.TimeoutExpired, ValueError):
+            p.kill()
+            p.wait()
+    return ok, elapsed
+
+
+def _pass(lb: Lab, a: argparse.Namespace, pid: int | None) -> dict[str, float]:
+    """One pass through the router; with `pid`, the daemon's CPU over the parallel connection loop."""
+    f = net_bench.measure(lb, a.seconds, 1)  # throughput; the connection loops are run below
+    out: dict[str, float] = {"tcp_gbps": f.gbps}
+    for size in (64, 1400):
+        pps, note = _iperf_udp(lb, size, a.seconds, a.udp_rate)
+        out[f"udp{size}_pps"] = pps
+        if "failed" in note:
+            say(note)
+    c = _connect(lb, a.conns, a.conn_seconds)
+    if c is not None:
+        out["conn_per_s"] = c["ok"] / c["elapsed"] if c["elapsed"] > 0 else 0.0
+        out["rtt50_us"] = net_bench._pct(c["rtt_us"], 0.50)
+        out["rtt99_us"] = net_bench._pct(c["rtt_us"], 0.99)
+    u0, s0 = _cpu_seconds(pid) if pid else (0.0, 0.0)
+    ok, elapsed = _connect_parallel(lb, a.clients, a.conns, a.conn_seconds)
+    u1, s1 = _cpu_seconds(pid) if pid else (0.0, 0.0)
+    if elapsed > 0:
+        out["pconn_per_s"] = ok / elapsed
+    if pid and ok:
+        out["cpu_s_per_1000"] = (u1 - u0 + s1 - s0) / ok * 1000
+        out["user_s_per_1000"] = (u1 - u0) / ok * 1000
+    return out
+
+
+def router(a: argparse.Namespace) -> list[Row]:
+    """Without / with the daemon, `a.rounds` alternating passes; medians."""
+    reason = can_run_lab()
+    missing = missing_packages(*net_bench.TOOLS)
+    if reason or missing:
+        why = reason or f"missing packages: {' '.join(missing)}"
+        say(f"router: skipped: {why}")
+        return [Row("router", "router namespace (skipped)", None, None, "", why)]
+    without: list[dict[str, float]] = []
+    with_: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="tunnelwatch-bench-") as tmp, \
+            lab(Path(tmp), ipv6=False) as lb:
+        work = Path(tmp)
+        lb.spawn(lb.server, ["iperf3", "-s", "-B", SERVER_IP, "-p", str(net_bench.IPERF_PORT)],
+                 "iperf3")
+        lb.spawn(lb.server, [sys.executable, "-c", net_bench.ACCEPT_SERVER, SERVER_IP,
+                             str(net_bench.ACCEPT_PORT)], "accept")
+        lb.wait_for_log("accept", "listening")
+        lb.wait_until(lb.server, ["sh", "-c", f"ss -ltn | grep -q ':{net_bench.IPERF_PORT} '"])
+        cfg = net_bench._daemon_config(work, a.packets)
+        for rnd in range(a.rounds):
+            say(f"router: round {rnd + 1}/{a.rounds}: without the daemon ...")
+            without.append(_pass(lb, a, None))
+            say(f"router: round {rnd + 1}/{a.rounds}: with the daemon (enforce) ...")
+            name = f"daemon{rnd}"
+            p = lb.spawn(lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)], name)
+            lb.wait_for_log(name, "ready:", timeout=30)
+            with_.append(_pass(lb, a, p.pid))
+            lb.stop(name)
+            lb.wait_for_log(name, "rules removed", timeout=10)
+            for ln in lb.log(name).splitlines():
+                if "packets seen" in ln:
+                    say(ln.split("INFO: ", 1)[-1])
+
+    def med(rounds: list[dict[str, float]], key: str) -> float | None:
+        vals = [r[key] for r in rounds if key in r]
+        return float(statistics.median(vals)) if vals else None
+
+    note = f"median of {a.rounds}; {a.packets} pkts/conn queued"
+    rows = [Row("router", "iperf3 TCP throughput", med(without, "tcp_gbps"), med(with_, "tcp_gbps"), "Gbit/s",
+                note),
+            Row("router", "iperf3 UDP 64-byte datagrams", med(without, "udp64_pps"), med(with_, "udp64_pps"),
+                "pkt/s", f"-b {a.udp_rate}, received"),
+            Row("router", "iperf3 UDP 1400-byte datagrams", med(without, "udp1400_pps"),
+                med(with_, "udp1400_pps"), "pkt/s", f"-b {a.udp_rate}, received"),
+            Row("router", "new TCP connections (sequential)", med(without, "conn_per_s"),
+                med(with_, "conn_per_s"), "conn/s", f"{a.conns} conns, request+echo each"),
+            Row("router", f"new TCP connections ({a.clients} parallel clients)", med(without, "pconn_per_s"),
+                med(with_, "pconn_per_s"), "conn/s", f"{a.conns} conns in all")]
+    for q in ("50", "99"):
+        b, w = med(without, f"rtt{q}_us"), med(with_, f"rtt{q}_us")
+        added = f"+{(w - b) / 2:.0f} us per queued packet" if b is not None and w is not None else ""
+        rows.append(Row("router", f"first request->echo RTT p{q} (2 pkts queued)", b, w, "us", added))
+    user = med(with_, "user_s_per_1000")
+    rows.append(Row("router", "daemon CPU per 1,000 new flows", None, med(with_, "cpu_s_per_1000"), "cpu s",
+                    "utime+stime, parallel loop" + (f"; user {user:.3f} s" if user is not None else "")))
+    return rows
+
+
+# --- 3. userspace path alone ------------------------------------------------------------------------
+
+
+def _flow_bench(args: list[str], timeout: float) -> dict[str, Any] | None:
+    cmd = [sys.executable, str(HERE / "flow_bench.py"), *args]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        return dict(json.loads(r.stdout))
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        say(f"flow_bench {' '.join(args)} failed: {exc}")
+        return None
+
+
+def userspace(a: argparse.Namespace) -> list[Row]:
+    """Microseconds per queued packet (best of 3 fresh processes); RSS and CPU per flow by table size."""
+    rows: list[Row] = []
+    say(f"userspace: {a.mix_conns} synthetic connections (request + echo), 3 runs x 2 GC settings ...")
+    # interleaved, so the collector comparison shares the machine's drift
+    runs: dict[str, list[float]] = {"default": [], "daemon": []}
+    for _ in range(3):
+        for gc_mode, found in runs.items():
+            m = _flow_bench(["mix", "--conns", str(a.mix_conns), "--gc", gc_mode], 120)
+            if m:
+                found.append(m["us_per_pkt_cpu"])
+    for gc_mode, label in (("default", "interpreter's default GC"), ("daemon", "daemon's GC settings")):
+        us = runs[gc_mode]
+        if us:
+            note = f"Enforcer.handle, no kernel; min of {len(us)}, median {statistics.median(us):.1f}"
+            rows.append(Row("userspace", f"per queued packet, {label}", None, min(us), "us", note))
+    say(f"userspace: filling the flow table to {a.max_flows:,} flows ...")
+    s = _flow_bench(["scale", "--flows", str(a.max_flows), "--limit", str(a.scale_seconds)],
+                    a.scale_seconds + 120)
+    if s:
+        for st in s["steps"]:
+            n = st["flows"]
+            rows.append(Row("userspace", f"flow state RSS at {n:,} flows", None, st["rss_bytes"] / 2**20,
+                            "MiB", f"{st['rss_bytes'] / n:,.0f} bytes/flow"))
+        prev = 0
+        for st in s["steps"]:
+            rows.append(Row("userspace", f"CPU per new flow, table {prev:,}..{st['flows']:,}", None,
+                            st["us_per_new_flow"], "us"))
+            prev = st["flows"]
+        rows.append(Row("userspace", f"CPU per packet of an existing flow at {s['flows']:,}", None,
+                        s["us_per_existing_pkt"], "us"))
+        rows.append(Row("userspace", f"one full GC collection at {s['flows']:,} flows", None,
+                        s["full_gc_pause_s"] * 1e3, "ms", "packet path stalled this long; nfqueue.relax_gc"))
+        if not s["complete"]:
+            rows.append(Row("userspace", "table fill stopped early", None, s["flows"], "flows",
+                            f"--scale-seconds {a.scale_seconds} reached"))
+    return rows
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    """CPU model, cores, kernel, Python: the table's first line."""
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def render(rows: list[Row], header: str) -> str:
+    """The one table."""
+    cols = f"{'section':<10} {'metric':<48} {'baseline':>12} {'tunnelwatch':>12} {'unit':<7} {'ratio':>6}"
+    out = [f"# {header}", f"{cols}  note",
+           "-" * 130]
+    for r in rows:
+        ratio = f"{r.ratio:6.2f}" if r.ratio is not None else "     -"
+        out.append(f"{r.section:<10} {r.metric:<48} {_fmt(r.baseline):>12} {_fmt(r.value):>12} {r.unit:<7} "
+                   f"{ratio}  {r.note}")
+    out.append("baseline: nfstream (offline) / the router without the daemon (router); ratio = tunnelwatch / "
+               "baseline (pkt/s, Gbit/s, conn/s: higher is better; us: lower is better)")
+    return "\n".join(out)
+
+
+def main() -> int:
+    """Parse arguments, run the sections, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--quick", action="store_true", help="small, fast settings (a few minutes)")
+    p.add_argument("--corpus", default="../shared/corpus/ndpi")
+    p.add_argument("--only", default="offline,router,userspace", help="comma-separated sections")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--repeat", type=int, help="offline: corpus copies (default 20, quick 2)")
+    p.add_argument("--runs", type=int, help="offline: timed runs each (default 3, quick 1)")
+    p.add_argument("--rounds", type=int, help="router: without/with passes (default 3, quick 1)")
+    p.add_argument("--seconds", type=int, help="router: iperf3 seconds per run (default 5, quick 2)")
+    p.add_argument("--udp-rate", default="0", help="router: iperf3 -b for UDP (default 0: as fast as it can)")
+    p.add_argument("--conns", type=int, help="router: connections per pass (default 2000, quick 500)")
+    p.add_argument("--clients", type=int, default=4, help="router: parallel connection loops (default 4)")
+    p.add_argument("--conn-seconds", type=int, default=60, help="router: bound on each connection loop")
+    p.add_argument("--packets", type=int, default=16, help="router: packets per connection queued")
+    p.add_argument("--mix-conns", type=int, help="userspace: connections (default 20000, quick 5000)")
+    p.add_argument("--max-flows", type=int, help="userspace: largest table (default 1000000, quick 100000)")
+    p.add_argument("--scale-seconds", type=int, default=600, help="userspace: bound on the table fill")
+    a = p.parse_args()
+    q = a.quick
+    a.repeat = a.repeat or (2 if q else 20)
+    a.runs = a.runs or (1 if q else 3)
+    a.rounds = a.rounds or (1 if q else 3)
+    a.seconds = a.seconds or (2 if q else 5)
+    a.conns = a.conns or (500 if q else 2000)
+    a.mix_conns = a.mix_conns or (5000 if q else 20000)
+    a.max_flows = a.max_flows or (100_000 if q else 1_000_000)
+    if not (1 <= a.repeat <= 50 and 1 <= a.runs <= 10 and 1 <= a.rounds <= 5 and 1 <= a.seconds <= 60
+            and 1 <= a.conns <= 20000 and 1 <= a.clients <= 16 and 1 <= a.conn_seconds <= 300
+            and 1 <= a.mix_conns <= 200_000
+            and 10_000 <= a.max_flows <= 2_000_000 and 1 <= a.scale_seconds <= 3600):
+        p.error("a bound was exceeded (see --help for the defaults)")
+    sections = set(a.only.split(","))
+    t0 = time.monotonic()
+    rows: list[Row] = []
+    if "offline" in sections:
+        rows += offline(a.corpus, a.repeat, a.runs)
+    if "router" in sections:
+        rows += router(a)
+    if "userspace" in sections:
+        rows += userspace(a)
+    header = f"{machine()}; {'--quick' if q else 'full'} run, {time.monotonic() - t0:.0f} s"
+    if a.json:
+        json.dump({"machine": header, "rows": [{**r.__dict__, "ratio": r.ratio} for r in rows]}, sys.stdout,
+                  indent=1)
+        print()
+    else:
+        print(render(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
