@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import logging
 import os
 import select
@@ -47,6 +48,7 @@ log = logging.getLogger("tunnelwatch")
 EX_CONFIG: Final = 78
 #: an undecided flow that saw no queued packet for this long is decided on what was seen (Engine.decide_quiet)
 QUIET_S: Final = 2.0
+FULL_GC_EVERY: Final = 3600.0  # seconds between full garbage collections on the packet path
 Record = Callable[[dict[str, object]], None]
 
 
@@ -76,6 +78,7 @@ class Enforcer:
         self.unparsed = 0  # queued packets that are not IP we can read (counted, then accepted)
         self._evictions_seen = 0
         self.next_watch = time.monotonic() + cfg.endpoints.watch
+        self.next_full_gc = time.monotonic() + FULL_GC_EVERY
         self.marks: dict[FlowKey, int] = {}
         self.counts: dict[str, int] = {}
 
@@ -108,6 +111,14 @@ class Enforcer:
             if self.endpoints.check():
                 self._use_lists()
         self._decide_quiet()
+        if time.monotonic() >= self.next_full_gc:
+            # automatic full collections are off on the packet path (nfqueue.relax_gc); one an hour
+            # still frees any long-lived reference cycle (threads, TLS, HTTP objects), at a known time
+            self.next_full_gc = time.monotonic() + FULL_GC_EVERY
+            t0 = time.perf_counter()
+            freed = gc.collect()
+            log.debug("full garbage collection: %d objects freed in %.0f ms", freed,
+                      (time.perf_counter() - t0) * 1000)
         evicted = self.engine.table.evicted
         if evicted and not self._evictions_seen:
             # once: a full table is either a flood or an undersized queue.flows; both need a human
