@@ -184,6 +184,7 @@ class Enforcer:
 
     def _ended(self, flow: Flow, verdict: Verdict) -> None:
         self.marks.pop(flow.key, None)
+        self.policy.ended(flow)  # a call whose flow ended no longer counts towards bulk VoIP
 
 
 def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend: str = "iptables"
@@ -334,7 +335,8 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
                 sup.wake()
                 if time.monotonic() >= next_stats:  # status figures: cheap, but not per packet
                     next_stats = time.monotonic() + 1.0
-                    app.state.set(flows=enforcer.flow_stats())
+                    app.state.set(flows=enforcer.flow_stats(),
+                                  voip_calls=enforcer.policy.active_calls(dt.datetime.now(dt.UTC)))
 
             serve(enforcer, cfg.queue_num, sig, ready, [], sup.timeout, wake)
         else:

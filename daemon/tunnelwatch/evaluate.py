@@ -29,8 +29,12 @@ NDPI_FAMILY = {
     "L2TP": "l2tp", "CiscoVPN": "anyconnect", "SIP": "sip", "RTP": "rtp", "RTCP": "rtcp", "SRTP": "rtp",
     "STUN": "stun", "TURN": "turn", "Tor": "tor",
     "TINC": "tinc", "Tailscale": "tailscale", "CloudflareWarp": "warp",
-    "Softether": "softether",
+    "Softether": "softether", "IAX": "iax2", "H323": "h323", "MGCP": "mgcp", "CiscoSkinny": "sccp",
+    "WhatsAppCall": "whatsapp_call", "SignalVoip": "signal_call", "TelegramVoip": "telegram_call",
 }
+#: STUN/TURN relays carry the media of every messenger: one group when comparing protocols
+MEDIA: frozenset[str] = frozenset({"rtp", "rtcp", "stun", "turn", "whatsapp_call", "signal_call",
+                                   "telegram_call"})
 # protocols we report -> family (so ike/esp/ah all count as ipsec)
 OUR_FAMILY = {"ike": "ipsec", "esp": "ipsec", "ah": "ipsec"}
 
@@ -63,8 +67,9 @@ def load_labels(path: str) -> tuple[dict[Key, list[dict[str, str]]], dict[str, s
 
 
 def ndpi_family(app: str) -> str:
-    """Our family name for an nDPI application name like 'STUN.WhatsAppCall', or ''."""
-    for part in app.split("."):
+    """Our family name for an nDPI application name like 'STUN.WhatsAppCall' (the most specific known
+    part: whatsapp_call), or ''."""
+    for part in reversed(app.split(".")):
         if part in NDPI_FAMILY:
             return NDPI_FAMILY[part]
     return ""
@@ -119,9 +124,8 @@ def evaluate(corpus: str, pcaps: Iterable[str] | None = None, progress: bool = T
             fam_total[fam] += 1
             if mine == theirs:
                 fam_klass_ok[fam] += 1
-            if OUR_FAMILY.get(r["protocol"], r["protocol"]) == fam or (fam in ("rtp", "rtcp", "stun", "turn")
-                                                                       and r["protocol"] in ("rtp", "rtcp",
-                                                                                             "stun", "turn")):
+            ours_fam = OUR_FAMILY.get(r["protocol"], r["protocol"])
+            if ours_fam == fam or (fam in MEDIA and ours_fam in MEDIA):
                 fam_proto_ok[fam] += 1
         if theirs != mine and not (theirs == "benign" and mine in ("benign", "unknown")):
             misses.append(f"{k[0]}: {r['transport']} {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} "

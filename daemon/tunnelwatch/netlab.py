@@ -46,6 +46,8 @@ PACKAGES: Final = {
     "tincd": "tinc", "edge": "n2n", "supernode": "n2n", "fastd": "fastd",
     "iodine": "iodine", "iodined": "iodine", "ptunnel": "ptunnel", "ocserv": "ocserv",
     "openconnect": "openconnect", "stdbuf": "coreutils",
+    "kamailio": "kamailio", "baresip": "baresip", "turnserver": "coturn", "turnutils_uclient": "coturn",
+    "turnutils_peer": "coturn", "conntrack": "conntrack",
 }
 
 

@@ -52,7 +52,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class VoipRule:
-    """Bulk VoIP: more than `bulk_calls` media flows started by one host within `bulk_window` s (0 = off)."""
+    """Bulk VoIP: more than `bulk_calls` calls active at once on one host (0 = off); a call whose end is
+    never seen counts for at most `bulk_window` s."""
 
     bulk_calls: int = 0
     bulk_action: str = "report"
@@ -313,8 +314,8 @@ def summary(cfg: RunConfig) -> list[str]:
         f"{'fail-closed' if cfg.fail_closed else 'fail-open'}",
         f"firewall: hooks {','.join(cfg.hooks)}, ipv6 {'on' if cfg.ipv6 else 'off'}, backend {cfg.backend}",
         f"policy: default {_rule_text(cfg.default)}" + "".join(f"; {r}" for r in rules),
-        "bulk VoIP: " + (f"{cfg.voip.bulk_action} above {cfg.voip.bulk_calls} calls per host in "
-                         f"{cfg.voip.bulk_window} s" if cfg.voip.bulk_calls else "off"),
+        "bulk VoIP: " + (f"{cfg.voip.bulk_action} above {cfg.voip.bulk_calls} concurrent calls per host "
+                         f"(each for {cfg.voip.bulk_window} s at most)" if cfg.voip.bulk_calls else "off"),
         f"status: socket {st.socket or 'off'}, {http}",
         f"discovery: {mdns}" + (f", device id {disc.device_id}" if disc.device_id else ""),
         f"log: level {cfg.log_level}, journal {journal}",

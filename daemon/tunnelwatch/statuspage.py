@@ -253,6 +253,9 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
                      f"{p(ft.get('evicted'))} evicted when full, {p(ft.get('expired'))} expired idle, "
                      f"{p(ft.get('unparsed_packets'))} unreadable packets, "
                      f"{p(ft.get('classifier_errors'))} classifier errors")
+    calls = snap.get("voip_calls")
+    if isinstance(calls, dict) and calls:
+        lines.append("  concurrent calls: " + ", ".join(f"{p(h)} {p(n)}" for h, n in list(calls.items())[:5]))
     recent = _recent(snap)[:limit]
     if not recent:
         lines.append("recent tagged/blocked flows: none")

@@ -158,8 +158,9 @@ def test_more_than_k_concurrent_calls_from_one_host_are_reported() -> None:
     ds = _calls(p, 5)
     assert [d.bulk for d in ds] == [False, False, False, True, True]
     assert [d.action for d in ds] == ["report"] * 5
-    assert ds[3].reason == "bulk VoIP: 4 calls from 198.51.100.2 within 60 s (limit 3)"
-    assert ds[4].reason.startswith("bulk VoIP: 5 calls")
+    assert ds[3].reason == "bulk VoIP: 4 concurrent calls from 198.51.100.2 (limit 3)"
+    assert ds[4].reason.startswith("bulk VoIP: 5 concurrent calls")
+    assert [d.calls for d in ds] == [1, 2, 3, 4, 5]
 
 
 def test_bulk_block_blocks_new_voip_flows_of_that_host_only() -> None:
@@ -175,13 +176,13 @@ def test_bulk_block_blocks_new_voip_flows_of_that_host_only() -> None:
     assert {d.action for d in same} == {"report"}
 
 
-def test_bulk_count_is_a_sliding_window() -> None:
+def test_calls_whose_end_is_never_seen_count_for_at_most_bulk_window() -> None:
     p = _policy(BULK % "block")
     assert not any(d.bulk for d in _calls(p, 3))
     later = NOW + dt.timedelta(seconds=59)
-    assert _calls(p, 1, at=later, first_port=40000)[0].action == "block"  # 4 within 60 s
+    assert _calls(p, 1, at=later, first_port=40000)[0].action == "block"  # 4 still active
     much_later = NOW + dt.timedelta(seconds=61)
-    # the first three calls left the window: 2 remain (the 4th and this one)
+    # the first three calls aged out: 2 remain (the 4th and this one)
     d = _calls(p, 1, at=much_later, first_port=41000)[0]
     assert d.action == "report" and not d.bulk
 
@@ -201,6 +202,64 @@ def test_rtcp_and_tunnels_do_not_count_as_calls_and_registered_media_passes() ->
     assert not any(d.bulk for d in _calls(p, 10, verdict=OVPN, first_port=30000))
     reg = Registry(parse_registry("registrations:\n  - id: CC-1\n    servers: [203.0.113.0/24]\n"))
     assert {p.decide(_flow(dport=50000 + i), RTP, reg, NOW).action for i in range(10)} == {"allow"}
+
+
+def _flows(n: int, src: str = "198.51.100.2", first_port: int = 20000) -> list[Flow]:
+    return [_flow(src, dport=first_port + 2 * i) for i in range(n)]
+
+
+def test_calls_ending_lower_the_concurrent_count() -> None:
+    p = _policy(BULK % "block")
+    flows = _flows(3)
+    assert [p.decide(f, RTP, Registry(), NOW).calls for f in flows] == [1, 2, 3]
+    for f in flows[:2]:
+        p.ended(f)
+    # two calls hung up: the host has one active call, so a fourth and fifth are not bulk
+    more = _flows(2, first_port=30000)
+    ds = [p.decide(f, RTP, Registry(), NOW) for f in more]
+    assert [d.calls for d in ds] == [2, 3] and not any(d.bulk for d in ds)
+    assert p.active_calls(NOW) == {"198.51.100.2": 3}
+    # a fourth concurrent call crosses the limit and is blocked
+    d = p.decide(_flow(dport=40000), RTP, Registry(), NOW)
+    assert d.bulk and d.action == "block" and d.calls == 4
+    # ending a flow that was never a counted call changes nothing; ending one twice counts once
+    p.ended(_flow(dport=5060))
+    p.ended(more[0])
+    p.ended(more[0])
+    assert p.active_calls(NOW) == {"198.51.100.2": 3}
+
+
+def test_messenger_call_counts_once_per_socket_until_its_last_flow_ends() -> None:
+    p = _policy(BULK % "report")
+    wa = Verdict("voip", "whatsapp_call", "confirmed", ("attribute type 0x4000",))
+    # one WhatsApp call: the same local socket probes several relays
+    relays = [_flow(dst=f"157.240.0.{i}", dport=3478) for i in range(1, 6)]
+    assert [p.decide(f, wa, Registry(), NOW).calls for f in relays] == [1] * 5
+    for f in relays[:4]:
+        p.ended(f)
+    assert p.active_calls(NOW) == {"198.51.100.2": 1}
+    p.ended(relays[4])
+    assert p.active_calls(NOW) == {}
+
+
+def test_a_call_flood_stays_bounded_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunnelwatch.policy as policy_mod
+
+    monkeypatch.setattr(policy_mod, "_MAX_TRACKED", 500)
+    p = _policy(BULK % "report")
+    for i in range(5000):  # 5000 calls from many hosts, none ever ending
+        src = f"10.{i // 250 % 250}.{i % 250}.1"
+        p.decide(_flow(src, dport=20000 + i % 20000), RTP, Registry(), NOW)
+    c = p.calls
+    assert len(c.order) <= 501 and sum(len(v) for v in c.by_host.values()) <= 501
+    assert len(c.flows) <= 2 * 500 + 1 and len(c.members) <= 501
+    # and with ends reported, nothing is left behind
+    p2 = _policy(BULK % "report")
+    for i in range(2000):
+        f = _flow(dport=20000 + i)
+        p2.decide(f, RTP, Registry(), NOW)
+        p2.ended(f)
+    assert not p2.calls.by_host and not p2.calls.flows and not p2.calls.members
 
 
 @pytest.mark.parametrize(("text", "where", "words"), [

@@ -8,6 +8,13 @@ well-formed messages are heuristic. SDP bodies in offers and answers announce th
 ports (and RTCP, port+1 or a=rtcp, unless a=rtcp-mux) so that the media flows are recognised as
 announced. Over TCP a segment may end inside a message: headers are handled as soon as they are
 complete, the body once it has arrived.
+
+SIP over TLS (RFC 3261 "sips", TCP 5061) shows no SIP at all, only a TLS handshake: a TLS ClientHello on
+a connection to or from port 5061 is reported as "sip_tls", heuristic (the attribution rests on the port;
+the handshake itself is parsed), and a ServerHello answering it is added to the evidence. The verdict
+supersedes common.py's confirmed benign "tls" for that flow, so the operator sees SIP-TLS, but heuristic
+verdicts are not blocked unless the operator lowers min_confidence. (The name uses "_" so that it can be
+a `policy.protocol` key.)
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import ClassVar, Final, NamedTuple
 
-from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
+from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
+from tunnelwatch.classify.common import tls_client_hello
 from tunnelwatch.flow import Flow
 from tunnelwatch.packet import TCP, UDP, Packet
 
@@ -37,6 +45,9 @@ _MAX_TCP_BUF: Final = 16384
 _MAX_BODY: Final = 8192
 _PROVISIONAL_PATIENCE: Final = 16  # packets to wait for an INVITE's final response after a 1xx
 _MAX_BAD: Final = 3
+SIPS_PORT: Final = 5061
+SIP_TLS: Final = "sip_tls"
+_TLS_CARRIER: Final = frozenset({"tls"})
 
 
 class Message(NamedTuple):
@@ -166,6 +177,7 @@ class _State:
     announced: int = 0
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
     tcp_head_done: list[bool] = field(default_factory=lambda: [False, False])
+    tls: int = 0  # 1 ClientHello seen on a port-5061 connection, 2 answered by a ServerHello, 3 reported
 
 
 class SIP(Classifier):
@@ -174,8 +186,9 @@ class SIP(Classifier):
     name: ClassVar[str] = "sip"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
-    protocols: ClassVar[tuple[str, ...]] = ("sip",)
-    ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 5060): "sip", (TCP, 5060): "sip"}
+    protocols: ClassVar[tuple[str, ...]] = ("sip", SIP_TLS)
+    ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 5060): "sip", (TCP, 5060): "sip",
+                                                   (TCP, SIPS_PORT): SIP_TLS}
     # Calls are often set up long after a REGISTER exchange confirmed the flow: keep reading SDP.
     follow: ClassVar[int] = 512
 
@@ -185,6 +198,9 @@ class SIP(Classifier):
         if st is None:
             st = flow.state["sip"] = _State()
         if pkt.proto == TCP:
+            if st.tls or (not st.seen and not st.bad and pkt.payload[:1] == b"\x16"
+                          and SIPS_PORT in (pkt.dport, pkt.sport)):
+                return self._tls(st, pkt.payload, direction)
             self._tcp(st, pkt, direction, ctx)
         else:
             self._datagram(st, pkt, direction, ctx)
@@ -197,6 +213,22 @@ class SIP(Classifier):
         if st.bad >= _MAX_BAD or (st.bad and pkt.proto == TCP):
             return REJECT
         return None
+
+    def _tls(self, st: _State, p: bytes, d: int) -> InspectResult:
+        """The TLS handshake of a port-5061 connection (nothing of SIP itself is visible)."""
+        if st.tls == 0:
+            if d != 0 or not tls_client_hello(p):
+                return REJECT
+            st.tls = 1
+        elif st.tls == 1 and d == 1 and len(p) >= 6 and p[0] == 0x16 and p[1] == 3 and p[5] == 2:
+            st.tls = 2
+        elif st.tls == 3:
+            return DONE
+        ev = ["TLS ClientHello on a connection to port 5061 (SIP over TLS by port)"]
+        if st.tls == 2:
+            ev.append("answered by a TLS ServerHello")
+            st.tls = 3
+        return self.verdict(SIP_TLS, "heuristic", *ev, supersedes=_TLS_CARRIER)
 
     def _datagram(self, st: _State, pkt: Packet, d: int, ctx: Context) -> None:
         p = pkt.payload

@@ -8,6 +8,16 @@ with the magic cookie is heuristic; classic messages (no cookie) need the cross-
 header has fewer fixed bits. TURN methods (Allocate, Refresh, Send, Data, CreatePermission,
 ChannelBind) report "turn", as do ChannelData frames after a TURN exchange. On TCP, messages may be
 sent back to back or each behind an RFC 4571 2-byte length; a segment may hold several messages.
+
+Messenger calls are STUN/TURN with an application's fingerprint, reported under their own protocol name
+so that an operator can write a `policy.protocol` rule for them, with the confidence of the STUN
+exchange itself (confirmed once a transaction is cross-checked) and the fingerprint in the evidence:
+- "whatsapp_call": attribute types 0x4000-0x4007 or methods 0x200-0x2FF, both unassigned by IANA and
+  seen only in WhatsApp's relay and peer traffic (nDPI uses the same attribute range);
+- "signal_call": a REALM of signal.org or whispersystems.org (Signal's TURN servers name it);
+- "telegram_call": a REALM of telegram.org (Telegram's TURN relays).
+The REALM is chosen by the server and echoed by the client, so it names the service, not a guess from
+addresses. Once seen, the application sticks to the flow. Without a fingerprint the flow stays stun/turn.
 """
 
 from __future__ import annotations
@@ -40,6 +50,15 @@ _MAX_REQUESTS: Final = 32
 _MAX_TCP_BUF: Final = 8192
 # Flows that show no STUN at all within this many payload packets are not STUN flows.
 _GIVE_UP: Final = 6
+REALM: Final = 0x0014
+WHATSAPP: Final = "whatsapp_call"
+SIGNAL: Final = "signal_call"
+TELEGRAM: Final = "telegram_call"
+APPS: Final = (WHATSAPP, SIGNAL, TELEGRAM)
+# realm suffix -> (application, evidence); values are compared, never copied into evidence
+_REALMS: Final = ((b"signal.org", SIGNAL, "REALM is signal.org (Signal's TURN servers)"),
+                  (b"whispersystems.org", SIGNAL, "REALM is whispersystems.org (Signal's TURN servers)"),
+                  (b"telegram.org", TELEGRAM, "REALM is telegram.org (Telegram's TURN relays)"))
 
 
 class Message(NamedTuple):
@@ -52,6 +71,8 @@ class Message(NamedTuple):
     attrs: tuple[int, ...]
     channel: int
     end: int
+    app: str = ""  # a messenger fingerprint (APPS), or ""
+    app_why: str = ""
 
 
 def message_type(t: int) -> tuple[int, int]:
@@ -77,6 +98,9 @@ def parse_message(p: bytes, off: int = 0) -> Message | None:
         return None
     attrs: list[int] = []
     channel = -1
+    app, why = "", ""
+    if cookie and 0x200 <= method <= 0x2FF:
+        app, why = WHATSAPP, f"method 0x{method:03x} (unassigned; WhatsApp's)"
     pos = off + HEADER
     while pos < end:
         if end - pos < 4 or len(attrs) >= _MAX_ATTRS:
@@ -87,6 +111,15 @@ def parse_message(p: bytes, off: int = 0) -> Message | None:
             return None
         if at == CHANNEL_NUMBER and al >= 2:
             channel = unpack_from("!H", p, pos + 4)[0]
+        elif (at == REALM or 0x4000 <= at <= 0x4007) and cookie and not app:
+            if at != REALM:
+                app, why = WHATSAPP, f"attribute type 0x{at:04x} (unassigned; WhatsApp's)"
+            else:
+                realm = bytes(p[pos + 4:nxt]).rstrip(b"\x00").lower()
+                for suffix, name, text in _REALMS:
+                    if realm == suffix or realm.endswith(b"." + suffix):
+                        app, why = name, text
+                        break
         padded = pos + 4 + ((al + 3) & ~3)
         # Some clients (seen from WhatsApp) leave the last attribute unpadded.
         pos = padded if padded <= end else nxt
@@ -94,7 +127,7 @@ def parse_message(p: bytes, off: int = 0) -> Message | None:
     if not cookie and not all(a in _CLASSIC_ATTRS for a in attrs):
         return None
     tid = bytes(p[off + 4:off + HEADER]) if not cookie else bytes(p[off + 8:off + HEADER])
-    return Message(cls, method, cookie, tid, tuple(attrs), channel, end)
+    return Message(cls, method, cookie, tid, tuple(attrs), channel, end, app, why)
 
 
 def channel_data(p: bytes, off: int, tcp: bool) -> int:
@@ -121,6 +154,9 @@ class _State:
     first: str = ""
     notable: set[str] = field(default_factory=set)
     confirmed: str = ""
+    app: str = ""
+    app_why: str = ""
+    announced: bool = False
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
     framing: list[int] = field(default_factory=lambda: [-1, -1])  # -1 unknown, 0 plain, 1 RFC 4571
 
@@ -131,7 +167,7 @@ class STUN(Classifier):
     name: ClassVar[str] = "stun"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
-    protocols: ClassVar[tuple[str, ...]] = ("stun", "turn")
+    protocols: ClassVar[tuple[str, ...]] = ("stun", "turn", *APPS)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 3478): "stun"}
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
@@ -139,12 +175,21 @@ class STUN(Classifier):
         st = flow.state.get("stun")
         if st is None:
             st = flow.state["stun"] = _State()
+            exp = flow.expected
+            if exp is not None and exp.protocol in APPS:
+                st.app, st.app_why, st.announced = exp.protocol, exp.evidence, True
         if pkt.proto == TCP:
             ok = self._tcp(st, pkt.payload, direction)
         else:
             ok = self._datagram(st, pkt.payload, direction)
         if ok is None:
             return REJECT
+        if st.app and not st.announced and pkt.proto == UDP:
+            # a messenger uses one UDP socket per call for relays, peers and media: its other flows are
+            # the same call (the initiator is the app's side: it sends the first binding requests)
+            st.announced = True
+            ctx.expect(flow.src, flow.sport, UDP, st.app, "voip",
+                       f"same UDP socket as a flow with {st.app_why}", pkt.ts)
         if st.confirmed:
             return self._verdict(st, "confirmed")
         if st.seen and not st.classic_only:
@@ -246,6 +291,8 @@ class STUN(Classifier):
             st.classic_only = False
         if m.method in TURN_METHODS:
             st.turn = True
+        if m.app and not st.app:
+            st.app, st.app_why = m.app, m.app_why
         if m.method == 9 and m.channel >= 0:
             st.channels.add(m.channel)
         mname = _METHOD_NAMES.get(m.method, f"method 0x{m.method:03x}")
@@ -281,4 +328,7 @@ class STUN(Classifier):
         if st.notable:
             ev.append("attributes: " + ", ".join(sorted(st.notable)))
         proto = "turn" if st.turn else "stun"
+        if st.app:
+            ev.insert(1, f"{st.app.split('_')[0].capitalize()} call: {st.app_why} in a {proto} exchange")
+            proto = st.app
         return self.verdict(proto, "confirmed" if confidence == "confirmed" else "heuristic", *ev)

@@ -9,7 +9,7 @@ import struct
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
-from support import one_verdict, run_engine
+from support import one_verdict, run_engine, verdicts
 from tunnelwatch.classify.base import Context
 from tunnelwatch.classify.sip import parse_head, sdp_media, start_line
 from tunnelwatch.engine import Engine
@@ -170,3 +170,35 @@ def test_random_and_truncated_bytes_never_raise() -> None:
         e.process(pkt)
     e.flush()
     assert e.classifier_errors == 0
+
+
+CLIENT_HELLO = bytes.fromhex("16030100c8010000c40303") + os.urandom(32) + b"\x00" * 160
+SERVER_HELLO = bytes.fromhex("160303005a020000560303") + os.urandom(80)
+
+
+def t5061(src: str, dst: str, sp: int, dp: int, b: bytes) -> IP:
+    return IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags="PA") / Raw(b)
+
+
+def test_tls_to_port_5061_is_sip_tls_superseding_tls() -> None:
+    pkts = [t5061(C, S, 40000, 5061, CLIENT_HELLO), t5061(S, C, 5061, 40000, SERVER_HELLO),
+            t5061(C, S, 40000, 5061, bytes.fromhex("1703030040") + os.urandom(64)),
+            t5061(S, C, 5061, 40000, bytes.fromhex("1703030040") + os.urandom(64))]
+    v = one_verdict(pkts)
+    assert (v.klass, v.protocol, v.confidence) == ("voip", "sip_tls", "heuristic")
+    assert "port 5061" in v.evidence[0] and "ServerHello" in v.evidence[1]
+    # the reverse direction (a proxy connecting out from its 5061) is the same
+    assert one_verdict([t5061(S, C, 5061, 40000, CLIENT_HELLO)]).protocol == "sip_tls"
+
+
+def test_tls_elsewhere_and_non_tls_on_5061_are_not_sip_tls() -> None:
+    v = one_verdict([t5061(C, S, 40000, 443, CLIENT_HELLO), t5061(S, C, 443, 40000, SERVER_HELLO)])
+    assert (v.klass, v.protocol) == ("benign", "tls")
+    # plain SIP over TCP on 5061 is still SIP
+    req = request("OPTIONS")
+    resp = response(200, "OPTIONS")
+    v = one_verdict([t5061(C, S, 40000, 5061, req), t5061(S, C, 5061, 40000, resp)])
+    assert (v.protocol, v.confidence) == ("sip", "confirmed")
+    # a server speaking first with a handshake record is not a ClientHello from the client
+    vs = verdicts([t5061(S, C, 5061, 40000, os.urandom(5) + b"\x02"), t5061(C, S, 40000, 5061, b"\x16\x03")])
+    assert all(v.protocol != "sip_tls" or v.confidence == "port" for v in vs)

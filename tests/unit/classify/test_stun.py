@@ -130,3 +130,52 @@ def test_near_misses_are_not_stun() -> None:
                  [u(C, S, 40000, 9999, no_cookie_random)]):
         for _, v in run_engine(pkts):
             assert v.protocol not in ("stun", "turn") or v.confidence == "port", v
+
+
+def _app_call(attrs_req: bytes, method: int = 0x0003) -> list[IP]:
+    tid = os.urandom(12)
+    return [u(C, S, 40000, 3478, stun(method, tid, attrs_req)),
+            u(S, C, 3478, 40000, stun(0x0100 | method, tid, XOR_MAPPED))]
+
+
+def test_whatsapp_attribute_range_and_method_name_the_app() -> None:
+    v = one_verdict(_app_call(attr(0x4000, os.urandom(8)) + attr(0x4002, b"\x00\x01")))
+    assert (v.klass, v.protocol, v.confidence) == ("voip", "whatsapp_call", "confirmed")
+    assert any("0x4000" in e and "WhatsApp" in e for e in v.evidence)
+    tid = os.urandom(12)
+    v = one_verdict([u(C, S, 40000, 3478, stun(0x0800, tid, XOR_MAPPED))])  # method 0x200, request
+    assert (v.protocol, v.confidence) == ("whatsapp_call", "heuristic")
+
+
+def test_signal_and_telegram_realms_name_the_app() -> None:
+    for realm, app in ((b"signal.org", "signal_call"), (b"turn.whispersystems.org", "signal_call"),
+                       (b"telegram.org", "telegram_call")):
+        tid = os.urandom(12)
+        pkts = [u(C, S, 40000, 3478, stun(0x0003, tid, attr(0x0019, b"\x11\0\0\0"))),
+                u(S, C, 3478, 40000, stun(0x0113, tid, attr(0x0009, b"\0\0\x04\x01") + attr(0x0014, realm)))]
+        v = one_verdict(pkts)
+        assert (v.protocol, v.confidence) == (app, "confirmed"), realm
+        assert any("REALM is" in e for e in v.evidence)
+
+
+def test_other_realms_and_assigned_attributes_stay_stun_or_turn() -> None:
+    for realm in (b"example.org", b"notsignal.org", b"telegram.org.evil.example", b"turner.facebook"):
+        tid = os.urandom(12)
+        pkts = [u(C, S, 40000, 3478, stun(0x0003, tid)),
+                u(S, C, 3478, 40000, stun(0x0113, tid, attr(0x0014, realm)))]
+        assert one_verdict(pkts).protocol == "turn", realm
+    # classic STUN (no cookie) never carries a fingerprint, even with a 0x4000-range type
+    assert parse_message(stun(0x0001, os.urandom(16), attr(0x4000, b"1234"), cookie=False)) is None
+
+
+def test_a_messenger_socket_names_its_other_flows() -> None:
+    wa = _app_call(attr(0x4000, os.urandom(8)))
+    tid = os.urandom(12)
+    peer = [u(C, "203.0.113.9", 40000, 51000, stun(0x0001, tid)),
+            u("203.0.113.9", C, 51000, 40000, stun(0x0101, tid, XOR_MAPPED))]
+    other_socket = [u(C, "203.0.113.9", 40002, 51000, stun(0x0001, tid)),
+                    u("203.0.113.9", C, 51000, 40002, stun(0x0101, tid, XOR_MAPPED))]
+    got = {(f.sport, f.dport): v for f, v in run_engine(wa + peer + other_socket)}
+    assert got[(40000, 51000)].protocol == "whatsapp_call"
+    assert "same UDP socket" in got[(40000, 51000)].evidence[1]
+    assert got[(40002, 51000)].protocol == "stun"
