@@ -269,7 +269,7 @@ def _decode(raw: bytes, encoding: str) -> Any:
         raise ValueError(f"unsupported Content-Encoding {encoding!r}")
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ValueError(f"body is not JSON: {exc}") from None
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ _TEXT = "^[^\\u0000-\\u001f\\u007f]*$"  # any text without control characters
 _TOKEN = "^[!-~]+$"  # printable ASCII, no spaces: addresses (or their pseudonyms), ids, paths' names
 _NAME = "^[a-z0-9][a-z0-9_.+-]*$"
 _KEY = "^[a-z][a-z0-9_]{0,31}$"
+_MAX_FLOAT: Final = sys.float_info.max
 _TIME = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$"
 
 
@@ -189,6 +191,12 @@ os.register_at_fork(after_in_child=_stream.renew)
 
 def rfc3339(ts: float) -> str:
     """Unix seconds as RFC 3339 UTC with microseconds (the form every event time uses)."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise EventError(f"time must be unix seconds, not {type(ts).__name__}")
+    try:
+        ts = float(ts)  # an int too large for a float raises here, not in isfinite()
+    except OverflowError as e:
+        raise EventError("time is out of range") from e
     if not math.isfinite(ts) or ts < 0:
         raise EventError(f"time {ts!r} is not a finite non-negative number")
     try:
@@ -206,7 +214,8 @@ def _check_str(name: str, f: _Field, v: object) -> None:
         return
     if not v or (f.max_len and len(v) > f.max_len):
         raise EventError(f"{name}: length {len(v)} outside 1..{f.max_len}")
-    if f.rx is not None and f.rx.match(v) is None:
+    # fullmatch: with match(), "$" also matches before a trailing newline, letting "\n" through
+    if f.rx is not None and f.rx.fullmatch(v) is None:
         raise EventError(f"{name}: {v[:40]!r} has characters not allowed here")
 
 
@@ -219,7 +228,9 @@ def _check_int(name: str, f: _Field, v: object) -> None:
 
 
 def _check_num(name: str, v: object) -> None:
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+    # an int beyond float range is refused too: math.isfinite() would raise OverflowError on it
+    if not isinstance(v, int | float) or isinstance(v, bool) or v < 0 or v > _MAX_FLOAT \
+            or not math.isfinite(v):
         raise EventError(f"{name}: expected a finite non-negative number, got {v!r:.40}")
 
 
@@ -243,11 +254,11 @@ def _check(name: str, f: _Field, v: object) -> object:
         return v
     if t == "time":
         if isinstance(v, str):
-            if len(v) != 27 or re.match(_TIME, v) is None:
+            if len(v) != 27 or re.fullmatch(_TIME, v) is None:
                 raise EventError(f"{name}: {v[:40]!r} is not RFC 3339 UTC with microseconds")
             return v
         if isinstance(v, int | float) and not isinstance(v, bool):
-            return rfc3339(float(v))
+            return rfc3339(v)
         raise EventError(f"{name}: expected unix seconds or an RFC 3339 string, got {type(v).__name__}")
     if t == "strs":
         if not isinstance(v, list | tuple):
@@ -263,7 +274,7 @@ def _check(name: str, f: _Field, v: object) -> object:
         if len(v) > f.items:
             raise EventError(f"{name}: {len(v)} entries, at most {f.items}")
         for k, x in v.items():
-            if not isinstance(k, str) or re.match(_KEY, k) is None:
+            if not isinstance(k, str) or re.fullmatch(_KEY, k) is None:
                 raise EventError(f"{name}: key {k!r:.40} is not a short lowercase name")
             if t == "counts":
                 _check_int(f"{name}.{k}", _F["packets"], x)

@@ -107,7 +107,7 @@ def _int(v: object, hi: int) -> int:
 def _ms(v: object, default: float) -> int:
     try:
         t = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         t = default
     if not math.isfinite(t) or t < 0 or t > 2**40:
         t = default

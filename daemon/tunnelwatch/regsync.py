@@ -82,14 +82,16 @@ def verify_document(body: bytes, key: Ed25519PublicKey) -> dict[str, object]:
     """The verified payload; raise Rejected on malformed, truncated or badly signed documents."""
     try:
         env = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejected(f"document is not complete JSON (truncated?): {exc}") from exc
+    # ValueError also covers numbers past the int-digits limit; RecursionError, absurdly deep nesting:
+    # this runs before the signature check, so anyone on the path can send either
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(f"document is not complete JSON (truncated?): {str(exc)[:200]}") from exc
     if not isinstance(env, dict) or env.get("format") != FORMAT:
         raise Rejected(f"document is not a {FORMAT} envelope")
     try:
         raw = base64.b64decode(str(env.get("payload", "")), validate=True)
         sig = base64.b64decode(str(env.get("signature", "")), validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII text
         raise Rejected("payload or signature is not valid base64") from exc
     try:
         key.verify(sig, SIG_CONTEXT + raw)
@@ -97,13 +99,17 @@ def verify_document(body: bytes, key: Ed25519PublicKey) -> dict[str, object]:
         raise Rejected("bad signature: not signed by the configured ISP key (tampered?)") from None
     try:
         payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejected(f"signed payload is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(f"signed payload is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(payload, dict):
         raise Rejected("signed payload is not an object")
     v, reg = payload.get("version"), payload.get("registry")
     if not isinstance(v, int) or isinstance(v, bool) or v < 1 or not isinstance(reg, str):
         raise Rejected("signed payload needs version (integer >= 1) and registry (text)")
+    try:
+        reg.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate from a "\ud800" escape cannot be written out
+        raise Rejected("signed registry text is not valid Unicode") from exc
     return payload
 
 

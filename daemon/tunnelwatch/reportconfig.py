@@ -111,7 +111,10 @@ def _https(r: YamlReader, f: dict[str, Node], what: str) -> str | None:
     s = r.string(f["url"], what)
     if s is None:
         return None
-    parts = urlsplit(s)
+    try:
+        parts = urlsplit(s)
+    except ValueError:  # e.g. "https://[]/" or "https://[x]/": urlsplit checks bracketed hosts itself
+        parts = urlsplit("")
     if parts.scheme != "https" or not parts.hostname:
         r.err(f["url"], f"{what} must be https://host[:port][/path] (got {kind(f['url'])}); reports and "
                         "registries only travel over TLS")

@@ -160,7 +160,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Serve /, /api/status and /metrics to token holders; 401 otherwise."""
         try:
-            url = urlsplit(self.path)
+            try:
+                url = urlsplit(self.path)
+            except ValueError:  # e.g. "//[x]/": a bad request, not a server error worth a traceback
+                self._send(404, "text/plain; charset=utf-8", "not found\n")
+                return
             page = url.path == "/"
             if not self._authorized(url.query if page else ""):
                 self._send(401, "text/html; charset=utf-8", statuspage.render_unauthorized(),

@@ -69,11 +69,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "¹" (U+00B9) passes isdigit(), not float()
         return min(float(text), RETRY_AFTER_CEILING)
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: an absurd hour or year
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive result means the zone was missing
         return None
@@ -151,6 +151,14 @@ def judge_reply(status: int, reason: str, retry_after: str | None, body: bytes) 
     if status == 408 or status >= 500:
         return Outcome("retry", text)
     return Outcome("permanent", text)  # 401/403/404/...: configuration, not data; keep the events
+
+
+def read_reply(resp: http.client.HTTPResponse) -> tuple[Outcome, bool]:
+    """Read a begun reply (at most 64 KiB of body): its Outcome, and whether the connection must be
+    closed (the server will close it, or an unread rest of the body is still on it)."""
+    body = resp.read(_MAX_REPLY)
+    outcome = judge_reply(resp.status, resp.reason, resp.getheader("Retry-After"), body)
+    return outcome, bool(resp.will_close or resp.length)
 
 
 @dataclass
@@ -373,11 +381,10 @@ class Uplink:
             reused = not fresh and conn.sock is not None
             try:
                 conn.request("POST", self._path, body=batch.body, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read(_MAX_REPLY)
-                if resp.will_close or resp.length:
+                outcome, close = read_reply(conn.getresponse())
+                if close:
                     self._close()
-                return judge_reply(resp.status, resp.reason, resp.getheader("Retry-After"), body)
+                return outcome
             except _CLOSED_UNDER_US as exc:
                 self._close()
                 if reused:  # the collector closed an idle keep-alive connection: one immediate retry

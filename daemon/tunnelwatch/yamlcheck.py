@@ -53,6 +53,17 @@ def _syntax_hint(problem: str) -> str:
     return "check the indentation and quoting around this position"
 
 
+def _reader_problem(name: str, text: str, exc: yaml.reader.ReaderError) -> str:
+    """A located problem for a character YAML does not allow (control characters, lone surrogates)."""
+    pos = exc.position if isinstance(exc.position, int) and 0 <= exc.position <= len(text) else 0
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else 0
+    return (f"{name}:{line}:{col}: YAML syntax: character U+{char:04X} is not allowed in YAML; "
+            "hint: remove it (a control character pasted by mistake?) or write it as an escape inside a "
+            "double-quoted string")
+
+
 class YamlReader:
     """Typed access to composed YAML documents that records located problems instead of raising."""
 
@@ -65,7 +76,12 @@ class YamlReader:
         """Compose one document whose marks carry `name` (default: the reader's path); syntax errors
         become located problems."""
         name = name or self.path
-        loader = yaml.SafeLoader(text)
+        try:
+            # the reader checks every character up front, so a control character raises already here
+            loader = yaml.SafeLoader(text)
+        except yaml.reader.ReaderError as exc:
+            self.problems.append(_reader_problem(name, text, exc))
+            return None
         loader.name = name  # every node's start_mark now says which file it came from
         try:
             return loader.get_single_node()
@@ -184,7 +200,11 @@ class YamlReader:
             return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
         if isinstance(v, dt.date):
             start = dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC)
-            return start + dt.timedelta(days=1) if end_of_day else start
+            if not end_of_day:
+                return start
+            if v == dt.date.max:  # the day after 9999-12-31 does not exist: the calendar's end will do
+                return dt.datetime.max.replace(tzinfo=dt.UTC)
+            return start + dt.timedelta(days=1)
         self.err(node, f"{what} must be a date (YYYY-MM-DD, e.g. 2027-01-31) or timestamp (got {kind(node)})")
         return None
 
