@@ -157,7 +157,11 @@ class Classifier:
     follow: ClassVar[int] = 0
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
-        """Look at one packet with payload; direction 0 = from initiator, 1 = reply."""
+        """Look at one packet with payload; direction 0 = from initiator, 1 = reply.
+
+        Per-flow state lives in `flow.state[self.name]`: the engine drops it once the classifier
+        returns REJECT or DONE (or the flow is decided), so state must not be shared between classifiers.
+        """
         raise NotImplementedError
 
     def verdict(self, protocol: str, confidence: Confidence, *evidence: str,

@@ -91,7 +91,7 @@ class FullyEncrypted(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Judge the client's first data packet, then the server's first; reject at the first exemption."""
         p = pkt.payload
-        first = flow.state.get("fep")
+        first = flow.state.get(self.name)
         if first is None:
             # These protocols are client-first: a server banner (SMTP, FTP, SSH servers...) rules them out.
             # The handshake must have been seen (SYN, SYN-ACK, then data): a flow picked up mid-stream
@@ -99,7 +99,7 @@ class FullyEncrypted(Classifier):
             if (direction != 0 or flow.payload_pkts[1] or flow.pkts_dir[1] == 0 or flow.packets < 3
                     or exemption(p)):
                 return REJECT
-            flow.state["fep"] = len(p)
+            flow.state[self.name] = len(p)
             return None
         if first < 0:
             return DONE  # decided on the server's first packet: later (bulk) packets change nothing
@@ -107,7 +107,7 @@ class FullyEncrypted(Classifier):
             return None  # the client's later packets (a split first flight) change nothing
         if exemption(p):
             return REJECT
-        flow.state["fep"] = -1
+        flow.state[self.name] = -1
         pc = popcount_mean(p[:MAX_MEASURED])
         return self.verdict("fully_encrypted", "heuristic",
                             f"client first packet {first} bytes, no Wu et al. exemption applies",

@@ -56,11 +56,11 @@ class SshForward(Classifier):
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Skip the handshake, then count open/confirm/request triples and keystroke/echo pairs."""
-        st: list[int] | None = flow.state.get("sshfwd")
+        st: list[int] | None = flow.state.get(self.name)
         if st is None:
             if not pkt.payload.startswith(b"SSH-"):
                 return REJECT  # the client's banner opens every SSH connection
-            st = flow.state["sshfwd"] = [0, 0, 0, 0]
+            st = flow.state[self.name] = [0, 0, 0, 0]
             return None
         if st[_OPENS] >= MIN_OPENS:
             return DONE  # decided: the rest of the flow is the forwarded traffic itself
