@@ -68,7 +68,7 @@ class RunConfig:
     queue_count: int = 1
     packets: int = 16
     maxlen: int = 4096
-    flows: int = 262_144
+    flows: int = 65_536
     #: (transport, server port, packets) queued deeper than `packets` (default: SSH, see config)
     deep: tuple[tuple[str, int, int], ...] = (("tcp", 22, 96),)
     fail_closed: bool = False
@@ -209,7 +209,7 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
         queue_count=r.opt(q, "count", lambda n: r.integer(n, "queue.count", 1, 64), 1),
         packets=r.opt(q, "packets", lambda n: r.integer(n, "queue.packets", 1, 1000), 16),
         maxlen=r.opt(q, "maxlen", lambda n: r.integer(n, "queue.maxlen", 16, 1_000_000), 4096),
-        flows=r.opt(q, "flows", lambda n: r.integer(n, "queue.flows", 1000, 10_000_000), 262_144),
+        flows=r.opt(q, "flows", lambda n: r.integer(n, "queue.flows", 1000, 10_000_000), 65_536),
         deep=_deep(r, q["deep"]) if "deep" in q else RunConfig.deep,
         fail_closed=r.opt(q, "fail_closed", lambda n: r.boolean(n, "queue.fail_closed"), False),
         hooks=tuple(hooks) or ("forward",),
