@@ -52,6 +52,9 @@ class Engine:
         if budget < 1:
             raise ValueError("budget must be at least 1 packet")
         self.classifiers = list(classifiers) if classifiers is not None else load_classifiers()
+        names = [c.name for c in self.classifiers]
+        if len(set(names)) != len(names):  # per-flow state is keyed by name: two would share it
+            raise ValueError(f"classifier names must be unique: {sorted(names)}")
         self.budget = budget
         self.ctx = Context()
         self.on_end = on_end

@@ -21,8 +21,6 @@ import pytest
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
 from support.pki import leaf, make_pki
 from tunnelwatch.classify import load_classifiers
-from tunnelwatch.classify.sshfwd import SshForward
-from tunnelwatch.classify.trojan import Trojan
 from tunnelwatch.offline import classify_file
 
 pytestmark = pytest.mark.integration
@@ -36,9 +34,7 @@ SSH_BUDGET = 128
 
 
 def _classify(pcap: Path, budget: int) -> list[Record]:
-    # the new classifiers first, as they will be in the registry (ties go to the earlier one)
-    return list(classify_file(str(pcap), classifiers=[Trojan(), SshForward(), *load_classifiers()],
-                              budget=budget))
+    return list(classify_file(str(pcap), classifiers=load_classifiers(), budget=budget))
 
 
 def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab, Path], None],

@@ -261,3 +261,8 @@ def test_undecided_flows_are_decided_once_they_go_quiet() -> None:
     assert got[0][1].confidence == "port"  # decided on what was seen: the port hint here
     e.process(udp(3.3, sport=4002))  # a decided flow is not decided again
     assert [f.sport for f in e.decide_quiet(now=10.0, quiet=2.0)] == [4001] and len(got) == 2
+
+
+def test_two_classifiers_with_one_name_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        Engine([Counting(), Counting()])
