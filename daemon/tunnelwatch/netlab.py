@@ -188,13 +188,17 @@ class Lab:
         try:
             yield pcap
             token = uuid.uuid4().hex[:16]
-            self.run(self.server, "ping", "-n", "-c1", "-W1", "-s", "64", "-p", token, CLIENT_IP, check=False)
             marker = bytes.fromhex(token)
             deadline = time.monotonic() + timeout
+            next_ping = 0.0
             while marker not in pcap.read_bytes():
                 if time.monotonic() > deadline or p.poll() is not None:
                     raise AssertionError(
                         f"capture marker never reached {pcap.name}:\n{self.log(name)[-2000:]}")
+                if time.monotonic() >= next_ping:  # again each second: one echo may be lost on a busy box
+                    next_ping = time.monotonic() + 1.0
+                    self.run(self.server, "ping", "-n", "-c1", "-W1", "-s", "64", "-p", token, CLIENT_IP,
+                             check=False)
                 time.sleep(0.02)  # polling the file for the marker, not a guess at timing
         finally:
             _kill(p, signal.SIGINT, 5.0)
