@@ -1,0 +1,199 @@
+"""The amd64 appliance image: its root filesystem (checked in a chroot) and a real UEFI boot under QEMU.
+
+The boot test writes a provisioning file onto the image's EFI partition (mtools, no mounts), boots the
+disk with OVMF (KVM when usable, else TCG), and reads the serial console until the banner unit prints
+the daemon's READY line with the provisioned device id: that line comes from `tunnelwatch status` over
+the daemon's socket, after systemd saw READY=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from imagebuild import REPO, Built
+
+from tunnelwatch import __version__
+
+BOOT_TIMEOUT = 900
+OVMF = Path("/usr/share/OVMF")
+DEVICE_ID = "tw-boot-test-0042"
+
+
+def chroot(root: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
+    """A command inside the image, with a clean environment."""
+    return subprocess.run(["chroot", str(root), "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                           *cmd], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_tunnelwatch_runs_in_the_rootfs(amd64: Built) -> None:
+    res = chroot(amd64.rootfs, "tunnelwatch", "--version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"tunnelwatch {__version__}"
+    chk = chroot(amd64.rootfs, "tunnelwatch", "check-config", "/etc/tunnelwatch/tunnelwatch.yaml")
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    # the compiled bindings import on the image's own libraries
+    imp = chroot(amd64.rootfs, "/opt/tunnelwatch/bin/python", "-c",
+                 "import netfilterqueue, systemd.daemon, zeroconf, cryptography, yaml, scapy; print('ok')")
+    assert imp.stdout.strip() == "ok", imp.stderr
+
+
+def test_units_enabled_and_ssh_off(amd64: Built) -> None:
+    r = amd64.rootfs
+    for unit in ("tunnelwatch.service", "tunnelwatch-provision.service", "tunnelwatch-banner.service"):
+        res = chroot(r, "systemctl", "is-enabled", unit)
+        assert res.stdout.strip() == "enabled", (unit, res.stdout, res.stderr)
+    assert chroot(r, "systemctl", "is-enabled", "ssh.service").stdout.strip() == "disabled"
+    assert not list((r / "etc/ssh").glob("ssh_host_*")), "host keys must be made per box, not shipped"
+    assert "PasswordAuthentication no" in (r / "etc/ssh/sshd_config.d/50-tunnelwatch.conf").read_text()
+    root_hash = next(ln for ln in (r / "etc/shadow").read_text().splitlines() if ln.startswith("root:"))
+    assert root_hash.split(":")[1] in ("*", "!", "!*"), "root must have no password"
+    assert (r / "etc/machine-id").read_text() == "", "each box makes its own machine id"
+
+
+def test_kernel_settings_for_the_daemon(amd64: Built) -> None:
+    r = amd64.rootfs
+    sysctl = (r / "etc/sysctl.d/60-tunnelwatch.conf").read_text()
+    assert re.search(r"^net\.ipv4\.ip_forward = 1$", sysctl, re.M)
+    assert re.search(r"^net\.netfilter\.nf_conntrack_acct = 1$", sysctl, re.M)
+    modules = (r / "etc/modules-load.d/tunnelwatch.conf").read_text().split()
+    kver = next((r / "lib/modules").iterdir()).name
+    for mod in ("nfnetlink_queue", "xt_NFQUEUE", "xt_connbytes", "nft_queue"):
+        assert mod in modules
+        assert list((r / "lib/modules" / kver).rglob(f"{mod}.ko*")), f"{mod} not in kernel {kver}"
+
+
+def test_no_compiler_and_no_pip(amd64: Built) -> None:
+    r = amd64.rootfs
+    for cc in ("gcc", "cc", "c++", "g++", "cpp", "clang", "x86_64-linux-gnu-gcc"):
+        assert not (r / "usr/bin" / cc).exists(), f"/usr/bin/{cc} in the image"
+    pkgs = {ln.split()[1] for ln in amd64.manifest.read_text().splitlines() if ln.startswith("deb ")}
+    assert not pkgs & {"gcc", "gcc-12", "cpp", "libc6-dev", "python3-dev", "libnetfilter-queue-dev", "make"}
+    assert {"linux-image-amd64", "systemd", "iptables", "nftables", "libnetfilter-queue1"} <= pkgs
+    assert not list((r / "opt/tunnelwatch").rglob("pip/__init__.py")), "pip must not be installed"
+
+
+def test_manifest_and_checksums(amd64: Built) -> None:
+    text = amd64.manifest.read_text()
+    assert text.startswith("# tunnelwatch-") and "SOURCE_DATE_EPOCH=" in text
+    assert re.search(r"^wheel tunnelwatch-\S+\.whl [0-9a-f]{64}$", text, re.M)
+    assert re.search(r"^wheel netfilterqueue-1\.1\.0-\S+\.whl [0-9a-f]{64}$", text, re.M | re.I)
+    res = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=amd64.out, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert amd64.image is not None and f"{amd64.image.name}: OK" in res.stdout
+
+
+def test_disk_layout(amd64: Built) -> None:
+    assert amd64.image is not None
+    out = subprocess.run(["sfdisk", "--dump", str(amd64.image)], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert "label: gpt" in out
+    assert "type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in out  # ESP
+    assert "type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709" in out  # root, x86-64 (systemd-repart grows it)
+    esp = _mtools("mdir", "-b", "-s", "-i", f"{amd64.image}@@1M", "::/").stdout
+    for f in ("EFI/BOOT/BOOTX64.EFI", "loader/entries/tunnelwatch.conf", "tunnelwatch/vmlinuz",
+              "tunnelwatch/initrd.img", "tunnelwatch-provision.yaml.example"):
+        assert f"::/{f}" in esp, esp
+
+
+def _mtools(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+
+
+def kvm_usable() -> bool:
+    """KVM that can actually run a vCPU (nested virtualisation may open /dev/kvm and then abort)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    probe = subprocess.Popen(["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-machine", "q35",
+                              "-nodefaults", "-display", "none", "-no-reboot"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe.wait(timeout=5)  # a broken KVM aborts at the first vCPU run, well within this
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.wait(timeout=30)
+        return True
+    return False
+
+
+def test_boots_to_ready_with_provisioned_identity(amd64: Built, tmp_path: Path) -> None:
+    assert amd64.image is not None
+    for tool in ("qemu-system-x86_64", "mcopy"):
+        assert shutil.which(tool), f"{tool} missing: make image-deps"
+    disk = tmp_path / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(amd64.image), str(disk)], check=True, timeout=300)
+    prov = tmp_path / "tunnelwatch-provision.yaml"
+    prov.write_text(f"version: 1\ndevice_id: {DEVICE_ID}\nconfig:\n  log: {{level: info}}\n")
+    res = _mtools("mcopy", "-i", f"{disk}@@1M", str(prov), "::/tunnelwatch-provision.yaml")
+    assert res.returncode == 0, res.stderr
+    vars_fd = tmp_path / "OVMF_VARS.fd"
+    shutil.copy(OVMF / "OVMF_VARS_4M.fd", vars_fd)
+    console = tmp_path / "console.log"
+    kvm = kvm_usable()
+    cmd = ["qemu-system-x86_64", "-machine", "q35", "-m", "1024", "-smp", "2",
+           *(["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]),
+           "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF / 'OVMF_CODE_4M.fd'}",
+           "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
+           "-drive", f"file={disk},format=raw,if=virtio",
+           # no network: nothing leaves this machine; the daemon needs none to become ready
+           "-nic", "none", "-display", "none", "-monitor", "none", "-serial", f"file:{console}", "-no-reboot"]
+    t0 = time.monotonic()
+    qemu = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ready = re.compile(r"tunnelwatch-banner: (NOT )?READY[^\n]*")
+    line = None
+    try:
+        while time.monotonic() - t0 < BOOT_TIMEOUT and qemu.poll() is None:
+            text = console.read_text(errors="replace") if console.exists() else ""
+            m = ready.search(text)
+            if m:
+                line = m.group(0)
+                break
+            time.sleep(1)
+        elapsed = time.monotonic() - t0
+    finally:
+        qemu.kill()
+        qemu_out = qemu.communicate(timeout=30)[0]
+    text = console.read_text(errors="replace") if console.exists() else ""
+    shutil.copy(console, amd64.out.parent / "boot-test-console.log")
+    tail = "\n".join(text.splitlines()[-60:])
+    assert line is not None, f"no READY banner within {BOOT_TIMEOUT} s (qemu: {qemu_out!r}); console:\n{tail}"
+    accel = "kvm" if kvm else "tcg"
+    (amd64.out.parent / "boot-test.txt").write_text(f"boot to READY: {elapsed:.0f} s ({accel})\n{line}\n")
+    print(f"\nboot to READY under qemu ({accel}): {elapsed:.0f} s: {line}")
+    assert line.startswith(f"tunnelwatch-banner: READY device_id={DEVICE_ID} version={__version__}"), tail
+    assert f"tunnelwatch-provision: applied: device_id={DEVICE_ID}" in text, tail
+    # the banner is ordered after tunnelwatch.service, which systemd counts as started only after READY=1
+    # (Type=notify); systemd's own "Started" line is not reliable here: its console status output stops
+    # once the serial getty owns ttyS0
+    assert re.search(r"Starting .*tunnelwatch\.servi", text), tail
+    assert "Failed to start" not in text and "FAILED" not in text, tail
+    # provisioned once: the file (possibly with secrets) is gone from the ESP, the result stayed
+    listing = _mtools("mdir", "-b", "-i", f"{disk}@@1M", "::/").stdout
+    assert "::/tunnelwatch-provision.result" in listing and "::/tunnelwatch-provision.yaml\n" not in listing
+    result = _mtools("mtype", "-i", f"{disk}@@1M", "::/tunnelwatch-provision.result").stdout
+    assert result.startswith("APPLIED") and DEVICE_ID in result
+
+
+def test_build_script_names_missing_tools(tmp_path: Path) -> None:
+    # a PATH without the build tools: build.sh must say which package brings each one
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "id", "dirname", "date", "dpkg", "sed", "tr", "cat"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    res = subprocess.run([str(REPO / "image/build.sh"), "amd64", str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=60, check=False, env={"PATH": str(bin_dir)})
+    assert res.returncode != 0
+    if os.geteuid() == 0:
+        assert "missing build tool: mmdebstrap (apt-get install mmdebstrap)" in res.stderr, res.stderr
+        assert "mkfs.vfat (apt-get install dosfstools)" in res.stderr
+    else:
+        pytest.skip("needs root: build.sh stops at the root check first")

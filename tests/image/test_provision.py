@@ -1,0 +1,141 @@
+"""The first-boot provisioning script (image/overlay/.../provision.py) against a scratch system tree.
+
+Runs the real script with the project's venv interpreter and the real `tunnelwatch check-config`, so
+these run everywhere in a second; the booted image's provisioning is checked in test_image_amd64.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "image/overlay/common/usr/lib/tunnelwatch/provision.py"
+TUNNELWATCH = str(Path(sys.executable).with_name("tunnelwatch"))
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkq3m0m4d5m2Y0yGk9QxYl1b9Jk1dKc0Jx8m3t0T1tU tech@isp"
+
+
+def system(tmp_path: Path) -> Path:
+    """A scratch root with the factory /etc/tunnelwatch of the image and an empty boot partition."""
+    root = tmp_path / "root"
+    etc = root / "etc/tunnelwatch"
+    (etc / "tunnelwatch.yaml.d").mkdir(parents=True)
+    shutil.copy(REPO / "config/tunnelwatch.yaml", etc / "tunnelwatch.yaml")
+    shutil.copy(REPO / "config/registry.yaml", etc / "registry.yaml")
+    (root / "boot/firmware").mkdir(parents=True)
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\ttunnelwatch\n")
+    return root
+
+
+def run(root: Path) -> subprocess.CompletedProcess[str]:
+    """The script as the unit runs it, pointed at the scratch root."""
+    return subprocess.run([sys.executable, str(SCRIPT), "--root", str(root), "--tunnelwatch", TUNNELWATCH],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def put(root: Path, doc: object) -> Path:
+    """Write the provisioning file onto the boot partition."""
+    f = root / "boot/firmware/tunnelwatch-provision.yaml"
+    f.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return f
+
+
+def test_no_file_changes_nothing(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    res = run(root)
+    assert res.returncode == 0, res.stderr
+    assert "no provisioning file" in res.stdout
+    assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+
+
+def test_valid_file_is_applied_once_and_removed(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    src = put(root, {"version": 1, "device_id": "cpe-lhr-000123",
+                     "config": {"policy": {"klass": {"voip": "enforce"}},
+                                "report": {"uplink": {"url": "https://collector.isp.example",
+                                                      "token_file": "uplink.token"}}},
+                     "files": {"uplink.token": "0123456789abcdef0123456789"},
+                     "ssh_authorized_keys": [KEY]})
+    res = run(root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "tunnelwatch-provision: check-config ok" in res.stdout
+    assert "applied: device_id=cpe-lhr-000123 hostname=cpe-lhr-000123 files=1 ssh=key-only" in res.stdout
+    etc = root / "etc/tunnelwatch"
+    dropin = yaml.safe_load((etc / "tunnelwatch.yaml.d/50-provision.yaml").read_text())
+    assert dropin["discovery"]["device_id"] == "cpe-lhr-000123"
+    assert dropin["policy"]["klass"]["voip"] == "enforce"
+    token = etc / "uplink.token"
+    assert token.read_text() == "0123456789abcdef0123456789"
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/hostname").read_text() == "cpe-lhr-000123\n"
+    assert "127.0.1.1\tcpe-lhr-000123" in (root / "etc/hosts").read_text()
+    assert "127.0.1.1\ttunnelwatch" not in (root / "etc/hosts").read_text()
+    assert (root / "root/.ssh/authorized_keys").read_text() == KEY + "\n"
+    # the secret leaves the card; the result file says what happened, without the secret
+    assert not src.exists()
+    result = (root / "boot/firmware/tunnelwatch-provision.result").read_text()
+    assert result.startswith("APPLIED ") and "cpe-lhr-000123" in result and "0123456789abcdef" not in result
+    applied = json.loads((root / "var/lib/tunnelwatch-provision/applied.json").read_text())
+    assert applied["device_id"] == "cpe-lhr-000123" and applied["ssh"] is True
+    # the daemon accepts the provisioned configuration as a whole
+    chk = subprocess.run([TUNNELWATCH, "check-config", str(etc / "tunnelwatch.yaml")], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    # applied once: with the file gone, the next boot changes nothing
+    again = run(root)
+    assert again.returncode == 0 and "no provisioning file" in again.stdout
+
+
+def test_file_problems_are_all_reported_and_nothing_changes(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    src = put(root, {"version": 2, "device_id": "bad id!", "colour": "blue",
+                     "files": {"../escape": "x"}, "ssh_authorized_keys": ["password123"]})
+    res = run(root)
+    assert res.returncode == 1
+    out = res.stdout
+    for msg in ("colour: unknown key", "version: must be 1", "device_id: required",
+                "files.../escape: a plain file name", "ssh_authorized_keys[0]: not an OpenSSH public key"):
+        assert msg in out, out
+    assert "nothing was changed" in out
+    assert src.exists()
+    assert (root / "boot/firmware/tunnelwatch-provision.result").read_text().startswith("REJECTED")
+    assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+    assert not (root / "etc/hostname").exists()
+
+
+def test_config_rejected_by_check_config_keeps_factory_settings(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    put(root, {"version": 1, "device_id": "cpe-1", "config": {"queue": {"pakets": 16}}})
+    res = run(root)
+    assert res.returncode == 1
+    assert "REJECTED" in res.stdout and "check-config:" in res.stdout
+    # check-config's own file:line message, with its hint, reaches the technician
+    assert "pakets" in res.stdout and "did you mean 'packets'" in res.stdout
+    assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+
+
+@pytest.mark.parametrize("text", ["version: [1\n", "\xff\xfe not utf-8", "- just\n- a list\n"])
+def test_unreadable_files_are_rejected_not_crashed(tmp_path: Path, text: str) -> None:
+    root = system(tmp_path)
+    f = root / "boot/firmware/tunnelwatch-provision.yaml"
+    f.write_bytes(text.encode("latin-1"))
+    res = run(root)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "REJECTED" in res.stdout and "Traceback" not in res.stderr
+
+
+def test_efi_partition_is_searched_too(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    (root / "boot/efi").mkdir()
+    (root / "boot/efi/tunnelwatch-provision.yaml").write_text("version: 1\ndevice_id: x86-box-7\n")
+    res = run(root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "device_id=x86-box-7" in res.stdout
+    assert os.path.exists(root / "boot/efi/tunnelwatch-provision.result")
