@@ -8,15 +8,14 @@ tunnel's flows with the expected verdicts and nothing else flagged. Keys are gen
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from peers_vpn import ping_through
 
-from support.netns import CLIENT_IP, CLIENT_IP6, SERVER_IP, SERVER_IP6, Lab, lab, require_tools, sh
-from tunnelwatch.offline import classify_file
+from support.captures import capture_classify, flow_table
+from support.netns import CLIENT_IP, CLIENT_IP6, SERVER_IP, SERVER_IP6, Lab, sh
 
 pytestmark = pytest.mark.integration
 
@@ -28,21 +27,6 @@ FASTD_PORT = 10000
 TUN_SERVER, TUN_CLIENT = "10.44.0.1", "10.44.0.2"
 
 
-def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab], None]) -> list[Record]:
-    """Run `drive` in a fresh lab while tcpdump records the router's WAN side; classify the capture."""
-    require_tools("tcpdump", "ping", "ss", "ip", *tools)
-    pcap = tmp_path / "wan0.pcap"
-    with lab(tmp_path) as lb, lb.capture(lb.router, "wan0", pcap):
-        drive(lb)
-    return list(classify_file(str(pcap)))
-
-
-def _table(records: list[Record]) -> str:
-    return "\n".join(f"  {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} {r['transport']} "
-                     f"{r['klass']} {r['protocol']} {r['confidence']} {r['evidence']} pkts={r['packets']}"
-                     for r in records)
-
-
 def _between(records: list[Record], transport: str, a: str, b: str) -> list[Record]:
     return [r for r in records if r["transport"] == transport and {r["src"], r["dst"]} == {a, b}]
 
@@ -50,13 +34,13 @@ def _between(records: list[Record], transport: str, a: str, b: str) -> list[Reco
 def _assert_labels(records: list[Record], tunnel: list[Record], protocol: str,
                    confidences: tuple[str, ...] = ("confirmed",)) -> None:
     """Each tunnel flow carries the protocol at one of the confidences; nothing else is flagged."""
-    assert tunnel, f"no tunnel flow in the capture:\n{_table(records)}"
+    assert tunnel, f"no tunnel flow in the capture:\n{flow_table(records)}"
     for r in tunnel:
         assert (r["klass"], r["protocol"]) == ("vpn_tunnel", protocol) and r["confidence"] in confidences, \
-            f"tunnel flow mislabelled:\n{_table([r])}\nall flows:\n{_table(records)}"
+            f"tunnel flow mislabelled:\n{flow_table([r])}\nall flows:\n{flow_table(records)}"
         assert r["evidence"], "a flagged flow must say why"
     others = [r for r in records if r not in tunnel and r["klass"] not in BENIGN]
-    assert not others, f"flows wrongly flagged:\n{_table(others)}\nall flows:\n{_table(records)}"
+    assert not others, f"flows wrongly flagged:\n{flow_table(others)}\nall flows:\n{flow_table(records)}"
 
 
 # --- tinc 1.0 ---------------------------------------------------------------------------------------
@@ -97,11 +81,11 @@ def test_tinc_meta_and_udp(tmp_path: Path, family: str) -> None:
                 lb.wait_until(ns, ["sh", "-c", f"ss -ltn | grep -q ':{TINC_PORT} '"])
         ping_through(lb, TUN_SERVER, sizes=(56, 1000))
 
-    records = _capture(tmp_path, ("tincd",), drive)
+    records = capture_classify(tmp_path, ("tincd",), drive)
     meta = [r for r in _between(records, "tcp", client_ip, server_ip) if r["dport"] == TINC_PORT]
     data = [r for r in _between(records, "udp", client_ip, server_ip)
             if r["sport"] == TINC_PORT and r["dport"] == TINC_PORT]
-    assert len(meta) == 1 and len(data) == 1, f"expected one meta and one data flow:\n{_table(records)}"
+    assert len(meta) == 1 and len(data) == 1, f"expected one meta and one data flow:\n{flow_table(records)}"
     assert meta[0]["src"] == client_ip
     _assert_labels(records, meta + data, "tinc")
 
@@ -117,11 +101,11 @@ def test_n2n_edges_and_supernode(tmp_path: Path) -> None:
                      name, env={"N2N_KEY": "lab-secret"})
         ping_through(lb, TUN_SERVER, sizes=(56, 1000))
 
-    records = _capture(tmp_path, ("edge", "supernode"), drive)
+    records = capture_classify(tmp_path, ("edge", "supernode"), drive)
     udp = _between(records, "udp", CLIENT_IP, SERVER_IP)
     to_supernode = [r for r in udp if r["dport"] == N2N_PORT and r["src"] == CLIENT_IP]
-    assert len(to_supernode) == 1, f"expected one edge -> supernode flow:\n{_table(records)}"
-    assert to_supernode[0]["confidence"] == "confirmed", _table(to_supernode)
+    assert len(to_supernode) == 1, f"expected one edge -> supernode flow:\n{flow_table(records)}"
+    assert to_supernode[0]["confidence"] == "confirmed", flow_table(to_supernode)
     # edge <-> edge flows (after the supernode introduced them) are n2n too
     _assert_labels(records, udp, "n2n", ("confirmed", "heuristic"))
 
@@ -162,8 +146,8 @@ def test_fastd_handshake(tmp_path: Path) -> None:
         lb.spawn(lb.client, ["fastd", "--config", str(cconf)], "fastd-client")
         ping_through(lb, TUN_SERVER, sizes=(56, 1000))
 
-    records = _capture(tmp_path, ("fastd",), drive)
+    records = capture_classify(tmp_path, ("fastd",), drive)
     flows = [r for r in _between(records, "udp", CLIENT_IP, SERVER_IP)
              if FASTD_PORT in (r["sport"], r["dport"])]
-    assert len(flows) == 1, f"expected one fastd flow:\n{_table(records)}"
+    assert len(flows) == 1, f"expected one fastd flow:\n{flow_table(records)}"
     _assert_labels(records, flows, "fastd")

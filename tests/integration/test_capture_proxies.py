@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from support.captures import flow_table
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
 from tunnelwatch.offline import classify_file
 
@@ -55,23 +56,18 @@ def _download(lb: Lab, *curl_args: str) -> None:
     assert r.stdout.strip() == str(PAYLOAD_BYTES), f"download through the proxy failed: {r.stdout} {r.stderr}"
 
 
-def _table(records: list[Record]) -> str:
-    return "\n".join(f"  {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} {r['transport']} "
-                     f"{r['klass']} {r['protocol']} {r['confidence']} {r['evidence']} pkts={r['packets']}"
-                     for r in records)
-
-
 def _assert_proxy(records: list[Record], dport: int) -> None:
     """The client's flow(s) to `dport` are heuristic fully_encrypted; no other flow is flagged."""
     hits = [r for r in records if r["transport"] == "tcp" and r["dport"] == dport and r["src"] == CLIENT_IP
             and r["dst"] == SERVER_IP]
-    assert hits, f"no flow to port {dport}:\n{_table(records)}"
+    assert hits, f"no flow to port {dport}:\n{flow_table(records)}"
     for r in hits:
         assert (r["klass"], r["protocol"], r["confidence"]) == \
-            ("proxy_obfuscated", "fully_encrypted", "heuristic"), f"proxy flow mislabelled:\n{_table([r])}"
+            ("proxy_obfuscated", "fully_encrypted", "heuristic"), \
+            f"proxy flow mislabelled:\n{flow_table([r])}"
         assert r["evidence"]
     others = [r for r in records if r not in hits and r["klass"] not in ("benign", "unknown")]
-    assert not others, f"flows wrongly flagged:\n{_table(others)}"
+    assert not others, f"flows wrongly flagged:\n{flow_table(others)}"
 
 
 def test_shadowsocks_libev(tmp_path: Path) -> None:
@@ -187,8 +183,8 @@ def test_openssh_sessions_are_not_flagged_as_fully_encrypted(tmp_path: Path) -> 
 
     records = _capture(tmp_path, ("sshd", "ssh", "scp", "ssh-keygen"), drive)
     ssh_flows = [r for r in records if r["transport"] == "tcp" and r["dport"] == 2222]
-    assert len(ssh_flows) == 3, _table(records)
+    assert len(ssh_flows) == 3, flow_table(records)
     for r in ssh_flows:
-        assert (r["klass"], r["protocol"]) == ("benign", "ssh"), _table([r])
+        assert (r["klass"], r["protocol"]) == ("benign", "ssh"), flow_table([r])
     flagged = [r for r in records if r["klass"] not in ("benign", "unknown")]
-    assert not flagged, _table(flagged)
+    assert not flagged, flow_table(flagged)

@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
+from support.captures import capture_classify, flow_table
+from support.netns import CLIENT_IP, SERVER_IP, Lab
 from support.pki import leaf, make_pki
-from tunnelwatch.classify import load_classifiers
-from tunnelwatch.offline import classify_file
 
 pytestmark = pytest.mark.integration
 
@@ -31,20 +30,6 @@ PAYLOAD_BYTES = 200_000
 PASSWORD = "tunnelwatch-lab-secret"
 VMESS_ID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 SSH_BUDGET = 128
-
-
-def _classify(pcap: Path, budget: int) -> list[Record]:
-    return list(classify_file(str(pcap), classifiers=load_classifiers(), budget=budget))
-
-
-def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab, Path], None],
-             budget: int = 24) -> list[Record]:
-    """Run `drive` while tcpdump records the router's WAN side; classify the capture."""
-    require_tools("tcpdump", "ss", "curl", "openssl", *tools)
-    pcap = tmp_path / "wan0.pcap"
-    with lab(tmp_path, ipv6=False) as lb, lb.capture(lb.router, "wan0", pcap):
-        drive(lb, tmp_path)
-    return _classify(pcap, budget)
 
 
 def _listening(lb: Lab, ns: str, port: int) -> None:
@@ -71,16 +56,16 @@ def _download(lb: Lab, ca: Path, *curl_args: str) -> None:
     assert r.stdout.strip() == str(PAYLOAD_BYTES), f"download through the proxy failed: {r.stdout} {r.stderr}"
 
 
-def _table(records: list[Record]) -> str:
-    return "\n".join(f"  {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} {r['transport']} "
-                     f"{r['klass']} {r['protocol']} {r['confidence']} {r['evidence']} pkts={r['packets']}"
-                     for r in records)
+def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab, Path], None],
+             budget: int = 24) -> list[Record]:
+    return capture_classify(tmp_path, ("curl", "openssl", *tools), lambda lb: drive(lb, tmp_path), ipv6=False,
+                            budget=budget)
 
 
 def _proxy_flows(records: list[Record], dport: int) -> list[Record]:
     hits = [r for r in records if r["transport"] == "tcp" and r["dport"] == dport and r["src"] == CLIENT_IP
             and r["dst"] == SERVER_IP]
-    assert hits, f"no flow to port {dport}:\n{_table(records)}"
+    assert hits, f"no flow to port {dport}:\n{flow_table(records)}"
     return hits
 
 
@@ -89,10 +74,10 @@ def _assert_only(records: list[Record], dport: int, protocol: str) -> None:
     hits = _proxy_flows(records, dport)
     for r in hits:
         assert (r["klass"], r["protocol"], r["confidence"]) == ("proxy_obfuscated", protocol, "heuristic"), \
-            f"proxy flow mislabelled:\n{_table([r])}"
+            f"proxy flow mislabelled:\n{flow_table([r])}"
         assert r["evidence"]
     others = [r for r in records if r not in hits and r["klass"] not in ("benign", "unknown")]
-    assert not others, f"flows wrongly flagged:\n{_table(others)}"
+    assert not others, f"flows wrongly flagged:\n{flow_table(others)}"
 
 
 def _v2ray(lb: Lab, d: Path, inbound: dict[str, Any], outbound: dict[str, Any]) -> None:
@@ -159,9 +144,9 @@ def test_direct_https_is_plain_tls(tmp_path: Path) -> None:
 
     records = _capture(tmp_path, (), drive, budget=SSH_BUDGET)
     for r in _proxy_flows(records, HTTPS_PORT):
-        assert (r["klass"], r["protocol"]) == ("benign", "tls"), _table([r])
+        assert (r["klass"], r["protocol"]) == ("benign", "tls"), flow_table([r])
     flagged = [r for r in records if r["klass"] not in ("benign", "unknown")]
-    assert not flagged, _table(flagged)
+    assert not flagged, flow_table(flagged)
 
 
 # ---------------------------------------------------------------- OpenSSH
@@ -226,12 +211,12 @@ def test_ssh_dynamic_and_local_forwarding_are_flagged(tmp_path: Path) -> None:
 
     records = _capture(tmp_path, ("sshd", "ssh", "ssh-keygen", "python3"), drive, budget=SSH_BUDGET)
     flows = _ssh_flows(records)
-    assert len(flows) == 2, _table(records)
+    assert len(flows) == 2, flow_table(records)
     for r in flows:
         assert (r["klass"], r["protocol"], r["confidence"]) == \
-            ("proxy_obfuscated", "ssh_forwarding", "heuristic"), _table([r])
+            ("proxy_obfuscated", "ssh_forwarding", "heuristic"), flow_table([r])
     others = [r for r in records if r not in flows and r["klass"] not in ("benign", "unknown")]
-    assert not others, _table(others)
+    assert not others, flow_table(others)
 
 
 # Types a few shell commands on a pty, one key at a time, waiting for each echo like a person would.
@@ -276,8 +261,8 @@ def test_interactive_ssh_and_scp_are_not_flagged(tmp_path: Path) -> None:
 
     records = _capture(tmp_path, ("sshd", "ssh", "scp", "ssh-keygen", "python3"), drive, budget=SSH_BUDGET)
     flows = _ssh_flows(records)
-    assert len(flows) == 4, _table(records)
+    assert len(flows) == 4, flow_table(records)
     for r in flows:
-        assert (r["klass"], r["protocol"]) == ("benign", "ssh"), _table([r])
+        assert (r["klass"], r["protocol"]) == ("benign", "ssh"), flow_table([r])
     flagged = [r for r in records if r["klass"] not in ("benign", "unknown")]
-    assert not flagged, _table(flagged)
+    assert not flagged, flow_table(flagged)

@@ -8,15 +8,14 @@ the capture offline: the tunnel flow must carry the expected verdict and nothing
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools, sh
+from support.captures import capture_classify, flow_table
+from support.netns import CLIENT_IP, SERVER_IP, Lab, sh
 from support.pki import leaf, make_pki
-from tunnelwatch.offline import classify_file
 
 pytestmark = pytest.mark.integration
 
@@ -29,30 +28,16 @@ OCSERV_NET, OCSERV_PORT = "10.66.0.0", 443
 SECRET = "lab-only-secret"
 
 
-def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab], None]) -> list[Record]:
-    require_tools("tcpdump", "ping", "ss", *tools)
-    pcap = tmp_path / "wan0.pcap"
-    with lab(tmp_path, ipv6=False) as lb, lb.capture(lb.router, "wan0", pcap):
-        drive(lb)
-    return list(classify_file(str(pcap)))
-
-
-def _table(records: list[Record]) -> str:
-    return "\n".join(f"  {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} {r['transport']} "
-                     f"{r['klass']} {r['protocol']} {r['confidence']} {r['evidence']} pkts={r['packets']}"
-                     for r in records)
-
-
 def _assert_only(records: list[Record], transport: str, dport: int, protocol: str, confidence: str) -> Record:
     """Exactly one client->server flow of `transport`/`dport` with that verdict; no other flow flagged."""
     hits = [r for r in records if r["transport"] == transport and r["dport"] == dport
             and r["src"] == CLIENT_IP and r["dst"] == SERVER_IP]
-    assert len(hits) == 1, f"expected one {transport}/{dport} flow from the client:\n{_table(records)}"
+    assert len(hits) == 1, f"expected one {transport}/{dport} flow from the client:\n{flow_table(records)}"
     rec = hits[0]
     assert (rec["klass"], rec["protocol"], rec["confidence"]) == ("vpn_tunnel", protocol, confidence), \
-        f"tunnel flow mislabelled:\n{_table([rec])}"
+        f"tunnel flow mislabelled:\n{flow_table([rec])}"
     others = [r for r in records if r is not rec and r["klass"] not in BENIGN]
-    assert not others, f"flows wrongly flagged:\n{_table(others)}\nall flows:\n{_table(records)}"
+    assert not others, f"flows wrongly flagged:\n{flow_table(others)}\nall flows:\n{flow_table(records)}"
     return rec
 
 
@@ -74,7 +59,7 @@ def test_iodine_dns_tunnel(tmp_path: Path) -> None:
         lb.wait_for_log("iodine", "Connection setup complete", timeout=25)
         _ping(lb, IODINE_SERVER_TUN)
 
-    records = _capture(tmp_path, ("iodine", "iodined"), drive)
+    records = capture_classify(tmp_path, ("iodine", "iodined"), drive, ipv6=False)
     rec = _assert_only(records, "udp", 53, "iodine", "confirmed")
     assert any("VACK" in e for e in rec["evidence"])
 
@@ -99,7 +84,7 @@ def test_ptunnel_icmp_tunnel(tmp_path: Path) -> None:
         assert "through the ping tunnel" in r.stdout, f"curl through ptunnel: {r.stdout} {r.stderr}\n" \
             f"{lb.log('ptunnel-client')[-2000:]}"
 
-    records = _capture(tmp_path, ("ptunnel", "stdbuf", "curl", "python3"), drive)
+    records = capture_classify(tmp_path, ("ptunnel", "stdbuf", "curl", "python3"), drive, ipv6=False)
     rec = _assert_only(records, "icmp", 0, "ptunnel", "confirmed")
     assert any("0xD5200880" in e for e in rec["evidence"])
 
@@ -170,20 +155,20 @@ def test_ocserv_openconnect(tmp_path: Path, sessions: int) -> None:
             if n + 1 < sessions:
                 lb.stop(f"openconnect{n}")
 
-    records = _capture(tmp_path, ("ocserv", "openconnect", "openssl"), drive)
+    records = capture_classify(tmp_path, ("ocserv", "openconnect", "openssl"), drive, ipv6=False)
     records.sort(key=lambda r: float(r["first_seen"]))
     dtls = [r for r in records if r["transport"] == "udp" and r["dport"] == OCSERV_PORT]
     labels = [(r["klass"], r["protocol"], r["confidence"]) for r in dtls]
-    assert labels == [("vpn_tunnel", "anyconnect", "confirmed")] * sessions, _table(records)
+    assert labels == [("vpn_tunnel", "anyconnect", "confirmed")] * sessions, flow_table(records)
     tcp = [r for r in records if r["transport"] == "tcp" and r["dport"] == OCSERV_PORT]
     # The first session's CSTP (TLS) channel opens before any DTLS: ordinary-looking TLS, honestly not
     # flagged. Once a DTLS channel confirmed the gateway, later TLS connections to it are tagged.
     tagged = [r for r in tcp if r["protocol"] == "anyconnect"]
-    assert all(r["protocol"] in ("tls", "anyconnect") for r in tcp), _table(tcp)
-    assert tcp[0]["protocol"] == "tls", _table(tcp)
+    assert all(r["protocol"] in ("tls", "anyconnect") for r in tcp), flow_table(tcp)
+    assert tcp[0]["protocol"] == "tls", flow_table(tcp)
     if sessions == 1:
-        assert not tagged, _table(tcp)
+        assert not tagged, flow_table(tcp)
     else:
-        assert tagged and all(r["confidence"] == "confirmed" for r in tagged), _table(tcp)
+        assert tagged and all(r["confidence"] == "confirmed" for r in tagged), flow_table(tcp)
     others = [r for r in records if r not in dtls and r not in tagged and r["klass"] not in BENIGN]
-    assert not others, f"flows wrongly flagged:\n{_table(others)}"
+    assert not others, f"flows wrongly flagged:\n{flow_table(others)}"

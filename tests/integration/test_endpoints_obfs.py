@@ -247,13 +247,15 @@ def test_xor_obfuscated_openvpn_heuristic_and_plain_still_confirmed(tmp_path: Pa
 # connection and prints how many came back. Both bounded in time and count.
 _TLS_ECHO = r"""
 import socket, ssl, sys, threading
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+tls = len(sys.argv) > 3  # with a certificate and key: TLS, else plain TCP
+if tls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
 srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
 srv.settimeout(60)
-print("tls echo ready", flush=True)
+print("line echo ready", flush=True)
 def serve(conn):
-    with ctx.wrap_socket(conn, server_side=True) as c:
+    with (ctx.wrap_socket(conn, server_side=True) if tls else conn) as c:
         c.settimeout(15)
         f = c.makefile("rwb")
         for _ in range(200):
@@ -305,7 +307,7 @@ def test_a_listed_tls_connection_is_blocked(tmp_path: Path) -> None:
         echo = _script(tmp_path, "tlsecho", _TLS_ECHO)
         lb.spawn(lb.server, [sys.executable, echo, SERVER_IP, str(ECHO_PORT), str(pki / "server.crt"),
                              str(pki / "server.key")], "echo")
-        lb.wait_for_log("echo", "tls echo ready")
+        lb.wait_for_log("echo", "line echo ready")
         lb.spawn(lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)], "daemon")
         lb.wait_for_log("daemon", "ready:", timeout=20)
         client = _script(tmp_path, "tlsclient", _TLS_CLIENT)
@@ -316,25 +318,7 @@ def test_a_listed_tls_connection_is_blocked(tmp_path: Path) -> None:
         assert back < 30, back
 
 
-# A plain TCP line echo server, and a client sending one line every 0.2 s on ONE connection.
-_TCP_ECHO = r"""
-import socket, sys, threading
-srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
-srv.settimeout(60)
-print("tcp echo ready", flush=True)
-def serve(c):
-    c.settimeout(15)
-    f = c.makefile("rwb")
-    for _ in range(200):
-        line = f.readline()
-        if not line:
-            return
-        f.write(line)
-        f.flush()
-for _ in range(4):
-    conn, _ = srv.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"""
+# The same client without TLS (the echo server is plain TCP without a certificate).
 _TCP_CLIENT = _TLS_CLIENT.replace("ctx.wrap_socket(socket.create_connection(", "(socket.create_connection(")
 
 
@@ -354,9 +338,9 @@ def test_an_undecided_flow_is_decided_when_it_goes_quiet_and_the_block_reaches_t
                    "policy:\n  klass: {vpn_tunnel: {mode: enforce, min_confidence: list}}\n"
                    f"log: {{level: debug}}\nstatus: {{socket: {tmp_path / 'status.sock'}}}\n")
     with lab(tmp_path, ipv6=False) as lb:
-        echo = _script(tmp_path, "tcpecho", _TCP_ECHO)
+        echo = _script(tmp_path, "tcpecho", _TLS_ECHO)
         lb.spawn(lb.server, [sys.executable, echo, SERVER_IP, str(ECHO_PORT)], "echo")
-        lb.wait_for_log("echo", "tcp echo ready")
+        lb.wait_for_log("echo", "line echo ready")
         lb.spawn(lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)], "daemon")
         lb.wait_for_log("daemon", "ready:", timeout=20)
         client = _script(tmp_path, "tcpclient", _TCP_CLIENT)

@@ -7,46 +7,11 @@ import random
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
-from support import mutate
-from tunnelwatch.classify import load_classifiers
-from tunnelwatch.classify.base import Verdict
-from tunnelwatch.classify.sshfwd import SshForward
-from tunnelwatch.engine import Engine
-from tunnelwatch.packet import parse_ip
+from support import feed_raw, mutate, one_verdict
 
 C, S = "192.0.2.10", "198.51.100.7"
 NAMES = ["ssh_forwarding", "common"]
 rnd = random.Random(3)
-
-
-def _engine(budget: int, deep: dict[tuple[int, int], int] | None = None) -> Engine:
-    return Engine([SshForward(), *load_classifiers(["common"])], budget=budget, deep=deep)
-
-
-def one_verdict(packets: list[IP], *, budget: int = 24, names: object = None,
-                deep: dict[tuple[int, int], int] | None = None) -> Verdict:
-    """The single flow's verdict from SshForward + common (see support.one_verdict)."""
-    ended: list[Verdict] = []
-    engine = _engine(budget, deep)
-    engine.on_end = lambda f, v: ended.append(v)
-    for i, p in enumerate(packets):
-        pkt = parse_ip(bytes(p), 1000.0 + i * 0.01)
-        assert pkt is not None
-        engine.process(pkt)
-    engine.flush()
-    assert len(ended) == 1, ended
-    return ended[0]
-
-
-def feed_raw(names: object, raws: list[bytes], *, budget: int = 24) -> Engine:
-    """Feed raw IP packets; return the flushed engine (its classifier_errors must stay 0)."""
-    engine = _engine(budget)
-    for i, raw in enumerate(raws):
-        pkt = parse_ip(raw, 1000.0 + i)
-        assert pkt is not None
-        engine.process(pkt)
-    engine.flush()
-    return engine
 
 
 def pkt(d: int, n: int) -> IP:
