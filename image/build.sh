@@ -12,7 +12,9 @@
 #   IMAGE_LOCK=warn|strict|off compare installed versions with image/lock/ARCH.lock (default warn)
 #   COMPRESS=zstd|none        also write IMAGE.img.zst (default none)
 #   SRC_REF=HEAD              build tunnelwatch from that git commit instead of the work tree
-#   KEEP_BUILDER=1            reuse OUTDIR/builder (the wheel build chroot) when its package list is unchanged
+#   KEEP_BUILDER=1            reuse OUTDIR/builder (the wheel build chroot) when its package list is unchanged,
+#                             and the dependency wheels built in it when python-requirements.txt is unchanged
+#                             (tunnelwatch's own wheel is always rebuilt from the sources)
 set -euo pipefail
 
 ARCH=${1:?usage: image/build.sh amd64|arm64 [OUTDIR]}
@@ -109,7 +111,16 @@ else
 fi
 
 step "wheels: tunnelwatch (this checkout) + pinned dependencies (image/python-requirements.txt)"
-rm -rf "$B/src" "$B/wheels" "$OUT/wheels" "$OUT/src"
+REUSE_DEPS=
+if [ -n "${KEEP_BUILDER:-}" ] && [ "$(cat "$B/wheels/.stamp" 2>/dev/null)" = "$BSTAMP" ]; then
+    # compiling netfilterqueue/systemd-python under qemu-user is minutes: only tunnelwatch changes here
+    REUSE_DEPS=1
+    rm -f "$B"/wheels/tunnelwatch-*.whl
+    say "reusing the dependency wheels in $B/wheels"
+else
+    rm -rf "$B/wheels"
+fi
+rm -rf "$B/src" "$OUT/wheels" "$OUT/src"
 mkdir -p "$OUT/src"
 SRCPATHS=(daemon config systemd pyproject.toml README.md)
 if [ -n "${SRC_REF:-}" ]; then
@@ -132,13 +143,20 @@ mount_chroot "$B"
 cp /etc/ssl/certs/ca-certificates.crt "$B/etc/tw-build-ca.crt"
 # env -i: the host's PIP_* settings (indexes, constraints) must not leak into the image build
 chroot "$B" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_USE_PEP517=1 PIP_CERT=/etc/tw-build-ca.crt sh -euc '
-    python3 -m venv /venv
-    /venv/bin/pip wheel -q --no-deps --wheel-dir /wheels -r /src/requirements.txt /src
-    cp /usr/share/python-wheels/pip-*.whl /wheels/'
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_USE_PEP517=1 PIP_CERT=/etc/tw-build-ca.crt \
+    REUSE_DEPS="$REUSE_DEPS" sh -euc '
+    [ -x /venv/bin/pip ] || python3 -m venv /venv
+    if [ -n "$REUSE_DEPS" ]; then
+        /venv/bin/pip wheel -q --no-deps --wheel-dir /wheels /src
+    else
+        /venv/bin/pip wheel -q --no-deps --wheel-dir /wheels -r /src/requirements.txt /src
+        cp /usr/share/python-wheels/pip-*.whl /wheels/
+    fi'
 umount_chroot "$B"
 trap - EXIT
-cp -r "$B/wheels" "$OUT/wheels"
+echo "$BSTAMP" > "$B/wheels/.stamp"
+mkdir -p "$OUT/wheels"
+cp "$B"/wheels/*.whl "$OUT/wheels/"
 say "wheels: $(cd "$OUT/wheels" && ls | sed -E 's/-(cp311|py3).*//' | tr '\n' ' ')"
 
 # --- rootfs -------------------------------------------------------------------------------------------
@@ -148,6 +166,7 @@ rm -rf "$R"
 export TW_REPO=$OUT/src TW_IMAGE=$HERE TW_ARCH=$ARCH TW_WHEELS=$OUT/wheels TW_VERSION=$VERSION
 mmdebstrap "${QUIET[@]}" --mode=root --variant=minbase --architectures="$ARCH" "${SLIM[@]}" "${CACHE[@]}" \
     --include="$(pkgs "$HERE/packages/common.txt" "$HERE/packages/$ARCH.txt")" \
+    --essential-hook="\"$HERE/hooks/initramfs.sh\" defer \"\$1\"" \
     --customize-hook="\"$HERE/hooks/customize.sh\" \"\$1\"" \
     "$SUITE" "$R" "${SOURCES[@]}"
 say "rootfs: $(du -sh --exclude=proc "$R" | cut -f1)"

@@ -78,6 +78,8 @@ linux   /tunnelwatch/vmlinuz
 initrd  /tunnelwatch/initrd.img
 options root=PARTUUID=7477e5b3-0000-4000-8000-000000000002 ro rootwait console=tty0 console=ttyS0,115200n8
 EOF
+    # the initrd, once (hooks/initramfs.sh); its post-update hook copies it to the ESP, as update-esp does
+    "$TW_IMAGE/hooks/initramfs.sh" build "$R"
     inside /usr/lib/tunnelwatch/update-esp
     [ -s "$E/tunnelwatch/vmlinuz" ] && [ -s "$E/tunnelwatch/initrd.img" ] || { echo "no kernel on the ESP" >&2; exit 1; }
     install -m 0644 "$TW_IMAGE/provision.example.yaml" "$E/tunnelwatch-provision.yaml.example"
@@ -100,6 +102,8 @@ KERNEL_ARCH=arm64
 EOF
     mkdir -p "$R/boot/firmware"
     KVER=$(cd "$R/boot" && ls vmlinuz-* | sed 's/vmlinuz-//' | sort -V | tail -n 1)
+    # the initrd, once (hooks/initramfs.sh); its post-update hook (raspi-firmware) copies it to /boot/firmware
+    "$TW_IMAGE/hooks/initramfs.sh" build "$R"
     inside /etc/kernel/postinst.d/z50-raspi-firmware "$KVER" "/boot/vmlinuz-$KVER"
     inside /etc/initramfs/post-update.d/z50-raspi-firmware "$KVER" "/boot/initrd.img-$KVER"
     [ -s "$R/boot/firmware/config.txt" ] || { echo "raspi-firmware did not populate /boot/firmware" >&2; exit 1; }

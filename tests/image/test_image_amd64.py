@@ -68,6 +68,19 @@ def test_kernel_settings_for_the_daemon(amd64: Built) -> None:
         assert list((r / "lib/modules" / kver).rglob(f"{mod}.ko*")), f"{mod} not in kernel {kver}"
 
 
+def test_initramfs_built_once_and_update_initramfs_restored(amd64: Built) -> None:
+    # image/hooks/initramfs.sh diverts update-initramfs during the install; the image must get Debian's back
+    r = amd64.rootfs
+    assert chroot(r, "dpkg-divert", "--list", "/usr/sbin/update-initramfs").stdout.strip() == ""
+    assert "deferred" not in (r / "usr/sbin/update-initramfs").read_text()
+    assert not (r / "usr/sbin/update-initramfs.tw-deferred").exists()
+    initrds = sorted(p.name for p in (r / "boot").glob("initrd.img-*"))
+    assert len(initrds) == 1 and initrds[0].endswith("-amd64"), initrds  # no .dpkg-bak / .new leftovers
+    # FSTYPE=ext4 (overlay conf.d): without it the chroot build leaves fsck.ext4 out and root goes unchecked
+    files = chroot(r, "lsinitramfs", f"/boot/{initrds[0]}").stdout.split()
+    assert "usr/sbin/fsck.ext4" in files, [f for f in files if "fsck" in f]
+
+
 def test_no_compiler_and_no_pip(amd64: Built) -> None:
     r = amd64.rootfs
     for cc in ("gcc", "cc", "c++", "g++", "cpp", "clang", "x86_64-linux-gnu-gcc"):

@@ -35,6 +35,18 @@ def test_arm64_rootfs_runs_tunnelwatch(arm64: Built) -> None:
         assert not (r / "usr/bin" / cc).exists()
 
 
+def test_arm64_initramfs_built_once_and_update_initramfs_restored(arm64: Built) -> None:
+    # image/hooks/initramfs.sh diverts update-initramfs during the install; the image must get Debian's back
+    r = arm64.rootfs
+    assert chroot(r, "dpkg-divert", "--list", "/usr/sbin/update-initramfs").stdout.strip() == ""
+    assert "deferred" not in (r / "usr/sbin/update-initramfs").read_text()
+    initrds = sorted(p.name for p in (r / "boot").glob("initrd.img-*"))
+    assert len(initrds) == 1 and initrds[0].endswith("-arm64"), initrds  # no .dpkg-bak / .new leftovers
+    # FSTYPE=ext4 (overlay conf.d): without it the chroot build leaves fsck.ext4 out and root goes unchecked
+    files = chroot(r, "lsinitramfs", f"/boot/{initrds[0]}").stdout.split()
+    assert "usr/sbin/fsck.ext4" in files, [f for f in files if "fsck" in f]
+
+
 def test_arm64_pi_boot_partition(arm64: Built) -> None:
     fw = arm64.rootfs / "boot/firmware"
     if arm64.image is not None:
@@ -48,3 +60,5 @@ def test_arm64_pi_boot_partition(arm64: Built) -> None:
     for f in ("config.txt", "cmdline.txt", "start4.elf", "bcm2711-rpi-4-b.dtb",
               "tunnelwatch-provision.yaml.example"):
         assert f in names, sorted(names)
+    # the Debian kernel needs its initrd on the FAT partition (ext4 and the SD controller are modules)
+    assert any(n.startswith("initrd.img-") for n in names), sorted(names)
