@@ -19,6 +19,7 @@ import pytest
 
 from support.captures import flow_table
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
+from support.sshd import start_sshd
 from tunnelwatch.offline import classify_file
 
 pytestmark = pytest.mark.integration
@@ -155,20 +156,8 @@ def test_obfs4proxy_standalone(tmp_path: Path) -> None:
 
 def test_openssh_sessions_are_not_flagged_as_fully_encrypted(tmp_path: Path) -> None:
     def drive(lb: Lab, d: Path) -> None:
-        key = d / "id_ed25519"
-        lb.run(lb.client, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
-        lb.run(lb.server, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
-        (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
-        os.chmod(d, 0o700)
-        # sshd insists on its privilege separation directory (systemd's RuntimeDirectory normally makes it)
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        lb.spawn(lb.server, ["/usr/sbin/sshd", "-D", "-e", "-p", "2222", "-h", str(d / "host_key"),
-                             "-o", f"AuthorizedKeysFile={d / 'authorized_keys'}", "-o", "StrictModes=no",
-                             "-o", "PidFile=none", "-o", "UsePAM=no", "-o", f"ListenAddress={SERVER_IP}"],
-                 "sshd")
-        lb.wait_for_log("sshd", "Server listening on")
-        ssh = ["ssh", "-i", str(key), "-p", "2222", "-o", "StrictHostKeyChecking=no", "-o",
-               "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+        opts = start_sshd(lb, d)
+        ssh = ["ssh", *opts, "-p", "2222"]
         # dynamic forwarding (-D) with a download through it
         lb.spawn(lb.client, [*ssh, "-N", "-D", "127.0.0.1:1082", f"root@{SERVER_IP}"], "ssh-D")
         _listening(lb, lb.client, 1082)
@@ -176,9 +165,8 @@ def test_openssh_sessions_are_not_flagged_as_fully_encrypted(tmp_path: Path) -> 
         # a command session and scp
         r = lb.run(lb.client, *ssh, f"root@{SERVER_IP}", "echo", "hello-from-ssh")
         assert "hello-from-ssh" in r.stdout
-        lb.run(lb.client, "scp", "-i", str(key), "-P", "2222", "-o", "StrictHostKeyChecking=no", "-o",
-               "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-               f"root@{SERVER_IP}:{d / 'www' / 'file.bin'}", str(d / "copy.bin"))
+        lb.run(lb.client, "scp", *opts, "-P", "2222", f"root@{SERVER_IP}:{d / 'www' / 'file.bin'}",
+               str(d / "copy.bin"))
         assert (d / "copy.bin").stat().st_size == PAYLOAD_BYTES
 
     records = _capture(tmp_path, ("sshd", "ssh", "scp", "ssh-keygen"), drive)

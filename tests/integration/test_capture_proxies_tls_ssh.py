@@ -21,6 +21,7 @@ import pytest
 from support.captures import capture_classify, flow_table
 from support.netns import CLIENT_IP, SERVER_IP, Lab
 from support.pki import leaf, make_pki
+from support.sshd import start_sshd
 
 pytestmark = pytest.mark.integration
 
@@ -151,23 +152,6 @@ def test_direct_https_is_plain_tls(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- OpenSSH
 
-def _sshd(lb: Lab, d: Path) -> list[str]:
-    """Start sshd on SERVER_IP:2222 with a fresh client key; return the ssh command prefix."""
-    key = d / "id_ed25519"
-    lb.run(lb.client, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
-    lb.run(lb.server, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
-    (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
-    os.chmod(d, 0o700)
-    # sshd insists on its privilege separation directory (systemd's RuntimeDirectory normally makes it)
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    lb.spawn(lb.server, ["/usr/sbin/sshd", "-D", "-e", "-p", "2222", "-h", str(d / "host_key"),
-                         "-o", f"AuthorizedKeysFile={d / 'authorized_keys'}", "-o", "StrictModes=no",
-                         "-o", "PidFile=none", "-o", "UsePAM=no", "-o", f"ListenAddress={SERVER_IP}"], "sshd")
-    lb.wait_for_log("sshd", "Server listening on")
-    return ["-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
-
-
 def _ssh_flows(records: list[Record]) -> list[Record]:
     return [r for r in records if r["transport"] == "tcp" and r["dport"] == 2222]
 
@@ -197,7 +181,7 @@ def _browse(lb: Lab, *proxy: str, base: str = "http://127.0.0.1:8000") -> None:
 def test_ssh_dynamic_and_local_forwarding_are_flagged(tmp_path: Path) -> None:
     def drive(lb: Lab, d: Path) -> None:
         _web(lb, d)
-        opts = _sshd(lb, d)
+        opts = start_sshd(lb, d)
         lb.spawn(lb.client, ["ssh", *opts, "-p", "2222", "-N", "-D", "127.0.0.1:1082", f"root@{SERVER_IP}"],
                  "ssh-D")
         _listening(lb, lb.client, 1082)
@@ -247,7 +231,7 @@ print("typed", out.count(b"typed-by-a-person"))
 
 def test_interactive_ssh_and_scp_are_not_flagged(tmp_path: Path) -> None:
     def drive(lb: Lab, d: Path) -> None:
-        opts = _sshd(lb, d)
+        opts = start_sshd(lb, d)
         (d / "big.bin").write_bytes(os.urandom(1_000_000))
         r = lb.run(lb.client, "python3", "-c", _TYPIST, *opts, "-p", "2222", f"root@{SERVER_IP}",
                    "env PS1='# ' sh -i", timeout=60)
