@@ -16,7 +16,7 @@ from tunnelwatch import __version__
 from tunnelwatch.engine import DEFAULT_BUDGET
 
 if TYPE_CHECKING:
-    from tunnelwatch.endpoints import EndpointIndex
+    from tunnelwatch.endpoints import EndpointIndex, Endpoints
     from tunnelwatch.registry import Registry
     from tunnelwatch.runconfig import RunConfig
 
@@ -80,18 +80,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
-def _load(path: str) -> tuple[RunConfig, Registry] | None:
-    """The config and its registry, or None after printing every problem (exit 78)."""
+def _load(path: str) -> tuple[RunConfig, Registry, Endpoints] | None:
+    """The config, its registry and its endpoint lists, or None after printing every problem (exit 78)."""
+    from tunnelwatch.endpoints import Endpoints
     from tunnelwatch.registry import Registry
     from tunnelwatch.runconfig import ConfigError, load_config
 
     try:
         cfg = load_config(Path(path))
-        if cfg.endpoints.lists:
-            from tunnelwatch.endpoints import Endpoints
-
-            Endpoints(cfg.endpoints, strict=True)  # the list files too: a technician's typo shows here
-        return cfg, Registry.load(cfg.registry) if cfg.registry is not None else Registry()
+        endpoints = Endpoints(cfg.endpoints, strict=True)  # the list files too: typos show here
+        registry = Registry.load(cfg.registry) if cfg.registry is not None else Registry()
+        return cfg, registry, endpoints
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -105,7 +104,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     loaded = _load(args.file)
     if loaded is None:
         return EX_CONFIG
-    cfg, registry = loaded
+    cfg, registry, _ = loaded
     dropins = f" + {len(cfg.sources) - 1} drop-in(s): {', '.join(Path(s).name for s in cfg.sources[1:])}" \
         if len(cfg.sources) > 1 else ""
     print(f"configuration OK: {args.file}{dropins}")
@@ -123,10 +122,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if loaded is None:
         return EX_CONFIG
-    cfg, registry = loaded
+    cfg, registry, endpoints = loaded
     setup_logging("debug" if args.verbose else cfg.log_level, journal=cfg.log_journal)
     try:
-        return run(cfg, registry, Path(args.config), verbose=args.verbose)
+        return run(cfg, registry, Path(args.config), verbose=args.verbose, endpoints=endpoints)
     except FirewallError as exc:
         print(f"tunnelwatch: error: firewall: {exc}", file=sys.stderr)
         return EX_PARTIAL

@@ -300,13 +300,20 @@ def _poke(fd: int) -> None:
         os.write(fd, b"\0")
 
 
-def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose: bool = False) -> int:
-    """Run until SIGTERM/SIGINT, then remove our rules; returns the exit code."""
-    try:
-        endpoints = Endpoints(cfg.endpoints, strict=True)
-    except ConfigError as exc:
-        log.error("endpoint lists invalid (%d problem(s), see above): not starting", len(exc.problems))
-        return EX_CONFIG
+def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose: bool = False,
+        endpoints: Endpoints | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then remove our rules; returns the exit code. `endpoints`: the lists
+    as already loaded and checked with the config (`tunnelwatch run`); else they are loaded here."""
+    if endpoints is None:
+        try:
+            endpoints = Endpoints(cfg.endpoints, strict=True)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("endpoints: %s", problem)
+            log.error("endpoint lists invalid (%d problem(s)): not starting", len(exc.problems))
+            return EX_CONFIG
+    if cfg.endpoints.lists:
+        log.info("%s", endpoints.summary())
     sig = Signals()
     notifier = Notifier()
     app = Appliance(cfg, registry)

@@ -289,11 +289,16 @@ class Endpoints:
         self.lists: dict[Path, EndpointList] = {}
         self.mtimes: dict[Path, tuple[int, int]] = {}
         self.index = EndpointIndex([])
-        problems = self._read(cfg.lists)
+        # strict (start-up): the caller reports the problems and the summary once logging is set up
+        problems = self._read(cfg.lists, quiet=strict)
         if problems and strict:
             raise ConfigError(problems)
 
-    def _read(self, sources: tuple[ListSource, ...]) -> list[str]:
+    def summary(self) -> str:
+        """One line for the log: entries and lists in use."""
+        return f"endpoints: {self.index.count} entries from {len(self.cfg.lists)} list(s)"
+
+    def _read(self, sources: tuple[ListSource, ...], *, quiet: bool = False) -> list[str]:
         problems: list[str] = []
         for src in sources:
             self.mtimes[src.path] = _mtime(src.path)
@@ -301,14 +306,16 @@ class Endpoints:
                 self.lists[src.path] = load_list(src)
             except ConfigError as exc:
                 problems += exc.problems
+                if quiet:
+                    continue
                 for p in exc.problems:
                     log.error("endpoints: %s", p)
                 kept = self.lists.get(src.path)
                 what = f"the last good list ({len(kept.entries)} entries)" if kept else "no list (none yet)"
                 log.error("endpoints: %s: keeping %s", src.path, what)
         self.index = EndpointIndex([self.lists[s.path] for s in self.cfg.lists if s.path in self.lists])
-        if sources:
-            log.info("endpoints: %d entries from %d list(s)", self.index.count, len(self.cfg.lists))
+        if sources and not quiet:
+            log.info("%s", self.summary())
         return problems
 
     def reload(self, cfg: EndpointsConfig | None = None) -> list[str]:
