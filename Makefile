@@ -4,47 +4,69 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus/ndpi
-# System packages: build deps for netfilterqueue/systemd-python, and the real peers the tests drive.
-APT_PKGS := python3-venv gcc pkg-config libnetfilter-queue-dev libsystemd-dev systemd iproute2 iptables ipset \
-	conntrack nftables iperf3 nfdump tshark iputils-ping tcpdump openvpn wireguard-go wireguard-tools strongswan strongswan-swanctl libcharon-extra-plugins xl2tpd \
-	pptpd pptp-linux baresip sip-tester openssl curl procps psmisc chromium \
-	kamailio kamailio-tls-modules coturn tinc n2n fastd iodine ptunnel ocserv openconnect \
-	shadowsocks-libev v2ray obfs4proxy openssh-server openssh-client faketime
+# System packages, in three sets so each command installs only what it needs (scripts/apt-install.sh installs
+# them with apt's progress shown and leaves no system service enabled: the tests start their own peers).
+# Base: what `pip install` compiles (netfilterqueue, systemd-python need the Python headers and these -dev
+# packages) and the kernel tools the daemon drives.
+BASE_PKGS := make python3 python3-venv python3-dev gcc pkg-config libnetfilter-queue-dev libsystemd-dev kmod \
+	iproute2 iptables ipset conntrack nftables procps
+# Demo: the peers of `tunnelwatch lab` (OpenVPN, WireGuard, HTTPS, SIP through the daemon).
+DEMO_PKGS := openvpn wireguard-go wireguard-tools openssl curl iputils-ping sip-tester
+# Tests: every real peer and collector the integration tests drive.
+TEST_PKGS := systemd iperf3 nfdump tshark tcpdump strongswan strongswan-swanctl libcharon-extra-plugins xl2tpd \
+	pptpd pptp-linux baresip psmisc chromium kamailio kamailio-tls-modules coturn tinc n2n fastd iodine \
+	ptunnel ocserv openconnect shadowsocks-libev v2ray obfs4proxy openssh-server openssh-client faketime
+APT_PKGS := $(BASE_PKGS) $(DEMO_PKGS) $(TEST_PKGS)
+# Kernel modules the rules need (a stock Debian kernel loads most on demand; a container may have them built
+# in or not be allowed to load them: then the daemon's own start-up check says what is missing).
+MODULES_FILE := image/overlay/common/etc/modules-load.d/tunnelwatch.conf
+PYTEST_ARGS ?= tests
 
-.PHONY: help setup system-deps demo test unit integration lint bench eval fuzz clean
-.PHONY: image image-deps image-rootfs image-lock image-test image-test-arm64
+.PHONY: help setup setup-demo setup-test kernel-modules demo test unit integration lint bench eval fuzz clean
+.PHONY: fresh-check image image-deps image-rootfs image-lock image-test image-test-arm64
 
 help:
-	@echo "make setup   - system packages (when root) + $(VENV) with tunnelwatch and test tools"
-	@echo "make demo    - classify the bundled sample captures and print the table"
-	@echo "make test    - setup, then lint, type-check, unit and integration tests"
-	@echo "make bench   - one table: classification vs nfstream (nDPI); router with/without daemon (root); flow-table memory/CPU at 10k-1M flows"
-	@echo "make fuzz    - atheris on every parser and loader, FUZZ_SECONDS (default 600) each"
-	@echo "make eval    - agreement with nDPI's labels on $(CORPUS)"
+	@echo "make setup      - base system packages (when root) + $(VENV) with tunnelwatch and test tools"
+	@echo "make demo       - set up for the demo, then (root) the enforcement lab in namespaces"
+	@echo "make test       - set up for the tests, then lint, type-check, unit and integration tests"
+	@echo "make fresh-check - the README's two commands in a fresh minimal Debian 12 root (mmdebstrap; root)"
+	@echo "make bench      - one table: classification vs nfstream (nDPI); router with/without daemon (root); flow-table memory/CPU at 10k-1M flows"
+	@echo "make fuzz       - atheris on every parser and loader, FUZZ_SECONDS (default 600) each"
+	@echo "make eval       - agreement with nDPI's labels on $(CORPUS)"
 	@echo "make image ARCH=amd64|arm64 - appliance disk image in build/image/ARCH (root; image/README.md)"
 	@echo "make image-rootfs ARCH=...  - only the root filesystem + manifest (arm64: the quick check)"
 	@echo "make image-test             - build + boot the amd64 image under qemu (tests/image)"
 	@echo "make image-test-arm64       - the arm64 rootfs under qemu-user (slow)"
 
-system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "== apt-get install (system packages)"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) \
-			$(IMAGE_APT_PKGS) >/dev/null; \
-	else echo "== not root or no apt-get: skipping system packages ($(APT_PKGS))"; fi
+kernel-modules:
+	@if [ "$$(id -u)" = 0 ] && command -v modprobe >/dev/null; then \
+		mods=$$(grep -v '^#' $(MODULES_FILE) | sort -u); failed=""; \
+		for m in $$mods; do [ -d /sys/module/$$m ] || modprobe -q $$m 2>/dev/null || failed="$$failed $$m"; done; \
+		if [ -n "$$failed" ]; then echo "== kernel modules not loadable here (built in, or not allowed in a container):$$failed"; \
+		else echo "== kernel modules loaded: $$(echo $$mods)"; fi; fi
 
 $(VENV)/.stamp: pyproject.toml
+	@echo "== $(VENV): pip install -e '.[test,daemon]' (compiles netfilterqueue and systemd-python)"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,daemon]'
+	$(BIN)/pip install --progress-bar off -e '.[test,daemon]'
 	touch $@
 
-setup: system-deps $(VENV)/.stamp
+setup:
+	scripts/apt-install.sh $(BASE_PKGS)
+	$(MAKE) --no-print-directory $(VENV)/.stamp
+
+setup-demo:
+	scripts/apt-install.sh $(BASE_PKGS) $(DEMO_PKGS)
+	$(MAKE) --no-print-directory kernel-modules $(VENV)/.stamp
+
+setup-test:
+	scripts/apt-install.sh $(APT_PKGS) $(IMAGE_APT_PKGS)
+	$(MAKE) --no-print-directory kernel-modules $(VENV)/.stamp
 
 # As root: the namespace lab (real OpenVPN, WireGuard, HTTPS, SIP through the daemon in enforce mode).
 # Otherwise: the offline classifier over the sample captures shipped in the package.
-demo: setup
+demo: setup-demo
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/tunnelwatch lab; else \
 		echo "== not root: the enforcement lab needs root (network namespaces); classifying the golden captures"; \
 		$(BIN)/tunnelwatch classify --format table tests/data/captures/*.pcap; fi
@@ -59,8 +81,13 @@ unit: $(VENV)/.stamp
 integration: $(VENV)/.stamp
 	$(BIN)/pytest -q tests/integration
 
-test: setup lint
-	$(BIN)/pytest -q -rs tests
+test: setup-test
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
+
+# The README's two commands in a fresh minimal bookworm root (tests/fresh/README.md).
+fresh-check:
+	tests/fresh/run.sh
 
 eval: $(VENV)/.stamp
 	$(BIN)/python -m tunnelwatch.evaluate --corpus $(CORPUS)
@@ -81,16 +108,13 @@ ARCH ?= amd64
 # Build tools for `make image` and tests/image (qemu-system-x86 + ovmf boot the amd64 image; qemu-user-static
 # + binfmt-support run the arm64 rootfs).
 IMAGE_APT_PKGS := mmdebstrap dosfstools mtools fdisk e2fsprogs zstd git qemu-system-x86 ovmf \
-	qemu-user-static binfmt-support
+	qemu-user-static binfmt-support arch-test
 
 image-deps:
 	@missing=$$(for p in $(IMAGE_APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then echo "== image build tools present"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "== apt-get install (image build tools):" $$missing; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then scripts/apt-install.sh $$missing; \
 	else echo "image: error: missing packages:" $$missing "(as root: apt-get install" $$missing")" >&2; exit 2; fi
 
 image: image-deps

@@ -53,11 +53,12 @@ HOSTARCH=$(dpkg --print-architecture)
 if [ "$ARCH" != "$HOSTARCH" ]; then
     need qemu-aarch64-static qemu-user-static
     need update-binfmts binfmt-support
+    need arch-test arch-test  # mmdebstrap runs it to see whether the foreign architecture executes
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     printf 'image[%s]: error: missing build tool: %s\n' "$ARCH" "${missing[@]}" >&2
     echo "image[$ARCH]: all at once: apt-get install mmdebstrap dosfstools mtools fdisk e2fsprogs zstd" \
-         "qemu-user-static binfmt-support qemu-system-x86 ovmf  (or: make image-deps)" >&2
+         "qemu-user-static binfmt-support arch-test qemu-system-x86 ovmf  (or: make image-deps)" >&2
     exit 2
 fi
 if [ "$ARCH" != "$HOSTARCH" ]; then
