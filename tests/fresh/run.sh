@@ -40,6 +40,12 @@ say "mmdebstrap $SUITE minbase + git, ca-certificates into $ROOT"
 mmdebstrap --quiet --variant=minbase --include=git,ca-certificates "$SUITE" "$ROOT" \
     "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY $SUITE-security main"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# Local CA certificates of this host (a TLS-intercepting egress, as in CI's sandbox, signs PyPI's
+# certificate with one): without them pip in the root cannot verify PyPI. A user's machine needs none.
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    chroot "$ROOT" update-ca-certificates >/dev/null
+fi
 git clone -q "$REPO" "$ROOT/root/tunnelwatch"
 say "root ready in $((SECONDS - t0)) s ($(du -sm --one-file-system "$ROOT" | cut -f1) MB)"
 
