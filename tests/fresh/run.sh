@@ -25,7 +25,9 @@ die() { printf 'fresh: error: %s\n' "$*" >&2; exit 1; }
 command -v mmdebstrap >/dev/null || scripts/apt-install.sh mmdebstrap
 command -v unshare >/dev/null || die "needs unshare (util-linux)"
 
-ROOT=$(mktemp -d /var/tmp/tunnelwatch-fresh.XXXXXX)
+# FRESH_REUSE=DIR: run the commands again in a root kept by an earlier FRESH_KEEP=1 run (debugging)
+REUSE=${FRESH_REUSE:-}
+ROOT=${REUSE:-$(mktemp -d /var/tmp/tunnelwatch-fresh.XXXXXX)}
 cleanup() {
     # processes started inside the root (a failed command's leftovers) go first, then the files
     for p in /proc/[0-9]*; do
@@ -36,6 +38,12 @@ cleanup() {
 trap cleanup EXIT
 
 t0=$SECONDS
+if [ -n "$REUSE" ]; then
+    say "reusing $ROOT"
+    rm -rf "$ROOT/root/tunnelwatch.prev"; mv "$ROOT/root/tunnelwatch" "$ROOT/root/tunnelwatch.prev"
+    git clone -q "$REPO" "$ROOT/root/tunnelwatch"
+    mv "$ROOT/root/tunnelwatch.prev/.venv" "$ROOT/root/tunnelwatch/" 2>/dev/null || true
+else
 say "mmdebstrap $SUITE minbase + git, ca-certificates into $ROOT"
 mmdebstrap --quiet --variant=minbase --include=git,ca-certificates "$SUITE" "$ROOT" \
     "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY $SUITE-security main"
@@ -48,6 +56,7 @@ if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
 fi
 git clone -q "$REPO" "$ROOT/root/tunnelwatch"
 say "root ready in $((SECONDS - t0)) s ($(du -sm --one-file-system "$ROOT" | cut -f1) MB)"
+fi
 
 units() {  # enabled units of the root: "<unit> <package>", one a line
     chroot "$ROOT" sh -c 'find /etc/systemd/system -mindepth 2 -maxdepth 2 -type l \
@@ -60,6 +69,8 @@ before=$(units)
 in_root() {  # run one shell command in the root, as root, in a private mount namespace
     unshare --mount --propagation private -- sh -c '
         set -e; r=$1; shift
+        # the root must be a mount point of its own: `ip netns exec` remounts / as a slave
+        mount --bind "$r" "$r"
         mount --rbind /dev "$r/dev"; mount -t proc proc "$r/proc"; mount --rbind /sys "$r/sys"
         mount -t tmpfs -o mode=755 tmpfs "$r/run"; mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
         exec chroot "$r" env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
