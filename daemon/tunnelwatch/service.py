@@ -131,7 +131,10 @@ class RateLimitFilter(logging.Filter):
 
     The first record is logged; repeats within `window` seconds are dropped and counted; the first
     repeat after the window is logged with "[repeated N times in the last S s]" appended and starts a new
-    window. So one template yields at most one line per window. Lower levels always pass.
+    window. So one template yields at most one line per window. Lower levels always pass. A record may
+    name its problem with `extra={"rate_key": ...}` (one generic template, several distinct problems,
+    as the uplink's "uplink: %s") or pass unconditionally with `extra={"rate_exempt": True}` (the first
+    failure of an outage must reach the log whatever came before it).
     """
 
     def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic,
@@ -144,9 +147,9 @@ class RateLimitFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """False drops the record; a record closing a window gets the repeat count appended."""
-        if record.levelno < self.level:
+        if record.levelno < self.level or getattr(record, "rate_exempt", False):
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, str(getattr(record, "rate_key", None) or record.msg))
         now = self.clock()
         seen = self._seen.get(key)
         if seen is not None and now - seen[0] < self.window:

@@ -323,7 +323,7 @@ class Uplink:
             self._may_drop = True
             self._batch_now = min(self._batch_max, self._batch_now * 2)
             self._update(sent_batches=1, sent_events=n, duplicates=int(outcome.duplicate), backoff_s=0.0,
-                         backlog=self._spool.backlog())
+                         backlog=self._spool.backlog(), last_error=None)
             return 0.0, True
         if outcome.kind == "smaller" or (outcome.kind == "reject" and n > 1):
             # split until the offending event is alone; nothing was stored, so new batch ids are fine
@@ -358,14 +358,18 @@ class Uplink:
             delay = backoff_delay(attempt, base=self._backoff_base, cap=self._backoff_max, rng=self._rng)
             self._note(f"{outcome.message}; retrying batch {batch.batch_id} in {delay:.2f}s", logging.WARNING,
                        key=outcome.message)
-        self._update(failures=1, last_error=outcome.message, backoff_s=delay)
+        # events spooled while this batch waits count too (the status showed 1 during a long outage)
+        self._update(failures=1, last_error=outcome.message, backoff_s=delay, backlog=self._spool.backlog())
         return delay, False
 
     def _note(self, message: str, level: int, *, key: str | None = None) -> None:
-        # one line per distinct failure, not one per retry: an outage must not flood the journal
+        # one line per distinct failure, not one per retry: an outage must not flood the journal; the
+        # log's rate limiter counts each problem on its own, and the first failure after a success is
+        # always logged (an earlier, unrelated uplink warning must not hide the start of an outage)
         k = key or message
         if k != self._last_logged:
-            log.log(level, "uplink: %s", message)
+            log.log(level, "uplink: %s", message,
+                    extra={"rate_key": f"uplink: {k}", "rate_exempt": not self._last_logged})
             self._last_logged = k
 
     # -- HTTP ---------------------------------------------------------------------------------------------

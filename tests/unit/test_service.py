@@ -274,3 +274,30 @@ def test_rate_limit_applies_through_setup_logging(clean_root: logging.Logger, mo
     assert err.count("tunnelwatch: WARNING: packet 0 truncated") == 1
     assert sum("truncated" in line for line in err) == 1
     assert sum("never limited" in line for line in err) == 50
+
+
+def test_distinct_problems_under_one_template_are_limited_apart() -> None:
+    clock = FakeClock()
+    f = RateLimitFilter(window=60.0, clock=clock)
+
+    def rec(problem: str, exempt: bool = False) -> logging.LogRecord:
+        r = _record("uplink: %s", problem)
+        r.rate_key, r.rate_exempt = f"uplink: {problem}", exempt
+        return r
+
+    assert f.filter(rec("HTTP 401"))
+    assert f.filter(rec("connection refused"))  # another problem: not a repeat of the 401
+    assert not f.filter(rec("connection refused"))  # the same problem again within the window
+    assert f.filter(rec("connection refused", exempt=True))  # the first failure of a new outage
+
+
+def test_first_failure_of_an_outage_is_logged_after_an_earlier_warning(
+        clean_root: logging.Logger, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    setup_logging("info")
+    lg = logging.getLogger("tunnelwatch.uplink")
+    lg.warning("uplink: %s", "collector busy (HTTP 503)", extra={"rate_key": "uplink: busy"})
+    lg.warning("uplink: %s", "connection refused", extra={"rate_key": "uplink: refused", "rate_exempt": True})
+    err = capsys.readouterr().err
+    assert "collector busy" in err and "connection refused" in err

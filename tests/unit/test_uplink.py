@@ -236,3 +236,27 @@ def test_collector_rejecting_everything_cannot_empty_the_spool(collector: Collec
         up.stop()
     assert up.stats()["rejected_events"] == 1 and spool.backlog() == 3
     assert sum("too (HTTP 400" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_backlog_follows_the_spool_during_an_outage_and_the_error_clears(
+        collector: Collector, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    collector.faults.fail = [503] * 10_000  # an outage until the test ends it
+    spool = MemSpool(_events(1))
+    up = _uplink(spool, collector, pki)
+    caplog.set_level(logging.INFO, "tunnelwatch.uplink")
+    up.start()
+    try:
+        assert up.wait_for(lambda s: s["failures"] >= 1, 10), up.stats()
+        with spool._lock:  # events spooled while the first batch waits for the collector
+            for i, ev in enumerate(_events(11), 100):
+                spool._rows[i] = ev
+        # the status showed the one event of the waiting batch before: it must count all twelve
+        assert up.wait_for(lambda s: s["backlog"] == 12, 10), up.stats()
+        assert "503" in str(up.stats()["last_error"])
+        collector.faults.fail = []  # the collector is back
+        assert up.wait_for(lambda s: s["backlog"] == 0 and s["sent_events"] == 12, 10), up.stats()
+    finally:
+        up.stop()
+    assert up.stats()["last_error"] is None  # cleared once the collector took a batch again
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("503" in m for m in messages) and any("delivery resumed" in m for m in messages)
