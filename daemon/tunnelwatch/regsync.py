@@ -50,6 +50,17 @@ class SyncResult:
     version: int | None
     message: str
 
+    def __post_init__(self) -> None:
+        # the message quotes what a server sent (HTTP reason phrase, TLS errors): control characters
+        # would forge log lines and fail the registry_rejected event's validation, losing the event
+        object.__setattr__(self, "message", clean_text(self.message))
+
+
+def clean_text(text: str, limit: int = 512) -> str:
+    """Printable text: control and other non-printable characters escaped, at most `limit` characters."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out[:limit]
+
 
 class Rejected(Exception):
     """A document or download that must not be applied."""

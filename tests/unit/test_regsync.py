@@ -158,3 +158,39 @@ def test_cli_keygen_sign_verify_round_trip(tmp_path: Path, capsys: pytest.Captur
     reg.write_text(BAD_REG)
     assert main(["sign", "--key", str(priv), "--version", "13", str(reg)]) == 78
     assert "not-an-address" in capsys.readouterr().err
+
+
+def test_control_characters_from_the_server_never_reach_log_or_event(tmp_path: Path,
+                                                                     isp: Ed25519PrivateKey) -> None:
+    import socket
+    import ssl
+    import threading
+
+    from support.pki import make_pki
+    from tunnelwatch.events import make_event
+
+    pki = make_pki(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve_one() -> None:
+        conn, _ = srv.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(4096)
+            tls.sendall(b"HTTP/1.1 503 Down\x1b[2J\x07 forged\x0bline\r\nContent-Length: 0\r\n\r\n")
+
+    t = threading.Thread(target=serve_one, daemon=True)
+    t.start()
+    (tmp_path / "registry.yaml").write_text(REG_V1)
+    box = RegistrySync(url=f"https://127.0.0.1:{port}/reg.json", public_key=pub_b64(isp), ca_file=str(pki.ca),
+                       state_dir=str(tmp_path / "state"), registry_path=str(tmp_path / "registry.yaml"),
+                       device_id="box-1", timeout=10)
+    res = box.sync_once()
+    t.join(10)
+    srv.close()
+    assert not res.ok and "HTTP 503" in res.message
+    assert res.message.isprintable() and "\\x1b[2J" in res.message  # escaped, still readable
+    ev = make_event("registry_rejected", device_id="box-1", source="sync", reason=res.message[:256])
+    assert ev["reason"] == res.message[:256]
