@@ -85,6 +85,19 @@ def _names(r: YamlReader, node: Node, what: str, addresses: bool) -> tuple[str, 
     return tuple(out)
 
 
+def _not_lan(value: object) -> str:
+    """Why an address cannot be a LAN-only listening address ("" when it can, or when it is a name)."""
+    try:
+        ip = ipaddress.ip_address(str(value))
+    except ValueError:
+        return ""
+    if ip.is_unspecified:
+        return "listens on every interface, WAN included"
+    if not (ip.is_private or ip.is_link_local or ip.is_loopback):
+        return "is a global address (reachable from the Internet side)"
+    return ""
+
+
 def _null(r: YamlReader, node: Node) -> bool:
     return isinstance(node, ScalarNode) and r.value(node) is None
 
@@ -103,6 +116,11 @@ def status_section(r: YamlReader, node: Node, path: str) -> StatusConfig:
         else:
             r.err(f["socket"], f"status.socket must be an absolute path or null (got {kind(f['socket'])})")
     listen = _names(r, f["listen"], "status.listen", True) if "listen" in f else ()
+    for n in r.seq(f["listen"], "status.listen") if listen else []:
+        why = _not_lan(r.value(n))
+        if why:
+            r.err(n, f"status.listen: {r.value(n)} {why}: the status API is for the LAN only; name the LAN "
+                     "interface (e.g. br-lan) or its address")
     port = r.opt(f, "port", lambda n: r.integer(n, "status.port", 1, 65535), base.port)
     token_file: Path | None = None
     token: str | None = None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -143,6 +145,20 @@ def _spool(r: YamlReader, node: Node, path: str, state: Path) -> SpoolConfig:
     )
 
 
+def _key_exposed(key: Path) -> str:
+    """Why a private key file is exposed to other users ("" when it is not, or does not exist yet)."""
+    try:
+        st = key.stat()
+    except OSError:
+        return ""  # not there yet (provisioned later): the uplink says so when it starts
+    if st.st_uid not in (0, os.getuid()):
+        return f"{key} is owned by uid {st.st_uid}: chown root {key}"
+    if st.st_mode & 0o077:
+        return (f"{key} is readable by group/others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                f"chmod 600 {key}")
+    return ""
+
+
 def _uplink(r: YamlReader, node: Node, path: str) -> UplinkConfig:
     f = r.mapping(node, ("url", "ca_file", "client_cert", "client_key", "token_file", "batch_size",
                          "max_rate"), "report.uplink")
@@ -150,6 +166,10 @@ def _uplink(r: YamlReader, node: Node, path: str) -> UplinkConfig:
     url = _https(r, f, "report.uplink.url")
     cert = _path(r, f, "client_cert", "report.uplink.client_cert", path, None)
     key = _path(r, f, "client_key", "report.uplink.client_key", path, None)
+    if key is not None and "client_key" in f:
+        problem = _key_exposed(key)
+        if problem:
+            r.err(f["client_key"], f"report.uplink.client_key: {problem}")
     if (cert is None) != (key is None):
         r.err(f.get("client_cert") or f["client_key"],
               "report.uplink.client_cert and client_key go together: set both (mutual TLS) or neither")

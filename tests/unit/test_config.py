@@ -195,3 +195,17 @@ def test_deeper_queue_per_port_parses_and_rejects_bad_items() -> None:
                      "packets: 5}\n")
     text = "\n".join(e.value.problems)
     assert "queue.deep item needs packets" in text and "queue.deep transport must be one of tcp, udp" in text
+
+
+def test_uplink_client_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "box.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    text = (f"report:\n  uplink:\n    url: https://collector.example.net\n"
+            f"    client_cert: {tmp_path / 'box.pem'}\n    client_key: {key}\n")
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text)
+    want = "readable by group/others (mode 0644): chmod 600"
+    assert any(":5:" in p and want in p for p in ei.value.problems), ei.value.problems
+    key.chmod(0o600)
+    assert parse_config(text).report.uplink.client_key == key
