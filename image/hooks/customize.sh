@@ -28,7 +28,10 @@ say "systemd unit, example config"
 install -m 0644 "$TW_REPO/systemd/tunnelwatch.service" "$R/usr/lib/systemd/system/tunnelwatch.service"
 install -d -m 0755 "$R/etc/tunnelwatch" "$R/etc/tunnelwatch/tunnelwatch.yaml.d"
 install -m 0644 "$TW_REPO/config/tunnelwatch.yaml" "$R/etc/tunnelwatch/tunnelwatch.yaml"
-install -m 0644 "$TW_REPO/config/registry.yaml" "$R/etc/tunnelwatch/registry.yaml"
+# factory state: the example config is neutral (monitor), the registry empty; the example registration
+# stays beside them for technicians
+install -m 0644 "$TW_IMAGE/factory/registry.yaml" "$R/etc/tunnelwatch/registry.yaml"
+install -D -m 0644 "$TW_REPO/config/registry.yaml" "$R/usr/share/tunnelwatch/registry.example.yaml"
 install -m 0644 "$TW_IMAGE/provision.example.yaml" "$R/usr/share/tunnelwatch-provision.example.yaml"
 
 say "enable: tunnelwatch, provisioning, banner, networkd, resolved, timesyncd; disable: ssh"

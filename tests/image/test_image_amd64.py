@@ -61,13 +61,33 @@ def test_units_enabled_and_ssh_off(amd64: Built) -> None:
 def test_kernel_settings_for_the_daemon(amd64: Built) -> None:
     r = amd64.rootfs
     sysctl = (r / "etc/sysctl.d/60-tunnelwatch.conf").read_text()
-    assert re.search(r"^net\.ipv4\.ip_forward = 1$", sysctl, re.M)
+    # factory state: no routing until provisioned (provision.py writes 61-tunnelwatch-forwarding.conf)
+    assert re.search(r"^net\.ipv4\.ip_forward = 0$", sysctl, re.M)
     assert re.search(r"^net\.netfilter\.nf_conntrack_acct = 1$", sysctl, re.M)
+    assert not (r / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").exists()
     modules = (r / "etc/modules-load.d/tunnelwatch.conf").read_text().split()
     kver = next((r / "lib/modules").iterdir()).name
     for mod in ("nfnetlink_queue", "xt_NFQUEUE", "xt_connbytes", "nft_queue"):
         assert mod in modules
         assert list((r / "lib/modules" / kver).rglob(f"{mod}.ko*")), f"{mod} not in kernel {kver}"
+
+
+def test_factory_state_is_neutral_and_quiet(amd64: Built) -> None:
+    r = amd64.rootfs
+    # nothing blocked and nobody registered until the ISP provisions the box
+    show = chroot(r, "tunnelwatch", "check-config", "/etc/tunnelwatch/tunnelwatch.yaml")
+    assert show.returncode == 0, show.stdout + show.stderr
+    assert "vpn_tunnel monitor" in show.stdout and "enforce" not in show.stdout, show.stdout
+    assert "registry: /etc/tunnelwatch/registry.yaml: 0 registrations" in show.stdout, show.stdout
+    assert (r / "usr/share/tunnelwatch/registry.example.yaml").exists()
+    # resolved answers no LLMNR/mDNS on the WAN (it would give out the hostname, i.e. the device id)
+    resolved = (r / "etc/systemd/resolved.conf.d/50-tunnelwatch.conf").read_text()
+    assert "LLMNR=no" in resolved and "MulticastDNS=no" in resolved
+    modules = (r / "etc/modules-load.d/tunnelwatch.conf").read_text().split()
+    assert "xt_CONNMARK" not in modules  # no such module: systemd-modules-load failed on every boot
+    # security updates arrive by themselves
+    assert (r / "usr/bin/unattended-upgrade").exists()
+    assert 'APT::Periodic::Unattended-Upgrade "1"' in (r / "etc/apt/apt.conf.d/20auto-upgrades").read_text()
 
 
 def test_initramfs_built_once_and_update_initramfs_restored(amd64: Built) -> None:

@@ -28,7 +28,7 @@ def system(tmp_path: Path) -> Path:
     etc = root / "etc/tunnelwatch"
     (etc / "tunnelwatch.yaml.d").mkdir(parents=True)
     shutil.copy(REPO / "config/tunnelwatch.yaml", etc / "tunnelwatch.yaml")
-    shutil.copy(REPO / "config/registry.yaml", etc / "registry.yaml")
+    shutil.copy(REPO / "image/factory/registry.yaml", etc / "registry.yaml")
     (root / "boot/firmware").mkdir(parents=True)
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\ttunnelwatch\n")
     return root
@@ -53,6 +53,7 @@ def test_no_file_changes_nothing(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "no provisioning file" in res.stdout
     assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+    assert not (root / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").exists()  # unprovisioned: no routing
 
 
 def test_valid_file_is_applied_once_and_removed(tmp_path: Path) -> None:
@@ -78,6 +79,8 @@ def test_valid_file_is_applied_once_and_removed(tmp_path: Path) -> None:
     assert "127.0.1.1\tcpe-lhr-000123" in (root / "etc/hosts").read_text()
     assert "127.0.1.1\ttunnelwatch" not in (root / "etc/hosts").read_text()
     assert (root / "root/.ssh/authorized_keys").read_text() == KEY + "\n"
+    fwd = (root / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").read_text()
+    assert "net.ipv4.ip_forward = 1" in fwd and "net.ipv6.conf.all.forwarding = 1" in fwd
     # the secret leaves the card; the result file says what happened, without the secret
     assert not src.exists()
     result = (root / "boot/firmware/tunnelwatch-provision.result").read_text()
@@ -107,6 +110,7 @@ def test_file_problems_are_all_reported_and_nothing_changes(tmp_path: Path) -> N
     assert src.exists()
     assert (root / "boot/firmware/tunnelwatch-provision.result").read_text().startswith("REJECTED")
     assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+    assert not (root / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").exists()  # unprovisioned: no routing
     assert not (root / "etc/hostname").exists()
 
 
@@ -119,6 +123,7 @@ def test_config_rejected_by_check_config_keeps_factory_settings(tmp_path: Path) 
     # check-config's own file:line message, with its hint, reaches the technician
     assert "pakets" in res.stdout and "did you mean 'packets'" in res.stdout
     assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+    assert not (root / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").exists()  # unprovisioned: no routing
 
 
 @pytest.mark.parametrize("text", ["version: [1\n", "\xff\xfe not utf-8", "- just\n- a list\n"])

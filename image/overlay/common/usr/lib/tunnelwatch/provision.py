@@ -139,11 +139,21 @@ def check_config(etc: Path, p: dict[str, Any], tunnelwatch: str) -> None:
             raise Rejected("check-config: " + "; ".join(lines[:20]))
 
 
+FORWARDING = "etc/sysctl.d/61-tunnelwatch-forwarding.conf"
+
+
 def apply(etc: Path, root: Path, p: dict[str, Any], *, live: bool) -> None:
-    """Install the validated settings; `live` also sets the running hostname and starts sshd."""
+    """Install the validated settings; `live` also sets the running hostname, forwarding and sshd."""
     for name, content in p["files"].items():
         write_private(etc / name, content)
     write_private(etc / "tunnelwatch.yaml.d" / DROPIN, dropin_text(p))
+    # the factory state routes nothing (60-tunnelwatch.conf): a provisioned box is the customer's router
+    fwd = root / FORWARDING
+    fwd.parent.mkdir(parents=True, exist_ok=True)
+    fwd.write_text("# written by tunnelwatch-provision: this box is provisioned, it routes\n"
+                   "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n")
+    if live:
+        subprocess.run(["sysctl", "-q", "-p", str(fwd)], check=False, capture_output=True, timeout=30)
     host = p["hostname"]
     if host:
         (root / "etc/hostname").write_text(host + "\n")
@@ -210,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     src.unlink()
     os.sync()  # an appliance may lose power right after its first boot
     say(f"applied: device_id={p['device_id']} hostname={p['hostname']} files={len(p['files'])} "
-        f"ssh={'key-only' if p['ssh_keys'] else 'off'}")
+        f"ssh={'key-only' if p['ssh_keys'] else 'off'} forwarding=on")
     return 0
 
 
