@@ -59,7 +59,8 @@ new=""
 for u in $(comm -13 "$before" "$after" | grep -E '\.(service|socket|timer|path)$' || true); do
     link=$(find /etc/systemd/system -mindepth 2 -maxdepth 2 -type l -name "$u" | head -n 1)
     file=$(readlink -f "$link" || true)
-    pkg=$(dpkg -S "$file" 2>/dev/null | head -n 1 | cut -d: -f1 || true)
+    # bookworm's merged /usr: dpkg knows a unit by the path its package shipped (/lib/... or /usr/lib/...)
+    pkg=$( { dpkg -S "$file" || dpkg -S "${file#/usr}"; } 2>/dev/null | head -n 1 | cut -d: -f1 || true)
     case "$KEEP_PKGS" in *" $pkg "*) continue ;; esac
     new="$new $u"
 done

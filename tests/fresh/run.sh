@@ -61,7 +61,8 @@ fi
 units() {  # enabled units of the root: "<unit> <package>", one a line
     chroot "$ROOT" sh -c 'find /etc/systemd/system -mindepth 2 -maxdepth 2 -type l \
         \( -path "*.wants/*" -o -path "*.requires/*" \) 2>/dev/null | while read -r l; do
-            f=$(readlink -f "$l"); p=$(dpkg -S "$f" 2>/dev/null | head -n 1 | cut -d: -f1)
+            f=$(readlink -f "$l")
+            p=$( { dpkg -S "$f" || dpkg -S "${f#/usr}"; } 2>/dev/null | head -n 1 | cut -d: -f1)
             echo "$(basename "$l") ${p:-?}"; done | sort -u'
 }
 before=$(units)
@@ -97,7 +98,7 @@ done
 # Left enabled: units that were not before, except the init system's own (systemd arrives with the test
 # packages in a root that had no init: its getty/timers are what every booted Debian has).
 after=$(units)
-new=$(comm -13 <(echo "$before") <(echo "$after") \
+new=$(comm -13 <(echo "$before") <(echo "$after") | grep -E '\.(service|socket|timer|path) ' \
     | grep -v -E ' (systemd|systemd-sysv|systemd-timesyncd|udev|dbus|e2fsprogs)$' || true)
 [ -z "$new" ] || die "set-up left system services enabled: $(echo "$new" | tr '\n' ';')"
 left=""
