@@ -70,3 +70,34 @@ def test_truncated_capture_stops_cleanly(tmp_path: Path) -> None:
     with open(path, "rb") as fh:
         r = PcapReader(fh)
         assert len(list(r)) == 2 and r.truncated
+
+
+def _linktype_cases() -> list[tuple[object, int | None]]:
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import CookedLinuxV2, Dot1AD, Dot1Q, Loopback
+    from scapy.layers.ppp import PPP, PPPoE
+
+    ip6 = IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=1, dport=2) / Raw(b"data")
+    return [
+        (Ether() / Dot1Q(vlan=7) / IPPKT, None),                        # VLAN
+        (Ether() / Dot1AD(vlan=100) / Dot1Q(vlan=7) / IPPKT, None),     # QinQ (802.1ad outer tag)
+        (Ether() / Dot1Q(vlan=100) / Dot1Q(vlan=7) / ip6, None),        # double 802.1Q, IPv6 inside
+        (Ether() / PPPoE(sessionid=0x1234) / PPP(proto=0x0021) / IPPKT, None),  # PPPoE session, IPv4
+        (Ether() / PPPoE(sessionid=0x1234) / PPP(proto=0x0057) / ip6, None),    # PPPoE session, IPv6
+        (CookedLinuxV2(proto=0x0800) / IPPKT, 276),                     # Linux cooked v2 (SLL2)
+        (Loopback(type=2) / IPPKT, 0),                                  # BSD loopback (DLT_NULL), AF_INET
+        (struct.pack(">I", 2) + bytes(IPPKT), 108),                     # OpenBSD loopback, big-endian family
+    ]
+
+
+@pytest.mark.parametrize(("frame", "linktype"), _linktype_cases(),
+                         ids=["vlan", "qinq", "dot1q-dot1q-v6", "pppoe-v4", "pppoe-v6", "sll2", "bsd-null",
+                              "openbsd-loop"])
+def test_promised_link_types_yield_the_ip_packet(tmp_path: Path, frame: object, linktype: int | None) -> None:
+    path = tmp_path / "x.pcap"
+    wrpcap(str(path), [frame], **({"linktype": linktype} if linktype is not None else {}))
+    [(ts, lt, data)] = frames(path)
+    if linktype is not None:
+        assert lt == linktype
+    p = parse_ip(data, ts, ip_offset(lt, data))
+    assert p is not None and p.payload == b"data" and (p.sport, p.dport) == (1, 2)
