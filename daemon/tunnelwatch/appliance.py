@@ -120,10 +120,10 @@ class Appliance:
             self.server = None
 
     def properties(self) -> dict[str, str]:
-        """The TXT record: device id, version, mode and where the status API is."""
+        """The TXT record: device id, version and where the status API is. Not the policy mode: anyone on
+        the LAN reads it, and whether enforcement is on is for the token holder's status page."""
         snap = self.state.snapshot()
-        return {"id": str(snap["device_id"]), "version": __version__, "mode": str(snap["mode"]),
-                "status": STATUS_PATH}
+        return {"id": str(snap["device_id"]), "version": __version__, "status": STATUS_PATH}
 
     def start_discovery(self) -> None:
         """Advertise on the configured LAN interfaces (none = not at all)."""

@@ -232,7 +232,7 @@ def cli_discover(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(boxes, indent=2))
     elif boxes:
-        cols = ("name", "id", "addresses", "port", "version", "mode", "url")
+        cols = ("name", "id", "addresses", "port", "version", "url")
         rows = []
         for b in boxes:
             props = b["properties"] if isinstance(b["properties"], dict) else {}
@@ -242,7 +242,7 @@ def cli_discover(args: argparse.Namespace) -> int:
             rows.append({"name": printable(b["name"], 63), "id": printable(props.get("id", ""), 63),
                          "addresses": printable(" ".join(addrs), 80),
                          "port": str(b["port"]), "version": printable(props.get("version", ""), 20),
-                         "mode": printable(props.get("mode", ""), 20), "url": printable(url, 100)})
+                         "url": printable(url, 100)})
         widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
         print(" ".join(f"{c.upper():{widths[c]}}" for c in cols).rstrip())
         for r in rows:

@@ -8,6 +8,7 @@ import random
 import signal
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,13 @@ import logging, signal, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 from tunnelwatch.discovery import Advertiser
 adv = Advertiser(interfaces=[sys.argv[1]], port=8443, device_id=sys.argv[2],
-                 properties={"version": "0.1.0", "mode": "enforce", "path": "/"})
+                 properties={"version": "0.1.0", "status": "/"})
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
 adv.start()
 assert adv.ready.wait(20)
 print("advertising", flush=True)
 while signal.sigwait({signal.SIGUSR1, signal.SIGTERM}) == signal.SIGUSR1:
-    adv.update({"version": "0.1.0", "mode": "monitor", "path": "/"})
+    adv.update({"version": "0.1.1", "status": "/"})
     print("updated", flush=True)
 adv.stop()
 print("stopped", flush=True)
@@ -61,6 +62,17 @@ def _discover(lb: Lab, ns: str, timeout: float) -> tuple[int, list[dict[str, obj
     return r.returncode, boxes
 
 
+def _discover_until(lb: Lab, ns: str, pred: Callable[[list[dict[str, object]]], bool],
+                    attempts: int = 5) -> list[dict[str, object]]:
+    """Browse until `pred` holds (bounded): one 2 s window can miss a reply on a loaded 2-core machine."""
+    boxes: list[dict[str, object]] = []
+    for _ in range(attempts):
+        _, boxes = _discover(lb, ns, 2.0)
+        if pred(boxes):
+            return boxes
+    raise AssertionError(f"{attempts} browse windows from {ns} never saw what was expected: {boxes}")
+
+
 def _unicast(lb: Lab, ns: str, target: str) -> str:
     r = lb.run(ns, sys.executable, "-c", UNICAST_QUERY, target, str(random.randrange(1, 65535)),
                check=False, timeout=20)
@@ -75,12 +87,11 @@ def test_box_is_discovered_on_lan_and_invisible_from_wan(tmp_path: Path) -> None
         lb.wait_for_log("advertiser", "advertising")
         assert "on lan0" in lb.log("advertiser")
 
-        rc, boxes = _discover(lb, lb.client, 2.0)
-        assert rc == 0 and len(boxes) == 1, boxes
+        boxes = _discover_until(lb, lb.client, lambda bs: len(bs) >= 1)
+        assert len(boxes) == 1, boxes
         box = boxes[0]
         assert box["name"] == DEVICE and box["port"] == 8443
-        assert box["properties"] == {"txtvers": "1", "id": DEVICE, "version": "0.1.0", "mode": "enforce",
-                                     "path": "/"}
+        assert box["properties"] == {"txtvers": "1", "id": DEVICE, "version": "0.1.0", "status": "/"}
         addresses = box["addresses"]
         assert isinstance(addresses, list) and ROUTER_LAN_IP in addresses
         assert ROUTER_WAN_IP not in addresses and not any(a.startswith("2001:db8:2:") for a in addresses)
@@ -97,14 +108,15 @@ def test_box_is_discovered_on_lan_and_invisible_from_wan(tmp_path: Path) -> None
         # `ip netns exec` execs python, so the spawned pid is the advertiser itself
         adv.send_signal(signal.SIGUSR1)
         lb.wait_for_log("advertiser", "updated")
-        rc, boxes = _discover(lb, lb.client, 2.0)
-        assert rc == 0 and [b["properties"]["mode"] for b in boxes] == ["monitor"]  # type: ignore[index]
+        _discover_until(lb, lb.client,
+                        lambda bs: [b["properties"]["version"] for b in bs] == ["0.1.1"])  # type: ignore[index]
 
         # control: the WAN-side browse does work; a second advertiser told to use wan0 is seen there only
         lb.spawn(lb.router, [sys.executable, "-c", ADVERTISE, "wan0", "wan-control"], "control")
         lb.wait_for_log("control", "advertising")
-        assert [b["name"] for b in _discover(lb, lb.server, 2.0)[1]] == ["wan-control"]
-        assert [b["name"] for b in _discover(lb, lb.client, 2.0)[1]] == [DEVICE]
+        boxes = _discover_until(lb, lb.server, lambda bs: len(bs) >= 1)
+        assert [b["name"] for b in boxes] == ["wan-control"]
+        assert [b["name"] for b in _discover_until(lb, lb.client, lambda bs: len(bs) >= 1)] == [DEVICE]
 
         lb.stop("advertiser", signal.SIGTERM)
         assert "stopped" in lb.log("advertiser")

@@ -79,7 +79,7 @@ def test_cli_discover_table_is_terminal_safe(monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\x85" not in out
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "ID", "ADDRESSES", "PORT", "VERSION", "MODE", "URL"]
+    assert header.split() == ["NAME", "ID", "ADDRESSES", "PORT", "VERSION", "URL"]
     assert "192.0.2.9" in row and "http://192.0.2.9:1/" in row
 
 
