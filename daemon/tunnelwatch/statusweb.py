@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import sys
@@ -35,7 +36,11 @@ log = logging.getLogger("tunnelwatch.status")
 DEFAULT_SOCKET: Final = "/run/tunnelwatch/status.sock"
 RECENT_MAX: Final = 200
 FLAGGED: Final = frozenset({"vpn_tunnel", "voip", "proxy_obfuscated"})
-MAX_CONNECTIONS: Final = 32  # concurrent HTTP connections per address; more are closed at once
+MAX_CONNECTIONS: Final = 32  # concurrent HTTP connections per listening address; more are closed at once
+MAX_PER_CLIENT: Final = 4  # of those, from one client address: one LAN host cannot lock the others out
+REQUEST_DEADLINE: Final = 5.0  # seconds for a whole request (a byte every few seconds does not extend it)
+MAX_REQUEST_BYTES: Final = 8192  # request line + headers; GET has no body
+_TOKEN_RE: Final = re.compile(r"(?i)(token=)[^&\s]*")
 MAX_LABEL_SETS: Final = 1000  # per counter: a bug feeding unbounded labels cannot exhaust memory
 _DECISION_KEYS: Final = ("ts", "src", "sport", "dst", "dport", "transport", "klass", "protocol", "confidence",
                          "action", "reason")
@@ -125,6 +130,8 @@ class _HTTPServer(ThreadingHTTPServer):
         self.state = state
         self.token = token.encode()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.per_client: dict[str, int] = {}
+        self.per_client_lock = threading.Lock()
         super().__init__(addr, _Handler)
 
     def server_bind(self) -> None:
@@ -133,19 +140,70 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+        host = str(client_address[0])
+        with self.per_client_lock:
+            if self.per_client.get(host, 0) >= MAX_PER_CLIENT:
+                self.shutdown_request(request)
+                return
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            self.per_client[host] = self.per_client.get(host, 0) + 1
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # the whole request has a deadline: the socket timeout alone restarts with every byte received
+        timer = threading.Timer(REQUEST_DEADLINE, _cut, (request,))
+        timer.daemon = True
+        timer.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            timer.cancel()
+            host = str(client_address[0])
+            with self.per_client_lock:
+                left = self.per_client.get(host, 1) - 1
+                if left > 0:
+                    self.per_client[host] = left
+                else:
+                    self.per_client.pop(host, None)
             self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("status http: error serving %s", client_address, exc_info=True)
+
+
+def _cut(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def redact(text: str) -> str:
+    """`token=...` in a request line or URL replaced, so the status token never reaches the log."""
+    return _TOKEN_RE.sub(r"\1REDACTED", text)
+
+
+class _CappedReader:
+    """The request stream, at most `limit` bytes in all: 99 header lines of 64 KiB each must not become
+    hundreds of MiB of memory in the enforcing process."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self._raw = raw
+        self._left = limit
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            raise ConnectionAbortedError("request headers too large")
+        want = self._left if size < 0 else min(size, self._left)
+        line: bytes = self._raw.readline(want)
+        self._left -= len(line)
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        return b""  # GET only: nothing after the headers is read
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 class _HTTPServer6(_HTTPServer):
@@ -156,6 +214,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
     timeout = 10  # a client that stalls mid-request loses its thread after this
+
+    def setup(self) -> None:
+        """The buffered streams, the request side capped at MAX_REQUEST_BYTES."""
+        super().setup()
+        self.rfile = _CappedReader(self.rfile, MAX_REQUEST_BYTES)  # type: ignore[assignment]
 
     def do_GET(self) -> None:
         """Serve /, /api/status and /metrics to token holders; 401 otherwise."""
@@ -182,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError):
             pass
         except Exception:  # a rendering bug must cost one request, never the server
-            log.exception("status http: %s", statuspage.printable(self.path, 100))
+            log.exception("status http: %s", statuspage.printable(redact(self.path), 100))
             self._send(500, "text/plain; charset=utf-8", "internal error\n")
 
     def _authorized(self, query: str) -> bool:
@@ -218,7 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
         return "tunnelwatch"
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("status http %s: %s", self.client_address[0], statuspage.printable(format % args, 300))
+        log.debug("status http %s: %s", self.client_address[0],
+                  statuspage.printable(redact(format % args), 300))
 
 
 class _SocketHandler(socketserver.BaseRequestHandler):

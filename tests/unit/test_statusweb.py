@@ -271,3 +271,96 @@ def test_stop_removes_socket_and_cli_reports_absent_daemon(tmp_path: Path,
     assert not os.path.exists(path)
     assert cli_status(argparse.Namespace(socket=path, json=False)) == 1
     assert "is the daemon running?" in capsys.readouterr().err
+
+
+def _connect(url: str, source: str = "127.0.0.1") -> socket.socket:
+    port = int(url.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return s
+
+
+def _closed_by_server(s: socket.socket, timeout: float) -> bool:
+    """True when the server closes the connection (EOF or reset) within `timeout` seconds."""
+    s.settimeout(timeout)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return True
+            if b"200 OK" in data:
+                return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_trickling_client_is_cut_at_the_request_deadline(served: tuple[StatusState, StatusServer, str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunnelwatch.statusweb as sw
+
+    monkeypatch.setattr(sw, "REQUEST_DEADLINE", 0.5)
+    _, _, url = served
+    s = _connect(url)
+    try:
+        cut = False
+        for ch in b"GET / HTTP/1.0\r\n":  # one byte every 0.2 s: each resets a per-read timeout
+            try:
+                s.sendall(bytes([ch]))
+            except (BrokenPipeError, ConnectionResetError):
+                cut = True
+                break
+            if _closed_by_server(s, 0.2):
+                cut = True
+                break
+        assert cut, "a client sending a byte every 0.2 s kept its connection past a 0.5 s deadline"
+    finally:
+        s.close()
+
+
+def test_one_client_cannot_take_every_slot(served: tuple[StatusState, StatusServer, str]) -> None:
+    import tunnelwatch.statusweb as sw
+
+    _, _, url = served
+    idle = [_connect(url) for _ in range(sw.MAX_PER_CLIENT)]
+    try:
+        extra = _connect(url)
+        assert _closed_by_server(extra, 5), "a connection over the per-client limit must be closed at once"
+        extra.close()
+        # another LAN host (another loopback address here) still gets the page with its token
+        other = _connect(url, source="127.0.0.2")
+        other.sendall(f"GET /api/status HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        other.settimeout(10)
+        assert other.recv(100).startswith(b"HTTP/1.0 200"), "the token holder was locked out"
+        other.close()
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_oversized_headers_are_refused_not_buffered(served: tuple[StatusState, StatusServer, str]) -> None:
+    _, _, url = served
+    s = _connect(url)
+    try:
+        s.sendall(f"GET /api/status HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
+        refused = False
+        try:
+            for i in range(99):  # 99 x 64 KiB raised the daemon's RSS by 200 MiB before the cap
+                s.sendall(f"X-Pad-{i}: ".encode() + b"a" * 65000 + b"\r\n")
+            s.sendall(b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            refused = True
+        assert refused or _closed_by_server(s, 5)
+    finally:
+        s.close()
+
+
+def test_the_token_never_reaches_the_log(served: tuple[StatusState, StatusServer, str],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    _, _, url = served
+    caplog.set_level("DEBUG", "tunnelwatch.status")
+    assert _get(f"{url}/?token={TOKEN}")[0] == 200
+    assert _get(f"{url}/?token=wrong-guess-123")[0] == 401
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "GET /?token=REDACTED" in text, text
+    assert TOKEN not in text and "wrong-guess-123" not in text
