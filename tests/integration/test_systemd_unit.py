@@ -219,6 +219,8 @@ def test_unit_runs_hardened_under_systemd(booted: SystemdBoot) -> None:
     assert res["home"].startswith(("PermissionError", "FileNotFoundError"))
     assert res["setpriority"].startswith("PermissionError")  # @resources filtered with EPERM
     assert res["journal_stream"]  # stderr is the journal: setup_logging picks journald
+    # bounded memory under the unit (a hostile status client or a flood must not take the box's RAM)
+    assert sb.prop(unit, "MemoryMax") == str(448 << 20) and sb.prop(unit, "MemoryHigh") == str(320 << 20)
 
     # watchdog pings (every WatchdogSec/2) keep arriving and keep the service alive past WatchdogSec
     seen = {sb.prop(unit, "WatchdogTimestampMonotonic")}
