@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tunnelwatch.classify import (
+    amneziawg,
     anyconnect,
     common,
     dnstunnel,
@@ -44,6 +45,7 @@ REGISTRY: tuple[type[Classifier], ...] = (
     openvpn.OpenVPN,
     openvpn_obfs.OpenVPNObfs,
     wireguard.WireGuard,
+    amneziawg.AmneziaWG,
     ipsec.IPsec,
     l2tp.L2TP,
     pptp.PPTP,

@@ -51,13 +51,17 @@ def test_wrong_sizes_or_reserved_bytes_reject() -> None:
         assert v.protocol != "wireguard"
 
 
-def test_transport_data_both_ways_is_heuristic() -> None:
+def test_transport_data_two_each_way_is_heuristic_three_confirmed() -> None:
     pkts = []
     for i in range(3):
         pkts.append(u(C, S, 40000, 51821, data(R_IDX, i)))
         pkts.append(u(S, C, 51821, 40000, data(I_IDX, i, 96)))
-    v = one_verdict(pkts)
+    v = one_verdict(pkts[:4])
     assert (v.protocol, v.confidence) == ("wireguard", "heuristic")
+    # a third message each way: fixed type and reserved bytes, one index per direction and rising counters
+    # on six messages (a flow first seen mid-session must be blockable from a short later window)
+    v = one_verdict(pkts)
+    assert (v.protocol, v.confidence) == ("wireguard", "confirmed")
 
 
 def test_data_with_unaligned_length_or_falling_counter_rejects() -> None:

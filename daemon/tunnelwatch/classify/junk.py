@@ -1,0 +1,77 @@
+"""Surviving junk before a handshake: what a UDP tunnel classifier may ignore, and when it may give up early.
+
+Owns the rule the WireGuard, AmneziaWG and OpenVPN (UDP) classifiers share: a datagram that does not fit
+the protocol is *junk*, counted and ignored, never a reason to reject the flow on its own (a customer's
+client can send any number of random datagrams from its socket before the real handshake, and AmneziaWG
+does so by design). Two things still end the wait, so an ordinary flow costs little:
+
+* the first datagram seen from EACH direction is clearly one and the same other protocol (DNS, QUIC,
+  DTLS, TLS, STUN, a text protocol, Tailscale disco). Junk comes from the tunnel client only: a tunnel
+  server stays silent on junk and then answers with its own handshake, so a server whose first datagram
+  is, say, a DNS answer to a client whose first datagram was a DNS query is a real DNS exchange. Requiring
+  both directions keeps a single mimicking junk datagram (AmneziaWG 1.5's I1..I5 imitate QUIC or DNS) from
+  switching the classifier off, and only signatures with >= ~24 fixed bits count, so the random padding
+  of an obfuscated handshake response almost never reads as one of them;
+* more than `MAX_JUNK` junk datagrams (AmneziaWG allows up to 128 junk packets plus 5 signature packets).
+"""
+
+from __future__ import annotations
+
+from struct import unpack_from
+from typing import Final
+
+from tunnelwatch.classify.common import dns_message, dtls_record, tls_record
+
+#: junk datagrams tolerated per flow before a classifier gives up (Jc <= 128, I1..I5, retries)
+MAX_JUNK: Final = 160
+_QUIC_VERSIONS: Final = frozenset({0x00000001, 0x6B3343CF, 0xFF00001D, 0xFF000020, 0x51303530, 0x51303436})
+_STUN_COOKIE: Final = 0x2112A442
+_DISCO: Final = "TS💬".encode()
+_TEXT_PREFIX: Final = 12
+
+
+def other_protocol(p: bytes) -> str:
+    """The well-known protocol this datagram clearly is, or '' (only strong signatures count)."""
+    n = len(p)
+    if n < 8:
+        return ""
+    b0 = p[0]
+    if b0 & 0xC0 == 0xC0 and unpack_from("!I", p, 1)[0] in _QUIC_VERSIONS:
+        return "quic"
+    if b0 < 4 and n >= 20 and unpack_from("!I", p, 4)[0] == _STUN_COOKIE:
+        return "stun"
+    if p.startswith(_DISCO):
+        return "tailscale"
+    if 20 <= b0 <= 26 and dtls_record(p):
+        return "dtls"
+    if 20 <= b0 <= 24 and tls_record(p):
+        return "tls"
+    if n >= _TEXT_PREFIX and all(32 <= c < 127 or c in (9, 10, 13) for c in p[:_TEXT_PREFIX]):
+        return "text"
+    if dns_message(p):
+        return "dns"
+    return ""
+
+
+class JunkGate:
+    """Per-flow junk accounting: the first datagram's protocol per direction and the junk count."""
+
+    __slots__ = ("first", "junk")
+
+    def __init__(self) -> None:
+        #: what the first datagram seen from each direction clearly was ('' = nothing clear, None = unseen)
+        self.first: list[str | None] = [None, None]
+        self.junk = 0
+
+    def first_look(self, p: bytes, direction: int) -> bool:
+        """Note a direction's first datagram; True when both directions clearly speak one other protocol."""
+        if self.first[direction] is not None:
+            return False
+        name = other_protocol(p)
+        self.first[direction] = name
+        return bool(name) and self.first[direction ^ 1] == name
+
+    def junk_seen(self) -> bool:
+        """Count one junk datagram; True when there has been too much of it to keep waiting."""
+        self.junk += 1
+        return self.junk > MAX_JUNK

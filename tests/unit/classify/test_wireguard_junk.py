@@ -1,0 +1,135 @@
+"""WireGuard behind junk datagrams and seen mid-session; real exchanges of other protocols rejected."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from wgcraft import C, S, awg_session, junk, le, rnd, u, wg_data, wg_session
+
+from support import one_verdict, run_engine
+from tunnelwatch.classify import load_classifiers
+from tunnelwatch.classify.base import REJECT, Context, Verdict
+from tunnelwatch.flow import Flow, flow_key
+from tunnelwatch.packet import parse_ip
+
+
+@pytest.mark.parametrize("count", [1, 5, 16])
+def test_handshake_after_junk_of_any_size_is_confirmed(count: int) -> None:
+    rng = random.Random(count)
+    v = one_verdict(wg_session(rng, junk_count=count), names=["wireguard"])
+    assert (v.klass, v.protocol, v.confidence) == ("vpn_tunnel", "wireguard", "confirmed"), v
+
+
+@pytest.mark.parametrize("count", [1, 5, 16])
+def test_junk_then_handshake_through_the_whole_registry(count: int) -> None:
+    rng = random.Random(100 + count)
+    v = one_verdict(wg_session(rng, junk_count=count))
+    assert (v.protocol, v.confidence) == ("wireguard", "confirmed"), v
+
+
+def test_fake_initiations_among_the_junk_do_not_hide_the_real_one() -> None:
+    rng = random.Random(7)
+    real = wg_session(rng, data=1)
+    fakes = [u(b"\x01\x00\x00\x00" + le(rng.getrandbits(32)) + rnd(rng, 140)) for _ in range(5)]
+    # real initiation, then five fakes before the response arrives
+    v = one_verdict([real[0], *fakes, *real[1:]], names=["wireguard"])
+    assert v.confidence == "confirmed", v
+
+
+def test_junk_only_is_not_wireguard() -> None:
+    rng = random.Random(3)
+    pkts = [u(j, sp=40001) for j in junk(rng, 20)] + [u(j, up=False, sp=40001) for j in junk(rng, 4)]
+    for _, v in run_engine(pkts):
+        assert v.klass != "vpn_tunnel", v
+
+
+def test_transport_data_mid_session_from_either_side() -> None:
+    rng = random.Random(5)
+    i_idx, r_idx = rng.getrandbits(32), rng.getrandbits(32)
+    pkts = []
+    for i in range(1000, 1003):  # the server speaks first: the window opened mid-session
+        pkts.append(u(wg_data(rng, 4, i_idx, i), up=False))
+        pkts.append(u(wg_data(rng, 4, r_idx, i + 7)))
+    v = one_verdict(pkts)
+    assert (v.protocol, v.confidence) == ("wireguard", "confirmed"), v
+    assert any("handshake not seen" in e for e in v.evidence)
+
+
+def test_full_size_packets_cut_at_a_non_aligned_mtu_count_as_data() -> None:
+    rng = random.Random(6)
+    pkts = []
+    for i in range(3):  # 1420-byte inner packets at MTU 1420: 16 + 1420 + 16 = 1452 bytes, not 16-aligned
+        big = le(4) + le(0xAABBCCDD) + le(i, 8) + rnd(rng, 1436)
+        pkts += [u(big, up=False), u(wg_data(rng, 4, 0x11223344, i, plain=40))]
+    v = one_verdict(pkts, names=["wireguard"])
+    assert v.protocol == "wireguard" and v.confidence == "confirmed", v
+
+
+def test_junk_between_data_messages_is_skipped() -> None:
+    rng = random.Random(8)
+    pkts = []
+    for i in range(4):
+        pkts += [u(wg_data(rng, 4, 77, i)), u(rnd(rng, rng.randint(1, 300))),
+                 u(wg_data(rng, 4, 99, i), up=False)]
+    v = one_verdict(pkts, names=["wireguard"])
+    assert v.confidence == "confirmed", v
+
+
+def _inspect_all(payloads: list[tuple[bytes, bool]], name: str) -> list[object]:
+    """Call one classifier directly (no engine): returns each result."""
+    c = next(x for x in load_classifiers([name]))
+    ctx = Context()
+    out: list[object] = []
+    flow: Flow | None = None
+    for i, (b, up) in enumerate(payloads):
+        pkt = parse_ip(bytes(u(b, up)), 1000.0 + i)
+        assert pkt is not None
+        if flow is None:
+            flow = Flow(flow_key(pkt), pkt)
+        d = flow.direction(pkt)
+        flow.payload_pkts[d] += 1
+        out.append(c.inspect(flow, pkt, d, ctx))
+        if out[-1] is REJECT:
+            break
+    return out
+
+
+DNS_Q = bytes.fromhex("abcd01000001000000000000076578616d706c6503636f6d0000010001")
+DNS_R = bytes.fromhex("abcd81800001000100000000076578616d706c6503636f6d0000010001"
+                      "c00c000100010000012c00045db8d822")
+QUIC_I = b"\xc3\x00\x00\x00\x01\x08" + bytes(8) + b"\x00" + bytes(1200)
+QUIC_S = b"\xc1\x00\x00\x00\x01\x00\x08" + bytes(8) + bytes(200)
+
+
+@pytest.mark.parametrize("name", ["wireguard", "amneziawg", "openvpn"])
+@pytest.mark.parametrize(("first_up", "first_down"), [(DNS_Q, DNS_R), (QUIC_I, QUIC_S)], ids=["dns", "quic"])
+def test_a_real_exchange_of_another_protocol_is_rejected_on_the_first_reply(
+        name: str, first_up: bytes, first_down: bytes) -> None:
+    out = _inspect_all([(first_up, True), (first_down, False)], name)
+    assert out == [None, REJECT]
+
+
+@pytest.mark.parametrize("name", ["wireguard", "amneziawg", "openvpn"])
+def test_one_mimicking_junk_datagram_does_not_switch_the_classifier_off(name: str) -> None:
+    # AmneziaWG 1.5's I1 imitates a DNS query or a QUIC Initial; the server never answers it in kind
+    rng = random.Random(4)
+    out = _inspect_all([(DNS_Q, True), (QUIC_I, True), (rnd(rng, 92), False)], name)
+    assert REJECT not in out
+
+
+def test_rejects_after_too_much_junk() -> None:
+    rng = random.Random(2)
+    out = _inspect_all([(rnd(rng, rng.randint(1, 60)), True) for _ in range(400)], "wireguard")
+    assert out[-1] is REJECT and 150 < len(out) < 400
+
+
+def test_standard_handshake_is_not_amneziawg() -> None:
+    rng = random.Random(9)
+    for _, v in run_engine(wg_session(rng, junk_count=5)):
+        assert v.protocol == "wireguard"
+    assert isinstance(v, Verdict)
+    rng2 = random.Random(10)
+    awg = awg_session(rng2, jc=0, jmin=1, jmax=1, s1=0, s2=0, h=(1, 2, 3, 4))
+    assert one_verdict(awg, names=["amneziawg"]).protocol == "unknown"
+    assert C != S
