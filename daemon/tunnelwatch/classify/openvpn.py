@@ -6,6 +6,14 @@ confirmed when the client's hard reset is answered by a server hard reset and th
 consistent (or the server visibly acknowledges the client's session id). TCP adds a 2-byte length
 prefix per packet. Static-key mode has no cleartext header at all: only its framing (HMAC + IV +
 cipher blocks) can be seen, so it is heuristic.
+
+Over UDP, datagrams that fit none of this are junk (see junk): a client may send any number before its
+hard reset, so they are counted and ignored; the session still has to be opened by a client hard reset
+whose layout fits (32+ fixed bits, see reset_layout) and confirmed by the server's answer, so tolerating
+junk adds no way to be confirmed by accident. A UDP flow first seen mid-session is recognised from its
+data channel (see openvpn_data). Over TCP each direction's stream is reassembled from byte 0 in arrival
+order (bounded by `_TCP_MAX`), so a length prefix in its own segment or a record cut into 1- and 2-byte
+segments parses like one write; a TCP stream is never junk-tolerant: its first bytes must be a record.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass, Verdict
+from tunnelwatch.classify.junk import JunkGate
+from tunnelwatch.classify.openvpn_data import DataDir, data_evidence
 from tunnelwatch.flow import Flow
 from tunnelwatch.packet import TCP, UDP, Packet
 
@@ -47,9 +57,12 @@ _STATIC_OVERHEAD: Final = 36
 _STATIC_MIN_PKTS: Final = 4
 _TIME_MIN: Final = 1_420_070_400  # 2015-01-01: replay timestamps are Unix times
 _TIME_MAX: Final = 4_102_444_800  # 2100-01-01
+#: bytes of one direction's TCP stream buffered while its records are incomplete (a record is <= 1702)
+_TCP_MAX: Final = 2048
+_DATA_LEAST: Final = 3  # P_DATA packets each way before a data-channel verdict
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     client_sid: bytes = b""
     server_sid: bytes = b""
@@ -61,12 +74,15 @@ class _State:
     static_ok: list[int] = field(default_factory=lambda: [0, 0])
     static_lens: set[int] = field(default_factory=set)
     static_bad: bool = False
-    tls_dead: bool = False
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
     #: 1 when the flow's first payload came from the responder (a capture or queue that started
     #: mid-handshake, after the SYN): the sender of the first payload is the OpenVPN client
     flip: int = 0
     tcp_records: int = 0  # on TCP the first *record* opens a session (a reset may span segments)
+    tcp_checked: bool = False  # the stream's first 3 bytes passed the cheap look
+    gate: JunkGate | None = None  # UDP only
+    data: tuple[DataDir, DataDir] | None = None  # UDP P_DATA channel, made on the first P_DATA-shaped one
+    static_said: bool = False  # the static-key framing gave a verdict
 
 
 class OpenVPN(Classifier):
@@ -82,36 +98,66 @@ class OpenVPN(Classifier):
         """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
         st = flow.state.get("openvpn")
         if st is None:
-            # Cheap first look before any state exists: most flows are not OpenVPN at all.
-            p = pkt.payload
-            if pkt.proto == TCP:
-                if (len(p) < 3 or not _MIN_RESET - 2 <= ((p[0] << 8) | p[1]) <= 1700
-                        or p[2] & 7 or p[2] >> 3 not in _RESETS):
-                    return REJECT
-            elif not (p[0] & 7 == 0 and p[0] >> 3 in _RESETS) and (
-                    len(p) < _STATIC_OVERHEAD + 16 or (len(p) - _STATIC_OVERHEAD) % 16):
-                return REJECT
             st = flow.state["openvpn"] = _State()
             if flow.payload_pkts[direction] == 1 and not flow.payload_pkts[direction ^ 1]:
                 st.flip = direction
-        direction ^= st.flip
-        # Only the flow's first payload packet may open a TLS-mode session: later packets of other
-        # traffic (static-key ciphertext, random UDP) start with a reset-like byte 3 times in 256.
-        first = flow.payload_pkts[0] + flow.payload_pkts[1] == 1
         if pkt.proto == TCP:
-            return self._tcp(st, pkt.payload, direction)
-        p = pkt.payload
+            return self._tcp(st, pkt.payload, direction ^ st.flip)
+        return self._udp(flow, st, pkt.payload, direction)
+
+    def _udp(self, flow: Flow, st: _State, p: bytes, direction: int) -> InspectResult:
+        gate = st.gate
+        if gate is None:
+            gate = st.gate = JunkGate()
+        if gate.first_look(p, direction):
+            return REJECT  # both ends opened with one other protocol: a real exchange of it
+        # A server reset may open a session only as the flow's first datagram (a capture started late);
+        # a client reset may follow any amount of junk: its layout is what keeps random data out.
+        first = flow.payload_pkts[0] + flow.payload_pkts[1] == 1
+        static_alive = not st.static_bad
         static = self._static(st, p, direction)  # static-key framing is tracked on every datagram
-        if not st.tls_dead:
-            r = self._packet(st, p, direction, "udp", first)
-            if r is not REJECT:
-                return r
-            st.tls_dead = True
-        return static
+        tls = self._packet(st, p, direction, "udp", first, tolerant=True)
+        if tls is REJECT:
+            return REJECT
+        data = self._data(st, p, direction)
+        best: Verdict | None = None
+        for r in (tls, data, static):
+            if isinstance(r, Verdict) and r.beats(best):
+                best = r
+        if best is not None:
+            return best
+        if static_alive and static is REJECT and st.static_said and not st.client_reset and not data:
+            return REJECT  # framing it called static-key broke: withdraw that verdict
+        if tls is False and data is False and static is REJECT and gate.junk_seen():
+            return REJECT
+        return None
+
+    def _data(self, st: _State, p: bytes, direction: int) -> Verdict | bool:
+        """P_DATA both ways without a handshake (mid-session), see openvpn_data; False: not P_DATA."""
+        if st.server_reset or not p or p[0] >> 3 not in (P_DATA_V1, P_DATA_V2):
+            return False
+        if st.data is None:
+            st.data = (DataDir(), DataDir())
+        if not st.data[direction].feed(p):
+            return False
+        confirmed, ev = data_evidence(st.data[0], st.data[1], _DATA_LEAST)
+        if not ev:
+            return True
+        return self.verdict("openvpn", "confirmed" if confirmed else "heuristic", ev)
 
     def _tcp(self, st: _State, data: bytes, direction: int) -> InspectResult:
         buf = st.tcp_buf[direction] + data
-        if len(buf) > 4096:  # never buffer much: a real OpenVPN record fits well below this
+        if not st.tcp_checked:
+            # Cheap first look at the stream's first 3 bytes (length prefix + opcode), however the first
+            # write was cut into segments: most TCP flows are not OpenVPN at all.
+            if len(buf) < 3:
+                st.tcp_buf[direction] = buf
+                return None
+            plen = (buf[0] << 8) | buf[1]
+            if not _MIN_RESET - 2 <= plen <= 1700 or buf[2] & 7 or buf[2] >> 3 not in _RESETS:
+                return REJECT
+            st.tcp_checked = True
+        if len(buf) > _TCP_MAX:  # never buffer much: a real OpenVPN record fits well below this
             return REJECT
         result: InspectResult = None
         while len(buf) >= 2:
@@ -121,37 +167,42 @@ class OpenVPN(Classifier):
             if len(buf) < 2 + plen:
                 break
             rec, buf = buf[2:2 + plen], buf[2 + plen:]
-            result = self._packet(st, rec, direction, "tcp", st.tcp_records == 0)
+            r = self._packet(st, rec, direction, "tcp", st.tcp_records == 0)
+            result = None if isinstance(r, bool) else r  # not tolerant: never junk (False)
             st.tcp_records += 1
             if result is REJECT or (isinstance(result, Verdict) and result.final):
                 return result
         st.tcp_buf[direction] = buf
         return result
 
-    def _packet(self, st: _State, p: bytes, direction: int, tr: str, first: bool) -> InspectResult:
+    def _packet(self, st: _State, p: bytes, direction: int, tr: str, first: bool,
+                tolerant: bool = False) -> InspectResult | bool:
+        """One OpenVPN packet of the TLS mode. What does not fit is junk (False) when `tolerant` (UDP),
+        else REJECT (a TCP stream is records from byte 0 or not OpenVPN)."""
+        bad: InspectResult | bool = False if tolerant else REJECT
         if len(p) < 1:
             return None
         op, key_id = p[0] >> 3, p[0] & 7
         if not st.client_reset and not st.server_reset:
-            if not first or key_id != 0 or direction != 0:
-                return REJECT
+            if key_id != 0 or direction != 0 or not (first or tolerant):
+                return bad
             layout = reset_layout(p)
             if op in _CLIENT_RESETS and layout:
                 st.client_sid = p[1:9]
                 st.client_reset = f"{OPCODE_NAMES[op]} ({layout})"
                 return self.verdict("openvpn", "heuristic", f"{tr} client {st.client_reset}")
-            if op in _SERVER_RESETS and layout:
+            if op in _SERVER_RESETS and layout and first:
                 # Capture on the far side of a NAT or started late: only the server's half is here.
                 st.server_first = st.server_reset = True
                 st.server_sid = p[1:9]
                 return None
-            return REJECT
+            return bad
         if st.server_first:
             if op in _CONTROL and key_id == 0 and direction == 0 and p[1:9] == st.server_sid:
                 st.consistent += 1
                 return self.verdict("openvpn", "heuristic", f"{tr} server HARD_RESET_SERVER first",
                                     f"server session id consistent in {st.consistent} control packet(s)")
-            return None if op in (P_DATA_V1, P_DATA_V2) or direction == 1 else REJECT
+            return None if op in (P_DATA_V1, P_DATA_V2) or direction == 1 else bad
         if direction == 1 and op in _SERVER_RESETS and key_id == 0 and reset_layout(p):
             sid = p[1:9]
             if sid == st.client_sid:
@@ -171,12 +222,12 @@ class OpenVPN(Classifier):
                     return self._confirmed(st, tr)
                 return self.verdict("openvpn", "heuristic", f"{tr} client {st.client_reset}",
                                     f"client session id consistent in {st.consistent} control packet(s)")
-            return REJECT
+            return bad
         if op in (P_DATA_V1, P_DATA_V2) and st.server_reset:
             return None
         if op in _CLIENT_RESETS and direction == 0 and p[1:9] == st.client_sid:
             return None  # retransmitted reset
-        return REJECT
+        return bad
 
     def _confirmed(self, st: _State, tr: str) -> InspectResult:
         ev = [f"{tr} client {st.client_reset}", "server HARD_RESET_SERVER"]
@@ -197,6 +248,7 @@ class OpenVPN(Classifier):
         st.static_ok[direction] += 1
         st.static_lens.add(n)
         if min(st.static_ok) >= _STATIC_MIN_PKTS and len(st.static_lens) >= 2:
+            st.static_said = True
             return self.verdict(
                 "openvpn", "heuristic",
                 f"static-key framing (HMAC+IV+16-byte blocks) on {sum(st.static_ok)} packets both ways",
