@@ -95,7 +95,8 @@ def test_voip_follows_its_own_klass_rule() -> None:
 def test_example_config_in_the_repo_is_valid() -> None:
     path = Path(__file__).resolve().parents[2] / "config" / "tunnelwatch.yaml"
     cfg = parse_config(path.read_text(), str(path))
-    assert cfg.klass["vpn_tunnel"].mode == "enforce"
+    # shipped neutral: nothing is blocked until the operator (or the provisioning file) asks for it
+    assert all(rule.mode == "monitor" for rule in cfg.klass.values()) and not cfg.protocol
     assert cfg.registry is not None and cfg.registry.name == "registry.yaml"
     assert cfg.backend == "auto" and cfg.voip.bulk_calls == 0  # bulk VoIP is off unless asked for
 
