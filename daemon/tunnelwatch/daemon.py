@@ -2,13 +2,13 @@
 
 Start: load config and registry (exit 78 when invalid), start the status socket, bind the queue, then
 install the rules (so no packet is queued before someone listens) and only then tell systemd READY=1.
-Run: each queued packet goes parse -> engine -> policy, and the flow's decision is returned as mark bits
-the kernel saves in the connmark. SIGHUP reloads config and registry (supervisor.py); SIGTERM/SIGINT send
-STOPPING=1, remove our rules and exit 0. A kill -9 leaves the rules, but --queue-bypass keeps traffic
-flowing and the next start re-installs them without duplicates. Once the queue is bound and the rules are
-in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is dropped (see privileges.py). Endpoint lists
-(endpoints.py) are loaded at start (a bad one exits 78), re-read on every reload and whenever a list file
-changes (checked every `endpoints.watch` seconds, between packets).
+Run: each queued packet goes parse -> engine -> policy (enforcer.py), and the flow's decision is returned
+as mark bits the kernel saves in the connmark. SIGHUP reloads config and registry (supervisor.py);
+SIGTERM/SIGINT send STOPPING=1, remove our rules and exit 0. A kill -9 leaves the rules, but
+--queue-bypass keeps traffic flowing and the next start re-installs them without duplicates. Once the
+queue is bound and the rules are in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is dropped (see
+privileges.py). Endpoint lists (endpoints.py) are loaded at start (a bad one exits 78), re-read on every
+reload and whenever a list file changes (checked every `endpoints.watch` seconds, between packets).
 
 With several queues, one worker process per queue handles packets (workers.py); the main process owns the
 rules, the supervisor and the status state.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gc
 import logging
 import os
 import select
@@ -31,12 +30,8 @@ from typing import Final
 
 from tunnelwatch import firewall, privileges
 from tunnelwatch.appliance import Appliance
-from tunnelwatch.classify.base import Verdict
 from tunnelwatch.endpoints import Endpoints
-from tunnelwatch.engine import Engine
-from tunnelwatch.flow import Flow, FlowKey
-from tunnelwatch.packet import addr_text, parse_ip, transport_name
-from tunnelwatch.policy import Decision, Policy
+from tunnelwatch.enforcer import QUIET_S, Enforcer, Record
 from tunnelwatch.registry import Registry
 from tunnelwatch.reporting import Reporter
 from tunnelwatch.runconfig import ConfigError, RunConfig
@@ -46,145 +41,8 @@ from tunnelwatch.supervisor import Supervisor
 log = logging.getLogger("tunnelwatch")
 
 EX_CONFIG: Final = 78
-#: an undecided flow that saw no queued packet for this long is decided on what was seen (Engine.decide_quiet)
-QUIET_S: Final = 2.0
-FULL_GC_EVERY: Final = 3600.0  # seconds between full garbage collections on the packet path
-Record = Callable[[dict[str, object]], None]
-
-
-def _deep(cfg: RunConfig) -> dict[tuple[int, int], int]:
-    return {(6 if t == "tcp" else 17, port): n for t, port, n in cfg.deep}
-
-
-def _mark(d: Decision) -> int:
-    if d.action != "block":
-        return firewall.MARK_ALLOW
-    return firewall.MARK_REJECT if d.reject else firewall.MARK_DROP
-
-
-class Enforcer:
-    """The per-packet path: classify, decide once per flow, remember the flow's mark bits."""
-
-    def __init__(self, cfg: RunConfig, registry: Registry, record: Record | None = None,
-                 endpoints: Endpoints | None = None) -> None:
-        self.cfg = cfg
-        self.policy = Policy.from_config(cfg)
-        self.registry = registry
-        self.record = record
-        self.endpoints = endpoints if endpoints is not None else Endpoints(cfg.endpoints)
-        self.engine = Engine(budget=cfg.packets, max_flows=cfg.flows, on_decided=self._decided,
-                             on_end=self._ended, deep=_deep(cfg))
-        self._use_lists()
-        self.unparsed = 0  # queued packets that are not IP we can read (counted, then accepted)
-        self._evictions_seen = 0
-        self.next_watch = time.monotonic() + cfg.endpoints.watch
-        self.next_full_gc = time.monotonic() + FULL_GC_EVERY
-        self.marks: dict[FlowKey, int] = {}
-        self.counts: dict[str, int] = {}
-
-    def _use_lists(self) -> None:
-        idx = self.endpoints.index
-        self.engine.endpoints = idx if idx.count else None  # no lists: not even a call per decision
-
-    def apply(self, cfg: RunConfig, registry: Registry) -> None:
-        """A reloaded config: new flows get the new policy; decided flows keep their marks."""
-        if cfg is not self.cfg:
-            # a reload (SIGHUP) brings a freshly loaded config object: re-read the lists too; a registry
-            # file change hands back the running one (in workers every hand-over is a copy: re-read anyway)
-            self.endpoints.reload(cfg.endpoints)
-            self._use_lists()
-        if cfg != self.cfg:
-            policy = Policy.from_config(cfg)
-            if cfg.voip == self.cfg.voip:
-                policy.calls = self.policy.calls  # the bulk-VoIP window survives unrelated changes
-            self.policy = policy
-            self.engine.budget = cfg.packets
-            self.engine.table.max_flows = cfg.flows  # a smaller table shrinks as new flows arrive
-            self.engine.deep = _deep(cfg)
-        self.cfg, self.registry = cfg, registry
-
-    def tick(self) -> None:
-        """Between packets: re-read endpoint list files that changed (every `endpoints.watch` seconds)."""
-        watch = self.cfg.endpoints.watch
-        if watch and self.cfg.endpoints.lists and time.monotonic() >= self.next_watch:
-            self.next_watch = time.monotonic() + watch
-            if self.endpoints.check():
-                self._use_lists()
-        self._decide_quiet()
-        if time.monotonic() >= self.next_full_gc:
-            # automatic full collections are off on the packet path (nfqueue.relax_gc); one an hour
-            # still frees any long-lived reference cycle (threads, TLS, HTTP objects), at a known time
-            self.next_full_gc = time.monotonic() + FULL_GC_EVERY
-            t0 = time.perf_counter()
-            freed = gc.collect()
-            log.debug("full garbage collection: %d objects freed in %.0f ms", freed,
-                      (time.perf_counter() - t0) * 1000)
-        evicted = self.engine.table.evicted
-        if evicted and not self._evictions_seen:
-            # once: a full table is either a flood or an undersized queue.flows; both need a human
-            log.warning("flow table full (%d flows): forgetting the least recently seen flows; a flood of "
-                        "new flows, or raise queue.flows", self.engine.table.max_flows)
-        self._evictions_seen = evicted
-
-    def _decide_quiet(self) -> None:
-        for flow in self.engine.decide_quiet(time.time(), QUIET_S):
-            bits = self.marks.get(flow.key, 0)
-            log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())
-            if bits in (firewall.MARK_DROP, firewall.MARK_REJECT):
-                found = firewall.mark_connection(transport_name(flow.proto), addr_text(flow.src), flow.sport,
-                                                 addr_text(flow.dst), flow.dport, bits)
-                if not found:  # closed meanwhile, or not TCP/UDP: nothing left to block
-                    log.info("block decided after %s went quiet: no conntrack entry left", flow.describe())
-
-    def flow_stats(self) -> dict[str, int]:
-        """Flow-table and parser counters for the status (cumulative since start)."""
-        t = self.engine.table
-        return {"tracked": len(t), "max": t.max_flows, "created": t.created, "expired": t.expired,
-                "evicted": t.evicted, "classifier_errors": self.engine.classifier_errors,
-                "unparsed_packets": self.unparsed}
-
-    def handle(self, payload: bytes) -> int:
-        """Mark bits for one queued packet: the flow's decision, or 0 while it is still undecided."""
-        pkt = parse_ip(payload, time.time())
-        if pkt is None:
-            self.unparsed += 1
-            return 0
-        flow = self.engine.process(pkt)
-        bits = self.marks.get(flow.key)
-        if bits is not None:
-            return bits
-        # done without a decision: no classifier wants this transport (ICMP, ...): nothing to inspect
-        return firewall.MARK_ALLOW if flow.done else 0
-
-    def _decided(self, flow: Flow, verdict: Verdict) -> None:
-        d = self.policy.decide(flow, verdict, self.registry, dt.datetime.now(dt.UTC))
-        self.marks[flow.key] = _mark(d)
-        self.counts[d.action] = self.counts.get(d.action, 0) + 1
-        verb = "block(reject)" if d.reject else d.action
-        level = logging.INFO if verdict.klass not in ("benign", "unknown") else logging.DEBUG
-        if d.bulk:
-            level = logging.WARNING  # the grey-traffic signature: the operator must see it
-        desc = flow.describe()
-        log.log(level, "decided %s %s %s %s %s (%s)%s", verdict.klass, verdict.protocol, verdict.confidence,
-                verb, desc, d.reason,
-                f" [{'; '.join(verdict.evidence[:3])}]" if verdict.evidence else "",
-                extra={"FLOW": desc, "KLASS": verdict.klass, "PROTOCOL": verdict.protocol, "VERDICT": verb,
-                       "CONFIDENCE": verdict.confidence})
-        if self.record is not None:
-            registered = d.action == "allow" and d.reason.startswith("registered ")
-            reg = d.reason[len("registered "):] if registered else None
-            self.record({"ts": time.time(), "src": addr_text(flow.src), "sport": flow.sport,
-                         "dst": addr_text(flow.dst), "dport": flow.dport,
-                         "transport": transport_name(flow.proto),
-                         "klass": verdict.klass, "protocol": verdict.protocol,
-                         "confidence": verdict.confidence, "action": d.action, "reason": d.reason,
-                         "evidence": [e[:128] for e in verdict.evidence[:16]], "bulk": d.bulk or None,
-                         "registration_id": reg, "packets": flow.packets, "bytes": flow.bytes,
-                         "first_seen": flow.first_ts, "last_seen": flow.last_ts})
-
-    def _ended(self, flow: Flow, verdict: Verdict) -> None:
-        self.marks.pop(flow.key, None)
-        self.policy.ended(flow)  # a call whose flow ended no longer counts towards bulk VoIP
+__all__ = ["EX_CONFIG", "QUIET_S", "Enforcer", "Record", "Rules", "Signals", "firewall_spec", "log_ready",
+           "run", "serve"]
 
 
 def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend: str = "iptables"
@@ -276,7 +134,8 @@ def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool 
     from tunnelwatch.nfqueue import Queue  # needs the compiled binding: only the daemon imports it
 
     cfg = enforcer.cfg
-    nfq = Queue(qnum, enforcer.handle, firewall.MARK_MASK, maxlen=cfg.maxlen, fail_open=not cfg.fail_closed)
+    nfq = Queue(qnum, enforcer.handle, firewall.MARK_MASK | firewall.MARK_PENDING, maxlen=cfg.maxlen,
+                fail_open=not cfg.fail_closed)
     try:
         on_ready(nfq.flags_ok)
         qfd = nfq.fileno()

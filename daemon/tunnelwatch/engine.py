@@ -4,6 +4,14 @@ Feeds each new flow's first packets (up to a budget) to the classifiers that wan
 the best verdict, stops early on a confirmed tunnel/VoIP verdict, and falls back to the operator's endpoint
 lists (confidence "list") and then to port hints. The same engine runs offline (`tunnelwatch classify`) and
 inline behind NFQUEUE.
+
+Re-opening (inline: `reopens` > 0): a decision that is not settled (unknown, or any verdict short of
+`confirmed`) leaves the flow watched. When a packet of a watched flow arrives later (the kernel queues
+such connections again in later windows, see firewall.py), `reopen()` gives it a fresh look: every
+classifier of its transport with fresh state and a small budget (`reopen_budget` packets), or, when the
+flow was only decided because it went quiet before its budget, the same classifiers and state resumed
+(a late reply completes the handshake they saw). The new decision goes through `on_decided` again.
+Classifiers can tell a re-opened flow by `flow.reopens` > 0 (its first packets are mid-session).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 24
 #: flows to these (ip proto, server port) get a larger budget: SSH forwarding shows after the login
 DEFAULT_DEEP: dict[tuple[int, int], int] = {(6, 22): 96}
+#: packets a re-opened flow is looked at before it is decided again
+REOPEN_BUDGET = 8
 
 
 def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -48,6 +58,8 @@ class Engine:
         on_decided: Callable[[Flow, Verdict], None] | None = None,
         endpoints: EndpointIndex | None = None,
         deep: dict[tuple[int, int], int] | None = None,
+        reopens: int = 0,
+        reopen_budget: int = REOPEN_BUDGET,
     ) -> None:
         if budget < 1:
             raise ValueError("budget must be at least 1 packet")
@@ -63,6 +75,10 @@ class Engine:
         self.endpoints = endpoints
         #: (ip proto, server port) -> a larger budget for flows to that port (SSH forwarding shows late)
         self.deep = dict(DEFAULT_DEEP if deep is None else deep)
+        #: times an unsettled flow may be re-opened (0: decisions are final, as offline)
+        self.reopens = reopens
+        self.reopen_budget = reopen_budget
+        self.reopened = 0
         self.table = FlowTable(idle_timeout, max_flows, self._ended)
         self._by_proto: dict[int, tuple[Classifier, ...]] = {}
         for c in self.classifiers:
@@ -84,11 +100,14 @@ class Engine:
         flow, created = self.table.get(pkt)
         if created:
             flow.active = list(self._by_proto.get(pkt.proto, ()))
+            flow.limit = max(self.budget, self.deep.get((flow.proto, flow.dport), 0)) if self.deep \
+                else self.budget
             if self.ctx:
                 flow.expected = self.ctx.lookup(pkt)
             if not flow.active:
-                flow.done = True
+                flow.done = True  # no classifier for this transport: nothing to look at, now or later
             else:
+                flow.watch = self.reopens
                 self._undecided[flow.key] = flow
         elif not flow.done:
             self._undecided.move_to_end(flow.key)
@@ -98,16 +117,33 @@ class Engine:
         flow.pkts_dir[d] += 1
         flow.bytes_dir[d] += pkt.length
         if flow.done:
-            if flow.follow_left and pkt.payload:
-                self._follow(flow, pkt, d)
-            return flow
+            if flow.watch and pkt.payload:
+                self.reopen(flow)  # a later window of a flow not settled: look again
+            else:
+                if flow.follow_left and pkt.payload:
+                    self._follow(flow, pkt, d)
+                return flow
         if pkt.payload:
             flow.payload_pkts[d] += 1
             self._inspect(flow, pkt, d)
-        if not flow.done and (not flow.active or (flow.packets >= self.budget and (
-                not self.deep or flow.packets >= self.deep.get((flow.proto, flow.dport), 0)))):
+        if not flow.done and (not flow.active or flow.packets >= flow.limit):
             self._decide(flow)
         return flow
+
+    def reopen(self, flow: Flow) -> None:
+        """Look at a decided, watched flow again (see the module docstring); uses up one re-open."""
+        flow.watch -= 1
+        flow.reopens += 1
+        self.reopened += 1
+        flow.done = False
+        if not flow.active:  # a fresh look: every classifier of the transport, from a clean state
+            flow.active = list(self._by_proto.get(flow.proto, ()))
+            flow.state = {}
+            flow.cands = {}
+        flow.follow = []
+        flow.follow_left = 0
+        flow.limit = max(flow.limit, flow.packets + self.reopen_budget)
+        self._undecided[flow.key] = flow
 
     def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:
         ctx = self.ctx
@@ -172,13 +208,20 @@ class Engine:
             flow = next(iter(und.values()))
             if flow.last_ts > cutoff:
                 break
-            self._decide(flow)
+            self._decide(flow, quiet=True)
             out.append(flow)
         return out
 
-    def _decide(self, flow: Flow) -> None:
+    def _decide(self, flow: Flow, quiet: bool = False) -> None:
         self._undecided.pop(flow.key, None)
         flow.done = True
+        verdict = self.verdict(flow)
+        if verdict.confidence == "confirmed":
+            flow.watch = 0  # settled: nothing more to learn
+        if self.on_decided is not None:
+            self.on_decided(flow, verdict)  # may end the watch too (blocked, registered)
+        if flow.watch > 0 and quiet and flow.active:
+            return  # went quiet before its budget: a late packet resumes these classifiers and their state
         flow.follow = [c for c in flow.active if c.follow]
         flow.follow_left = max((c.follow for c in flow.follow), default=0)
         if not flow.follow:
@@ -187,8 +230,6 @@ class Engine:
             flow.state = {}
             flow.cands = {}
         flow.active = []
-        if self.on_decided is not None:
-            self.on_decided(flow, self.verdict(flow))
 
     def verdict(self, flow: Flow) -> Verdict:
         """The flow's verdict now: a flagged confirmed/heuristic verdict, else an endpoint-list match, else

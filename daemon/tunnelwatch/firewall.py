@@ -18,12 +18,30 @@ logic as one `inet tunnelwatch` table, replaced atomically by `nft -f -`; it nee
 `queue` expression (CONFIG_NFT_QUEUE), so `choose_backend("auto")` probes for it by loading a throw-away
 table with a queue rule in one transaction (the kernel answers ENOENT without the expression and the
 transaction leaves nothing behind) and falls back to iptables.
+
+Nothing is allowed for good on a guess (docs/enforcement.md). The connmark's decision bits (MARK_MASK)
+hold ALLOW, DROP, REJECT (final: the kernel fast path) or WATCH (the daemon saw the flow, could not
+confirm what it is, and wants to look again). Connections without a final decision (connmark 0 or WATCH)
+are queued in the main window (`window(packets)`: the engine's budget plus room for handshake and pure
+ACKs, which count in connbytes but are never queued), then again in short later windows (LATER_WINDOWS)
+and, for UDP, whenever a WireGuard-handshake-sized datagram passes (at most a few per connection and
+hour); past the last window the kernel sets ALLOW itself. TCP segments are queued when they carry any
+payload (an exact IP-length test per TCP data offset; SYN with data included); payload-less ones skip.
+
+Accountable fail-open: every packet sent to the queue gets the PENDING bit in its packet mark; the daemon's
+verdict clears it. A packet reaching the filter chain with PENDING still set passed unverdicted (queue
+full with fail-open, or no daemon with --queue-bypass): counted there (packets, and flows through a
+BYPASSED connmark bit), read back with `counters()`. A per-source hashlimit on new connections before
+the queue (`Spec.new_flow_rate`/`new_flow_burst`) drops one LAN host's flood instead of letting it push
+everybody into fail-open; its drops are counted too, and `limited_hosts()` names the hosts over it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -35,10 +53,25 @@ log = logging.getLogger(__name__)
 
 CHAIN: Final = "TUNNELWATCH"
 NFT_TABLE: Final = "tunnelwatch"
-MARK_MASK: Final = 0x30000000
+#: the decision bits of the packet mark and connmark (the daemon's verdict sets them, save-mark keeps them)
+MARK_MASK: Final = 0x70000000
+#: the final decisions: a connmark with any of these bits set is handled in the kernel alone
+MARK_FINAL: Final = 0x30000000
 MARK_ALLOW: Final = 0x10000000
 MARK_DROP: Final = 0x20000000
 MARK_REJECT: Final = 0x30000000
+#: not decided for good: queued again in later windows (see the module docstring)
+MARK_WATCH: Final = 0x40000000
+#: packet mark: sent to the queue, no verdict yet (cleared by every daemon verdict)
+MARK_PENDING: Final = 0x08000000
+#: connmark: at least one packet of this connection passed the queue unverdicted
+MARK_BYPASSED: Final = 0x08000000
+#: (first, last) connbytes packet counts at which connections without a final decision are queued again
+LATER_WINDOWS: Final = ((64, 72), (512, 520), (4096, 4104))
+#: IP packet lengths (v4, v6) of WireGuard's handshake initiation (148 B) and response (92 B) over UDP
+HANDSHAKE_LENGTHS: Final = {4: (176, 120), 6: (196, 140)}
+HANDSHAKE_RATE: Final = "6/hour"  # handshake-sized packets queued per connection and direction, at most
+QCHAIN: Final = "TUNNELWATCH_Q"
 _HOOK_CHAINS: Final = {"forward": "FORWARD", "input": "INPUT", "output": "OUTPUT"}
 _ACCT: Final = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
 
@@ -71,6 +104,18 @@ class Spec:
     #: (transport, server port, packets): connections to these ports are queued deeper than `packets`
     #: (SSH: port forwarding shows only after authentication, ~30 packets in)
     deep: tuple[tuple[str, int, int], ...] = ()
+    #: new connections per second and source address before the queue (0: no limit), and the burst
+    new_flow_rate: int = 500
+    new_flow_burst: int = 1000
+
+
+def window(packets: int) -> int:
+    """The kernel's first connbytes window for an engine budget of `packets` queued packets.
+
+    connbytes counts every packet both ways, SYN and pure ACKs included, while only payload reaches the
+    daemon: the slack keeps a burst of duplicate ACKs from pushing the first data out of the window.
+    """
+    return 2 * packets + 16
 
 
 def _family(addr: str) -> int:
@@ -81,14 +126,52 @@ def _m(x: int) -> str:
     return f"0x{x:x}/0x{MARK_MASK:x}"
 
 
-# u32 tests that succeed only when a 4-byte word exists at the TCP payload start (IPv6: no extension
-# headers assumed; with them the read lands elsewhere in the packet and the segment is simply queued).
-_NO_PAYLOAD: Final = {4: "0>>22&0x3C@12>>26&0x3C@0>>24=0:255", 6: "52>>26&0x3C@40>>24=0:255"}
+def _no_payload(version: int, offset: int) -> str:
+    """A u32 test true when a TCP segment with this data offset (in 32-bit words) carries no payload.
+
+    IPv4: header of 20 bytes (IP options are rare; with them the test fails and the segment is queued)
+    and total length == 20 + 4 * offset. IPv6: next header TCP (no extension headers, else queued) and
+    payload length == 4 * offset.
+    """
+    n = 4 * offset
+    if version == 4:
+        return f"0>>24=0x45&&0&0xFFFF={20 + n}&&32>>28={offset}"
+    return f"4>>8&0xFF=6&&4>>16={n}&&52>>28={offset}"
+
+
+def _counted(name: str) -> str:
+    return f"-m comment --comment tw:{name}"
+
+
+def _windows(spec: Spec, version: int, jump: str) -> list[str]:
+    """Rules sending connections without a final decision to the queue chain, window by window."""
+    cb = "--connbytes-dir both --connbytes-mode packets"
+    first = window(spec.packets)
+    out = []
+    for proto, port, packets in spec.deep:
+        out.append(f"-A {CHAIN} -m conntrack --ctproto {proto} --ctorigdstport {port} -m connbytes "
+                   f"--connbytes 0:{window(packets)} {cb} -j {jump}")
+    out.append(f"-A {CHAIN} -m connbytes --connbytes 0:{first} {cb} -j {jump}")
+    for lo, hi in LATER_WINDOWS:
+        if lo > first:
+            out.append(f"-A {CHAIN} -m connbytes --connbytes {lo}:{hi} {cb} -j {jump}")
+    for i, length in enumerate(HANDSHAKE_LENGTHS[version]):
+        out.append(f"-A {CHAIN} -p udp -m length --length {length} -m hashlimit --hashlimit-upto "
+                   f"{HANDSHAKE_RATE} --hashlimit-burst 2 --hashlimit-mode srcip,srcport,dstip,dstport "
+                   f"--hashlimit-name tw_hs{i}_{version} -j {jump}")
+    return out
+
+
+def last_packet(spec: Spec) -> int:
+    """The connbytes count after which a connection without a final decision is allowed for good."""
+    return max([window(spec.packets), *(window(n) for _, _, n in spec.deep),
+                *(hi for _, hi in LATER_WINDOWS)])
 
 
 def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
-    """The rules of our chain per table (`-A TUNNELWATCH ...` lines) for IP version 4 or 6."""
-    mangle = [f"-A {CHAIN} -m connmark ! --mark {_m(0)} -j RETURN"]
+    """The rules of our chains per table (`-A TUNNELWATCH ...` / `-A TUNNELWATCH_Q ...` lines) for IP
+    version 4 or 6."""
+    mangle = [f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_FINAL:x} -j RETURN"]
     if "input" in spec.hooks or "output" in spec.hooks:
         mangle += [f"-A {CHAIN} -i lo -j RETURN", f"-A {CHAIN} -o lo -j RETURN"]
     for b in spec.bypass:
@@ -105,33 +188,42 @@ def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
                 for proto in ("tcp", "udp"):
                     mangle.append(f"-A {CHAIN} -m conntrack --ctproto {proto}{src} --ctorigdst {b.server} "
                                   f"--ctorigdstport {port} -j RETURN")
+    if spec.new_flow_rate:
+        # one host's flood of new connections must not fill the queue for everybody (fail-open)
+        mangle.append(f"-A {CHAIN} -m conntrack --ctstate NEW -m hashlimit --hashlimit-above "
+                      f"{spec.new_flow_rate}/sec --hashlimit-burst {spec.new_flow_burst} --hashlimit-mode "
+                      f"srcip --hashlimit-name tw_new{version} {_counted('flood_dropped')} -j DROP")
     if spec.queue_count > 1:
         target = f"NFQUEUE --queue-balance {spec.queue_num}:{spec.queue_num + spec.queue_count - 1}"
     else:
         target = f"NFQUEUE --queue-num {spec.queue_num}"
     if not spec.fail_closed:
         target += " --queue-bypass"
-    # TCP handshake and reset segments carry no payload to classify: keeping them out of userspace
-    # takes the queue's latency off every connection set-up (they still count towards connbytes).
-    mangle += [f"-A {CHAIN} -p tcp --tcp-flags SYN SYN -j RETURN",
-               f"-A {CHAIN} -p tcp --tcp-flags RST RST -j RETURN",
-               # Pure ACKs carry nothing to classify either: u32 cannot read a 4-byte word at the start
-               # of the TCP payload (IP header length + data offset), so the negated match skips them.
-               f"-A {CHAIN} -p tcp -m u32 ! --u32 {_NO_PAYLOAD[version]} -j RETURN"]
-    for proto, port, packets in spec.deep:
-        mangle.append(f"-A {CHAIN} -m conntrack --ctproto {proto} --ctorigdstport {port} -m connbytes "
-                      f"--connbytes 0:{packets} --connbytes-dir both --connbytes-mode packets -j {target}")
-    mangle.append(f"-A {CHAIN} -m connbytes --connbytes 0:{spec.packets} --connbytes-dir both "
-                  f"--connbytes-mode packets -j {target}")
+    # past the last window nothing more is learnt: the kernel allows the connection for good
+    mangle.append(f"-A {CHAIN} -m connbytes --connbytes {last_packet(spec) + 1}: --connbytes-dir both "
+                  f"--connbytes-mode packets -j CONNMARK --set-xmark 0x{MARK_ALLOW:x}/0x{MARK_MASK:x}")
+    mangle += _windows(spec, version, QCHAIN)
+    # the queue chain: reset segments and payload-less TCP (handshake, pure ACKs) carry nothing to
+    # classify; keeping them out of userspace takes the queue's latency off every connection set-up
+    queue = [f"-A {QCHAIN} -p tcp --tcp-flags RST RST -j RETURN"]
+    queue += [f"-A {QCHAIN} -p tcp -m u32 --u32 {_no_payload(version, off)} -j RETURN"
+              for off in range(5, 16)]
+    queue += [f"-A {QCHAIN} -j MARK --set-xmark 0x{MARK_PENDING:x}/0x{MARK_PENDING:x}",
+              f"-A {QCHAIN} -j {target}"]
     unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
+    pending = f"-m mark --mark 0x{MARK_PENDING:x}/0x{MARK_PENDING:x}"
     filt = [
+        # queued, yet no verdict cleared the pending bit: the kernel let it through without the daemon
+        f"-A {CHAIN} {pending} -m connmark ! --mark 0x{MARK_BYPASSED:x}/0x{MARK_BYPASSED:x} "
+        f"{_counted('bypassed_flows')} -j CONNMARK --set-xmark 0x{MARK_BYPASSED:x}/0x{MARK_BYPASSED:x}",
+        f"-A {CHAIN} {pending} {_counted('bypassed_packets')} -j MARK --set-xmark 0x0/0x{MARK_PENDING:x}",
         f"-A {CHAIN} -m mark ! --mark {_m(0)} -j CONNMARK --save-mark "
         f"--nfmask 0x{MARK_MASK:x} --ctmask 0x{MARK_MASK:x}",
         f"-A {CHAIN} -m connmark --mark {_m(MARK_DROP)} -j DROP",
         f"-A {CHAIN} -p tcp -m connmark --mark {_m(MARK_REJECT)} -j REJECT --reject-with tcp-reset",
         f"-A {CHAIN} -m connmark --mark {_m(MARK_REJECT)} -j REJECT --reject-with {unreach}",
     ]
-    return {"mangle": mangle, "filter": filt}
+    return {"mangle": mangle + queue, "filter": filt}
 
 
 def restore_script(spec: Spec, version: int, missing_jumps: Iterable[tuple[str, str]] = ()) -> str:
@@ -139,7 +231,8 @@ def restore_script(spec: Spec, version: int, missing_jumps: Iterable[tuple[str, 
     missing = set(missing_jumps)
     lines: list[str] = []
     for table, rules in chain_rules(spec, version).items():
-        lines += [f"*{table}", f":{CHAIN} - [0:0]", *rules]
+        chains = [CHAIN, QCHAIN] if table == "mangle" else [CHAIN]
+        lines += [f"*{table}", *(f":{c} - [0:0]" for c in chains), *rules]
         for hook in spec.hooks:
             if (table, _HOOK_CHAINS[hook]) in missing:
                 lines.append(f"-I {_HOOK_CHAINS[hook]} 1 -j {CHAIN}")
@@ -233,8 +326,10 @@ def remove_family(version: int) -> None:
     for table in ("mangle", "filter"):
         for chain in _HOOK_CHAINS.values():
             _delete_jumps(version, table, chain)
-        _run([_tool(version), "-w", "-t", table, "-F", CHAIN], check=False)
-        _run([_tool(version), "-w", "-t", table, "-X", CHAIN], check=False)
+        for chain in (CHAIN, QCHAIN):  # flush both first: the main chain jumps to the queue chain
+            _run([_tool(version), "-w", "-t", table, "-F", chain], check=False)
+        for chain in (CHAIN, QCHAIN):
+            _run([_tool(version), "-w", "-t", table, "-X", chain], check=False)
 
 
 def remove_iptables() -> None:
@@ -254,6 +349,75 @@ def saved_rules(version: int = 4) -> list[str]:
     """Our lines in `iptables-save` output (chain declarations, jumps and chain rules)."""
     out = _run([_tool(version, "-save")]).stdout
     return [ln for ln in out.splitlines() if CHAIN in ln]
+
+
+COUNTERS: Final = ("bypassed_packets", "bypassed_flows", "flood_dropped")
+_COUNTED: Final = re.compile(r"^\[(\d+):\d+\] -A TUNNELWATCH .*--comment \"?tw:([a-z_]+)")
+
+
+def parse_counters(save_output: str) -> dict[str, int]:
+    """Our counting rules' packet counts in `iptables-save -c` output, summed by name."""
+    out = dict.fromkeys(COUNTERS, 0)
+    for ln in save_output.splitlines():
+        m = _COUNTED.match(ln)
+        if m is not None and m.group(2) in out:
+            out[m.group(2)] += int(m.group(1))
+    return out
+
+
+def parse_nft_counters(listing: str) -> dict[str, int]:
+    """The same from `nft -j list table inet tunnelwatch` (rules with a `tw:` comment and a counter)."""
+    out = dict.fromkeys(COUNTERS, 0)
+    try:
+        items = json.loads(listing).get("nftables", [])
+    except (ValueError, AttributeError):
+        return out
+    for item in items:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict):
+            continue
+        name = str(rule.get("comment", "")).removeprefix("tw:")
+        for e in rule.get("expr", []):
+            if name in out and isinstance(e, dict) and isinstance(e.get("counter"), dict):
+                out[name] += int(e["counter"].get("packets", 0))
+    return out
+
+
+def counters(spec: Spec) -> dict[str, int]:
+    """Kernel counters of fail-open and the flood limit, summed over families and tables (cumulative
+    since the rules were installed): packets/flows that passed unverdicted, new connections dropped."""
+    if spec.backend == "nftables":
+        r = _run(["nft", "-j", "list", "table", "inet", NFT_TABLE], check=False)
+        return parse_nft_counters(r.stdout)
+    total = dict.fromkeys(COUNTERS, 0)
+    for v in versions(spec):
+        for table in ("mangle", "filter"):
+            r = _run([_tool(v, "-save"), "-c", "-t", table], check=False)
+            for k, n in parse_counters(r.stdout).items():
+                total[k] += n
+    return total
+
+
+_HASHLIMIT: Final = {4: Path("/proc/net/ipt_hashlimit"), 6: Path("/proc/net/ip6t_hashlimit")}
+
+
+def limited_hosts(spec: Spec, proc: dict[int, Path] | None = None) -> list[str]:
+    """Source addresses whose new-connection bucket is empty now (they are over the flood limit).
+
+    Read from the hashlimit table's proc file: `expires src:0->0.0.0.0:0 credit credit_cap cost`.
+    """
+    out: list[str] = []
+    for v in versions(spec):
+        path = (proc or _HASHLIMIT)[v] / f"tw_new{v}"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for ln in lines:
+            f = ln.split()
+            if len(f) >= 5 and f[2].isdigit() and f[4].isdigit() and int(f[2]) < int(f[4]):
+                out.append(f[1].split("->")[0].rsplit(":", 1)[0].strip("[]"))
+    return out
 
 
 def _nft_mark(x: int) -> str:
@@ -279,8 +443,10 @@ def _nft_bypass(b: Bypass) -> list[str]:
 
 
 def nft_rules(spec: Spec) -> dict[str, list[str]]:
-    """The rules of our two nft chains, "queue" (mangle priority) and "verdict" (filter priority)."""
-    queue = [f"ct mark & {_nft_mark(MARK_MASK)} != 0 return"]
+    """The rules of our nft chains: "queue" (mangle priority), "q" (the queue itself, jumped to per
+    window) and "verdict" (filter priority); the same logic as chain_rules."""
+    mask = _nft_mark(MARK_MASK)
+    queue = [f"ct mark & {_nft_mark(MARK_FINAL)} != 0 return"]
     if not spec.ipv6:
         queue.append("meta nfproto ipv6 return")
     if "input" in spec.hooks or "output" in spec.hooks:
@@ -288,6 +454,11 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
     for b in spec.bypass:
         if spec.ipv6 or _family(b.server) == 4:
             queue += _nft_bypass(b)
+    if spec.new_flow_rate:
+        for fam, addr in (("ipv4", "ip"), ("ipv6", "ip6")):
+            queue.append(f"meta nfproto {fam} ct state new meter tw_new_{addr} {{ {addr} saddr limit rate "
+                         f"over {spec.new_flow_rate}/second burst {spec.new_flow_burst} packets }} "
+                         f'counter drop comment "tw:flood_dropped"')
     flags = [] if spec.fail_closed else ["bypass"]
     if spec.queue_count > 1:
         nums = f"{spec.queue_num}-{spec.queue_num + spec.queue_count - 1}"
@@ -295,25 +466,49 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
     else:
         nums = str(spec.queue_num)
     flag_text = f" {','.join(flags)}" if flags else ""
-    queue.append("tcp flags & (syn | rst) != 0 return")  # no payload to classify (see chain_rules)
-    for proto, port, packets in spec.deep:
-        queue.append(f"meta l4proto {proto} ct original proto-dst {port} ct packets <= {packets} "
-                     f"queue num {nums}{flag_text}")
-    queue.append(f"ct packets <= {spec.packets} queue num {nums}{flag_text}")
     keep = _nft_mark(~MARK_MASK & 0xFFFFFFFF)
-    verdict = [f"meta mark & {_nft_mark(MARK_MASK)} == {_nft_mark(m)} ct mark set ct mark & {keep} | "
-               f"{_nft_mark(m)}" for m in (MARK_ALLOW, MARK_DROP, MARK_REJECT)]
-    is_drop = f"ct mark & {_nft_mark(MARK_MASK)} == {_nft_mark(MARK_DROP)}"
-    is_reject = f"ct mark & {_nft_mark(MARK_MASK)} == {_nft_mark(MARK_REJECT)}"
+    queue.append(f"ct packets > {last_packet(spec)} ct mark set ct mark & {keep} | {_nft_mark(MARK_ALLOW)} "
+                 "return")
+    for proto, port, packets in spec.deep:
+        queue.append(f"meta l4proto {proto} ct original proto-dst {port} ct packets <= {window(packets)} "
+                     "jump q")
+    first = window(spec.packets)
+    queue.append(f"ct packets <= {first} jump q")
+    queue += [f"ct packets {lo}-{hi} jump q" for lo, hi in LATER_WINDOWS if lo > first]
+    for fam, addr in (("ipv4", "ip"), ("ipv6", "ip6")):
+        v = 4 if fam == "ipv4" else 6
+        for i, length in enumerate(HANDSHAKE_LENGTHS[v]):
+            length_expr = f"ip length {length}" if v == 4 else f"ip6 length {length - 40}"
+            queue.append(f"meta l4proto udp {length_expr} meter tw_hs{i}_{addr} {{ {addr} saddr . "
+                         f"udp sport . {addr} daddr . udp dport limit rate 6/hour burst 2 packets }} jump q")
+    q = ["tcp flags & rst != 0 return"]
+    # no payload: the IP length equals the headers (IPv4 without options, IPv6 without extension headers)
+    q += [f"ip hdrlength 5 tcp doff {off} ip length {20 + 4 * off} return" for off in range(5, 16)]
+    q += [f"ip6 nexthdr tcp tcp doff {off} ip6 length {4 * off} return" for off in range(5, 16)]
+    q.append(f"meta mark set meta mark | {_nft_mark(MARK_PENDING)} queue num {nums}{flag_text}")
+    pending = f"meta mark & {_nft_mark(MARK_PENDING)} != 0"
+    verdict = [
+        f"{pending} ct mark & {_nft_mark(MARK_BYPASSED)} == 0 ct mark set ct mark | "
+        f'{_nft_mark(MARK_BYPASSED)} counter comment "tw:bypassed_flows"',
+        f"{pending} meta mark set meta mark & {_nft_mark(~MARK_PENDING & 0xFFFFFFFF)} counter "
+        'comment "tw:bypassed_packets"',
+    ]
+    verdict += [f"meta mark & {mask} == {_nft_mark(m)} ct mark set ct mark & {keep} | {_nft_mark(m)}"
+                for m in (MARK_ALLOW, MARK_DROP, MARK_REJECT, MARK_WATCH)]
+    is_drop = f"ct mark & {mask} == {_nft_mark(MARK_DROP)}"
+    is_reject = f"ct mark & {mask} == {_nft_mark(MARK_REJECT)}"
     verdict += [f"{is_drop} drop", f"meta l4proto tcp {is_reject} reject with tcp reset",
                 f"{is_reject} reject with icmpx port-unreachable"]
-    return {"queue": queue, "verdict": verdict}
+    return {"queue": queue, "q": q, "verdict": verdict}
 
 
 def nft_script(spec: Spec) -> str:
     """An `nft -f -` script replacing our table atomically (declare, delete, define: one transaction)."""
     rules = nft_rules(spec)
-    lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}", f"table inet {NFT_TABLE} {{"]
+    lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}", f"table inet {NFT_TABLE} {{",
+             "  chain q {"]
+    lines += [f"    {r}" for r in rules["q"]]
+    lines.append("  }")
     for hook in spec.hooks:
         for chain, prio in (("queue", "mangle"), ("verdict", "filter")):
             lines += [f"  chain {chain}_{hook} {{",

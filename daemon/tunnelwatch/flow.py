@@ -30,6 +30,7 @@ class Flow:
         "bytes",
         "bytes_dir",
         "cands",
+        "decided_as",
         "done",
         "dport",
         "dst",
@@ -39,14 +40,17 @@ class Flow:
         "follow_left",
         "key",
         "last_ts",
+        "limit",
         "packets",
         "payload_pkts",
         "pkts_dir",
         "proto",
+        "reopens",
         "sport",
         "src",
         "state",
         "version",
+        "watch",
     )
 
     def __init__(self, key: FlowKey, pkt: Packet) -> None:
@@ -79,6 +83,14 @@ class Flow:
         self.follow_left = 0
         #: set when another flow (e.g. SIP/SDP) announced this flow's endpoint
         self.expected: Expectation | None = None
+        #: the flow is decided once it has this many packets (the engine's budget, or a re-open's)
+        self.limit = 0
+        #: re-opens left: an unsettled decision (unknown, unconfirmed) is looked at again (Engine.reopen)
+        self.watch = 0
+        #: times the flow was re-opened after a decision
+        self.reopens = 0
+        #: the last decision reported for it (the daemon reports a re-decision only when it changed)
+        self.decided_as: tuple[str, ...] | None = None
 
     def direction(self, pkt: Packet) -> int:
         """0 for packets from the initiator, 1 for replies."""

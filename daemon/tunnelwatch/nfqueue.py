@@ -1,8 +1,9 @@
 """The userspace side of NFQUEUE: the only module that touches netfilterqueue / nfnetlink.
 
 Every queued packet is accepted: a decision travels as bits of the packet mark, which the firewall's
-filter chain saves into the connmark and enforces in the kernel (see firewall.py). Accepting always,
-even when our handler fails, keeps the customer online whatever goes wrong in Python.
+filter chain saves into the connmark and enforces in the kernel (see firewall.py). Every verdict also
+clears the firewall's "pending" bit, so packets the kernel let through without us are counted there.
+Accepting always, even when our handler fails, keeps the customer online whatever goes wrong in Python.
 
 python-netfilterqueue has no switch for the kernel's fail-open flag (NFQA_CFG_F_FAIL_OPEN: accept instead
 of drop when the queue is full), so it is set here with one raw nfnetlink config message sent on the
@@ -144,8 +145,9 @@ class Queue:
             if self.errors == 1:
                 log.exception("queue %d: handler failed (further failures counted only): %r", self.num, exc)
             bits = 0
-        if bits:
-            pkt.set_mark((pkt.get_mark() & ~self.mark_mask & 0xFFFFFFFF) | bits)
+        # always: the mask covers the firewall's "pending" bit too, and clearing it is what tells the
+        # kernel's bypass counter that this packet did get a verdict (firewall.MARK_PENDING)
+        pkt.set_mark((pkt.get_mark() & ~self.mark_mask & 0xFFFFFFFF) | bits)
         pkt.accept()
         self._latency.append(time.perf_counter() - t0)
 

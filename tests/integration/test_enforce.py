@@ -189,8 +189,11 @@ def test_only_first_packets_of_a_connection_are_queued(tmp_path: Path) -> None:
         before = _queue_sent(lb)
         ping = lb.run(lb.client, "ping", "-c", "200", "-i", "0.002", "-W", "1", "-q", SERVER_IP, check=False)
         assert ping.returncode == 0, ping.stdout
-        # no classifier wants ICMP: decided on its first packet, the other 399 stay in the kernel
-        assert _queue_sent(lb) - before == 1
+        # a plain ping is only "unknown" (the ICMP tunnel classifier found nothing): watched, so the
+        # kernel queues its first window and the later windows within 400 packets, the rest stays there
+        from tunnelwatch import firewall
+        bound = firewall.window(n) + sum(hi - lo + 1 for lo, hi in firewall.LATER_WINDOWS if hi <= 400)
+        assert 1 <= _queue_sent(lb) - before <= bound
         sent, waiting, dropped = _queue_stats(lb)
         assert (waiting, dropped) == (0, 0)  # every queued packet got its verdict
         lb.stop("daemon")

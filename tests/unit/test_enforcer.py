@@ -1,0 +1,108 @@
+"""The Enforcer's WATCH / re-open logic: crafted packets through Enforcer.handle, no kernel involved."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from scapy.layers.dns import DNS, DNSQR
+from scapy.layers.inet import IP, UDP
+
+from tunnelwatch import firewall
+from tunnelwatch.enforcer import QUIET_S, Enforcer
+from tunnelwatch.registry import Registry, parse_registry
+from tunnelwatch.runconfig import parse_config
+
+C, S = "198.51.100.2", "203.0.113.2"
+SID_C, SID_S = bytes.fromhex("1122334455667788"), bytes.fromhex("99aabbccddeeff00")
+CLIENT_RESET = b"\x38" + SID_C + b"\x00" + b"\x00\x00\x00\x00"
+SERVER_RESET = b"\x40" + SID_S + b"\x01" + b"\x00\x00\x00\x00" + SID_C + b"\x00\x00\x00\x00"
+ENFORCE = "policy: {klass: {vpn_tunnel: enforce}}\n"
+
+
+def _up(pay: bytes, sport: int = 40000, dport: int = 1194) -> bytes:
+    return bytes(IP(src=C, dst=S) / UDP(sport=sport, dport=dport) / pay)
+
+
+def _down(pay: bytes, sport: int = 40000, dport: int = 1194) -> bytes:
+    return bytes(IP(src=S, dst=C) / UDP(sport=dport, dport=sport) / pay)
+
+
+def _enforcer(text: str = ENFORCE, registry: Registry | None = None
+              ) -> tuple[Enforcer, list[dict[str, object]]]:
+    records: list[dict[str, object]] = []
+    return Enforcer(parse_config(text), registry or Registry(), records.append), records
+
+
+def _quiet(enf: Enforcer) -> None:
+    """Decide flows as if QUIET_S had passed without a packet (what tick() does after 2 s)."""
+    enf.engine.decide_quiet(time.time() + QUIET_S + 1, QUIET_S)
+
+
+def test_a_slow_reply_after_the_quiet_decision_still_ends_blocked() -> None:
+    enf, records = _enforcer()
+    assert enf.handle(_up(CLIENT_RESET)) == 0  # undecided: no mark yet
+    _quiet(enf)
+    # heuristic only (below min_confidence confirmed): reported, yet not allowed for good
+    assert enf.marks and set(enf.marks.values()) == {firewall.MARK_WATCH}
+    assert [r["action"] for r in records] == ["report"]
+    # the server answers late: the same classifiers resume with their state and confirm it
+    assert enf.handle(_down(SERVER_RESET)) == firewall.MARK_DROP
+    assert [(r["action"], r["confidence"]) for r in records] == [("report", "heuristic"),
+                                                                   ("block", "confirmed")]
+    assert enf.late_blocks == 1 and enf.flow_stats()["reopened"] == 1
+    # blocked for good: later packets are not re-opened any more
+    assert enf.handle(_up(b"\x48" + os.urandom(60))) == firewall.MARK_DROP
+    assert enf.engine.reopened == 1
+
+
+def test_unknown_flows_are_watched_and_reopened_without_being_reported_again() -> None:
+    enf, records = _enforcer()
+    for _ in range(16):  # the whole budget of random datagrams
+        bits = enf.handle(_up(os.urandom(80), dport=4000))
+    assert bits == firewall.MARK_WATCH
+    assert [(r["klass"], r["action"]) for r in records] == [("unknown", "allow")]
+    # a later window: a fresh look with a small budget, still unknown: still WATCH, not reported twice
+    for _ in range(8):
+        assert enf.handle(_up(os.urandom(80), dport=4000)) == firewall.MARK_WATCH
+    assert enf.engine.reopened >= 1 and len(records) == 1
+
+
+def test_a_tunnel_recognised_in_a_later_window_is_blocked_then() -> None:
+    enf, records = _enforcer()
+    for _ in range(16):  # junk first: nothing to recognise within the budget
+        enf.handle(_up(os.urandom(40)))
+    assert enf.marks[next(iter(enf.marks))] == firewall.MARK_WATCH
+    assert enf.handle(_up(CLIENT_RESET)) == firewall.MARK_WATCH  # re-opened: heuristic so far
+    assert enf.handle(_down(SERVER_RESET)) == firewall.MARK_DROP
+    assert records[-1]["action"] == "block" and records[-1]["protocol"] == "openvpn"
+
+
+def test_confirmed_benign_and_registered_flows_are_allowed_for_good() -> None:
+    enf, _ = _enforcer()
+    q = bytes(DNS(id=7, rd=1, qd=DNSQR(qname="example.com")))
+    enf.handle(_up(q, dport=53))
+    for _ in range(20):
+        bits = enf.handle(_down(q, dport=53))
+    assert bits == firewall.MARK_ALLOW
+    reg = Registry(parse_registry("registrations:\n  - id: R-1\n    customer: lab\n    protocols: [openvpn]\n"
+                         f"    servers:\n      - {{address: {S}, ports: [1194]}}\n"))
+    enf, records = _enforcer(registry=reg)
+    enf.handle(_up(CLIENT_RESET))
+    _quiet(enf)  # heuristic openvpn to a registered server: allowed, nothing to watch for
+    assert set(enf.marks.values()) == {firewall.MARK_ALLOW}
+    assert records[0]["registration_id"] == "R-1"
+
+
+@pytest.mark.parametrize("mode", ["monitor", "enforce"])
+def test_a_watched_flow_whose_reopens_are_used_up_is_allowed(mode: str) -> None:
+    enf, _ = _enforcer(f"policy: {{klass: {{vpn_tunnel: {mode}}}}}\n")
+    enf.engine.reopens = 1
+    enf.handle(_up(os.urandom(50), dport=5000))
+    _quiet(enf)
+    assert set(enf.marks.values()) == {firewall.MARK_WATCH}
+    enf.handle(_up(os.urandom(50), dport=5000))  # the one re-open
+    _quiet(enf)
+    assert set(enf.marks.values()) == {firewall.MARK_ALLOW}
+    assert enf.engine.reopened == 1
