@@ -32,6 +32,7 @@ from tunnelwatch import firewall, privileges
 from tunnelwatch.appliance import Appliance
 from tunnelwatch.endpoints import Endpoints
 from tunnelwatch.enforcer import QUIET_S, Enforcer, Record
+from tunnelwatch.kernelstats import KernelStats
 from tunnelwatch.registry import Registry
 from tunnelwatch.reporting import Reporter
 from tunnelwatch.runconfig import ConfigError, RunConfig
@@ -53,7 +54,7 @@ def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend:
         for e in registry.active(now) for s in e.servers
     )
     return firewall.Spec(cfg.queue_num, cfg.queue_count, cfg.packets, cfg.fail_closed, cfg.hooks, cfg.ipv6,
-                         bypass, backend, cfg.deep)
+                         bypass, backend, cfg.deep, cfg.new_flow_rate, cfg.new_flow_burst)
 
 
 class Signals:
@@ -181,7 +182,9 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
     sup = Supervisor(cfg, registry, path, rules, app, notifier, enforcer.apply, verbose=verbose)
     reporter = Reporter(cfg, app.state, str(app.state.snapshot()["device_id"]), lambda: _poke(sig.wfd))
     sup.reporter = reporter
+    kstats = KernelStats(rules, app.state, sup.event)  # fail-open and flood counters, off the packet path
     try:
+        kstats.start()
         if cfg.queue_count == 1:
             enforcer.record = sup.record
             app.start_status()
@@ -212,6 +215,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
     finally:
         notifier.stopping()
         app.state.set(health="stopping")
+        kstats.stop()
         reporter.stop(f"signal {signal.Signals(sig.stop).name}" if sig.stop else "error")
         app.stop()
         firewall.remove()

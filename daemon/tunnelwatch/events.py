@@ -31,7 +31,7 @@ SCHEMA_VERSION: Final = 1
 KINDS: Final[tuple[str, ...]] = (
     "flow_tagged", "flow_blocked", "registered_tunnel_used", "policy_changed", "config_changed",
     "config_rejected", "registry_changed", "registry_rejected", "daemon_started", "daemon_stopped",
-    "heartbeat",
+    "heartbeat", "new_flow_limit",
 )
 ACTIONS: Final[tuple[str, ...]] = ("allow", "report", "block")
 MAX_INT: Final = 2**63 - 1
@@ -132,6 +132,15 @@ _F: Final[dict[str, _Field]] = {
     "spool_dropped": _count("events dropped because the spool was full"),
     "spool_expired": _count("events deleted unsent by the retention limit"),
     "classifier_errors": _count("classifier calls that raised"),
+    # accountable fail-open (kernel counters, cumulative since the rules were installed)
+    "bypassed_packets": _count("packets sent to the queue that passed without a verdict (fail-open)"),
+    "bypassed_flows": _count("connections with at least one packet passed without a verdict"),
+    "flood_dropped": _count("new connections dropped by the per-host new-connection limit"),
+    "flows_evicted": _count("flows forgotten because the daemon's flow table was full"),
+    # the new-connection limit
+    "dropped": _count("new connections dropped since the previous event of this kind"),
+    "limit": _Field("int", "new connections per second allowed per host", maximum=1_000_000),
+    "hosts": _Field("int", "hosts over the limit when it was read", maximum=1_000_000),
 }
 
 _ENVELOPE: Final = ("schema", "id", "kind", "stream", "seq", "device_id", "ts")
@@ -165,7 +174,10 @@ _KINDS: Final[dict[str, _Kind]] = {
     "daemon_stopped": _Kind("the daemon stopped", ("reason", "uptime_s"), ()),
     "heartbeat": _Kind("periodic counters", ("uptime_s", "flows_by_klass", "packets_queued", "queue_drops"),
                        ("flows_by_action", "verdict_latency_ms", "backlog", "spool_dropped", "spool_expired",
-                        "classifier_errors")),
+                        "classifier_errors", "bypassed_packets", "bypassed_flows", "flood_dropped",
+                        "flows_evicted")),
+    "new_flow_limit": _Kind("one LAN host opened new connections faster than the limit: the excess was "
+                            "dropped before the queue", ("dropped", "limit"), ("src", "hosts")),
 }
 
 

@@ -381,6 +381,7 @@ class Reporter:
             if latency is not None:
                 hb["verdict_latency_ms"] = latency
             drops, self._drops = self._drops, 0
+        hb.update(_fail_open(self.state.snapshot()))
         if drops:
             log.warning("report: %d events dropped (reporting queue full or spool write failed)", drops)
         if self.spool is not None:
@@ -443,6 +444,19 @@ class Reporter:
         """The sync result that replaced the registry file, once (main thread)."""
         res, self.sync_result = self.sync_result, None
         return res
+
+
+def _fail_open(snap: dict[str, object]) -> dict[str, object]:
+    """Heartbeat fields from the status state: the kernel's fail-open/flood counters (kernelstats.py) and
+    the flow table's evictions (queue.flows too small, or a flood)."""
+    out: dict[str, object] = {}
+    kernel, flows = snap.get("kernel"), snap.get("flows")
+    if isinstance(kernel, dict):
+        out.update({k: kernel[k] for k in ("bypassed_packets", "bypassed_flows", "flood_dropped")
+                    if isinstance(kernel.get(k), int)})
+    if isinstance(flows, dict) and isinstance(flows.get("evicted"), int):
+        out["flows_evicted"] = flows["evicted"]
+    return out
 
 
 def _attempted_after(n: int) -> Callable[[dict[str, Any]], bool]:

@@ -72,6 +72,9 @@ class RunConfig:
     #: (transport, server port, packets) queued deeper than `packets` (default: SSH, see config)
     deep: tuple[tuple[str, int, int], ...] = (("tcp", 22, 96),)
     fail_closed: bool = False
+    #: new connections per second per source address before the queue (0: off), and the burst allowed
+    new_flow_rate: int = 500
+    new_flow_burst: int = 1000
     hooks: tuple[str, ...] = ("forward",)
     ipv6: bool = True
     backend: str = "auto"
@@ -183,8 +186,8 @@ def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[st
 
 def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
     top = r.mapping(root, _TOP, "the configuration")
-    q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "flows", "deep", "fail_closed"),
-                  "queue") \
+    q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "flows", "deep", "fail_closed",
+                                 "new_flow_rate", "new_flow_burst"), "queue") \
         if "queue" in top else {}
     fw = r.mapping(top["firewall"], ("hooks", "ipv6", "backend"), "firewall") if "firewall" in top else {}
     pol = r.mapping(top["policy"], ("default", "klass", "protocol", "voip"), "policy") \
@@ -212,6 +215,10 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
         flows=r.opt(q, "flows", lambda n: r.integer(n, "queue.flows", 1000, 10_000_000), 65_536),
         deep=_deep(r, q["deep"]) if "deep" in q else RunConfig.deep,
         fail_closed=r.opt(q, "fail_closed", lambda n: r.boolean(n, "queue.fail_closed"), False),
+        new_flow_rate=r.opt(q, "new_flow_rate", lambda n: r.integer(n, "queue.new_flow_rate", 0, 100_000),
+                            500),
+        new_flow_burst=r.opt(q, "new_flow_burst", lambda n: r.integer(n, "queue.new_flow_burst", 1, 100_000),
+                             1000),
         hooks=tuple(hooks) or ("forward",),
         ipv6=r.opt(fw, "ipv6", lambda n: r.boolean(n, "firewall.ipv6"), True),
         backend=r.opt(fw, "backend", lambda n: r.string(n, "firewall.backend", BACKENDS), "auto"),
@@ -311,7 +318,8 @@ def summary(cfg: RunConfig) -> list[str]:
     return [
         f"{queues}, first {cfg.packets} packets per connection, maxlen {cfg.maxlen}, {cfg.flows} flows, "
         f"deeper: {', '.join(f'{t}/{p} {n} packets' for t, p, n in cfg.deep) or 'none'}, "
-        f"{'fail-closed' if cfg.fail_closed else 'fail-open'}",
+        f"{'fail-closed' if cfg.fail_closed else 'fail-open'}, new connections per host: "
+        + (f"{cfg.new_flow_rate}/s (burst {cfg.new_flow_burst})" if cfg.new_flow_rate else "unlimited"),
         f"firewall: hooks {','.join(cfg.hooks)}, ipv6 {'on' if cfg.ipv6 else 'off'}, backend {cfg.backend}",
         f"policy: default {_rule_text(cfg.default)}" + "".join(f"; {r}" for r in rules),
         "bulk VoIP: " + (f"{cfg.voip.bulk_action} above {cfg.voip.bulk_calls} concurrent calls per host "

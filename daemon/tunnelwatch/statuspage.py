@@ -253,6 +253,14 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
                      f"{p(ft.get('evicted'))} evicted when full, {p(ft.get('expired'))} expired idle, "
                      f"{p(ft.get('unparsed_packets'))} unreadable packets, "
                      f"{p(ft.get('classifier_errors'))} classifier errors")
+    kern = snap.get("kernel")
+    if isinstance(kern, dict):
+        hosts = kern.get("limited_hosts")
+        over = (f" (over it now: {', '.join(p(h) for h in hosts[:5])})"
+                if isinstance(hosts, list) and hosts else "")
+        lines.append(f"  fail-open:        {p(kern.get('bypassed_packets'))} packets of "
+                     f"{p(kern.get('bypassed_flows'))} connections passed without a verdict; "
+                     f"{p(kern.get('flood_dropped'))} new connections dropped by the per-host limit{over}")
     calls = snap.get("voip_calls")
     if isinstance(calls, dict) and calls:
         lines.append("  concurrent calls: " + ", ".join(f"{p(h)} {p(n)}" for h, n in list(calls.items())[:5]))

@@ -37,7 +37,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "heartbeat": {"uptime_s": 60.0, "flows_by_klass": {"vpn_tunnel": 3, "benign": 120},
                   "packets_queued": 9000, "queue_drops": 0,
                   "verdict_latency_ms": {"p50": 0.04, "p99": 0.3, "max": 2.5}, "backlog": 7,
-                  "spool_dropped": 0},
+                  "spool_dropped": 0, "bypassed_packets": 24, "bypassed_flows": 24, "flood_dropped": 0,
+                  "flows_evicted": 0},
+    "new_flow_limit": {"dropped": 4210, "limit": 500, "src": "198.51.100.7", "hosts": 1},
 }
 
 
