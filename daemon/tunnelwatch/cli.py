@@ -47,6 +47,7 @@ def _endpoint_index(files: list[str]) -> EndpointIndex | None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from tunnelwatch.kernelview import INLINE_BUDGET
     from tunnelwatch.offline import FileStats, classify_file
     from tunnelwatch.output import write_jsonl, write_table
     from tunnelwatch.pcapfile import PcapError
@@ -60,9 +61,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     for path in args.pcap:
         st = FileStats(path)
         try:
-            records = classify_file(path, budget=args.budget, idle_timeout=args.idle_timeout,
+            budget = args.budget if args.budget is not None else \
+                INLINE_BUDGET if args.inline else DEFAULT_BUDGET
+            records = classify_file(path, budget=budget, idle_timeout=args.idle_timeout,
                                     progress=False if args.no_progress else None, stats=st,
-                                    endpoints=endpoints)
+                                    endpoints=endpoints, inline=args.inline)
             if args.format == "jsonl":
                 write_jsonl(records, sys.stdout)
             else:
@@ -176,8 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("pcap", nargs="+", metavar="PCAP")
     c.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
     c.add_argument("--flagged", action="store_true", help="table: only tunnel/VoIP/proxy flows")
-    c.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
-                   help=f"packets per flow given to classifiers (default {DEFAULT_BUDGET})")
+    c.add_argument("--budget", type=int, default=None,
+                   help=f"packets per flow given to classifiers (default {DEFAULT_BUDGET}; with --inline "
+                        "the daemon's default queue.packets)")
+    c.add_argument("--inline", action="store_true",
+                   help="the daemon's view: only the packets the kernel rules would queue reach the "
+                        "classifiers (first window, later windows, no payload-less TCP, the quiet rule)")
     c.add_argument("--idle-timeout", type=float, default=120.0, help="seconds (default 120)")
     c.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
     c.add_argument("--endpoints", action="append", default=[], metavar="FILE",
@@ -235,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EX_USAGE
-    if getattr(args, "budget", 1) < 1:
+    if (getattr(args, "budget", 1) or 1) < 1:
         parser.error("--budget must be at least 1")
     try:
         return int(args.func(args))

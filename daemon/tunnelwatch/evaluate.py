@@ -18,6 +18,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from tunnelwatch.engine import DEFAULT_BUDGET
+from tunnelwatch.kernelview import INLINE_BUDGET
 from tunnelwatch.offline import classify_file
 from tunnelwatch.pcapfile import PcapError
 
@@ -75,8 +77,9 @@ def ndpi_family(app: str) -> str:
     return ""
 
 
-def evaluate(corpus: str, pcaps: Iterable[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Classify the corpus and compute agreement figures."""
+def evaluate(corpus: str, pcaps: Iterable[str] | None = None, progress: bool = True,
+             inline: bool = False) -> dict[str, Any]:
+    """Classify the corpus and compute agreement figures; `inline`: the daemon's view (kernelview.py)."""
     labels, groups = load_labels(os.path.join(corpus, "labels.tsv"))
     pcap_dir = os.path.join(corpus, "pcap")
     names = sorted(pcaps) if pcaps else sorted(os.listdir(pcap_dir))
@@ -88,7 +91,9 @@ def evaluate(corpus: str, pcaps: Iterable[str] | None = None, progress: bool = T
         if progress:
             print(f"\r[{i}/{len(names)}] {name[:50]:50}", end="", file=sys.stderr, flush=True)
         try:
-            for r in classify_file(os.path.join(pcap_dir, name), progress=False):
+            budget = INLINE_BUDGET if inline else DEFAULT_BUDGET
+            for r in classify_file(os.path.join(pcap_dir, name), progress=False, inline=inline,
+                                   budget=budget):
                 packets += r["packets"]
                 k = _key(name, r["src"], r["sport"], r["dst"], r["dport"], _PROTO_NUM.get(r["transport"], -1))
                 prev = ours.get(k)
@@ -139,8 +144,14 @@ def evaluate(corpus: str, pcaps: Iterable[str] | None = None, progress: bool = T
         "families": {f: {"flows": fam_total[f], "klass_agree": fam_klass_ok[f],
                          "protocol_agree": fam_proto_ok[f]} for f in sorted(fam_total)},
         "benign_flagged": [_short(r) for r in benign_fp],
-        "disagreements": misses, "errors": errors,
+        "disagreements": misses, "errors": errors, "view": "inline" if inline else "offline",
+        "flagged": {_flow_id(r): f"{r['klass']}/{r['protocol']}/{r['confidence']}"
+                    for r in ours.values() if r["klass"] in FLAGGED},
     }
+
+
+def _flow_id(r: dict[str, Any]) -> str:
+    return f"{r['pcap']}: {r['transport']} {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']}"
 
 
 def _rank(r: dict[str, Any]) -> int:
@@ -153,9 +164,9 @@ def _short(r: dict[str, Any]) -> str:
             f"{r['klass']}/{r['protocol']}/{r['confidence']} ({'; '.join(r['evidence'])})")
 
 
-def print_report(res: dict[str, Any], out: Any = sys.stdout) -> None:
+def print_report(res: dict[str, Any], out: Any = None) -> None:
     """Human-readable report."""
-    w = out.write
+    w = (out or sys.stdout).write
     w(f"corpus: {res['pcaps']} pcaps, {res['packets']} packets, {res['flows']} flows of ours, "
       f"{res['labelled_flows']} labelled by nDPI ({res['unmatched']} labelled flows not matched), "
       f"{res['seconds']:.1f} s\n\n")
@@ -184,24 +195,67 @@ def print_report(res: dict[str, Any], out: Any = sys.stdout) -> None:
         w(f"error: {e}\n")
 
 
+def print_views(off: dict[str, Any], inl: dict[str, Any], out: Any = None) -> None:
+    """Offline and inline figures side by side; the inline column is the product's figure."""
+    w = (out or sys.stdout).write
+    w(f"corpus: {off['pcaps']} pcaps, {off['packets']} packets, {off['labelled_flows']} flows labelled by "
+      f"nDPI; offline {off['seconds']:.1f} s, inline {inl['seconds']:.1f} s\n")
+    w("offline = every packet of a flow (budget 24); inline = what the kernel queues to the daemon "
+      "(classify --inline)\n\n")
+    w(f"{'family':14}{'flows':>6}{'klass offline':>15}{'klass inline':>14}{'proto offline':>15}"
+      f"{'proto inline':>14}\n")
+    for f, d in off["families"].items():
+        i = inl["families"].get(f, {"klass_agree": 0, "protocol_agree": 0})
+        w(f"{f:14}{d['flows']:6}{d['klass_agree']:15}{i['klass_agree']:14}{d['protocol_agree']:15}"
+          f"{i['protocol_agree']:14}\n")
+    for key, what in (("klass_agree", "same klass"), ("protocol_agree", "same protocol")):
+        a = sum(d[key] for d in off["families"].values())
+        b = sum(d[key] for d in inl["families"].values())
+        w(f"{'all (' + what + ')':34}{a:>9}{b:>14}\n")
+    w(f"\nflows of benign captures flagged: offline {len(off['benign_flagged'])}, "
+      f"inline {len(inl['benign_flagged'])}\n")
+    for line in sorted(set(off["benign_flagged"]) | set(inl["benign_flagged"])):
+        w(f"  {line}\n")
+    lost = sorted(set(off["flagged"]) - set(inl["flagged"]))
+    w(f"\nflagged offline, not inline (the daemon would miss them): {len(lost)}\n")
+    for flow in lost:
+        w(f"  {flow} {off['flagged'][flow]}\n")
+    confirmed = {f for f, v in off["flagged"].items() if v.endswith("/confirmed")}
+    weaker = sorted(f for f in confirmed & set(inl["flagged"])
+                    if not inl["flagged"][f].endswith("/confirmed"))
+    w(f"confirmed offline, only heuristic inline: {len(weaker)}\n")
+    for flow in weaker:
+        w(f"  {flow} {off['flagged'][flow]} -> {inl['flagged'][flow]}\n")
+    gained = sorted(set(inl["flagged"]) - set(off["flagged"]))
+    w(f"flagged inline, not offline: {len(gained)}\n")
+    for flow in gained:
+        w(f"  {flow} {inl['flagged'][flow]}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m tunnelwatch.evaluate --corpus DIR [--json] [PCAP...]`."""
     ap = argparse.ArgumentParser(prog="tunnelwatch-eval",
                                  description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--corpus", default="../shared/corpus/ndpi")
     ap.add_argument("--json", action="store_true", help="machine-readable result")
+    ap.add_argument("--view", choices=("both", "offline", "inline"), default="both",
+                    help="both (default): offline and inline side by side; or one view in full")
     ap.add_argument("pcaps", nargs="*", help="only these pcap names")
     a = ap.parse_args(argv)
     if not os.path.exists(os.path.join(a.corpus, "labels.tsv")):
         print(f"tunnelwatch-eval: no corpus at {a.corpus} (labels.tsv missing); nothing to evaluate",
               file=sys.stderr)
         return 0
-    res = evaluate(a.corpus, a.pcaps or None, progress=sys.stderr.isatty())
+    tty = sys.stderr.isatty()
+    views = ("offline", "inline") if a.view == "both" else (a.view,)
+    res = {v: evaluate(a.corpus, a.pcaps or None, progress=tty, inline=v == "inline") for v in views}
     if a.json:
-        json.dump(res, sys.stdout, indent=1)
+        json.dump(res if a.view == "both" else res[a.view], sys.stdout, indent=1)
         print()
+    elif a.view == "both":
+        print_views(res["offline"], res["inline"])
     else:
-        print_report(res)
+        print_report(res[a.view])
     return 0
 
 

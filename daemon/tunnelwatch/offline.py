@@ -15,6 +15,7 @@ from tunnelwatch.classify.base import Classifier, Verdict
 from tunnelwatch.endpoints import EndpointIndex
 from tunnelwatch.engine import DEFAULT_BUDGET, Engine
 from tunnelwatch.flow import Flow
+from tunnelwatch.kernelview import KernelView
 from tunnelwatch.packet import addr_text, parse_ip, transport_name
 from tunnelwatch.pcapfile import PcapError, PcapReader, ip_offset
 from tunnelwatch.progress import Progress
@@ -62,8 +63,12 @@ def classify_file(
     stats: FileStats | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     endpoints: EndpointIndex | None = None,
+    inline: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Yield flow records of one capture file, in order of flow end. Raises PcapError for a bad file."""
+    """Yield flow records of one capture file, in order of flow end. Raises PcapError for a bad file.
+
+    `inline`: the daemon's view (kernelview.py): only what the kernel rules would queue reaches the
+    engine, set up as the daemon's; records come at the end, in order of first packet, with `queued`."""
     name = os.path.basename(path)
     st = stats if stats is not None else FileStats(name)
     out: list[dict[str, Any]] = []
@@ -72,7 +77,13 @@ def classify_file(
         st.flows += 1
         out.append(flow_record(name, flow, v))
 
-    engine = Engine(classifiers, budget=budget, idle_timeout=idle_timeout, on_end=ended, endpoints=endpoints)
+    view: KernelView | None = None
+    if inline:
+        view = KernelView(classifiers, budget=budget, idle_timeout=idle_timeout, endpoints=endpoints)
+        engine = view.engine
+    else:
+        engine = Engine(classifiers, budget=budget, idle_timeout=idle_timeout, on_end=ended,
+                        endpoints=endpoints)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed in finally, generator below
     except OSError as exc:
@@ -83,7 +94,7 @@ def classify_file(
         bar: Progress | None = None
         if progress or (progress is None and size > 20_000_000):
             bar = Progress(size, name, enabled=True if progress else None)
-        process = engine.process
+        process = view.process if view is not None else engine.process
         n = 0
         for ts, linktype, frame in reader:
             n += 1
@@ -99,7 +110,12 @@ def classify_file(
             if bar is not None and not n & 0x3FFF:
                 bar.update(fh.tell(), f"{n} pkts")
         st.packets = n
-        engine.flush()
+        if view is not None:
+            view.flush()
+            out.extend(view.records(name))
+            st.flows = len(out)
+        else:
+            engine.flush()
         yield from out
         out.clear()
         if bar is not None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -61,3 +62,16 @@ def test_table_format(tmp_path: Path) -> None:
 def test_version_and_usage() -> None:
     assert run("--version").stdout.startswith("tunnelwatch ")
     assert run().returncode == 2
+
+
+def test_classify_inline_reports_what_the_daemon_saw(capsys: pytest.CaptureFixture[str]) -> None:
+    import json as _json
+
+    from tunnelwatch.cli import main as _main
+
+    pcap = Path(__file__).resolve().parents[1] / "data" / "captures" / "pptp-control.pcap"
+    assert _main(["classify", "--inline", str(pcap)]) == 0
+    [rec] = [_json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert rec["protocol"] == "pptp" and rec["confidence"] == "confirmed"
+    # the TCP handshake and pure ACKs never reach the daemon
+    assert 0 < rec["queued"] < rec["packets"]

@@ -65,3 +65,13 @@ def test_figures_on_a_known_corpus(corpus: Path) -> None:
 def test_missing_corpus_is_said_not_crashed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--corpus", str(tmp_path / "nowhere")]) == 0
     assert "no corpus" in capsys.readouterr().err
+
+
+def test_offline_and_inline_side_by_side(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--corpus", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "klass offline" in out and "klass inline" in out
+    ipsec = next(ln for ln in out.splitlines() if ln.startswith("ipsec"))
+    assert ipsec.split() == ["ipsec", "2", "2", "2", "2", "2"]  # the kernel's view keeps every IKE flow
+    assert "flows of benign captures flagged: offline 1, inline 1" in out
+    assert "flagged offline, not inline (the daemon would miss them): 0" in out
