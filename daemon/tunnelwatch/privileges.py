@@ -48,11 +48,16 @@ def _last_cap() -> int:
 
 
 def drop_capabilities(keep: tuple[int, ...] = KEEP) -> list[str]:
-    """Reduce this thread's capability sets to `keep`; returns the problems (empty when all went well)."""
+    """Reduce this thread's capability sets to `keep`; returns the problems (empty when all went well).
+
+    What is already gone is not dropped again: under the systemd unit the bounding set is already
+    `keep` and CAP_SETPCAP (needed to drop from it) is absent, so trying would only report failures."""
     libc = ctypes.CDLL(None, use_errno=True)
     problems: list[str] = []
+    have = capabilities()
+    bounding = have.get("CapBnd", (1 << 64) - 1)
     for cap in range(_last_cap() + 1):
-        if cap in keep:
+        if cap in keep or not bounding >> cap & 1:
             continue
         if libc.prctl(_PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0:
             err = ctypes.get_errno()
@@ -60,13 +65,22 @@ def drop_capabilities(keep: tuple[int, ...] = KEEP) -> list[str]:
                 problems.append(f"bounding set drop of capability {cap}: {os.strerror(err)}")
     if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         problems.append(f"clearing ambient capabilities: {os.strerror(ctypes.get_errno())}")
-    mask = sum(1 << c for c in keep)
-    data = (_Data * 2)(_Data(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0), _Data(mask >> 32, mask >> 32, 0))
-    if libc.capset(ctypes.byref(_Header(_CAP_VERSION_3, 0)), data) != 0:
-        problems.append(f"capset: {os.strerror(ctypes.get_errno())}")
+    mask = sum(1 << c for c in keep) & have.get("CapPrm", (1 << 64) - 1)  # capset cannot add any
+    if (have.get("CapPrm"), have.get("CapEff"), have.get("CapInh")) != (mask, mask, 0):
+        data = (_Data * 2)(_Data(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0),
+                           _Data(mask >> 32, mask >> 32, 0))
+        if libc.capset(ctypes.byref(_Header(_CAP_VERSION_3, 0)), data) != 0:
+            problems.append(f"capset: {os.strerror(ctypes.get_errno())}")
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         problems.append(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
     return problems
+
+
+def names(mask: int) -> str:
+    """`cap_net_admin, cap_net_raw` for a capability mask (numbers for capabilities without a name here)."""
+    known = {CAP_NET_ADMIN: "cap_net_admin", CAP_NET_RAW: "cap_net_raw"}
+    caps = [known.get(c, f"cap_{c}") for c in range(64) if mask >> c & 1]
+    return ", ".join(caps) or "none"
 
 
 def drop() -> None:
@@ -75,10 +89,11 @@ def drop() -> None:
         log.info("not root: no privileges to drop")
         return
     problems = drop_capabilities()
+    eff = capabilities().get("CapEff", -1)
     if problems:
-        log.warning("privilege drop incomplete: %s", "; ".join(problems))
+        log.warning("privilege drop incomplete: %s (effective: %s)", "; ".join(problems), names(eff))
     else:
-        log.info("privileges dropped: only cap_net_admin, cap_net_raw kept")
+        log.info("privileges dropped: effective capabilities %s", names(eff))
 
 
 def capabilities(pid: int | str = "self") -> dict[str, int]:

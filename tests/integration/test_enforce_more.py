@@ -170,7 +170,8 @@ def test_daemon_keeps_only_net_admin_and_net_raw_and_still_reloads(tmp_path: Pat
     with lab(tmp_path) as lb:
         cfg = _config(tmp_path, "enforce", queues=queues)
         daemon = _daemon(lb, cfg)
-        lb.wait_for_log("daemon", "privileges dropped: only cap_net_admin, cap_net_raw kept", timeout=10)
+        lb.wait_for_log("daemon", "privileges dropped: effective capabilities cap_net_admin, cap_net_raw",
+                        timeout=10)
         assert "firewall backend: " in lb.log("daemon")
         procs = _tree(daemon.pid)
         assert len(procs) == (1 if queues == 1 else 3)
