@@ -7,7 +7,7 @@ import random
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
-from test_openvpn import CSID, control, hard_reset_client, hard_reset_server
+from test_openvpn import CSID, SSID, control, hard_reset_client, hard_reset_server
 from wgcraft import junk, rnd
 
 from support import one_verdict, run_engine
@@ -123,3 +123,26 @@ def test_tcp_split_non_openvpn_streams_are_rejected_early() -> None:
         pkts = [_tcp(seg) for seg in _cuts(stream, [1, 2])]
         for _, v in run_engine(pkts):
             assert v.protocol != "openvpn", v
+
+
+@pytest.mark.parametrize("count", [16, 40])
+def test_reset_beyond_the_first_window_is_confirmed_when_the_flow_is_reopened(count: int) -> None:
+    from test_wireguard_junk import _reopening_engine
+
+    rng = random.Random(count)
+    pkts = [udp(j) for j in junk(rng, count)]
+    pkts += [udp(hard_reset_client(32)), udp(hard_reset_server(32), up=False), udp(control(CSID, 32)),
+             udp(control(SSID, 32), up=False)]
+    [(_, v)] = _reopening_engine(pkts)
+    assert (v.protocol, v.confidence) == ("openvpn", "confirmed"), v
+
+
+def test_reopened_window_sees_only_the_data_channel_and_confirms() -> None:
+    from test_wireguard_junk import _reopening_engine
+
+    rng = random.Random(22)
+    pkts = [udp(j, port=8443) for j in junk(rng, 20, 1, 60)]
+    for i in range(12):  # enough for one whole re-opened window (8 packets) of data both ways
+        pkts += [udp(data_v2(rng, 300 + i), port=8443), udp(data_v2(rng, 200 + i), up=False, port=8443)]
+    [(_, v)] = _reopening_engine(pkts)
+    assert (v.protocol, v.confidence) == ("openvpn", "confirmed"), v

@@ -133,3 +133,35 @@ def test_standard_handshake_is_not_amneziawg() -> None:
     awg = awg_session(rng2, jc=0, jmin=1, jmax=1, s1=0, s2=0, h=(1, 2, 3, 4))
     assert one_verdict(awg, names=["amneziawg"]).protocol == "unknown"
     assert C != S
+
+
+def _reopening_engine(pkts: list[object], budget: int = 16) -> list[tuple[object, Verdict]]:
+    """The inline engine: a 16-packet first look, then re-opened (fresh classifier state) while unsettled."""
+    from tunnelwatch.engine import Engine
+
+    ended: list[tuple[object, Verdict]] = []
+    engine = Engine(load_classifiers(), budget=budget, reopens=8,
+                    on_end=lambda f, v: ended.append((f, v)))
+    for i, p in enumerate(pkts):
+        pkt = parse_ip(bytes(p), 1000.0 + i * 0.01)  # type: ignore[call-overload]
+        assert pkt is not None
+        engine.process(pkt)
+    engine.flush()
+    return ended
+
+
+@pytest.mark.parametrize("count", [16, 40])
+def test_handshake_beyond_the_first_window_is_confirmed_when_the_flow_is_reopened(count: int) -> None:
+    rng = random.Random(count)
+    [(_, v)] = _reopening_engine(wg_session(rng, junk_count=count, data=2))
+    assert (v.protocol, v.confidence) == ("wireguard", "confirmed"), v
+
+
+def test_reopened_window_mid_session_sees_only_data_and_still_confirms() -> None:
+    rng = random.Random(21)
+    i_idx, r_idx = rng.getrandbits(32), rng.getrandbits(32)
+    pkts = [u(j) for j in junk(rng, 20, 1, 60)]  # a first window with nothing to see
+    for i in range(6):
+        pkts += [u(wg_data(rng, 4, r_idx, 50 + i)), u(wg_data(rng, 4, i_idx, 40 + i), up=False)]
+    [(_, v)] = _reopening_engine(pkts)
+    assert (v.protocol, v.confidence) == ("wireguard", "confirmed"), v
