@@ -218,9 +218,9 @@ def test_stop_interrupts_a_hung_collector(collector: Collector, pki: Pki) -> Non
     up = _uplink(MemSpool(_events(3)), collector, pki, timeout=30.0)
     up.start()
     assert collector.store.wait_for(DEVICE, 3, 10)
-    t0 = time.monotonic()
     up.stop(timeout=5.0)
-    assert time.monotonic() - t0 < 3.0
+    # the hung request (30 s timeout) was cut: the sender thread is gone, not still waiting on the socket
+    assert up._thread is not None and not up._thread.is_alive()
 
 
 def test_collector_rejecting_everything_cannot_empty_the_spool(collector: Collector, pki: Pki,
