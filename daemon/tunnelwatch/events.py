@@ -137,6 +137,7 @@ _F: Final[dict[str, _Field]] = {
     "bypassed_flows": _count("connections with at least one packet passed without a verdict"),
     "flood_dropped": _count("new connections dropped by the per-host new-connection limit"),
     "flows_evicted": _count("flows forgotten because the daemon's flow table was full"),
+    "flows_unreported": _count("tagged flows below report.min_confidence: counted, not reported one by one"),
     # the new-connection limit
     "dropped": _count("new connections dropped since the previous event of this kind"),
     "limit": _Field("int", "new connections per second allowed per host", maximum=1_000_000),
@@ -175,7 +176,7 @@ _KINDS: Final[dict[str, _Kind]] = {
     "heartbeat": _Kind("periodic counters", ("uptime_s", "flows_by_klass", "packets_queued", "queue_drops"),
                        ("flows_by_action", "verdict_latency_ms", "backlog", "spool_dropped", "spool_expired",
                         "classifier_errors", "bypassed_packets", "bypassed_flows", "flood_dropped",
-                        "flows_evicted")),
+                        "flows_evicted", "flows_unreported")),
     "new_flow_limit": _Kind("one LAN host opened new connections faster than the limit: the excess was "
                             "dropped before the queue", ("dropped", "limit"), ("src", "hosts")),
 }
@@ -372,6 +373,12 @@ def _field_schema(f: _Field, enum: tuple[str, ...] | None = None) -> dict[str, o
         d.update(type="object", maxProperties=f.items, propertyNames={"pattern": _KEY},
                  additionalProperties=value)
     return d
+
+
+def clean_text(text: str, limit: int = 512) -> str:
+    """Text any event field accepts: non-printable characters escaped (\\x1b), at most `limit` characters."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out[:limit]
 
 
 def schema() -> dict[str, object]:

@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from tunnelwatch.events import clean_text
 from tunnelwatch.registry import parse_registry
 from tunnelwatch.runconfig import ConfigError
 
@@ -54,12 +55,6 @@ class SyncResult:
         # the message quotes what a server sent (HTTP reason phrase, TLS errors): control characters
         # would forge log lines and fail the registry_rejected event's validation, losing the event
         object.__setattr__(self, "message", clean_text(self.message))
-
-
-def clean_text(text: str, limit: int = 512) -> str:
-    """Printable text: control and other non-printable characters escaped, at most `limit` characters."""
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return out[:limit]
 
 
 class Rejected(Exception):

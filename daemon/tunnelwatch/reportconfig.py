@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from yaml.nodes import Node, ScalarNode
 
 from tunnelwatch.appconfig import read_secret
+from tunnelwatch.classify.base import CONFIDENCES
 from tunnelwatch.yamlcheck import YamlReader, kind, relative_path
 
 STATE_DIR: Final = Path("/var/lib/tunnelwatch")
@@ -93,6 +94,9 @@ class ReportConfig:
     privacy: PrivacyConfig = PrivacyConfig()
     heartbeat: int = 300
     state_dir: Path = STATE_DIR
+    #: weakest confidence of a tagged (not blocked, not registered) flow reported one by one; weaker
+    #: ones (a port number alone, by default) are only counted in the heartbeat
+    min_confidence: str = "heuristic"
 
 
 def _null(r: YamlReader, node: Node) -> bool:
@@ -272,8 +276,8 @@ def _privacy(r: YamlReader, node: Node, path: str, state: Path) -> PrivacyConfig
 
 def report_section(r: YamlReader, node: Node, path: str) -> ReportConfig:
     """The report section (reads and checks the uplink token file)."""
-    f = r.mapping(node, ("state_dir", "spool", "uplink", "ipfix", "registry_sync", "privacy", "heartbeat"),
-                  "report")
+    f = r.mapping(node, ("state_dir", "spool", "uplink", "ipfix", "registry_sync", "privacy", "heartbeat",
+                         "min_confidence"), "report")
     b = ReportConfig()
     state = _path(r, f, "state_dir", "report.state_dir", path, b.state_dir) or b.state_dir
     # the files not named explicitly follow state_dir, so moving the state dir moves them all
@@ -288,4 +292,6 @@ def report_section(r: YamlReader, node: Node, path: str) -> ReportConfig:
         privacy=privacy,
         heartbeat=r.opt(f, "heartbeat", lambda n: r.integer(n, "report.heartbeat", 1, 86_400), b.heartbeat),
         state_dir=state,
+        min_confidence=r.opt(f, "min_confidence",
+                             lambda n: r.string(n, "report.min_confidence", CONFIDENCES), b.min_confidence),
     )

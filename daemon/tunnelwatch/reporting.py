@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from tunnelwatch import __version__, qstats
-from tunnelwatch.events import EventError, make_event
+from tunnelwatch.classify.base import CONFIDENCES
+from tunnelwatch.events import EventError, clean_text, make_event
 from tunnelwatch.privacy import Pseudonymizer, load_or_create_key
 from tunnelwatch.runconfig import RunConfig
 
@@ -107,6 +108,7 @@ class Reporter:
         self._by_klass: Counter[str] = Counter()
         self._by_action: Counter[str] = Counter()
         self._drops = 0
+        self._unreported = 0  # tagged flows below report.min_confidence, since start (as flows_by_klass)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._sync_stop = threading.Event()
@@ -278,16 +280,29 @@ class Reporter:
 
     def flow(self, rec: dict[str, object]) -> None:
         """One decided flow: counted for the heartbeat, reported when it is tagged, exported over IPFIX."""
+        kind = flow_kind(rec)
+        quiet = kind == "flow_tagged" and not self._reportable(rec.get("confidence"))
         with self._lock:
             self._by_klass[str(rec.get("klass") or "unknown")] += 1
             self._by_action[str(rec.get("action") or "allow")] += 1
-        kind = flow_kind(rec)
+            if quiet:
+                # the least restrictive means: a guess (e.g. iperf3 or a game on UDP 1194) is no report
+                # about a subscriber; the heartbeat still says how many there were
+                self._unreported += 1
+        if quiet:
+            return
         if kind is not None:
             ts = rec.get("ts")
             self.event(kind, _ts=ts, **{k: rec[k] for k in FLOW_FIELDS if rec.get(k) is not None})
         if self.ipfix is not None and kind is not None:
             with contextlib.suppress(queue.Full):  # best effort by design: the spool is the durable channel
                 self._ipq.put_nowait(rec)
+
+    def _reportable(self, confidence: object) -> bool:
+        """Whether a tagged flow of this confidence is reported one by one (report.min_confidence)."""
+        order = CONFIDENCES  # strongest first
+        want = self.cfg.report.min_confidence
+        return confidence in order and want in order and order.index(str(confidence)) <= order.index(want)
 
     # -- threads --------------------------------------------------------------------------------------
     def _build(self, item: Item) -> dict[str, object] | None:
@@ -301,7 +316,13 @@ class Reporter:
         try:
             return make_event(kind, device_id=self.device_id, ts=ts, **fields)
         except EventError as exc:
-            log.warning("report: %s event not built: %s", kind, exc)
+            log.warning("report: %s event not built: %s", kind, clean_text(str(exc), 300))
+        # a field that does not pass (e.g. control characters a server sent) must not lose the event:
+        # the same event with every text field made printable and cut to a safe length
+        fixed = {k: clean_text(v, 256) if isinstance(v, str) else v for k, v in fields.items()}
+        try:
+            return make_event(kind, device_id=self.device_id, ts=ts, **fixed)
+        except EventError:
             return None
 
     def _writer(self) -> None:
@@ -374,6 +395,7 @@ class Reporter:
             hb: dict[str, object] = {"uptime_s": round(time.time() - self.started, 3),
                                      "flows_by_klass": dict(self._by_klass),
                                      "flows_by_action": dict(self._by_action),
+                                     "flows_unreported": self._unreported,
                                      "packets_queued": queued, "queue_drops": qdrops}
             # userspace time per verdict, {p50, p99, max} ms; only queues served by this process
             # (single-queue mode): worker processes keep their own samples

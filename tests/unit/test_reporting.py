@@ -225,3 +225,44 @@ def test_held_events_are_bounded_and_the_overflow_is_counted(tmp_path: Path, mon
         time.sleep(0.02)
     assert len(rep._held) == 5 and rep._drops >= 7
     rep.stop("signal SIGTERM")
+
+
+def _run(tmp: Path, cfg: RunConfig, *recs: dict[str, object],
+         events: tuple[tuple[str, dict[str, Any]], ...] = ()) -> list[dict[str, object]]:
+    rep = Reporter(cfg, _state(), "tw-test")
+    rep.stop_wait = 1.0
+    rep.start()
+    for rec in recs:
+        rep.flow(rec)
+    for kind, fields in events:
+        rep.event(kind, **fields)
+    deadline = time.monotonic() + 10
+    while not any(e["kind"] == "heartbeat" for e in _events(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rep.stop("signal SIGTERM")
+    return _events(tmp)
+
+
+def test_guesses_below_report_min_confidence_are_counted_not_reported(tmp_path: Path) -> None:
+    port = _flow(action="report", confidence="port", dport=5201, evidence=["openvpn port 1194"])
+    heur = _flow(action="report", confidence="heuristic", protocol="wireguard")
+    blocked_port = _flow(action="block", confidence="port")  # a block is always reported
+    evs = _run(tmp_path, _cfg(tmp_path), port, heur, blocked_port)
+    tagged = [e for e in evs if e["kind"] == "flow_tagged"]
+    assert [e["confidence"] for e in tagged] == ["heuristic"]
+    assert [e["confidence"] for e in evs if e["kind"] == "flow_blocked"] == ["port"]
+    beat = next(e for e in evs if e["kind"] == "heartbeat")
+    assert beat["flows_unreported"] == 1 and beat["flows_by_klass"] == {"vpn_tunnel": 3}
+
+
+def test_report_min_confidence_port_reports_every_guess(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "  min_confidence: port\n")
+    evs = _run(tmp_path, cfg, _flow(action="report", confidence="port"))
+    assert [e["confidence"] for e in evs if e["kind"] == "flow_tagged"] == ["port"]
+
+
+def test_an_event_with_control_characters_is_sent_sanitised_not_lost(tmp_path: Path) -> None:
+    evs = _run(tmp_path, _cfg(tmp_path),
+               events=(("registry_rejected", {"source": "sync", "reason": "HTTP 503 Down\x1b[2J\x07"}),))
+    [rej] = [e for e in evs if e["kind"] == "registry_rejected"]
+    assert rej["reason"] == "HTTP 503 Down\\x1b[2J\\x07"
