@@ -204,7 +204,7 @@ def test_nft_backend_ruleset_loads_and_enforces_marks_in_the_kernel(tmp_path: Pa
             assert "nft queue expression unavailable" in why
         assert lb.run(lb.router, "nft", "list", "tables").stdout.strip() == ""  # the probe left nothing
         spec = firewall.Spec(queue_num=5, bypass=(firewall.Bypass(f"{SERVER_IP6}/128"),), backend="nftables")
-        queue_stmt = "ct packets <= 16 queue num 5 bypass"
+        queue_stmt = "meta mark set meta mark | 0x08000000 queue num 5 bypass"
         script = firewall.nft_script(spec)
         assert queue_stmt in script
         # decided on the reply, as the daemon does (a flow dropped on its first packet never gets a
