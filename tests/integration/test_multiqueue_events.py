@@ -1,0 +1,107 @@
+"""Several NFQUEUE workers, one event stream: the workers forward their decisions to the main process, which
+builds every event (docs/events.md). SIP OPTIONS exchanges from many client ports spread over two queues;
+every flow event in the spool must come from one stream with gapless sequence numbers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.netns import lab, require_tools
+from tunnelwatch.spool import Spool
+
+pytestmark = pytest.mark.integration
+
+QUEUE = 11
+FLOWS = 12
+# --queue-balance hashes the addresses (not the ports): flows to several server addresses spread over both
+SERVERS = [f"203.0.113.{20 + i}" for i in range(6)]
+SIP_PORT = 5060
+# A SIP responder: answers each OPTIONS with 200 OK echoing Via, From, To, Call-ID and CSeq.
+RESPONDER = r"""
+import selectors, socket, sys, time
+sel = selectors.DefaultSelector()
+for addr in sys.argv[1].split(","):  # one socket per address: each answer leaves from the address asked
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, int(sys.argv[2])))
+    sel.register(s, selectors.EVENT_READ)
+print("sip ready", flush=True)
+end, n = time.monotonic() + 120, 0
+while time.monotonic() < end and n < 1000:
+    for key, _ in sel.select(0.5):
+        data, peer = key.fileobj.recvfrom(4096)
+        n += 1
+        head = data.split(b"\r\n\r\n")[0].split(b"\r\n")
+        names = (b"via", b"from", b"to", b"call-id", b"cseq")
+        keep = [h for h in head[1:] if h.split(b":")[0].lower() in names]
+        answer = b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\nContent-Length: 0\r\n\r\n"
+        key.fileobj.sendto(answer, peer)
+"""
+# FLOWS OPTIONS requests, each from its own socket (its own flow), round robin over the server addresses,
+# each waiting for its answer.
+CLIENT = r"""
+import socket, sys
+ok = 0
+servers = sys.argv[1].split(",")
+for i in range(int(sys.argv[3])):
+    server = servers[i % len(servers)]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    call = "mq-%d@lab" % i
+    msg = ("OPTIONS sip:probe@%s SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.2;branch=z9hG4bK%d\r\n"
+           "From: <sip:lab@lab>;tag=%d\r\nTo: <sip:probe@lab>\r\nCall-ID: %s\r\nCSeq: 1 OPTIONS\r\n"
+           "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n" % (server, i, i, call)).encode()
+    s.sendto(msg, (server, int(sys.argv[2])))
+    try:
+        if call.encode() in s.recv(4096):
+            ok += 1
+    except OSError:
+        pass
+    s.close()
+print(ok)
+"""
+
+
+def _queue_packets(text: str) -> dict[int, int]:
+    # /proc/net/netfilter/nfnetlink_queue: queue_num portid waiting copy_mode copy_range dropped ... id_seq 1
+    return {int(f[0]): int(f[7]) for f in (ln.split() for ln in text.splitlines()) if len(f) >= 8}
+
+
+def test_two_workers_report_through_one_stream(tmp_path: Path) -> None:
+    require_tools("iptables", "ip6tables", "iptables-save", "iptables-restore")
+    (tmp_path / "registry.yaml").write_text("registrations: []\n")
+    cfg = tmp_path / "tunnelwatch.yaml"
+    cfg.write_text(f"queue: {{num: {QUEUE}, count: 2}}\nfirewall: {{hooks: [forward], ipv6: false}}\n"
+                   "registry: registry.yaml\npolicy: {default: monitor}\nlog: {level: debug}\n"
+                   f"status: {{socket: {tmp_path / 'status.sock'}}}\n"
+                   # a closed loopback port: the events stay in the spool for the test to read
+                   "report: {state_dir: state, heartbeat: 300, uplink: {url: 'https://127.0.0.1:9'}}\n")
+    with lab(tmp_path) as lb:
+        (tmp_path / "responder.py").write_text(RESPONDER)
+        (tmp_path / "client.py").write_text(CLIENT)
+        for addr in SERVERS:
+            lb.run(lb.server, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+        responder = [sys.executable, str(tmp_path / "responder.py"), ",".join(SERVERS), str(SIP_PORT)]
+        lb.spawn(lb.server, responder, "sip")
+        lb.wait_for_log("sip", "sip ready")
+        lb.spawn(lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)], "daemon")
+        lb.wait_for_log("daemon", "ready:", timeout=30)
+        r = lb.run(lb.client, sys.executable, str(tmp_path / "client.py"), ",".join(SERVERS), str(SIP_PORT),
+                   str(FLOWS), timeout=90)
+        assert int(r.stdout) == FLOWS, r.stdout + r.stderr
+        seen = _queue_packets(lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout)
+        assert seen.get(QUEUE, 0) > 0 and seen.get(QUEUE + 1, 0) > 0, seen  # both workers had flows
+        lb.stop("daemon")  # daemon_stopped is written after every forwarded decision
+    sp = Spool(str(tmp_path / "state" / "spool.db"), check=False)
+    try:
+        events = [ev for _, ev in sp.peek(10_000)]
+    finally:
+        sp.close()
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "daemon_started" and kinds[-1] == "daemon_stopped", kinds
+    tagged = [e for e in events if e["kind"] == "flow_tagged" and e.get("protocol") == "sip"]
+    assert len(tagged) == FLOWS, kinds
+    assert len({e["stream"] for e in events}) == 1
+    assert [e["seq"] for e in events] == list(range(len(events)))
