@@ -134,3 +134,20 @@ for i in range(count):
     sent += 1
 print("flood sent", sent, flush=True)
 """
+
+# TCP Fast Open client (client namespace): one OpenVPN client hard reset, length-prefixed as over TCP,
+# carried in the SYN itself (MSG_FASTOPEN; the namespace's sysctl sends it without a cookie), then it
+# prints what the server answered.
+TFO_CLIENT: Final = r"""
+import os, socket, sys
+dst, port = sys.argv[1], int(sys.argv[2])
+rec = b"\x38" + os.urandom(8) + b"\x00" + b"\x00\x00\x00\x00"
+s = socket.socket()
+s.settimeout(10)
+s.sendto(len(rec).to_bytes(2, "big") + rec, socket.MSG_FASTOPEN, (dst, port))
+print("sent reset in the SYN", flush=True)
+try:
+    print("answer", len(s.recv(4096)), "bytes", flush=True)
+except OSError as exc:
+    print("no answer:", exc, flush=True)
+"""

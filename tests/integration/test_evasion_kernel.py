@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from evasion_relays import TCP_SHAPE, UDP_FLOOD, UDP_HOLD
+from evasion_relays import TCP_SHAPE, TFO_CLIENT, UDP_FLOOD, UDP_HOLD
 
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
 from tunnelwatch import firewall
@@ -294,3 +294,27 @@ def test_fail_open_bypass_is_counted_in_the_kernel_and_shown(tmp_path: Path) -> 
         # the packets held in the queue got their verdicts after SIGCONT: not counted as bypassed
         after = firewall.parse_counters(lb.run(lb.router, "iptables-save", "-c", "-t", "filter").stdout)
         assert after["bypassed_packets"] == counts["bypassed_packets"], (counts, after)
+
+
+def test_data_in_a_tcp_fast_open_syn_is_queued_and_the_tunnel_blocked(tmp_path: Path) -> None:
+    """(e) An OpenVPN client reset carried in the SYN (TFO, no cookie needed in these namespaces) is
+    queued (the old rules skipped every SYN) and, with the real server's answer, blocks the flow."""
+    require_tools(*TOOLS)
+    with lab(tmp_path, ipv6=False) as lb:
+        # client: send data in the SYN without a cookie (0x4); server: accept it without a cookie or a
+        # socket option (0x200 | 0x400), so the real OpenVPN server takes it as is
+        lb.run(lb.client, "sysctl", "-qw", "net.ipv4.tcp_fastopen=5")
+        lb.run(lb.server, "sysctl", "-qw", "net.ipv4.tcp_fastopen=1538")
+        _daemon(lb, _config(tmp_path))
+        lb.run(lb.router, "iptables", "-w", "-t", "mangle", "-I", firewall.QCHAIN, "13", "-p", "tcp",
+               "--tcp-flags", "SYN,ACK", "SYN", "--dport", "1194")
+        pair = openvpn_pair(tmp_path / "ovpn-tfo", "tcp", server_ip=SERVER_IP, port=1194)
+        _start_server(lb, pair, "tcp")
+        lb.spawn(lb.client, [sys.executable, "-c", TFO_CLIENT, SERVER_IP, "1194"], "tfo")
+        lb.wait_for_log("tfo", "sent reset in the SYN")
+        out = lb.run(lb.router, "iptables", "-w", "-t", "mangle", "-L", firewall.QCHAIN, "-v", "-x",
+                     "-n").stdout
+        syn_queued = next(int(ln.split()[0]) for ln in out.splitlines() if "flags:0x12/0x02" in ln)
+        assert syn_queued == 1, out  # the SYN with data went to the daemon
+        lb.wait_for_log("daemon", BLOCKED, timeout=20)
+        lb.wait_for_log("tfo", "no answer", timeout=20)  # the server's answer was dropped
