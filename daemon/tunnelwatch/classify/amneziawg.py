@@ -41,10 +41,12 @@ from tunnelwatch.packet import UDP, Packet
 
 INIT_SIZE: Final = 148
 RESPONSE_SIZE: Final = 92
-#: largest datagram considered as a padded initiation (S1 <= 1132 keeps it under 1280 in practice)
+#: largest datagram considered as a padded initiation (S1 <= 1132 keeps it under 1280 in practice; S1 is
+#: kept in 11 bits of a candidate's entry)
 _MAX_INIT: Final = 1500
-#: possible initiations remembered per direction (each is 4 bytes of index + 4 of type)
-_MAX_CANDS: Final = 16
+#: possible initiations remembered per direction: the real one is among the last few large datagrams
+#: (junk comes before it, not after), and each costs ~100 bytes of flow state
+_MAX_CANDS: Final = 8
 #: S4 padding searched in front of a transport message's header
 _MAX_S4: Final = 64
 #: a transport counter just after the handshake is below this
@@ -74,8 +76,8 @@ class _State:
 
     def __init__(self) -> None:
         self.gate = JunkGate()
-        #: per direction: sender index (as sent) -> (message type, S1) of initiation-sized datagrams
-        self.cands: tuple[dict[bytes, tuple[int, int]], dict[bytes, tuple[int, int]]] = ({}, {})
+        #: per direction: sender index (little-endian) -> type << 11 | S1, of initiation-sized datagrams
+        self.cands: tuple[dict[int, int], dict[int, int]] = ({}, {})
         self.hs: _Handshake | None = None
         self.data = (DataDir(), DataDir())
 
@@ -108,20 +110,20 @@ class AmneziaWG(Classifier):
         n = len(p)
         if n >= RESPONSE_SIZE and not (n == RESPONSE_SIZE and p[0] == 2):
             s2 = n - RESPONSE_SIZE
-            mtype, = unpack_from("<I", p, s2)
-            cand = st.cands[d ^ 1].get(p[s2 + 8:s2 + 12])
-            if cand is not None and cand[0] != mtype and not _standard(mtype):
-                st.hs = _Handshake(d ^ 1, p[s2 + 8:s2 + 12], p[s2 + 4:s2 + 8], cand[1], s2)
+            mtype, _, receiver = unpack_from("<III", p, s2)
+            cand = st.cands[d ^ 1].get(receiver)
+            if cand is not None and cand >> 11 != mtype and not _standard(mtype):
+                st.hs = _Handshake(d ^ 1, p[s2 + 8:s2 + 12], p[s2 + 4:s2 + 8], cand & 0x7FF, s2)
                 st.cands = ({}, {})
                 return self.verdict("amneziawg", "heuristic", *self._hs_evidence(st.hs))
         if INIT_SIZE <= n <= _MAX_INIT and not (n == INIT_SIZE and p[0] == 1):
             s1 = n - INIT_SIZE
-            mtype, = unpack_from("<I", p, s1)
+            mtype, sender = unpack_from("<II", p, s1)
             if not _standard(mtype):
                 cands = st.cands[d]
                 if len(cands) >= _MAX_CANDS:
                     cands.pop(next(iter(cands)))
-                cands[p[s1 + 4:s1 + 8]] = (mtype, s1)
+                cands[sender] = mtype << 11 | s1
         return None
 
     def _hs_evidence(self, hs: _Handshake) -> tuple[str, ...]:
