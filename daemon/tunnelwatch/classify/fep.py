@@ -11,6 +11,11 @@ ordinary traffic unflagged, the classifier is stricter: the client must speak fi
 `MIN_LEN` bytes, a few more known binary protocols are exempt, and the server's first data packet must
 be non-exempt too. The verdict is always heuristic: no handshake can be parsed in "random" bytes, so the
 protocol is reported as "fully_encrypted" (the lengths are evidence, not proof of Shadowsocks/VMess/obfs4).
+
+The rules only hold for the first packet of a stream, so the classifier must know that the flow's start is
+in view; how it knows differs between a full capture (SYN, SYN-ACK, ACK, then data) and the daemon's view
+(the kernel never queues payload-less segments: the first packet the engine sees is the client's first
+data). `_start_in_view` explains the guard that works in both.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, Packet
+from tunnelwatch.packet import TCP, TCP_SYN, Packet
 
 #: shortest first packet judged: every protocol of this kind sends a salt/IV or key share (>= 16 bytes)
 #: plus an authenticated header, and short packets make the popcount mean too noisy to mean anything
@@ -38,6 +43,12 @@ _HTTP: Final = (b"GET ", b"PUT ", b"POST ", b"HEAD ")
 # RDP/TPKT, SMB/NetBIOS session, MS-SQL TDS prelogin, MQTT CONNECT, PostgreSQL SSLRequest/startup.
 _BINARY_PREFIXES: Final = (b"\x05\x01", b"\x05\x02", b"\x04\x01", b"\x03\x00", b"\x00\x00", b"\x12\x01",
                            b"\x10", b"\x81\x00", b"\xfeSMB", b"\xffSMB")
+#: a flow judged without its handshake in view keeps being checked for this many payload packets: a
+#: payload-less segment among them proves the start was not in view after all (see `_start_in_view`)
+PAYLOAD_ONLY_PKTS: Final = 24
+# state slots (one list per flow): the client's first packet's length, the start was in view only as the
+# flow's first packet (the payload-only case), the verdict was given
+_LEN, _PAYLOAD_ONLY, _JUDGED = range(3)
 
 
 def popcount_mean(p: bytes) -> float:
@@ -80,6 +91,46 @@ def _length_prefixed(p: bytes, n: int) -> bool:
     return n - 4 <= be <= n or n - 4 <= le <= n
 
 
+def _start_in_view(flow: Flow, pkt: Packet) -> int:
+    """Whether this packet, the client's first data packet, is the first packet of the TCP stream.
+
+    0: no (or not known); 1: yes, the SYN is in view; 2: yes, as far as a payload-only view can tell.
+    Wu et al.'s rules are about a stream's first bytes: bulk data picked up mid-stream is just as random
+    (TLS record bodies, SSH), so judging a flow whose start is not in view flags ordinary traffic.
+
+    * The packet carries the SYN itself (TCP Fast Open): the start, in every view.
+    * A full capture: the flow began with payload-less packets both ways (SYN, SYN-ACK, the ACK) and this
+      is the first data. A capture that began mid-flow shows data or lone ACKs first instead.
+    * The daemon's view: the kernel queues only segments with payload, from the connection's first packet
+      on (connbytes counts from conntrack's NEW), so the first queued packet of a flow that was not
+      re-opened (`flow.reopens == 0`) is the client's first data; nothing precedes it in the flow. A
+      re-opened flow (a later window) starts mid-session and is never judged.
+      A capture that begins with this flow's data looks exactly the same at this packet, yet there the
+      start is not in view. The two views differ in one fact: a full capture shows payload-less segments
+      (ACKs), the daemon never does. So this case is only provisional (2): once the engine shows a
+      payload-less segment of the flow, it is a view that would have shown the SYN too, the start was not
+      in view, and the classifier rejects the flow (withdrawing its verdict). TCP acknowledges every
+      second full segment and a delayed ACK fires after tens of milliseconds of silence, so a capture
+      shows one within the first few packets: it is checked up to `PAYLOAD_ONLY_PKTS` payload packets.
+      What no packet can tell: the daemon after conntrack picked a connection up mid-stream (router reboot,
+      table flush), and a connection the engine forgot (idle, evicted) that the kernel still queues in a
+      later window: both look like a new flow. Knowing that needs a fact from outside the packets (a
+      connmark bit set on the SYN by the firewall, passed to the engine), which this module cannot get.
+    """
+    if pkt.tcp_flags & TCP_SYN:
+        return 1
+    if flow.reopens:
+        return 0
+    if flow.packets >= 3 and flow.pkts_dir[1]:
+        return 1  # the caller checked that no data came before this packet: all before it were payload-less
+    return 2 if flow.packets == 1 else 0
+
+
+def _payload_only(flow: Flow) -> bool:
+    """Every packet the engine showed of this flow carried payload (the kernel's view, see above)."""
+    return flow.packets == flow.payload_pkts[0] + flow.payload_pkts[1]
+
+
 class FullyEncrypted(Classifier):
     """TCP flows whose first data packets both ways look uniformly random (heuristic only)."""
 
@@ -91,24 +142,29 @@ class FullyEncrypted(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Judge the client's first data packet, then the server's first; reject at the first exemption."""
         p = pkt.payload
-        first = flow.state.get(self.name)
-        if first is None:
+        st: list[int] | None = flow.state.get(self.name)
+        if st is None:
             # These protocols are client-first: a server banner (SMTP, FTP, SSH servers...) rules them out.
-            # The handshake must have been seen (SYN, SYN-ACK, then data): a flow picked up mid-stream
-            # shows bulk data, not its first packet, and Wu et al.'s rules only hold for the first one.
-            if (direction != 0 or flow.payload_pkts[1] or flow.pkts_dir[1] == 0 or flow.packets < 3
-                    or exemption(p)):
+            if direction != 0 or flow.payload_pkts[1] or exemption(p):
                 return REJECT
-            flow.state[self.name] = len(p)
+            start = _start_in_view(flow, pkt)
+            if not start:
+                return REJECT
+            flow.state[self.name] = [len(p), int(start == 2), 0]
             return None
-        if first < 0:
+        if st[_PAYLOAD_ONLY]:
+            if not _payload_only(flow):
+                return REJECT  # a payload-less segment: the flow's start was not in view (see above)
+            if st[_JUDGED]:
+                return DONE if flow.payload_pkts[0] + flow.payload_pkts[1] >= PAYLOAD_ONLY_PKTS else None
+        elif st[_JUDGED]:
             return DONE  # decided on the server's first packet: later (bulk) packets change nothing
         if direction == 0:
             return None  # the client's later packets (a split first flight) change nothing
         if exemption(p):
             return REJECT
-        flow.state[self.name] = -1
+        st[_JUDGED] = 1
         pc = popcount_mean(p[:MAX_MEASURED])
         return self.verdict("fully_encrypted", "heuristic",
-                            f"client first packet {first} bytes, no Wu et al. exemption applies",
+                            f"client first packet {st[_LEN]} bytes, no Wu et al. exemption applies",
                             f"server first packet {len(p)} bytes, popcount {pc:.2f}/byte, no exemption")

@@ -1,4 +1,8 @@
-"""Fully encrypted first packets: Wu et al.'s exemptions (each one a near-miss), both directions required."""
+"""Fully encrypted first packets: Wu et al.'s exemptions (each one a near-miss), both directions required.
+
+Each flow runs in both views: offline (the engine sees every packet of the capture) and inline (kernelview:
+what the kernel queues to the daemon, no handshake and no pure ACKs); the verdict must be the same. The
+guard against flows whose start is not in view is tested in each view."""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
 from support import one_verdict
-from tunnelwatch.classify.base import Verdict
-from tunnelwatch.classify.fep import MIN_LEN, exemption, popcount_mean
+from tunnelwatch.classify.base import DONE, REJECT, Context, Verdict
+from tunnelwatch.classify.fep import MIN_LEN, PAYLOAD_ONLY_PKTS, FullyEncrypted, exemption, popcount_mean
 from tunnelwatch.flow import Flow, flow_key
+from tunnelwatch.kernelview import inline_records
 from tunnelwatch.packet import TCP as TCP_PROTO
-from tunnelwatch.packet import Packet
+from tunnelwatch.packet import Packet, parse_ip
 from tunnelwatch.policy import Policy
 from tunnelwatch.registry import Registry
 from tunnelwatch.runconfig import parse_config
@@ -45,9 +50,23 @@ def flow(c2s: bytes, s2c: bytes, port: int = 8388) -> list[IP]:
     return [*handshake(port), t(C, S, 40000, port, c2s), t(S, C, port, 40000, s2c)]
 
 
-def test_flow_picked_up_mid_stream_is_not_judged() -> None:
-    v = one_verdict([t(C, S, 40000, 8388, rand(300, 1)), t(S, C, 8388, 40000, rand(1200, 2))], names=NAMES)
-    assert v.klass == "unknown"
+def ack(src: str, dst: str, sp: int, dp: int) -> IP:
+    return IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags="A")
+
+
+def inline_klass(pkts: list[IP]) -> tuple[str, str]:
+    """(klass, protocol) of the single connection as the daemon decides it from what the kernel queues."""
+    parsed = [parse_ip(bytes(p), 1000.0 + i * 0.01) for i, p in enumerate(pkts)]
+    assert all(x is not None for x in parsed)
+    [rec] = inline_records("x.pcap", [x for x in parsed if x is not None])
+    return rec["klass"], rec["protocol"]
+
+
+def both_views(pkts: list[IP]) -> tuple[str, str]:
+    """(klass, protocol) offline, asserted equal to the inline one."""
+    v = one_verdict(pkts, names=NAMES)
+    assert inline_klass(pkts) == (v.klass, v.protocol), "offline and inline views disagree"
+    return v.klass, v.protocol
 
 
 def test_random_both_ways_is_heuristic_fully_encrypted() -> None:
@@ -56,16 +75,79 @@ def test_random_both_ways_is_heuristic_fully_encrypted() -> None:
     assert any("300 bytes" in e for e in v.evidence)
 
 
+def test_the_daemon_sees_no_handshake_and_still_flags_it() -> None:
+    # Inline the kernel queues neither the handshake nor pure ACKs: the client's first data is the first
+    # packet the engine sees. Realistic shape: ACKs between the exchanges.
+    pkts = [*handshake(), t(C, S, 40000, 8388, rand(300, 1)), ack(S, C, 8388, 40000),
+            t(S, C, 8388, 40000, rand(1200, 2)), ack(C, S, 40000, 8388), t(S, C, 8388, 40000, rand(1400, 3))]
+    assert inline_klass(pkts) == ("proxy_obfuscated", "fully_encrypted")
+    assert both_views(pkts) == ("proxy_obfuscated", "fully_encrypted")
+
+
+def test_capture_begun_mid_flow_is_not_judged_once_an_ack_shows() -> None:
+    # The same two data packets as the daemon's view, but the capture shows payload-less segments, so it
+    # would have shown the SYN: the start of this flow is not in it. Before the reply, or after it (the
+    # verdict is withdrawn).
+    before = [t(C, S, 40000, 8388, rand(300, 1)), ack(S, C, 8388, 40000), t(S, C, 8388, 40000, rand(1200, 2))]
+    after = [t(C, S, 40000, 8388, rand(300, 1)), t(S, C, 8388, 40000, rand(1200, 2)), ack(C, S, 40000, 8388),
+             t(S, C, 8388, 40000, rand(1400, 3))]
+    for pkts in (before, after):
+        assert one_verdict(pkts, names=NAMES).klass == "unknown"
+
+
+def test_a_capture_of_data_only_is_the_daemons_view() -> None:
+    # Two data packets and nothing else cannot be told from what the kernel queues: judged (see fep.py).
+    pkts = [t(C, S, 40000, 8388, rand(300, 1)), t(S, C, 8388, 40000, rand(1200, 2))]
+    assert both_views(pkts) == ("proxy_obfuscated", "fully_encrypted")
+
+
+def test_data_in_the_syn_is_the_start_in_every_view() -> None:  # TCP Fast Open
+    pkts = [IP(src=C, dst=S) / TCP(sport=40000, dport=8388, flags="S") / Raw(rand(300, 1)),
+            IP(src=S, dst=C) / TCP(sport=8388, dport=40000, flags="SA"), ack(C, S, 40000, 8388),
+            t(S, C, 8388, 40000, rand(1200, 2)), ack(C, S, 40000, 8388)]
+    assert both_views(pkts) == ("proxy_obfuscated", "fully_encrypted")
+
+
+def _pkt(src: str, dst: str, sp: int, dp: int, payload: bytes, flags: int = 0x18) -> Packet:
+    return Packet(0.0, 4, socket.inet_aton(src), socket.inet_aton(dst), TCP_PROTO, sp, dp, 40 + len(payload),
+                  payload, flags)
+
+
+def _feed(f: Flow, c: FullyEncrypted, pkt: Packet, d: int) -> object:
+    f.packets += 1
+    f.pkts_dir[d] += 1
+    f.payload_pkts[d] += 1
+    return c.inspect(f, pkt, d, Context())
+
+
+def test_a_reopened_flow_is_not_judged() -> None:
+    # A later window of a flow the daemon re-opened starts mid-session: its first packet is not the start.
+    c = FullyEncrypted()
+    first = _pkt(C, S, 40000, 8388, rand(300, 1))
+    f = Flow(flow_key(first), first)
+    f.reopens = 1
+    assert _feed(f, c, first, 0) is REJECT
+
+
+def test_payload_only_flow_stops_after_its_watch() -> None:
+    c = FullyEncrypted()
+    first = _pkt(C, S, 40000, 8388, rand(300, 1))
+    f = Flow(flow_key(first), first)
+    assert _feed(f, c, first, 0) is None
+    assert isinstance(_feed(f, c, _pkt(S, C, 8388, 40000, rand(1200, 2)), 1), Verdict)
+    results = [_feed(f, c, _pkt(S, C, 8388, 40000, rand(1400, 3)), 1) for _ in range(PAYLOAD_ONLY_PKTS)]
+    assert DONE in results and all(r in (None, DONE) for r in results)  # bounded, never withdrawn
+
+
 def test_later_packets_do_not_withdraw_the_verdict() -> None:
     # bulk data after the first exchange may look like anything (here: a length-prefixed frame)
     later = (600).to_bytes(2, "big") + rand(600, 23)[2:]
-    v = one_verdict([*flow(rand(300, 1), rand(1200, 2)), t(S, C, 8388, 40000, later)], names=NAMES)
-    assert (v.klass, v.protocol) == ("proxy_obfuscated", "fully_encrypted")
+    pkts = [*flow(rand(300, 1), rand(1200, 2)), t(S, C, 8388, 40000, later)]
+    assert both_views(pkts) == ("proxy_obfuscated", "fully_encrypted")
 
 
 def test_never_confirmed_and_needs_the_server_reply() -> None:
-    v = one_verdict([*handshake(), t(C, S, 40000, 8388, rand(300, 1))], names=NAMES)
-    assert v.klass == "unknown"
+    assert both_views([*handshake(), t(C, S, 40000, 8388, rand(300, 1))])[0] == "unknown"
 
 
 @pytest.mark.parametrize("payload,rule", [
@@ -110,8 +192,7 @@ def test_popcount_mean() -> None:
     (rand(300, 16), b"\x16\x03\x03\x00\x7a\x02" + random.Random(17).randbytes(400)),
 ])
 def test_near_misses_are_not_flagged(c2s: bytes, s2c: bytes) -> None:
-    v = one_verdict(flow(c2s, s2c, port=443), names=NAMES)
-    assert v.klass != "proxy_obfuscated"
+    assert both_views(flow(c2s, s2c, port=443))[0] != "proxy_obfuscated"
 
 
 def test_server_speaks_first_is_rejected() -> None:
@@ -122,12 +203,17 @@ def test_server_speaks_first_is_rejected() -> None:
     pkts.insert(0, IP(src=C, dst=S) / TCP(sport=40000, dport=22, flags="S"))
     v = one_verdict(pkts, names=NAMES)
     assert v.klass != "proxy_obfuscated"
+    # Inline the banner is the first packet the daemon sees, so the server counts as the initiator: a
+    # printable banner is exempt there (a random-looking server-first protocol would not be, see fep.py).
+    banner = [IP(src=C, dst=S) / TCP(sport=40000, dport=22, flags="S"),
+              t(S, C, 22, 40000, b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n" + rand(200, 18)),
+              t(C, S, 40000, 22, rand(300, 19)), t(S, C, 22, 40000, rand(300, 20))]
+    assert inline_klass(banner)[0] != "proxy_obfuscated"
 
 
 def test_random_printable_data_is_not_flagged() -> None:
     text = bytes(random.Random(21).randrange(0x20, 0x7F) for _ in range(600))
-    v = one_verdict(flow(text, text[::-1]), names=NAMES)
-    assert v.klass != "proxy_obfuscated"
+    assert both_views(flow(text, text[::-1]))[0] != "proxy_obfuscated"
 
 
 def test_hostile_inputs_never_raise() -> None:
