@@ -330,9 +330,10 @@ _TCP_CLIENT = _TLS_CLIENT.replace("ctx.wrap_socket(socket.create_connection(", "
 
 def test_an_undecided_flow_is_decided_when_it_goes_quiet_and_the_block_reaches_the_kernel(
         tmp_path: Path) -> None:
-    """queue.packets 4: the kernel queues the handshake and the first line only, the reply and everything
-    after bypass userspace while the flow is undecided. QUIET_S later the daemon decides it (a list block)
-    and marks the conntrack entry, so the kernel drops the rest of a connection it no longer queues."""
+    """queue.packets 4. Before docs/enforcement.md the kernel queued the handshake and the first line only
+    and the daemon decided the flow QUIET_S later (marking its conntrack entry); now the kernel's window
+    (2N+16 packets, room for the handshake and pure ACKs) brings the daemon its 4 payload packets, so the
+    list block is decided within the window, on the verdict. Either way the kernel drops the rest."""
     require_tools("iptables", "iptables-save", "iptables-restore", "ss", "conntrack")
     lst = tmp_path / "lab-vpn.yaml"
     lst.write_text(f"provider: LabVPN\nklass: vpn_tunnel\nprotocol: labvpn\nentries:\n"
@@ -353,8 +354,7 @@ def test_an_undecided_flow_is_decided_when_it_goes_quiet_and_the_block_reaches_t
         r = lb.run(lb.client, sys.executable, client, SERVER_IP, str(ECHO_PORT), "25", timeout=60)
         back = int(r.stdout.strip())
         log = lb.log("daemon")
-        assert "decided after going quiet" in log and \
-            f"decided vpn_tunnel labvpn list block tcp {CLIENT_IP}:" in log, log[-3000:]
-        # lines came back while the flow was undecided (about QUIET_S / 0.2 s of them), then none
+        assert f"decided vpn_tunnel labvpn list block tcp {CLIENT_IP}:" in log, log[-3000:]
+        # lines came back while the flow was undecided (a couple of them), then none
         assert 1 <= back < 20, back
         assert "no conntrack entry left" not in log
