@@ -44,9 +44,9 @@ RESPONSE_SIZE: Final = 92
 #: largest datagram considered as a padded initiation (S1 <= 1132 keeps it under 1280 in practice; S1 is
 #: kept in 11 bits of a candidate's entry)
 _MAX_INIT: Final = 1500
-#: possible initiations remembered per direction: the real one is among the last few large datagrams
-#: (junk comes before it, not after), and each costs ~100 bytes of flow state
-_MAX_CANDS: Final = 8
+#: possible initiations remembered per direction: the real one is the last large datagram before the
+#: response (junk comes before it; a retry comes with fresh junk before it), a few more cover reordering
+_MAX_CANDS: Final = 4
 #: S4 padding searched in front of a transport message's header
 _MAX_S4: Final = 64
 #: a transport counter just after the handshake is below this
@@ -76,10 +76,11 @@ class _State:
 
     def __init__(self) -> None:
         self.gate = JunkGate()
-        #: per direction: sender index (little-endian) -> type << 11 | S1, of initiation-sized datagrams
-        self.cands: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        #: per direction: initiation-sized datagrams as sender index << 43 | type << 11 | S1 (plain ints in a
+        #: short list: this lives in every UDP flow being classified)
+        self.cands: tuple[list[int], list[int]] = ([], [])
         self.hs: _Handshake | None = None
-        self.data = (DataDir(), DataDir())
+        self.data: tuple[DataDir, DataDir] | None = None  # made on the first data-shaped datagram
 
 
 class AmneziaWG(Classifier):
@@ -111,10 +112,10 @@ class AmneziaWG(Classifier):
         if n >= RESPONSE_SIZE and not (n == RESPONSE_SIZE and p[0] == 2):
             s2 = n - RESPONSE_SIZE
             mtype, _, receiver = unpack_from("<III", p, s2)
-            cand = st.cands[d ^ 1].get(receiver)
-            if cand is not None and cand >> 11 != mtype and not _standard(mtype):
+            cand = next((c for c in st.cands[d ^ 1] if c >> 43 == receiver), None)
+            if cand is not None and (cand >> 11) & 0xFFFFFFFF != mtype and not _standard(mtype):
                 st.hs = _Handshake(d ^ 1, p[s2 + 8:s2 + 12], p[s2 + 4:s2 + 8], cand & 0x7FF, s2)
-                st.cands = ({}, {})
+                st.cands = ([], [])
                 return self.verdict("amneziawg", "heuristic", *self._hs_evidence(st.hs))
         if INIT_SIZE <= n <= _MAX_INIT and not (n == INIT_SIZE and p[0] == 1):
             s1 = n - INIT_SIZE
@@ -122,8 +123,8 @@ class AmneziaWG(Classifier):
             if not _standard(mtype):
                 cands = st.cands[d]
                 if len(cands) >= _MAX_CANDS:
-                    cands.pop(next(iter(cands)))
-                cands[sender] = mtype << 11 | s1
+                    del cands[0]
+                cands.append(sender << 43 | mtype << 11 | s1)
         return None
 
     def _hs_evidence(self, hs: _Handshake) -> tuple[str, ...]:
@@ -148,6 +149,8 @@ class AmneziaWG(Classifier):
         fields = data_fields(p)
         if fields is None or _standard(fields[0]):
             return None
+        if st.data is None:
+            st.data = (DataDir(), DataDir())
         if not st.data[d].feed(*fields, len(p)):
             return None
         if both_ways(st.data, _DATA_LEAST):

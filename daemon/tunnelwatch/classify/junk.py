@@ -56,20 +56,25 @@ def other_protocol(p: bytes) -> str:
 class JunkGate:
     """Per-flow junk accounting: the first datagram's protocol per direction and the junk count."""
 
-    __slots__ = ("first", "junk")
+    __slots__ = ("first0", "first1", "junk")
 
     def __init__(self) -> None:
-        #: what the first datagram seen from each direction clearly was ('' = nothing clear, None = unseen)
-        self.first: list[str | None] = [None, None]
+        # what the first datagram seen from each direction clearly was ('' = nothing clear, None = unseen);
+        # two slots rather than a list: one of these lives per UDP flow and classifier while classified
+        self.first0: str | None = None
+        self.first1: str | None = None
         self.junk = 0
 
     def first_look(self, p: bytes, direction: int) -> bool:
         """Note a direction's first datagram; True when both directions clearly speak one other protocol."""
-        if self.first[direction] is not None:
+        if (self.first1 if direction else self.first0) is not None:
             return False
         name = other_protocol(p)
-        self.first[direction] = name
-        return bool(name) and self.first[direction ^ 1] == name
+        if direction:
+            self.first1 = name
+            return bool(name) and self.first0 == name
+        self.first0 = name
+        return bool(name) and self.first1 == name
 
     def junk_seen(self) -> bool:
         """Count one junk datagram; True when there has been too much of it to keep waiting."""

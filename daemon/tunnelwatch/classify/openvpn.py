@@ -72,7 +72,8 @@ class _State:
     acked: bool = False
     consistent: int = 0
     static_ok: list[int] = field(default_factory=lambda: [0, 0])
-    static_lens: set[int] = field(default_factory=set)
+    static_len: int = 0  # the first static-key-framed length seen
+    static_var: bool = False  # and whether another one followed (a set would cost ~200 bytes a flow)
     static_bad: bool = False
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
     #: 1 when the flow's first payload came from the responder (a capture or queue that started
@@ -246,8 +247,11 @@ class OpenVPN(Classifier):
             st.static_bad = True
             return REJECT
         st.static_ok[direction] += 1
-        st.static_lens.add(n)
-        if min(st.static_ok) >= _STATIC_MIN_PKTS and len(st.static_lens) >= 2:
+        if not st.static_len:
+            st.static_len = n
+        elif n != st.static_len:
+            st.static_var = True
+        if min(st.static_ok) >= _STATIC_MIN_PKTS and st.static_var:
             st.static_said = True
             return self.verdict(
                 "openvpn", "heuristic",

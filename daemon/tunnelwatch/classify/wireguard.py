@@ -55,7 +55,8 @@ class _State:
         self.inits: dict[int, tuple[int, bytes]] = {}
         self.handshake = False
         self.resp_idx = 0  # the responder's sender index once the handshake matched
-        self.data = (DataDir(), DataDir())
+        #: transport data without a handshake, per direction (made on the first data-shaped message)
+        self.data: tuple[DataDir, DataDir] | None = None
         # WARP: the reserved bytes each direction uses (when not zero)
         self.warp = False
         self.reserved: list[bytes] = [b"", b""]
@@ -170,6 +171,8 @@ class WireGuard(Classifier):
             return None
         # WARP's client id takes part in the type: it must stay the same per direction like the index
         mtype = TRANSPORT | int.from_bytes(reserved, "little") << 8
+        if st.data is None:
+            st.data = (DataDir(), DataDir())
         if not st.data[d].feed(mtype, receiver, counter, len(p)):
             return None
         self._note_reserved(st, d, reserved)
