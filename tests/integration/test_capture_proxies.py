@@ -1,10 +1,11 @@
-"""Real obfuscated proxies between lab namespaces, captured on the router's WAN side and classified offline.
+"""Real obfuscated proxies between lab namespaces, captured on the router's WAN side and classified offline
+and as the daemon would see them (`classify --inline`: no handshake, no pure ACKs, the kernel's windows).
 
 shadowsocks-libev, v2ray (VMess) and obfs4proxy (standalone, driven through the TOR_PT_* environment)
 carry an HTTP download from a plain web server in the server namespace; the proxy flow must be reported
 as a heuristic fully encrypted flow and nothing else in the capture may be flagged. OpenSSH (port
 forwarding, a command session, scp) must stay plain benign SSH: the fully encrypted rule must not fire
-on it.
+on it. Both views must agree on every assertion.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from support.captures import flow_table
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
 from support.sshd import start_sshd
+from tunnelwatch.kernelview import INLINE_BUDGET
 from tunnelwatch.offline import classify_file
 
 pytestmark = pytest.mark.integration
@@ -31,8 +33,10 @@ PASSWORD = "tunnelwatch-lab-secret"
 VMESS_ID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 
 
-def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab, Path], None]) -> list[Record]:
-    """Start the web server, run `drive` while tcpdump records the router's WAN side; classify."""
+def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab, Path], None]
+             ) -> tuple[list[Record], list[Record]]:
+    """Start the web server, run `drive` while tcpdump records the router's WAN side; classify the capture
+    offline and inline (the daemon's view)."""
     require_tools("tcpdump", "ss", "curl", "python3", *tools)
     pcap = tmp_path / "wan0.pcap"
     with lab(tmp_path, ipv6=False) as lb:
@@ -44,7 +48,7 @@ def _capture(tmp_path: Path, tools: tuple[str, ...], drive: Callable[[Lab, Path]
         _listening(lb, lb.server, WEB_PORT)
         with lb.capture(lb.router, "wan0", pcap):
             drive(lb, tmp_path)
-    return list(classify_file(str(pcap)))
+    return list(classify_file(str(pcap))), list(classify_file(str(pcap), inline=True, budget=INLINE_BUDGET))
 
 
 def _listening(lb: Lab, ns: str, port: int) -> None:
@@ -57,18 +61,23 @@ def _download(lb: Lab, *curl_args: str) -> None:
     assert r.stdout.strip() == str(PAYLOAD_BYTES), f"download through the proxy failed: {r.stdout} {r.stderr}"
 
 
-def _assert_proxy(records: list[Record], dport: int) -> None:
-    """The client's flow(s) to `dport` are heuristic fully_encrypted; no other flow is flagged."""
+def _assert_proxy(views: tuple[list[Record], list[Record]], dport: int) -> None:
+    """In both views: the client's flow(s) to `dport` are heuristic fully_encrypted; no other is flagged."""
+    for view, records in zip(("offline", "inline"), views, strict=True):
+        _assert_proxy_in(records, dport, view)
+
+
+def _assert_proxy_in(records: list[Record], dport: int, view: str) -> None:
     hits = [r for r in records if r["transport"] == "tcp" and r["dport"] == dport and r["src"] == CLIENT_IP
             and r["dst"] == SERVER_IP]
-    assert hits, f"no flow to port {dport}:\n{flow_table(records)}"
+    assert hits, f"{view}: no flow to port {dport}:\n{flow_table(records)}"
     for r in hits:
         assert (r["klass"], r["protocol"], r["confidence"]) == \
             ("proxy_obfuscated", "fully_encrypted", "heuristic"), \
-            f"proxy flow mislabelled:\n{flow_table([r])}"
+            f"{view}: proxy flow mislabelled:\n{flow_table([r])}"
         assert r["evidence"]
     others = [r for r in records if r not in hits and r["klass"] not in ("benign", "unknown")]
-    assert not others, f"flows wrongly flagged:\n{flow_table(others)}"
+    assert not others, f"{view}: flows wrongly flagged:\n{flow_table(others)}"
 
 
 def test_shadowsocks_libev(tmp_path: Path) -> None:
@@ -169,10 +178,11 @@ def test_openssh_sessions_are_not_flagged_as_fully_encrypted(tmp_path: Path) -> 
                str(d / "copy.bin"))
         assert (d / "copy.bin").stat().st_size == PAYLOAD_BYTES
 
-    records = _capture(tmp_path, ("sshd", "ssh", "scp", "ssh-keygen"), drive)
-    ssh_flows = [r for r in records if r["transport"] == "tcp" and r["dport"] == 2222]
-    assert len(ssh_flows) == 3, flow_table(records)
-    for r in ssh_flows:
-        assert (r["klass"], r["protocol"]) == ("benign", "ssh"), flow_table([r])
-    flagged = [r for r in records if r["klass"] not in ("benign", "unknown")]
-    assert not flagged, flow_table(flagged)
+    for view, records in zip(("offline", "inline"), _capture(tmp_path, ("sshd", "ssh", "scp", "ssh-keygen"),
+                                                              drive), strict=True):
+        ssh_flows = [r for r in records if r["transport"] == "tcp" and r["dport"] == 2222]
+        assert len(ssh_flows) == 3, f"{view}:\n{flow_table(records)}"
+        for r in ssh_flows:
+            assert (r["klass"], r["protocol"]) == ("benign", "ssh"), f"{view}:\n{flow_table([r])}"
+        flagged = [r for r in records if r["klass"] not in ("benign", "unknown")]
+        assert not flagged, f"{view}:\n{flow_table(flagged)}"
