@@ -17,6 +17,7 @@ from enforce_peers import HTTP_PORT, fetch, openvpn_pair, start_openvpn, start_w
 
 from support.netns import SERVER_IP, Lab, lab, require_tools
 from support.notify import NotifyListener
+from tunnelwatch.firewall import window
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +132,7 @@ def test_notify_reload_status_and_stop(tmp_path: Path) -> None:
         r = fetch(lb, f"http://{SERVER_IP}:{HTTP_PORT}/big.bin")
         assert r.stdout == "200 1048576", r.stderr
         assert ping.wait(20) == 0 and " 0% packet loss" in lb.log("ping"), lb.log("ping")
-        assert any("--connbytes 0:12 " in r for r in _rules(lb))  # the rules follow the new config
+        assert any(f"--connbytes 0:{window(12)} " in r for r in _rules(lb))  # the rules follow the new config
         assert "(packets, klass)" in lb.log("daemon").split("reload #1: applied")[-1].splitlines()[0]
         assert _snapshot(lb, tmp_path)["mode"] == "monitor"
 
@@ -141,7 +142,7 @@ def test_notify_reload_status_and_stop(tmp_path: Path) -> None:
         log = lb.log("daemon")
         assert f"reload #2 refused: {cfg} is invalid; keeping the running configuration" in log
         assert "unknown key 'pakets' in queue: did you mean 'packets'?" in log
-        assert any("--connbytes 0:12 " in r for r in _rules(lb))
+        assert any(f"--connbytes 0:{window(12)} " in r for r in _rules(lb))
         snap = _snapshot(lb, tmp_path)
         assert str(snap["config_check"]).startswith("reload refused") and snap["health"] == "ok"
 
@@ -165,7 +166,7 @@ def test_multi_queue_workers_report_decisions_and_take_reloads(tmp_path: Path) -
         nl.wait_for(lambda m: m.has("WATCHDOG=1"), timeout=5)
         _write_config(tmp_path, count=2, packets=10, extra="# reloaded\n")
         _reload(lb, nl, proc, "reload #1: applied")
-        assert any("--connbytes 0:10 " in r for r in _rules(lb))
+        assert any(f"--connbytes 0:{window(10)} " in r for r in _rules(lb))
         for i in range(4):  # new connections over both queues still pass
             assert fetch(lb, f"http://{SERVER_IP}:{HTTP_PORT}/index.html?{i}").stdout.startswith("200 ")
         _stop(lb, nl, proc)
