@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 QUEUE = 13
 TOOLS = ("iptables", "iptables-save", "iptables-restore", "conntrack", "openvpn", "openssl", "curl", "ss")
 BLOCKED = "decided vpn_tunnel openvpn confirmed block"
-SECOND_HOST = "198.51.100.3"
+FLOODER, THIRD_HOST = "198.51.100.3", "198.51.100.4"  # extra LAN hosts on the client namespace
 WG_TUN_SERVER = "10.99.2.1"  # start_wireguard's default tunnel addresses
 
 
@@ -224,31 +224,37 @@ def _report(tmp: Path) -> str:
 
 def test_a_flooding_host_is_limited_reported_and_others_keep_working(tmp_path: Path) -> None:
     """One LAN host sprays new UDP flows as fast as it can (bounded): its excess is dropped before the
-    queue, counted and reported upward, while a second host's HTTPS works during the flood."""
-    require_tools(*TOOLS)
+    queue, counted and reported upward; meanwhile another host's unregistered WireGuard tunnel is still
+    blocked and a third host's HTTPS works."""
+    require_tools(*TOOLS, "wireguard-go", "wg")
     with lab(tmp_path, ipv6=False) as lb:
         start_web(lb, tmp_path / "www")
-        lb.run(lb.client, "ip", "addr", "add", f"{SECOND_HOST}/24", "dev", "eth0")
+        for host in (FLOODER, THIRD_HOST):
+            lb.run(lb.client, "ip", "addr", "add", f"{host}/24", "dev", "eth0")
         _daemon(lb, _config(tmp_path, extra=_report(tmp_path), queue=", new_flow_rate: 100, "
                                                                       "new_flow_burst: 200"))
         sock = str(tmp_path / "status.sock")
+        start_wireguard(lb, tmp_path / "wg")  # its traffic leaves from CLIENT_IP (the route's source)
         # as fast as it can, for 8 s at most (and 300,000 flows at most)
-        lb.spawn(lb.client, [sys.executable, "-c", UDP_FLOOD, CLIENT_IP, SERVER_IP, "300000", "8"], "flood")
-        _wait(lambda: lb.run(lb.router, "iptables-save", "-c", "-t", "mangle").stdout.count("tw:flood")
-              and firewall.parse_counters(lb.run(lb.router, "iptables-save", "-c", "-t", "mangle").stdout)
+        lb.spawn(lb.client, [sys.executable, "-c", UDP_FLOOD, FLOODER, SERVER_IP, "300000", "8"], "flood")
+        _wait(lambda: firewall.parse_counters(lb.run(lb.router, "iptables-save", "-c", "-t", "mangle").stdout)
               ["flood_dropped"] > 0, "the limit to drop part of the flood")
-        r = lb.run(lb.client, "curl", "-sS", "-k", "--max-time", "10", "--interface", SECOND_HOST, "-o",
+        # during the flood: the tunnel of another host is blocked, the third host's HTTPS works
+        lb.run(lb.client, "ping", "-c", "1", "-W", "1", WG_TUN_SERVER, check=False)  # starts the handshake
+        _blocked(lb, WG_BLOCKED, WG_TUN_SERVER)
+        r = lb.run(lb.client, "curl", "-sS", "-k", "--max-time", "10", "--interface", THIRD_HOST, "-o",
                    "/dev/null", "-w", "%{http_code}", f"https://{SERVER_IP}:{HTTPS_PORT}/index.html",
                    check=False, timeout=20)
         assert r.stdout == "200", r.stderr
+        assert "flood sent" not in lb.log("flood")  # all of it happened while the flood ran
 
         def kernel() -> dict[str, Any]:
             k = fetch_snapshot(sock).get("kernel")
             return k if isinstance(k, dict) else {}
 
-        # while the flood runs, the status names the flooding host (its bucket is empty), not the other
-        _wait(lambda: CLIENT_IP in kernel().get("limited_hosts", []), "the status to name the host", 12)
-        assert SECOND_HOST not in kernel()["limited_hosts"]
+        # while the flood runs, the status names the flooding host (its bucket is empty), not the others
+        _wait(lambda: FLOODER in kernel().get("limited_hosts", []), "the status to name the host", 12)
+        assert CLIENT_IP not in kernel()["limited_hosts"] and THIRD_HOST not in kernel()["limited_hosts"]
         lb.wait_for_log("flood", "flood sent", timeout=40)
         _wait(lambda: kernel().get("flood_dropped", 0) > 0, "the status to show the drops")
         print(f"flood: {lb.log('flood').strip()}; kernel counters {kernel()}")
