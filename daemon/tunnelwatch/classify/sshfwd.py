@@ -14,6 +14,12 @@ It needs the packets after authentication (OpenSSH: about 30 packets in; the thi
 about 60 packets in), so it decides only when the engine's budget for the flow is large enough; with a
 smaller budget it stays silent and the flow remains plain "ssh". Heuristic only: a client-side TCP
 tunnel is all a network can see, not what goes through it.
+
+Which side is the SSH client is read from the clear key exchange, not assumed from the flow's direction:
+the daemon never sees the TCP handshake, so its flow starts with whichever banner was queued first, and
+many servers send theirs first. The client sends KEXDH/ECDH/hybrid INIT (30) or the group-exchange
+REQUEST/INIT (34/32); the server answers with REPLY/GROUP (31/33). Without those (not seen, split), the
+initiator of the flow is taken as the client.
 """
 
 from __future__ import annotations
@@ -41,9 +47,34 @@ MAX_KEYSTROKES: Final = 6
 #: stop looking after this many payload packets (the triples come early or the flow is something else)
 MAX_PKTS: Final = 160
 _SSH: Final = frozenset({"ssh"})
+#: clear key-exchange message codes by sender (RFC 4253, 4419, 5656; hybrid PQ methods reuse 30/31)
+_FROM_CLIENT: Final = frozenset({30, 32, 34})
+_FROM_SERVER: Final = frozenset({31, 33})
+#: clear SSH packets walked per segment at most (KEXINIT, INIT/REPLY, NEWKEYS can share one)
+_MAX_CLEAR: Final = 4
+_MAX_CLEAR_LEN: Final = 35_000  # RFC 4253 6.1: implementations must handle 35000-byte packets
 
-# state slots: previous two payload packets as signed sizes (+ client, - server), triples, keystroke pairs
-_P1, _P2, _OPENS, _KEYS = range(4)
+# state slots: previous two payload packets as signed sizes (+ client, - server), triples, keystroke pairs,
+# the SSH client's direction (-1 until the key exchange showed it)
+_P1, _P2, _OPENS, _KEYS, _CLIENT = range(5)
+
+
+def kex_client_direction(p: bytes, direction: int) -> int:
+    """The SSH client's direction if this segment holds a clear key-exchange message, else -1."""
+    pos, n = 0, len(p)
+    for _ in range(_MAX_CLEAR):
+        if pos + 6 > n:
+            break
+        ln = int.from_bytes(p[pos:pos + 4], "big")
+        if ln < 12 or ln > _MAX_CLEAR_LEN:
+            break  # not a clear SSH packet (encrypted, or not SSH): nothing to learn
+        code = p[pos + 5]
+        if code in _FROM_CLIENT:
+            return direction
+        if code in _FROM_SERVER:
+            return direction ^ 1
+        pos += 4 + ln
+    return -1
 
 
 class SshForward(Classifier):
@@ -60,17 +91,19 @@ class SshForward(Classifier):
         if st is None:
             if not pkt.payload.startswith(b"SSH-"):
                 return REJECT  # the client's banner opens every SSH connection
-            st = flow.state[self.name] = [0, 0, 0, 0]
+            st = flow.state[self.name] = [0, 0, 0, 0, -1]
             return None
         if st[_OPENS] >= MIN_OPENS:
             return DONE  # decided: the rest of the flow is the forwarded traffic itself
         n = flow.payload_pkts[0] + flow.payload_pkts[1]
         if n <= SKIP:
+            if st[_CLIENT] < 0:
+                st[_CLIENT] = kex_client_direction(pkt.payload, direction)
             return None
         if n > MAX_PKTS:
             return DONE
         size = len(pkt.payload)
-        cur = size if direction == 0 else -size
+        cur = size if direction == (st[_CLIENT] if st[_CLIENT] >= 0 else 0) else -size
         p1, p2 = st[_P1], st[_P2]
         if REQ_MIN <= cur <= REQ_MAX and -CONFIRM_MAX <= p1 < 0 and OPEN_MIN <= p2 <= OPEN_MAX:
             st[_OPENS] += 1

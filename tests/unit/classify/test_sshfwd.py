@@ -91,3 +91,51 @@ def test_hostile_input_never_raises() -> None:
             p[Raw].load = mutate(r, seeds) or b"\x00"
             raws.append(bytes(p))
         assert feed_raw(NAMES, raws, budget=128).classifier_errors == 0, i
+
+
+# ---------------------------------------------------------------- which side is the client
+
+def clear(code: int, n: int) -> bytes:
+    """A clear (pre-NEWKEYS) SSH packet of `n` bytes carrying message `code`."""
+    return (n - 4).to_bytes(4, "big") + bytes([4, code]) + rnd.randbytes(n - 6)
+
+
+def kex_flow(after: str, server_first: bool) -> list[IP]:
+    """Banners, then a key exchange with real clear message codes, then `after`; payload only (what the
+    kernel queues to the daemon: no TCP handshake, no pure ACKs), the server's banner first if asked."""
+    pkts = flow(after)
+    if server_first:
+        pkts[0], pkts[1] = pkts[1], pkts[0]
+    kex = pkts[2:6]  # C1560 S1088 C1208 S1564: KEXINIT both ways, then the client's INIT, the server's REPLY
+    for p, code in zip(kex, (20, 20, 30, 31), strict=True):
+        p[Raw].load = clear(code, len(p[Raw].load))
+    return pkts
+
+
+def test_client_direction_from_the_clear_key_exchange() -> None:
+    from tunnelwatch.classify.sshfwd import kex_client_direction
+    assert kex_client_direction(clear(30, 1208), 1) == 1  # ECDH/hybrid INIT: its sender is the client
+    assert kex_client_direction(clear(31, 1564), 1) == 0  # REPLY: the other side is
+    assert kex_client_direction(clear(34, 24), 0) == 0  # group exchange REQUEST
+    assert kex_client_direction(clear(20, 1088), 0) == -1  # KEXINIT: both sides send one
+    assert kex_client_direction(clear(20, 1088) + clear(30, 44), 1) == 1  # two in one segment
+    assert kex_client_direction(rnd.randbytes(1208), 0) == -1  # encrypted: nothing to learn
+    for n in range(6):
+        assert kex_client_direction(clear(30, 64)[:n], 0) == -1  # cut before the message code
+    assert kex_client_direction(clear(30, 1208)[:600], 0) == 0  # a long INIT split by TCP: its head counts
+
+
+def test_server_banner_first_in_the_daemons_view_is_still_flagged() -> None:
+    # Inline the flow starts at the first queued packet: the server's banner makes the server the flow's
+    # initiator. The key exchange says which side is the client. (budget=96: the deep window for SSH.)
+    v = one_verdict(kex_flow(FORWARD, server_first=True), names=NAMES, budget=96)
+    assert (v.klass, v.protocol) == ("proxy_obfuscated", "ssh_forwarding")
+    v = one_verdict(kex_flow(FORWARD, server_first=False), names=NAMES, budget=96)
+    assert (v.klass, v.protocol) == ("proxy_obfuscated", "ssh_forwarding")
+
+
+def test_server_banner_first_interactive_session_is_not_flagged() -> None:
+    typing = " ".join(["C36 S36"] * 30)
+    v = one_verdict(kex_flow("C112 S288 S216 C460 S108 " + typing, server_first=True), names=NAMES,
+                    budget=128)
+    assert (v.klass, v.protocol) == ("benign", "ssh")
