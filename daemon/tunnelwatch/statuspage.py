@@ -130,6 +130,13 @@ def render_html(snap: Mapping[str, object], *, refresh: int = REFRESH_S) -> str:
         ("Version", esc(snap.get("version"))),
         ("Up for", esc(duration(snap.get("uptime_s")))),
     ]
+    kern = snap.get("kernel")
+    if isinstance(kern, Mapping):
+        rows.append(("Passed without a verdict (fail-open)",
+                     f'<span id="fail-open">{esc(kern.get("bypassed_packets"))} packets, '
+                     f'{esc(kern.get("bypassed_flows"))} connections</span>'))
+        rows.append(("New connections dropped (per-host limit)",
+                     f'<span id="flood-dropped">{esc(kern.get("flood_dropped"))}</span>'))
     summary = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     totals = sorted(flow_totals(snap).items())
     counts = "".join(f"<tr><td>{esc(k)}</td><td>{esc(a)}</td><td>{n}</td></tr>" for (k, a), n in totals)
@@ -224,7 +231,20 @@ def render_metrics(snap: Mapping[str, object]) -> str:
         help_text = ("Decided flows by klass and action." if cname == "flows"
                      else f"Count of {cname.replace('_', ' ')}.")
         out += _family(f"tunnelwatch_{metric_name(cname)}_total", "counter", help_text, samples)
+    kern = snap.get("kernel")
+    for key, help_text in _KERNEL_COUNTERS:
+        value = kern.get(key) if isinstance(kern, Mapping) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            out += _family(f"tunnelwatch_{key}_total", "counter", help_text, [({}, value)])
     return "\n".join(out) + "\n"
+
+
+#: kernel counters of accountable fail-open (kernelstats.py), cumulative since the rules were installed
+_KERNEL_COUNTERS: Final = (
+    ("bypassed_packets", "Packets the kernel let through without a verdict (queue full or no daemon)."),
+    ("bypassed_flows", "Connections with at least one packet let through without a verdict."),
+    ("flood_dropped", "New connections dropped by the per-host new-connection limit."),
+)
 
 
 def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:

@@ -10,7 +10,7 @@ import pytest
 from tunnelwatch import firewall, kernelstats
 from tunnelwatch.reporting import _fail_open
 from tunnelwatch.runconfig import ConfigError, parse_config, summary
-from tunnelwatch.statuspage import render_summary
+from tunnelwatch.statuspage import render_html, render_metrics, render_summary
 from tunnelwatch.statusweb import StatusState
 
 
@@ -43,6 +43,9 @@ def test_counters_reach_the_status_and_a_flood_trip_is_reported_once_a_minute(
     text = render_summary(snap)
     assert "24 packets of 24 connections passed without a verdict; 500 new connections dropped" in text
     assert "over it now: 198.51.100.7" in text
+    assert "tunnelwatch_bypassed_packets_total 24" in render_metrics(snap)
+    assert "tunnelwatch_flood_dropped_total 500" in render_metrics(snap)
+    assert '<span id="flood-dropped">500</span>' in render_html(snap)
     state.set(flows={"evicted": 7, "tracked": 1})
     assert _fail_open(state.snapshot()) == {"bypassed_packets": 24, "bypassed_flows": 24,
                                             "flood_dropped": 500, "flows_evicted": 7}
