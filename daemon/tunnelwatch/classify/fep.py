@@ -116,6 +116,9 @@ def _start_in_view(flow: Flow, pkt: Packet) -> int:
       table flush), and a connection the engine forgot (idle, evicted) that the kernel still queues in a
       later window: both look like a new flow. Knowing that needs a fact from outside the packets (a
       connmark bit set on the SYN by the firewall, passed to the engine), which this module cannot get.
+      Likewise the flow's direction inline is that of its first queued packet: a server that speaks
+      first becomes the "client". Banners and greetings are printable or length-prefixed (exempt); a
+      server-first protocol with a random-looking first packet would be judged as client-first.
     """
     if pkt.tcp_flags & TCP_SYN:
         return 1
