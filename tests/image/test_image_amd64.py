@@ -83,7 +83,8 @@ def test_factory_state_is_neutral_and_quiet(amd64: Built) -> None:
     # resolved answers no LLMNR/mDNS on the WAN (it would give out the hostname, i.e. the device id)
     resolved = (r / "etc/systemd/resolved.conf.d/50-tunnelwatch.conf").read_text()
     assert "LLMNR=no" in resolved and "MulticastDNS=no" in resolved
-    modules = (r / "etc/modules-load.d/tunnelwatch.conf").read_text().split()
+    modules = [ln.strip() for ln in (r / "etc/modules-load.d/tunnelwatch.conf").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")]
     assert "xt_CONNMARK" not in modules  # no such module: systemd-modules-load failed on every boot
     # security updates arrive by themselves
     assert (r / "usr/bin/unattended-upgrade").exists()
