@@ -142,7 +142,8 @@ class Engine:
             flow.cands = {}
         flow.follow = []
         flow.follow_left = 0
-        flow.limit = max(flow.limit, flow.packets + self.reopen_budget)
+        # the packet that re-opens it is counted already: it is the first of the budget
+        flow.limit = max(flow.limit, flow.packets + self.reopen_budget - 1)
         self._undecided[flow.key] = flow
 
     def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:

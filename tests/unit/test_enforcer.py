@@ -106,3 +106,22 @@ def test_a_watched_flow_whose_reopens_are_used_up_is_allowed(mode: str) -> None:
     _quiet(enf)
     assert set(enf.marks.values()) == {firewall.MARK_ALLOW}
     assert enf.engine.reopened == 1
+
+
+def test_offline_engine_decides_once_and_reopen_is_visible_to_classifiers() -> None:
+    from tunnelwatch.engine import Engine
+    from tunnelwatch.packet import parse_ip
+
+    decided: list[str] = []
+    offline = Engine(on_decided=lambda f, v: decided.append(v.klass))  # reopens=0: `classify` as before
+    for _ in range(30):
+        flow = offline.process(parse_ip(_up(os.urandom(60), dport=4000), time.time()))
+    assert decided == ["unknown"] and flow.done and flow.watch == 0 and offline.reopened == 0
+    inline = Engine(reopens=2, reopen_budget=4, on_decided=lambda f, v: decided.append(v.klass))
+    for _ in range(inline.budget):
+        flow = inline.process(parse_ip(_up(os.urandom(60), dport=4000), time.time()))
+    assert flow.done and flow.watch == 2 and flow.reopens == 0
+    flow = inline.process(parse_ip(_up(os.urandom(60), dport=4000), time.time()))
+    # re-opened: a fresh look with every UDP classifier, a budget of 4 more packets, one re-open used
+    assert not flow.done and flow.reopens == 1 and flow.watch == 1 and flow.limit == flow.packets + 3
+    assert {c.transports for c in flow.active} and inline.reopened == 1
