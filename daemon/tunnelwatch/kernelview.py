@@ -4,8 +4,10 @@
 engine finds with every packet in hand, but what it finds from what the kernel queues. It replays the
 mangle rules of firewall.py on each packet of a capture, in capture order and capture time:
 
-* a connection (bidirectional 5-tuple, new after `idle_timeout` of silence, as conntrack's UDP timeout
-  roughly does) counts every packet both ways, SYN and pure ACKs included (connbytes);
+* a connection (bidirectional 5-tuple, forgotten after conntrack's default timeouts: 5 days for TCP,
+  `idle_timeout` for the rest) counts every packet both ways, SYN and pure ACKs included (connbytes);
+  the engine forgets its flows after `idle_timeout` as the daemon's does, so a long TCP pause makes a
+  new engine flow of a connection the kernel still tracks, as it does inline;
 * a connection with a final decision (ALLOW, or a settled verdict) is never queued again; past the last
   window the kernel allows it for good (`firewall.last_packet`);
 * otherwise a packet is queued inside the first window (`firewall.window(packets)`, deeper for
@@ -37,6 +39,8 @@ from tunnelwatch.runconfig import RunConfig
 #: the daemon's default queue.packets: the engine's budget inline
 INLINE_BUDGET: Final[int] = RunConfig.packets
 _FINAL: Final = (firewall.MARK_ALLOW, firewall.MARK_DROP, firewall.MARK_REJECT)
+#: nf_conntrack_tcp_timeout_established's default: the kernel keeps a quiet TCP connection (and its mark)
+TCP_ESTABLISHED_S: Final = 5 * 86400.0
 Key = tuple[bytes, int, bytes, int, int]
 
 
@@ -119,7 +123,8 @@ class KernelView:
         key = (src, sport, dst, dport, pkt.proto) if src < dst or (src == dst and sport <= dport) \
             else (dst, dport, src, sport, pkt.proto)
         conn = self.conns.get(key)
-        if conn is not None and pkt.ts - conn.last_ts > self.idle_timeout:
+        timeout = TCP_ESTABLISHED_S if pkt.proto == 6 else self.idle_timeout
+        if conn is not None and pkt.ts - conn.last_ts > timeout:
             self.done.append(self.conns.pop(key))  # conntrack forgot it: the same 5-tuple starts afresh
             conn = None
         if conn is None:

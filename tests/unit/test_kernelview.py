@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import pytest
 from classify.wgcraft import awg_session, wg_session
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Packet as ScapyPacket
@@ -77,8 +76,6 @@ def test_junk_past_the_first_window_still_shows_the_handshake() -> None:
     assert rec["queued"] < rec["packets"]
 
 
-@pytest.mark.xfail(strict=False, reason="mid-session AmneziaWG data is not yet recognised from the 9 packets "
-                                        "of one later window (counters past the start of the session)")
 def test_amneziawg_behind_junk_is_found_in_a_later_window() -> None:
     # padded handshake sizes escape the handshake-sized rule and 80 junk datagrams the first window: the
     # transport data in a later window gives the session away
