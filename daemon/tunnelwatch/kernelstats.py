@@ -71,6 +71,8 @@ class KernelStats:
         figures: dict[str, object] = {**counts, "limited_hosts": hosts[:16]}
         self.state.set(kernel=figures)
         dropped = counts["flood_dropped"]
+        if dropped < self.reported_drops:
+            self.reported_drops = 0  # the rules were re-installed (a reload): their counters restarted
         now = time.monotonic() if now is None else now
         if dropped > self.reported_drops and now >= self.next_event:
             delta = dropped - self.reported_drops

@@ -39,6 +39,12 @@ def test_counters_reach_the_status_and_a_flood_trip_is_reported_once_a_minute(
     assert len(events) == 1
     ks.poll_once(now=62.0)
     assert events[-1][1]["dropped"] == 200  # the drops since the previous event
+    figures["flood_dropped"] = 50  # a reload re-installed the rules: the kernel counts from 0 again
+    ks.poll_once(now=130.0)
+    assert events[-1][1]["dropped"] == 50 and len(events) == 3
+    figures["flood_dropped"] = 500
+    ks.poll_once(now=131.0)  # within the minute: no event, the status follows
+    assert len(events) == 3
     snap = state.snapshot()
     text = render_summary(snap)
     assert "24 packets of 24 connections passed without a verdict; 500 new connections dropped" in text
