@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from evasion_relays import TCP_SHAPE, TFO_CLIENT, UDP_FLOOD, UDP_HOLD
 
-from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
+from support.netns import CLIENT_IP, SERVER_IP, SERVER_IP6, Lab, lab, require_tools
 from tunnelwatch import firewall
 from tunnelwatch.labpeers import (
     HTTPS_PORT,
@@ -324,3 +324,34 @@ def test_data_in_a_tcp_fast_open_syn_is_queued_and_the_tunnel_blocked(tmp_path: 
         assert syn_queued == 1, out  # the SYN with data went to the daemon
         lb.wait_for_log("daemon", BLOCKED, timeout=20)
         lb.wait_for_log("tfo", "no answer", timeout=20)  # the server's answer was dropped
+
+
+def test_ipv6_payload_less_segments_skip_the_queue_and_every_payload_segment_is_queued(
+        tmp_path: Path) -> None:
+    """The exact no-payload test for IPv6 (payload length == TCP header length) in the kernel: handshake,
+    pure ACKs and FINs return before the queue, the request and the response segments are queued."""
+    require_tools(*TOOLS)
+    with lab(tmp_path) as lb:
+        (tmp_path / "www").mkdir()
+        (tmp_path / "www" / "hello.txt").write_text("hello\n")
+        lb.spawn(lb.server, [sys.executable, "-m", "http.server", "--bind", "::", "--directory",
+                             str(tmp_path / "www"), "8081"], "http6")
+        lb.wait_until(lb.server, ["sh", "-c", "ss -ltn | grep -q ':8081 '"])
+        cfg = _config(tmp_path)
+        cfg.write_text(cfg.read_text().replace("ipv6: false", "ipv6: true"))
+        _daemon(lb, cfg)
+        # counters: TCP of this server entering the queue chain (first) and reaching its queue rule (last
+        # before the MARK, after RST + 11 data-offset returns)
+        for pos, port in (("1", "--dport"), ("2", "--sport"), ("15", "--dport"), ("16", "--sport")):
+            lb.run(lb.router, "ip6tables", "-w", "-t", "mangle", "-I", firewall.QCHAIN, pos, "-p", "tcp",
+                   port, "8081")
+        r = lb.run(lb.client, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                   f"http://[{SERVER_IP6}]:8081/hello.txt", check=False, timeout=20)
+        assert r.stdout == "200", r.stderr
+        out = lb.run(lb.router, "ip6tables", "-w", "-t", "mangle", "-L", firewall.QCHAIN, "-v", "-x",
+                     "-n").stdout
+        counts = [int(ln.split()[0]) for ln in out.splitlines() if "8081" in ln]
+        entered, queued = counts[0] + counts[1], counts[2] + counts[3]
+        print(f"IPv6 HTTP: {entered} segments in the window, {queued} with payload queued")
+        assert entered >= queued + 3, out  # at least SYN, SYN-ACK and the handshake's ACK skipped
+        assert 2 <= queued <= 4, out  # the request and the response (headers and body may be apart)
