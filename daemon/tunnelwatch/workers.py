@@ -4,16 +4,19 @@ Owns the worker life cycle: start (the rules go in only once every worker has bo
 of a dead worker (--queue-bypass carries its share of traffic meanwhile), reloaded configs handed to the
 workers over a pipe each, and decisions sent back to the main process's status state over one bounded
 queue that never blocks the packet path: when it is full the worker drops the record and reports how many
-it dropped with the next one.
+it dropped with the next one. The same queue carries each worker's flow-table figures once a second
+(STATS_EVERY), summed by the main process into the status (and so the heartbeat: evictions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import queue
 import select
 import signal
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tunnelwatch")
 
 DECISIONS_MAX: Final = 1024  # records in flight from workers to the main process
+STATS_EVERY: Final = 1.0  # seconds between a worker's flow-table figures
+_STATS: Final = "_flow_stats"  # the key that marks a figures record among decisions
 
 
 def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue, control: Connection,
@@ -51,13 +56,19 @@ def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue,
             dropped += 1
 
     enforcer = Enforcer(cfg, registry, record)
+    next_stats = 0.0
 
     def ready(ok: bool | None) -> None:
         privileges.drop()  # the queue is bound: a worker never needs more than its netlink socket
         results.put((qnum, ok, ""))
 
     def wake(ready_fds: list[int]) -> None:
+        nonlocal next_stats
         sig.hup = False  # reloads come from the main process, over the control pipe
+        if time.monotonic() >= next_stats:
+            next_stats = time.monotonic() + STATS_EVERY
+            with contextlib.suppress(queue.Full):  # figures only: the next ones come a second later
+                decisions.put_nowait(({_STATS: enforcer.flow_stats(), "queue": qnum}, 0))
         if control.fileno() in ready_fds:
             try:
                 new_cfg, new_reg = control.recv()
@@ -101,8 +112,9 @@ class _Workers:
             except OSError as exc:  # a dead worker: restarted below with the new config
                 log.warning("queue %d worker: cannot send the new config: %s", q, exc)
 
-    def drain(self, record: Record, dropped: Callable[[int], None]) -> None:
-        """Take the decisions the workers sent (bounded per call)."""
+    def drain(self, record: Record, dropped: Callable[[int], None],
+              stats: Callable[[int, dict[str, int]], None] = lambda q, f: None) -> None:
+        """Take the decisions (and flow-table figures) the workers sent (bounded per call)."""
         for _ in range(DECISIONS_MAX):
             try:
                 rec, lost = self.decisions.get_nowait()
@@ -110,7 +122,11 @@ class _Workers:
                 return
             if lost:
                 dropped(lost)
-            record(rec)
+            figures, q = rec.get(_STATS), rec.get("queue")
+            if isinstance(figures, dict):
+                stats(q if isinstance(q, int) else 0, figures)
+            else:
+                record(rec)
 
     def stop(self) -> None:
         """Terminate and reap every worker."""
@@ -128,6 +144,16 @@ def run_workers(cfg: RunConfig, sig: Signals, rules: Rules, sup: Supervisor, app
     """Start the workers, install the rules once all are bound, then supervise until a stop signal."""
     w = _Workers(cfg, rules.registry)
     sup.apply_path = w.push
+    per_queue: dict[int, dict[str, int]] = {}
+
+    def stats(q: int, figures: dict[str, int]) -> None:
+        per_queue[q] = figures  # a restarted worker starts from 0 again: its old figures are replaced
+        total: dict[str, int] = {}
+        for f in per_queue.values():
+            for k, v in f.items():
+                total[k] = total.get(k, 0) + v
+        app.state.set(flows=total)
+
     try:
         for q in range(cfg.queue_num, cfg.queue_num + cfg.queue_count):
             w.start(q)
@@ -151,7 +177,7 @@ def run_workers(cfg: RunConfig, sig: Signals, rules: Rules, sup: Supervisor, app
             select.select([sig.rfd], [], [], min(0.5, sup.timeout()))
             sig.drain()
             sup.hup, sig.hup = sup.hup or sig.hup, False
-            w.drain(sup.record, lambda n: app.state.count("decisions_dropped", n))
+            w.drain(sup.record, lambda n: app.state.count("decisions_dropped", n), stats)
             sup.wake()
             dead = [q for q, (p, _) in w.procs.items() if not p.is_alive()]
             for q in dead if not sig.stop else []:
