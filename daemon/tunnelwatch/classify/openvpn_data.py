@@ -5,7 +5,9 @@ P_DATA_V2 (OpenVPN 2.4+) is four: opcode 9 << 3 | key id, then a 3-byte peer id 
 both ends put on every packet (the lab's OpenVPN 2.6 sends the same four bytes both ways). With an AEAD
 cipher (AES-GCM, ChaCha20-Poly1305: the default since 2.4) the 4-byte big-endian packet id follows in
 clear, starting at 1 for each key and rising by one per packet; CBC ciphers put an HMAC and an IV there
-(the packet id is encrypted), so only the constant header and block-aligned lengths are visible.
+(the packet id is encrypted), so only the constant header and block-aligned lengths are visible. A server
+may answer a client's P_DATA_V2 with P_DATA_V1 (seen in nDPI's captures of server mode): the two
+directions then share only the key id, which is enough for a heuristic verdict, never a confirmed one.
 
 Random bytes, RTP/SRTP (first byte 0x80-0xBF), DTLS (20-26), STUN (0-1) cannot match the header; a QUIC
 short header can (0x40-0x7F) but its first byte's low bits change per packet (header protection) and the
@@ -36,7 +38,9 @@ class DataDir:
         self.pid = -1
         self.n = 0
         self.rising = 0
-        self.cbc = 0  # packets whose length fits HMAC-SHA1/SHA256 + IV + 16-byte blocks
+        #: packets whose length fits HMAC (SHA1 20, SHA256 32) + IV + blocks of 16 (AES) or 8 (BF-CBC, the
+        #: pre-2.4 default: 20 + 8 + 8n), i.e. a body of 4 mod 8 or 0 mod 16 bytes
+        self.cbc = 0
 
     def feed(self, p: bytes) -> bool:
         """Account one datagram; True when it is a P_DATA packet continuing this direction's channel."""
@@ -62,23 +66,25 @@ class DataDir:
         self.pid = pid
         self.n += 1
         body = n - hlen
-        self.cbc += (body - 36) % 16 == 0 or (body - 48) % 16 == 0
+        self.cbc += body % 8 == 4 or body % 16 == 0
         return True
+
+
+def _text(head: bytes) -> bool:
+    return len(head) > 1 and all(32 <= c < 127 for c in head[1:])
 
 
 def data_evidence(a: DataDir, b: DataDir, least: int) -> tuple[bool, str]:
     """(confirmed?, evidence) when both directions show a data channel, else (False, '')."""
-    if a.n < least or b.n < least or a.head[:1] != b.head[:1] or len(a.head) != len(b.head):
+    if a.n < least or b.n < least or (a.head[0] & 7) != (b.head[0] & 7):
         return False, ""
-    v2 = len(a.head) == 4
-    name = "P_DATA_V2" if v2 else "P_DATA_V1"
+    names = sorted({"P_DATA_V2" if len(h) == 4 else "P_DATA_V1" for h in (a.head, b.head)})
+    name = "/".join(names)
+    same = a.head == b.head  # V2 both ways with one peer id, or V1 both ways with one key id
+    peer = ", one peer id both ways" if same and len(a.head) == 4 else ""
     if a.rising >= least - 1 and b.rising >= least - 1:
-        same = v2 and a.head == b.head
-        text = all(32 <= c < 127 for c in a.head[1:])
-        ev = (f"{name} both ways{', one peer id both ways' if same else ''}, packet ids rising "
-              f"({a.n}+{b.n} packets, handshake not seen)")
-        return same and not text, ev
-    if (v2 and a.head == b.head and min(a.n, b.n) >= _CBC_LEAST and a.cbc == a.n and b.cbc == b.n
-            and not all(32 <= c < 127 for c in a.head[1:])):
-        return False, f"{name} both ways, one peer id both ways, HMAC+IV+16-byte blocks ({a.n}+{b.n} packets)"
+        ev = f"{name} both ways{peer}, packet ids rising ({a.n}+{b.n} packets, handshake not seen)"
+        return bool(peer) and not _text(a.head), ev
+    if min(a.n, b.n) >= _CBC_LEAST and a.cbc == a.n and b.cbc == b.n and (same or len(names) == 2):
+        return False, f"{name} both ways{peer}, HMAC+IV+cipher blocks ({a.n}+{b.n} packets)"
     return False, ""

@@ -64,7 +64,28 @@ def test_data_channel_v1_or_text_peer_id_is_only_heuristic() -> None:
     v1 = [udp(data_v1(rng, i + 10, n=rng.randrange(40, 200)), up=bool(i % 2), port=8443) for i in range(8)]
     assert (one_verdict(v1).protocol, one_verdict(v1).confidence) == ("openvpn", "heuristic")
     text = [udp(data_v2(rng, i + 10, peer=b"TTP"), up=bool(i % 2), port=8443) for i in range(8)]
-    assert one_verdict(text).confidence == "heuristic"
+    assert (one_verdict(text).protocol, one_verdict(text).confidence) == ("openvpn", "heuristic")
+
+
+def test_server_answering_p_data_v2_with_v1_is_heuristic() -> None:
+    """Server mode as in nDPI's openvpn_nohmac capture: the client sends P_DATA_V2, the server P_DATA_V1."""
+    rng = random.Random(15)
+    aead = []
+    for i in range(4):
+        aead += [udp(data_v2(rng, 40 + i), port=8443), udp(data_v1(rng, 70 + i, key=0), up=False, port=8443)]
+    v = one_verdict(aead)
+    assert (v.protocol, v.confidence) == ("openvpn", "heuristic") and "P_DATA_V1/P_DATA_V2" in v.evidence[0]
+    # CBC (packet ids encrypted): V2 = 4 + HMAC-SHA1 + IV + 16n, V1 = 1 + HMAC + IV(8) + 8n (BF-CBC)
+    cbc = []
+    for _ in range(5):
+        cbc += [udp(b"\x48" + PEER + rnd(rng, 36 + 16 * rng.randint(1, 6)), port=8443),
+                udp(b"\x30" + rnd(rng, 28 + 8 * rng.randint(1, 12)), up=False, port=8443)]
+    v = one_verdict(cbc)
+    assert (v.protocol, v.confidence) == ("openvpn", "heuristic") and "HMAC+IV" in v.evidence[0]
+    # different key ids both ways: not one channel
+    mixed = [udp(data_v2(rng, 40 + i), port=8443) if i % 2 else
+             udp(data_v1(rng, 70 + i, key=3), up=False, port=8443) for i in range(10)]
+    assert one_verdict(mixed).protocol != "openvpn"
 
 
 def test_data_channel_cbc_v2_by_framing_is_heuristic() -> None:
