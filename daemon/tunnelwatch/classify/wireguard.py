@@ -129,7 +129,7 @@ class WireGuard(Classifier):
             st.inits.pop(next(iter(st.inits)))
         st.inits[unpack_from("<I", p, 4)[0]] = (d, reserved)
         if reserved != b"\0\0\0":
-            # Type 1 + any 3 bytes at 148 bytes: 1 random datagram in ~360,000 of that size (junk, a game's
+            # Type 1 + any 3 bytes at 148 bytes: 1 in 256 random datagrams of that size (junk, a game's
             # fixed-size packets). Only the response's echo says it was WARP; alone it is not even a hunch.
             return True
         proto, ev = self._ev(st)
