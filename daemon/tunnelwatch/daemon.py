@@ -5,10 +5,11 @@ install the rules (so no packet is queued before someone listens) and only then 
 Run: each queued packet goes parse -> engine -> policy (enforcer.py), and the flow's decision is returned
 as mark bits the kernel saves in the connmark. SIGHUP reloads config and registry (supervisor.py);
 SIGTERM/SIGINT send STOPPING=1, remove our rules and exit 0. A kill -9 leaves the rules, but
---queue-bypass keeps traffic flowing and the next start re-installs them without duplicates. Once the
-queue is bound and the rules are in, every capability but CAP_NET_ADMIN / CAP_NET_RAW is dropped (see
-privileges.py). Endpoint lists (endpoints.py) are loaded at start (a bad one exits 78), re-read on every
-reload and whenever a list file changes (checked every `endpoints.watch` seconds, between packets).
+--queue-bypass keeps traffic flowing and the next start re-installs them without duplicates. Before any
+thread starts, every capability but CAP_NET_ADMIN / CAP_NET_RAW is dropped (see privileges.py): the
+capability sets are per thread, so every thread of the daemon has only those two. Endpoint lists
+(endpoints.py) are loaded at start (a bad one exits 78), re-read on every reload and whenever a list file
+changes (checked every `endpoints.watch` seconds, between packets).
 
 With several queues, one worker process per queue handles packets (workers.py); the main process owns the
 rules, the supervisor and the status state.
@@ -183,6 +184,10 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
     reporter = Reporter(cfg, app.state, str(app.state.snapshot()["device_id"]), lambda: _poke(sig.wfd))
     sup.reporter = reporter
     kstats = KernelStats(rules, app.state, sup.event)  # fail-open and flood counters, off the packet path
+    # Capabilities are per thread, and a thread starts with its creator's: drop them now, before the
+    # status, reporter and stats threads (and every HTTP request thread they spawn) exist. What is left
+    # (CAP_NET_ADMIN, CAP_NET_RAW) binds the queue and installs the rules below.
+    privileges.drop()
     try:
         kstats.start()
         if cfg.queue_count == 1:
@@ -193,7 +198,6 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
             def ready(ok: bool | None) -> None:
                 rules.install()  # only now: no packet is queued before someone listens
                 log_ready(cfg, rules.spec, [ok])
-                privileges.drop()
                 sup.ready()
 
             next_stats = 0.0
