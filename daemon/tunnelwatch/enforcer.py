@@ -141,6 +141,9 @@ class Enforcer:
         flow = self.engine.process(pkt)
         bits = self.marks.get(flow.key)
         if bits is not None:
+            if bits == firewall.MARK_WATCH and flow.done and not flow.watch and not flow.follow_left:
+                # kept queued only for its followers (SDP), which have all they wanted: allow for good
+                bits = self.marks[flow.key] = firewall.MARK_ALLOW
             return bits
         # done without a decision: no classifier wants this transport (ICMP, ...): nothing to inspect
         return firewall.MARK_ALLOW if flow.done else 0
@@ -150,7 +153,7 @@ class Enforcer:
         registered = d.action == "allow" and d.reason.startswith("registered ")
         if d.action == "block" or registered:
             flow.watch = 0  # nothing left to learn that would change what happens to it
-        bits = mark_for(d, flow.watch > 0)
+        bits = mark_for(d, flow.watch > 0 or flow.follow_left > 0)
         previous = self.marks.get(flow.key)
         self.marks[flow.key] = bits
         verb = "block(reject)" if d.reject else d.action

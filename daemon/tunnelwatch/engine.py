@@ -100,8 +100,10 @@ class Engine:
         flow, created = self.table.get(pkt)
         if created:
             flow.active = list(self._by_proto.get(pkt.proto, ()))
-            flow.limit = max(self.budget, self.deep.get((flow.proto, flow.dport), 0)) if self.deep \
-                else self.budget
+            # either port: inline the first queued packet can be the server's (an SSH banner), so the
+            # flow's "destination" is then the client's port
+            flow.limit = max(self.budget, self.deep.get((flow.proto, flow.dport), 0),
+                             self.deep.get((flow.proto, flow.sport), 0)) if self.deep else self.budget
             if self.ctx:
                 flow.expected = self.ctx.lookup(pkt)
             if not flow.active:
@@ -219,12 +221,16 @@ class Engine:
         verdict = self.verdict(flow)
         if verdict.confidence == "confirmed":
             flow.watch = 0  # settled: nothing more to learn
+        # only a classifier that recognised the flow follows it (SIP on a DNS flow has nothing to learn)
+        followers = [c for c in flow.active if c.follow and c.name in flow.cands]
+        # set before on_decided: inline, a flow whose followers still want packets (SDP in a later SIP
+        # message announces the RTP flows) must stay queued, not be allowed for good in the kernel
+        flow.follow_left = max((c.follow for c in followers), default=0)
         if self.on_decided is not None:
             self.on_decided(flow, verdict)  # may end the watch too (blocked, registered)
         if flow.watch > 0 and quiet and flow.active:
             return  # went quiet before its budget: a late packet resumes these classifiers and their state
-        flow.follow = [c for c in flow.active if c.follow]
-        flow.follow_left = max((c.follow for c in flow.follow), default=0)
+        flow.follow = followers
         if not flow.follow:
             # a decided flow lives on until it ends, but nothing reads its classifiers' state again:
             # most of a flow's memory (~4 KB while classified) goes now

@@ -117,6 +117,8 @@ class KernelView:
         self._adopt(flow, conn)
         if conn.mark == 0 and flow.done:
             conn.mark = firewall.MARK_ALLOW  # no classifier for this transport: the daemon allows it
+        elif conn.mark == firewall.MARK_WATCH and flow.done and not flow.watch and not flow.follow_left:
+            conn.mark = firewall.MARK_ALLOW  # as the Enforcer: its followers have all they wanted
 
     def _conn(self, pkt: Packet) -> Conn:
         src, sport, dst, dport = pkt.src, pkt.sport, pkt.dst, pkt.dport
@@ -170,7 +172,7 @@ class KernelView:
         conn = self._owner(flow)
         if conn is not None:
             conn.verdict = verdict
-            conn.mark = firewall.MARK_WATCH if flow.watch > 0 else firewall.MARK_ALLOW
+            conn.mark = firewall.MARK_WATCH if flow.watch > 0 or flow.follow_left > 0 else firewall.MARK_ALLOW
 
     def _seen(self, flow: Flow, verdict: Verdict) -> None:
         conn = self.by_flow.pop(id(flow), None)

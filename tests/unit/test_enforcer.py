@@ -125,3 +125,29 @@ def test_offline_engine_decides_once_and_reopen_is_visible_to_classifiers() -> N
     # re-opened: a fresh look with every UDP classifier, a budget of 4 more packets, one re-open used
     assert not flow.done and flow.reopens == 1 and flow.watch == 1 and flow.limit == flow.packets + 3
     assert {c.transports for c in flow.active} and inline.reopened == 1
+
+
+def _sip(first: str, call: str, cseq: int, method: str, body: str = "") -> bytes:
+    via = "Via: SIP/2.0/UDP 198.51.100.2:5060;branch=z9hG4bK1"
+    head = [first, via, "From: <sip:a@lab>;tag=1", "To: <sip:b@lab>", f"Call-ID: {call}",
+            f"CSeq: {cseq} {method}", f"Content-Length: {len(body)}"]
+    if body:
+        head.append("Content-Type: application/sdp")
+    return ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+
+
+def test_sdp_in_a_later_sip_message_keeps_the_signalling_queued_until_it_is_read() -> None:
+    enf, records = _enforcer("policy: {default: monitor}\n")
+    up = lambda p: _up(p, sport=5060, dport=5060)  # noqa: E731
+    down = lambda p: _down(p, sport=5060, dport=5060)  # noqa: E731
+    # REGISTER answered: SIP confirmed on the second packet
+    enf.handle(up(_sip("REGISTER sip:lab SIP/2.0", "reg-1", 1, "REGISTER")))
+    bits = enf.handle(down(_sip("SIP/2.0 200 OK", "reg-1", 1, "REGISTER")))
+    assert [r["protocol"] for r in records] == ["sip"] and records[0]["confidence"] == "confirmed"
+    # settled, yet still queued: the classifier follows the signalling for SDP (announced media)
+    assert bits == firewall.MARK_WATCH
+    sdp = f"v=0\r\no=- 1 1 IN IP4 {C}\r\ns=-\r\nc=IN IP4 {C}\r\nt=0 0\r\nm=audio 16000 RTP/AVP 0\r\n"
+    enf.handle(up(_sip("INVITE sip:b@lab SIP/2.0", "call-1", 1, "INVITE", sdp)))
+    # the daemon saw it (the kernel still queues a WATCH connection): the announced media is expected
+    assert len(enf.engine.ctx) >= 1
+    assert enf.marks[next(iter(enf.marks))] == firewall.MARK_WATCH

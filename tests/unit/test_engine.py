@@ -266,3 +266,14 @@ def test_undecided_flows_are_decided_once_they_go_quiet() -> None:
 def test_two_classifiers_with_one_name_are_refused() -> None:
     with pytest.raises(ValueError, match="unique"):
         Engine([Counting(), Counting()])
+
+
+def test_a_deep_port_counts_whichever_side_spoke_first() -> None:
+    # inline the first queued packet may be the server's (an SSH banner): the flow's "dport" is then the
+    # client's port, yet the deeper budget of the server port applies
+    e = Engine([Counting()], budget=4, deep={(UDP, 2222): 10})
+    for i in range(9):
+        flow = e.process(udp(float(i), sport=2222, dport=50000))
+    assert not flow.done  # still inspected past the budget of 4
+    flow = e.process(udp(9.0, sport=2222, dport=50000))
+    assert flow.done
