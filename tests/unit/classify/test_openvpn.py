@@ -156,3 +156,25 @@ def test_tcp_reset_split_into_segments_seen_from_the_middle_of_the_handshake() -
     pkts.append(IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="PA") / Raw(reply))
     v = one_verdict(pkts)
     assert (v.protocol, v.confidence) == ("openvpn", "confirmed")
+
+
+def test_tls_crypt_v2_client_reset_v3_with_wrapped_key_confirmed_in_both_views() -> None:
+    # tls-crypt-v2 (OpenVPN 2.5+): the client opens with P_CONTROL_HARD_RESET_CLIENT_V3 (opcode 10), its
+    # tls-crypt header (packet id: 2.6 sets high bits, seen 0x0a010001; then Unix time; 32-byte tag) and
+    # the wrapped client key WKc (a few hundred bytes, ending in its 2-byte length) after the payload
+    from tunnelwatch.kernelview import inline_records
+    from tunnelwatch.packet import parse_ip
+
+    def wrap(op: int, sid: bytes, pid: bytes, extra: int = 0) -> bytes:
+        return bytes([op << 3]) + sid + pid + NOW + os.urandom(32 + 40) + os.urandom(extra)
+
+    wkc = 290
+    reset = wrap(10, CSID, bytes.fromhex("0a010001"), wkc) + (wkc + 2).to_bytes(2, "big")
+    pkts = [udp(C, S, 40000, 1194, reset),
+            udp(S, C, 1194, 40000, wrap(8, SSID, bytes.fromhex("00000001"))),
+            udp(C, S, 40000, 1194, wrap(4, CSID, bytes.fromhex("0a010002"))),
+            udp(S, C, 1194, 40000, wrap(4, SSID, bytes.fromhex("00000002")))]
+    v = one_verdict(pkts)
+    assert (v.klass, v.protocol, v.confidence) == ("vpn_tunnel", "openvpn", "confirmed"), v
+    [rec] = inline_records("v2.pcap", [parse_ip(bytes(p), 1000.0 + i) for i, p in enumerate(pkts)])
+    assert (rec["protocol"], rec["confidence"]) == ("openvpn", "confirmed"), rec
