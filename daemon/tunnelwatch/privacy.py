@@ -15,6 +15,7 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Final
 
 MODES = ("clear", "hash", "omit")
 PREFIX = "h:"
@@ -22,6 +23,12 @@ PREFIX = "h:"
 DIGEST_BYTES = 8
 MIN_KEY_BYTES = 16
 _ADDR_KEYS = ("src", "dst")
+
+
+#: subscriber addresses when the operator names none: a CPE's LAN side is private (RFC 1918, CGNAT
+#: RFC 6598, link-local, IPv6 ULA and link-local); the servers a subscriber talks to stay in clear
+DEFAULT_SUBSCRIBER_NETS: Final = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                  "169.254.0.0/16", "fc00::/7", "fe80::/10")
 
 
 class Pseudonymizer:

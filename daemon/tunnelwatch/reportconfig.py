@@ -78,7 +78,8 @@ class RegistrySyncConfig:
 class PrivacyConfig:
     """How subscriber (LAN) addresses appear in reports."""
 
-    subscriber_addresses: str = "clear"
+    #: hash: the box's device id already names the subscriber line; which LAN host did what stays local
+    subscriber_addresses: str = "hash"
     key_file: Path = STATE_DIR / "privacy.key"
     subscriber_nets: tuple[str, ...] = ()
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from tunnelwatch import __version__, qstats
 from tunnelwatch.classify.base import CONFIDENCES
 from tunnelwatch.events import EventError, clean_text, make_event
-from tunnelwatch.privacy import Pseudonymizer, load_or_create_key
+from tunnelwatch.privacy import DEFAULT_SUBSCRIBER_NETS, Pseudonymizer, load_or_create_key
 from tunnelwatch.runconfig import RunConfig
 
 if TYPE_CHECKING:
@@ -138,17 +138,21 @@ class Reporter:
 
     def _privacy(self, cfg: RunConfig) -> None:
         pc = cfg.report.privacy
+        nets = pc.subscriber_nets or DEFAULT_SUBSCRIBER_NETS
+        if not (cfg.report.uplink.url or cfg.report.ipfix.collector):
+            # nothing leaves the box: no key to make (and no file written in the state directory)
+            self.privacy = Pseudonymizer("omit", None, subscriber_nets=nets)
+            return
         try:
             key = None
             if pc.subscriber_addresses == "hash":
                 pc.key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 key = load_or_create_key(pc.key_file)
-            self.privacy = Pseudonymizer(pc.subscriber_addresses, key,
-                                         subscriber_nets=pc.subscriber_nets or None)
+            self.privacy = Pseudonymizer(pc.subscriber_addresses, key, subscriber_nets=nets)
         except (OSError, ValueError) as exc:
             # never report addresses in clear that the operator asked to hide
             log.error("report privacy: %s: subscriber addresses are omitted instead", exc)
-            self.privacy = Pseudonymizer("omit", None, subscriber_nets=pc.subscriber_nets or None)
+            self.privacy = Pseudonymizer("omit", None, subscriber_nets=nets)
 
     def _open_spool(self) -> None:
         from tunnelwatch.spool import Spool, SpoolError
@@ -223,7 +227,7 @@ class Reporter:
     def apply(self, cfg: RunConfig) -> None:
         """A reloaded config: privacy, IPFIX and sync follow it (the spool and uplink need a restart)."""
         old, self.cfg = self.cfg, cfg
-        if cfg.report.privacy != old.report.privacy:
+        if (cfg.report.privacy, cfg.report.ipfix) != (old.report.privacy, old.report.ipfix):
             self._privacy(cfg)
         if cfg.report.ipfix != old.report.ipfix:
             if self.ipfix is not None:

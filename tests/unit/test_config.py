@@ -164,7 +164,7 @@ def test_report_defaults_are_off_and_in_the_state_dir() -> None:
     assert rep.uplink.url is None and rep.ipfix.collector is None and rep.registry_sync.url is None
     assert str(rep.spool.path) == "/var/lib/tunnelwatch/spool.db"
     assert rep.spool.max_bytes == 100 * 1024 * 1024 and rep.heartbeat == 300
-    assert rep.privacy.subscriber_addresses == "clear"
+    assert rep.privacy.subscriber_addresses == "hash"  # the least revealing default
     v6 = parse_config('report: {ipfix: {collector: "[2001:db8::5]:4739"}}\n').report.ipfix
     assert v6.collector == ("2001:db8::5", 4739)
 

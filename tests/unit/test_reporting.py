@@ -266,3 +266,18 @@ def test_an_event_with_control_characters_is_sent_sanitised_not_lost(tmp_path: P
                events=(("registry_rejected", {"source": "sync", "reason": "HTTP 503 Down\x1b[2J\x07"}),))
     [rej] = [e for e in evs if e["kind"] == "registry_rejected"]
     assert rej["reason"] == "HTTP 503 Down\\x1b[2J\\x07"
+
+
+def test_by_default_the_lan_host_is_a_pseudonym_and_the_server_stays_clear(tmp_path: Path) -> None:
+    evs = _run(tmp_path, _cfg(tmp_path), _flow())  # no privacy section at all
+    [blocked] = [e for e in evs if e["kind"] == "flow_blocked"]
+    assert str(blocked["src"]).startswith("h:") and blocked["dst"] == "198.51.100.7"
+    assert (tmp_path / "privacy.key").stat().st_mode & 0o077 == 0
+
+
+def test_no_key_is_made_when_nothing_leaves_the_box(tmp_path: Path) -> None:
+    rep = Reporter(parse_config(f"report: {{state_dir: {tmp_path}}}\n"), _state(), "tw-test")
+    rep.stop_wait = 1.0
+    rep.start()
+    rep.stop("signal SIGTERM")
+    assert not (tmp_path / "privacy.key").exists()
