@@ -20,6 +20,7 @@ import pytest
 from evasion_relays import TCP_SHAPE, TFO_CLIENT, UDP_FLOOD, UDP_HOLD
 
 from support.netns import CLIENT_IP, SERVER_IP, SERVER_IP6, Lab, lab, require_tools
+from support.spool import spool_events
 from tunnelwatch import firewall
 from tunnelwatch.labpeers import (
     HTTPS_PORT,
@@ -30,7 +31,6 @@ from tunnelwatch.labpeers import (
     start_wireguard,
     tunnel_ping,
 )
-from tunnelwatch.spool import Spool
 from tunnelwatch.statusweb import fetch_snapshot
 
 pytestmark = pytest.mark.integration
@@ -207,14 +207,6 @@ def test_openvpn_tcp_first_write_in_1_and_2_byte_segments_is_queued(tmp_path: Pa
             pytest.xfail("needs the OpenVPN classifier's TCP stream reassembly (classify/, other work)")
 
 
-def _spool_events(path: Path) -> list[dict[str, Any]]:
-    sp = Spool(str(path), check=False)
-    try:
-        return [ev for _, ev in sp.peek(100_000)]
-    finally:
-        sp.close()
-
-
 def _report(tmp: Path) -> str:
     state = tmp / "state"
     state.mkdir(exist_ok=True)
@@ -260,11 +252,11 @@ def test_a_flooding_host_is_limited_reported_and_others_keep_working(tmp_path: P
         print(f"flood: {lb.log('flood').strip()}; kernel counters {kernel()}")
         lb.wait_for_log("daemon", "new-connection limit (100/s per host) tripped")
         spool = tmp_path / "state" / "spool.db"
-        _wait(lambda: any(e["kind"] == "new_flow_limit" for e in _spool_events(spool)), "the event")
-        ev = next(e for e in _spool_events(spool) if e["kind"] == "new_flow_limit")
+        _wait(lambda: any(e["kind"] == "new_flow_limit" for e in spool_events(spool)), "the event")
+        ev = next(e for e in spool_events(spool) if e["kind"] == "new_flow_limit")
         assert ev["dropped"] > 0 and ev["limit"] == 100, ev
         _wait(lambda: any(e["kind"] == "heartbeat" and e.get("flood_dropped", 0) > 0
-                          for e in _spool_events(spool)), "a heartbeat with the drops")
+                          for e in spool_events(spool)), "a heartbeat with the drops")
 
 
 def test_fail_open_bypass_is_counted_in_the_kernel_and_shown(tmp_path: Path) -> None:
@@ -296,7 +288,7 @@ def test_fail_open_bypass_is_counted_in_the_kernel_and_shown(tmp_path: Path) -> 
         assert "connections passed without a verdict" in status.stdout, status.stdout + status.stderr
         spool = tmp_path / "state" / "spool.db"
         _wait(lambda: any(e["kind"] == "heartbeat" and e.get("bypassed_packets", 0) >= 20
-                          for e in _spool_events(spool)), "a heartbeat with the bypass")
+                          for e in spool_events(spool)), "a heartbeat with the bypass")
         # the packets held in the queue got their verdicts after SIGCONT: not counted as bypassed
         after = firewall.parse_counters(lb.run(lb.router, "iptables-save", "-c", "-t", "filter").stdout)
         assert after["bypassed_packets"] == counts["bypassed_packets"], (counts, after)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from support.netns import SERVER_IP, Lab, lab, require_tools
+from support.spool import spool_events
 from tunnelwatch.labpeers import HTTP_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
 from tunnelwatch.spool import Spool
 from tunnelwatch.statusweb import fetch_snapshot
@@ -231,14 +232,6 @@ def test_malformed_and_truncated_packets_through_the_queue(tmp_path: Path) -> No
         assert snap["health"] == "ok", snap
 
 
-def _spool_events(path: Path) -> list[dict[str, Any]]:
-    sp = Spool(str(path), check=False)
-    try:
-        return [ev for _, ev in sp.peek(100_000)]
-    finally:
-        sp.close()
-
-
 def test_disk_full_under_the_spool_loses_no_event(tmp_path: Path) -> None:
     """The state directory on a tiny tmpfs that fills up: traffic flows, events are held, none lost."""
     require_tools(*TOOLS, "mount", "umount", "dd")
@@ -254,7 +247,7 @@ def test_disk_full_under_the_spool_loses_no_event(tmp_path: Path) -> None:
             start_web(lb, tmp_path / "www")
             p = _start_daemon(lb, cfg)
             sock = str(tmp_path / "status.sock")
-            _wait(lambda: sum(e["kind"] == "heartbeat" for e in _spool_events(state / "spool.db")) >= 2,
+            _wait(lambda: sum(e["kind"] == "heartbeat" for e in spool_events(state / "spool.db")) >= 2,
                   "two heartbeats in the spool")
             # fill the file system (dd stops with ENOSPC: expected)
             subprocess.run(["dd", "if=/dev/zero", f"of={state / 'filler'}", "bs=64k"], capture_output=True,
@@ -270,7 +263,7 @@ def test_disk_full_under_the_spool_loses_no_event(tmp_path: Path) -> None:
             _healthy(lb, p)
             lb.stop("daemon", timeout=20)  # SIGTERM may spend STOP_WAIT trying the (absent) collector
             assert p.returncode == 0, lb.log("daemon")[-2000:]
-        evs = _spool_events(state / "spool.db")
+        evs = spool_events(state / "spool.db")
         kinds = [e["kind"] for e in evs]
         assert kinds[0] == "daemon_started" and kinds[-1] == "daemon_stopped", kinds
         beats = [int(e["seq"]) for e in evs if e["kind"] == "heartbeat"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from support.netns import lab, require_tools
-from tunnelwatch.spool import Spool
+from support.spool import spool_events
 
 pytestmark = pytest.mark.integration
 
@@ -94,11 +94,7 @@ def test_two_workers_report_through_one_stream(tmp_path: Path) -> None:
         seen = _queue_packets(lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout)
         assert seen.get(QUEUE, 0) > 0 and seen.get(QUEUE + 1, 0) > 0, seen  # both workers had flows
         lb.stop("daemon")  # daemon_stopped is written after every forwarded decision
-    sp = Spool(str(tmp_path / "state" / "spool.db"), check=False)
-    try:
-        events = [ev for _, ev in sp.peek(10_000)]
-    finally:
-        sp.close()
+    events = spool_events(tmp_path / "state" / "spool.db")
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "daemon_started" and kinds[-1] == "daemon_stopped", kinds
     tagged = [e for e in events if e["kind"] == "flow_tagged" and e.get("protocol") == "sip"]

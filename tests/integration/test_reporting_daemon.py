@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.netns import SERVER_IP, Lab, lab, require_tools
 from support.pki import Pki, leaf, make_pki
+from support.spool import spool_events
 from tunnelwatch.events import make_event
 from tunnelwatch.labpeers import HTTPS_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
 from tunnelwatch.regsync import sign_document
-from tunnelwatch.spool import Spool
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +116,7 @@ def _wait_stored(tmp: Path, pred: Any, what: str, timeout: float = 20.0) -> list
 
 
 def _spooled(tmp: Path) -> list[dict[str, Any]]:
-    sp = Spool(str(tmp / "state" / "spool.db"), check=False)
-    try:
-        return [ev for _, ev in sp.peek(10_000)]
-    finally:
-        sp.close()
+    return spool_events(tmp / "state" / "spool.db")
 
 
 def _blocked_openvpn(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
