@@ -90,7 +90,7 @@ fresh-check:
 	tests/fresh/run.sh
 
 eval: $(VENV)/.stamp
-	$(BIN)/python -m tunnelwatch.evaluate --corpus $(CORPUS)
+	$(BIN)/python -m tunnelwatch.offline.evaluate --corpus $(CORPUS)
 
 bench: $(VENV)/.stamp
 	$(BIN)/pip install -q 'nfstream==6.6.0'

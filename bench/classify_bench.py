@@ -17,8 +17,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from tunnelwatch.offline import classify_file
-from tunnelwatch.pcapfile import PcapError, PcapReader, ip_offset
+from tunnelwatch.offline.classify import classify_file
+from tunnelwatch.offline.pcapfile import PcapError, PcapReader, ip_offset
 
 GAP = 1000.0  # seconds between copies: longer than any idle timeout, so copies never merge
 ETH_V4 = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 _PASS = r"""
 import os, sys
-from tunnelwatch.engine import Engine
-from tunnelwatch.packet import parse_ip
-from tunnelwatch.pcapfile import PcapReader, ip_offset
+from tunnelwatch.classify.engine import Engine
+from tunnelwatch.classify.packet import parse_ip
+from tunnelwatch.offline.pcapfile import PcapReader, ip_offset
 d = sys.argv[2]
 frames = []
 for n in sorted(os.listdir(d)):

@@ -19,9 +19,9 @@ import sys
 import time
 from typing import Any
 
-from tunnelwatch.daemon import Enforcer
-from tunnelwatch.registry import Registry
-from tunnelwatch.runconfig import parse_config
+from tunnelwatch.config.runconfig import parse_config
+from tunnelwatch.inline.daemon import Enforcer
+from tunnelwatch.policy.registry import Registry
 
 CONFIG = "queue: {num: 0, packets: 16}\npolicy:\n  klass: {vpn_tunnel: enforce}\nlog: {level: info}\n"
 
@@ -57,7 +57,7 @@ def set_gc(mode: str) -> None:
     the interpreter's own."""
     if mode == "daemon":
         try:
-            from tunnelwatch.nfqueue import relax_gc
+            from tunnelwatch.inline.nfqueue import relax_gc
         except ImportError as exc:  # the daemon extra (netfilterqueue) is not installed
             print(f"flow_bench: cannot apply the daemon's GC settings: {exc}", file=sys.stderr)
             return

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from tunnelwatch.engine import Engine
-from tunnelwatch.flow import FlowKey, flow_key
-from tunnelwatch.packet import TCP, parse_ip
-from tunnelwatch.pcapfile import PcapReader, ip_offset
+from tunnelwatch.classify.engine import Engine
+from tunnelwatch.classify.flow import FlowKey, flow_key
+from tunnelwatch.classify.packet import TCP, parse_ip
+from tunnelwatch.offline.pcapfile import PcapReader, ip_offset
 
 
 def main() -> int:

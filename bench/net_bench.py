@@ -1,6 +1,6 @@
 """Cost of the inline daemon on forwarded traffic: the lab's router without and with `tunnelwatch run`.
 
-Builds the client / router / server namespace lab (tunnelwatch.netlab) and measures, through the router,
+Builds the client / router / server namespace lab (tunnelwatch.lab.netlab) and measures, through the router,
 first with no daemon and then with the daemon enforcing (vpn_tunnel: enforce, first N packets of each
 connection queued): iperf3 TCP throughput client -> server, new TCP connections per second (sequential
 connect, one 4-byte request echoed, close), the connect() time of a new flow (SYN -> SYN-ACK; SYN and
@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunnelwatch.netlab import SERVER_IP, Lab, can_run_lab, lab, missing_packages
+from tunnelwatch.lab.netlab import SERVER_IP, Lab, can_run_lab, lab, missing_packages
 
 TOOLS = ("ip", "ss", "sysctl", "iptables", "ip6tables", "iptables-save", "iptables-restore", "iperf3")
 IPERF_PORT = 5201

@@ -30,7 +30,7 @@ from typing import Any
 import classify_bench
 import net_bench
 
-from tunnelwatch.netlab import SERVER_IP, Lab, can_run_lab, lab, missing_packages
+from tunnelwatch.lab.netlab import SERVER_IP, Lab, can_run_lab, lab, missing_packages
 
 HERE = Path(__file__).resolve().parent
 

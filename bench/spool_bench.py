@@ -18,8 +18,8 @@ import sqlite3
 import tempfile
 import time
 
-from tunnelwatch.events import make_event
-from tunnelwatch.spool import Spool
+from tunnelwatch.report.events import make_event
+from tunnelwatch.report.spool import Spool
 
 
 def flow_event(i: int) -> dict[str, object]:

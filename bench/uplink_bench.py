@@ -6,7 +6,7 @@ Two figures, each over N events (default 100k) of realistic flow_tagged events, 
 - outage: the collector is down while N events pile up in the spool; then it comes up and the time to
   drain the backlog is measured from that moment (it includes the wait for the uplink's next retry, so
   it is bounded below by the backoff, here capped at --backoff-max).
-The collector runs as its own process (`python -m tunnelwatch.collector`), as an ISP would run it; the
+The collector runs as its own process (`python -m tunnelwatch.isp.collector`), as an ISP would run it; the
 stored JSONL is counted afterwards (zero lost, zero duplicated). A benchmark, not a test: prints figures
 (and JSON with --json) and never fails on them. Loopback only; every wait is bounded.
 """
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunnelwatch.events import make_event
-from tunnelwatch.spool import Spool
-from tunnelwatch.uplink import Uplink
+from tunnelwatch.report.events import make_event
+from tunnelwatch.report.spool import Spool
+from tunnelwatch.report.uplink import Uplink
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.pki import Pki, make_pki
@@ -48,7 +48,7 @@ def _free_port() -> int:
 
 
 def _start_collector(pki: Pki, store: Path, port: int) -> subprocess.Popen[bytes]:
-    p = subprocess.Popen([sys.executable, "-m", "tunnelwatch.collector", "--listen", f"127.0.0.1:{port}",
+    p = subprocess.Popen([sys.executable, "-m", "tunnelwatch.isp.collector", "--listen", f"127.0.0.1:{port}",
                           "--cert", str(pki.server_cert), "--key", str(pki.server_key), "--client-ca",
                           str(pki.ca), "--store", str(store), "--log-level", "warning"])
     deadline = time.monotonic() + 10

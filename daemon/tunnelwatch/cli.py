@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunnelwatch import __version__
-from tunnelwatch.engine import DEFAULT_BUDGET
+from tunnelwatch.classify.engine import DEFAULT_BUDGET
 
 if TYPE_CHECKING:
-    from tunnelwatch.endpoints import EndpointIndex, Endpoints
-    from tunnelwatch.registry import Registry
-    from tunnelwatch.runconfig import RunConfig
+    from tunnelwatch.config.runconfig import RunConfig
+    from tunnelwatch.policy.endpoints import EndpointIndex, Endpoints
+    from tunnelwatch.policy.registry import Registry
 
 EX_OK = 0
 EX_PARTIAL = 1
@@ -28,8 +28,8 @@ EX_CONFIG = 78
 
 def _endpoint_index(files: list[str]) -> EndpointIndex | None:
     """The YAML endpoint lists given with --endpoints, or None after printing every problem."""
-    from tunnelwatch.endpoints import EndpointIndex, ListSource, load_list
-    from tunnelwatch.yamlcheck import ConfigError
+    from tunnelwatch.config.yamlcheck import ConfigError
+    from tunnelwatch.policy.endpoints import EndpointIndex, ListSource, load_list
 
     lists, problems = [], []
     for f in files:
@@ -47,10 +47,10 @@ def _endpoint_index(files: list[str]) -> EndpointIndex | None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from tunnelwatch.kernelview import INLINE_BUDGET
-    from tunnelwatch.offline import FileStats, classify_file
-    from tunnelwatch.output import write_jsonl, write_table
-    from tunnelwatch.pcapfile import PcapError
+    from tunnelwatch.offline.classify import FileStats, classify_file
+    from tunnelwatch.offline.kernelview import INLINE_BUDGET
+    from tunnelwatch.offline.output import write_jsonl, write_table
+    from tunnelwatch.offline.pcapfile import PcapError
 
     endpoints = _endpoint_index(args.endpoints) if args.endpoints else None
     if args.endpoints and endpoints is None:
@@ -85,9 +85,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _load(path: str) -> tuple[RunConfig, Registry, Endpoints] | None:
     """The config, its registry and its endpoint lists, or None after printing every problem (exit 78)."""
-    from tunnelwatch.endpoints import Endpoints
-    from tunnelwatch.registry import Registry
-    from tunnelwatch.runconfig import ConfigError, load_config
+    from tunnelwatch.config.runconfig import ConfigError, load_config
+    from tunnelwatch.policy.endpoints import Endpoints
+    from tunnelwatch.policy.registry import Registry
 
     try:
         cfg = load_config(Path(path))
@@ -102,7 +102,7 @@ def _load(path: str) -> tuple[RunConfig, Registry, Endpoints] | None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from tunnelwatch.runconfig import summary
+    from tunnelwatch.config.runconfig import summary
 
     loaded = _load(args.file)
     if loaded is None:
@@ -118,9 +118,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tunnelwatch.daemon import run
-    from tunnelwatch.firewall import FirewallError
-    from tunnelwatch.service import setup_logging
+    from tunnelwatch.appliance.service import setup_logging
+    from tunnelwatch.inline.daemon import run
+    from tunnelwatch.inline.firewall import FirewallError
 
     loaded = _load(args.config)
     if loaded is None:
@@ -138,19 +138,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from tunnelwatch.statusweb import cli_status
+    from tunnelwatch.appliance.statusweb import cli_status
 
     return cli_status(args)
 
 
 def _cmd_discover(args: argparse.Namespace) -> int:
-    from tunnelwatch.discovery import cli_discover
+    from tunnelwatch.appliance.discovery import cli_discover
 
     return cli_discover(args)
 
 
 def _cmd_firewall(args: argparse.Namespace) -> int:
-    from tunnelwatch.firewall import FirewallError, remove
+    from tunnelwatch.inline.firewall import FirewallError, remove
 
     try:
         remove()
@@ -161,7 +161,7 @@ def _cmd_firewall(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from tunnelwatch.lab import main as lab_main
+    from tunnelwatch.lab.demo import main as lab_main
 
     return lab_main(keep=args.keep)
 

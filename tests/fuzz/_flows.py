@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tunnelwatch.flow import Flow, flow_key
-from tunnelwatch.packet import Packet
+from tunnelwatch.classify.flow import Flow, flow_key
+from tunnelwatch.classify.packet import Packet
 
 _V4 = [bytes([192, 0, 2, 1]), bytes([10, 0, 0, 7]), bytes([198, 51, 100, 2]), bytes([203, 0, 113, 9]),
        bytes([0, 0, 0, 0]), bytes([255, 255, 255, 255])]

@@ -18,10 +18,10 @@ from fuzz._fuzzlib import Bytes, fuzz_main, instrumented
 with instrumented():
     from tunnelwatch.classify import load_classifiers
     from tunnelwatch.classify.base import CONFIDENCES, KLASSES, Classifier, Context, InspectResult, Verdict
-    from tunnelwatch.engine import Engine
-    from tunnelwatch.events import EventError, make_event
-    from tunnelwatch.flow import Flow
-    from tunnelwatch.packet import Packet, parse_ip, transport_name
+    from tunnelwatch.classify.engine import Engine
+    from tunnelwatch.classify.flow import Flow
+    from tunnelwatch.classify.packet import Packet, parse_ip, transport_name
+    from tunnelwatch.report.events import EventError, make_event
 
 
 class ClassifierCrash(BaseException):

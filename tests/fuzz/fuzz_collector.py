@@ -15,7 +15,7 @@ from typing import Any
 from fuzz._fuzzlib import fuzz_main, instrumented, scratch_dir
 
 with instrumented():
-    from tunnelwatch.collector import Store, _Handler
+    from tunnelwatch.isp.collector import Store, _Handler
 
 TOKEN = "fuzz-token-0123456789"
 _ROOT = scratch_dir("collector")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from fuzz._fuzzlib import fuzz_main, instrumented
 
 with instrumented():
-    from tunnelwatch.runconfig import parse_config, report_summary, restart_needed, summary
-    from tunnelwatch.yamlcheck import ConfigError
+    from tunnelwatch.config.runconfig import parse_config, report_summary, restart_needed, summary
+    from tunnelwatch.config.yamlcheck import ConfigError
 
 #: a path no file exists under, so relative paths in the input resolve to nothing on this machine
 PATH = "/nonexistent/tunnelwatch-fuzz/tunnelwatch.yaml"

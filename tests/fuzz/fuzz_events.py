@@ -14,7 +14,7 @@ from typing import Any
 from fuzz._fuzzlib import Bytes, fuzz_main, instrumented, json_or_values, value
 
 with instrumented():
-    from tunnelwatch.events import _F, KINDS, EventError, make_event, validate_event
+    from tunnelwatch.report.events import _F, KINDS, EventError, make_event, validate_event
 
 FIELDS = sorted(_F)
 

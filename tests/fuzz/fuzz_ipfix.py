@@ -15,8 +15,8 @@ from typing import Any
 from fuzz._fuzzlib import Bytes, fuzz_main, instrumented, value
 
 with instrumented():
-    from tunnelwatch.ipfix import IpfixExporter
-    from tunnelwatch.privacy import Pseudonymizer
+    from tunnelwatch.report.ipfix import IpfixExporter
+    from tunnelwatch.report.privacy import Pseudonymizer
 
 
 class CaptureSocket:

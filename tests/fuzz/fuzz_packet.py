@@ -9,8 +9,8 @@ from __future__ import annotations
 from fuzz._fuzzlib import fuzz_main, instrumented
 
 with instrumented():
-    from tunnelwatch.packet import addr_text, ip_offset_ethernet, parse_ip
-    from tunnelwatch.pcapfile import SUPPORTED_LINKTYPES, ip_offset
+    from tunnelwatch.classify.packet import addr_text, ip_offset_ethernet, parse_ip
+    from tunnelwatch.offline.pcapfile import SUPPORTED_LINKTYPES, ip_offset
 
 _LINKTYPES = [*sorted(SUPPORTED_LINKTYPES), 999]
 

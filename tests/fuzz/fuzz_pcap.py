@@ -10,8 +10,8 @@ import io
 from fuzz._fuzzlib import fuzz_main, instrumented
 
 with instrumented():
-    from tunnelwatch.packet import parse_ip
-    from tunnelwatch.pcapfile import PcapError, PcapReader, ip_offset
+    from tunnelwatch.classify.packet import parse_ip
+    from tunnelwatch.offline.pcapfile import PcapError, PcapReader, ip_offset
 
 _MAX_FRAMES = 2000
 

@@ -12,8 +12,8 @@ from fuzz._fuzzlib import fuzz_main, instrumented
 
 with instrumented():
     from fuzz._flows import flows
-    from tunnelwatch.registry import Registry, parse_registry
-    from tunnelwatch.yamlcheck import ConfigError
+    from tunnelwatch.config.yamlcheck import ConfigError
+    from tunnelwatch.policy.registry import Registry, parse_registry
 
 FLOWS = flows()
 NOW = [dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 23, tzinfo=dt.UTC),

@@ -16,7 +16,7 @@ from fuzz._fuzzlib import fuzz_main, instrumented, scratch_dir
 with instrumented():
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from tunnelwatch.regsync import (
+    from tunnelwatch.policy.regsync import (
         FORMAT,
         SIG_CONTEXT,
         STATE_FILE,

@@ -14,7 +14,13 @@ import io
 from fuzz._fuzzlib import Bytes, fuzz_main, instrumented
 
 with instrumented():
-    from tunnelwatch.uplink import RETRY_AFTER_CEILING, Outcome, judge_reply, parse_retry_after, read_reply
+    from tunnelwatch.report.uplink import (
+        RETRY_AFTER_CEILING,
+        Outcome,
+        judge_reply,
+        parse_retry_after,
+        read_reply,
+    )
 
 KINDS = ("ok", "retry", "permanent", "reject", "smaller")
 

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "daemon")]
 
-from tunnelwatch.pcapfile import PcapReader, ip_offset  # noqa: E402
+from tunnelwatch.offline.pcapfile import PcapReader, ip_offset  # noqa: E402
 
 CAPTURES = sorted((ROOT / "tests/data/captures").glob("*.pcap"))
 EXAMPLES = ROOT / "config/endpoints"
@@ -150,7 +150,7 @@ def collector_seeds() -> list[bytes]:
 def regsync_seeds() -> list[bytes]:
     """A signed document (raw), signed payloads, and registry texts to sign."""
     from fuzz.fuzz_regsync import KEY  # the harness's fixed test key
-    from tunnelwatch.regsync import sign_document
+    from tunnelwatch.policy.regsync import sign_document
     reg = (ROOT / "config/registry.yaml").read_text()
     doc = sign_document(KEY, 3, reg, issued="2026-11-23T00:00:00Z", device="box1")
     return [b"\x00" + doc, b"\x00" + doc[: len(doc) // 2], b"\x00" + doc.replace(b"payload", b"pay1oad"),

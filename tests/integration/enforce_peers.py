@@ -1,4 +1,4 @@
-"""Real peers for the enforcement tests, re-exported from tunnelwatch.labpeers (shared with the demo).
+"""Real peers for the enforcement tests, re-exported from tunnelwatch.lab.peers (shared with the demo).
 
 Everything is generated under the test's tmp dir at test time (no key material in the repo) and runs
 inside the lab's namespaces.
@@ -6,7 +6,8 @@ inside the lab's namespaces.
 
 from __future__ import annotations
 
-from tunnelwatch.labpeers import (
+from tunnelwatch.lab.netlab import sh
+from tunnelwatch.lab.peers import (
     HTTP_PORT,
     HTTPS_PORT,
     OPENVPN_PORT,
@@ -20,7 +21,6 @@ from tunnelwatch.labpeers import (
     start_web,
     tunnel_ping,
 )
-from tunnelwatch.netlab import sh
 
 __all__ = ["HTTPS_PORT", "HTTP_PORT", "OPENVPN_PORT", "TUN_CLIENT_IP", "TUN_SERVER_IP", "OpenVPNPair",
            "fetch", "make_pki", "openvpn_pair", "sh", "start_openvpn", "start_web", "tunnel_ping"]

@@ -40,7 +40,7 @@ from peers_tunnels import (
 from peers_voip import VOIP_TOOLS, hang_up, start_call
 
 from support.netns import CLIENT_IP, CLIENT_IP6, SERVER_IP, SERVER_IP6, lab, require_tools
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from peers_voip import write_tone
 
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
 from support.pki import leaf, make_pki
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from peers_vpn import (
 )
 
 from support.netns import CLIENT_IP, CLIENT_IP6, SERVER_IP, SERVER_IP6, Lab, lab, require_tools
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ DEVICE = "cpe-test-1"
 ADVERTISE = """
 import logging, signal, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-from tunnelwatch.discovery import Advertiser
+from tunnelwatch.appliance.discovery import Advertiser
 adv = Advertiser(interfaces=[sys.argv[1]], port=8443, device_id=sys.argv[2],
                  properties={"version": "0.1.0", "status": "/"})
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
@@ -34,7 +34,7 @@ while signal.sigwait({signal.SIGUSR1, signal.SIGTERM}) == signal.SIGUSR1:
 adv.stop()
 print("stopped", flush=True)
 """
-DISCOVER = ("import argparse, sys; from tunnelwatch.discovery import cli_discover; "
+DISCOVER = ("import argparse, sys; from tunnelwatch.appliance.discovery import cli_discover; "
             "sys.exit(cli_discover(argparse.Namespace(timeout=float(sys.argv[1]), json=True)))")
 # A legacy unicast DNS-SD query (RFC 6762 s6.7: source port != 5353 asks for a direct answer).
 UNICAST_QUERY = """

@@ -15,7 +15,7 @@ import pytest
 from enforce_peers import make_pki, openvpn_pair, start_openvpn, tunnel_ping
 
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 pytestmark = pytest.mark.integration
 

@@ -191,7 +191,7 @@ def test_only_first_packets_of_a_connection_are_queued(tmp_path: Path) -> None:
         assert ping.returncode == 0, ping.stdout
         # a plain ping is only "unknown" (the ICMP tunnel classifier found nothing): watched, so the
         # kernel queues its first window and the later windows within 400 packets, the rest stays there
-        from tunnelwatch import firewall
+        from tunnelwatch.inline import firewall
         bound = firewall.window(n) + sum(hi - lo + 1 for lo, hi in firewall.LATER_WINDOWS if hi <= 400)
         assert 1 <= _queue_sent(lb) - before <= bound
         sent, waiting, dropped = _queue_stats(lb)

@@ -29,8 +29,8 @@ from enforce_more_peers import (
 from enforce_peers import make_pki
 
 from support.netns import SERVER_IP, SERVER_IP6, Lab, lab, require_tools
-from tunnelwatch import firewall
-from tunnelwatch.privileges import CAP_NET_ADMIN, CAP_NET_RAW, capabilities
+from tunnelwatch.appliance.privileges import CAP_NET_ADMIN, CAP_NET_RAW, capabilities
+from tunnelwatch.inline import firewall
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +201,8 @@ def test_nft_backend_ruleset_loads_and_enforces_marks_in_the_kernel(tmp_path: Pa
     require_tools("nft", "conntrack", "ping")
     with lab(tmp_path) as lb:
         probe = lb.run(lb.router, sys.executable, "-c",
-                       "from tunnelwatch.firewall import choose_backend; print(*choose_backend(), sep='|')")
+                       "from tunnelwatch.inline.firewall import choose_backend; "
+                       "print(*choose_backend(), sep='|')")
         backend, why = probe.stdout.strip().split("|", 1)
         if backend == "iptables":
             assert "nft queue expression unavailable" in why

@@ -15,7 +15,7 @@ import pytest
 from enforce_peers import tunnel_ping
 
 from support.netns import SERVER_IP, Lab, lab, require_tools
-from tunnelwatch.labpeers import WIREGUARD_PORT, start_wireguard
+from tunnelwatch.lab.peers import WIREGUARD_PORT, start_wireguard
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,9 @@ from evasion_relays import TCP_SHAPE, TFO_CLIENT, UDP_FLOOD, UDP_HOLD
 
 from support.netns import CLIENT_IP, SERVER_IP, SERVER_IP6, Lab, lab, require_tools
 from support.spool import spool_events
-from tunnelwatch import firewall
-from tunnelwatch.labpeers import (
+from tunnelwatch.appliance.statusweb import fetch_snapshot
+from tunnelwatch.inline import firewall
+from tunnelwatch.lab.peers import (
     HTTPS_PORT,
     TUN_SERVER_IP,
     OpenVPNPair,
@@ -31,7 +32,6 @@ from tunnelwatch.labpeers import (
     start_wireguard,
     tunnel_ping,
 )
-from tunnelwatch.statusweb import fetch_snapshot
 
 pytestmark = pytest.mark.integration
 

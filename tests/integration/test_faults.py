@@ -22,9 +22,9 @@ import pytest
 
 from support.netns import SERVER_IP, Lab, lab, require_tools
 from support.spool import spool_events
-from tunnelwatch.labpeers import HTTP_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
-from tunnelwatch.spool import Spool
-from tunnelwatch.statusweb import fetch_snapshot
+from tunnelwatch.appliance.statusweb import fetch_snapshot
+from tunnelwatch.lab.peers import HTTP_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
+from tunnelwatch.report.spool import Spool
 
 pytestmark = pytest.mark.integration
 
@@ -190,8 +190,8 @@ print("sent", len(pkts), flush=True)
 
 def _mutations(seed: int, count: int) -> list[tuple[str, int, str]]:
     """Truncated and bit-flipped payloads of the golden captures' packets, to their real ports."""
-    from tunnelwatch.packet import TCP, UDP, parse_ip
-    from tunnelwatch.pcapfile import PcapReader, ip_offset
+    from tunnelwatch.classify.packet import TCP, UDP, parse_ip
+    from tunnelwatch.offline.pcapfile import PcapReader, ip_offset
 
     base: list[tuple[str, int, bytes]] = []
     for pcap in sorted((Path(__file__).parents[1] / "data" / "captures").glob("*.pcap")):

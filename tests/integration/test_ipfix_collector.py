@@ -21,7 +21,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from tunnelwatch.ipfix import IpfixExporter
+from tunnelwatch.report.ipfix import IpfixExporter
 
 pytestmark = pytest.mark.integration
 

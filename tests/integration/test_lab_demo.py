@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from support.netns import can_run_lab, require_tools, sh
-from tunnelwatch import lab as demo
+from tunnelwatch.lab import demo
 
 TOOLS = ("ip", "ss", "ping", "iptables", "ip6tables", "iptables-save", "iptables-restore", "openvpn",
          "openssl", "curl", "wireguard-go", "wg", "sipp")

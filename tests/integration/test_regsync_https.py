@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.netns import require_tools
 from support.pki import make_pki
-from tunnelwatch.registry import Registry
-from tunnelwatch.regsync import RegistrySync, sign_document
+from tunnelwatch.policy.registry import Registry
+from tunnelwatch.policy.regsync import RegistrySync, sign_document
 
 pytestmark = pytest.mark.integration
 

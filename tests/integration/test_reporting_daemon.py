@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.netns import SERVER_IP, Lab, lab, require_tools
 from support.pki import Pki, leaf, make_pki
 from support.spool import spool_events
-from tunnelwatch.events import make_event
-from tunnelwatch.labpeers import HTTPS_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
-from tunnelwatch.regsync import sign_document
+from tunnelwatch.lab.peers import HTTPS_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
+from tunnelwatch.policy.regsync import sign_document
+from tunnelwatch.report.events import make_event
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def _config(tmp: Path, pki: Pki, extra: str = "") -> Path:
 
 def _start_collector(lb: Lab, tmp: Path, pki: Pki, name: str) -> None:
     d = pki.ca.parent
-    lb.spawn(lb.server, [sys.executable, "-m", "tunnelwatch.collector",
+    lb.spawn(lb.server, [sys.executable, "-m", "tunnelwatch.isp.collector",
                          "--listen", f"{SERVER_IP}:{COLLECTOR_PORT}",
                          "--cert", str(d / "collector.pem"), "--key", str(d / "collector.key"),
                          "--client-ca", str(pki.ca), "--store", str(tmp / "store")], name)
@@ -216,7 +216,7 @@ def test_registry_sync_applies_a_signed_registry_and_the_tunnel_passes(tmp_path:
                                  "    interval: 600\n")
     d = pki.ca.parent
     with lab(tmp_path) as lb:
-        lb.spawn(lb.server, [sys.executable, "-m", "tunnelwatch.labpeers", "https", SERVER_IP, "8445",
+        lb.spawn(lb.server, [sys.executable, "-m", "tunnelwatch.lab.peers", "https", SERVER_IP, "8445",
                              str(docs), str(d / "collector.pem"), str(d / "collector.key")], "regserver")
         lb.wait_until(lb.server, ["sh", "-c", "ss -ltn | grep -q ':8445 '"])
         _start_collector(lb, tmp_path, pki, "collector")

@@ -17,7 +17,7 @@ from enforce_peers import HTTP_PORT, fetch, openvpn_pair, start_openvpn, start_w
 
 from support.netns import SERVER_IP, Lab, lab, require_tools
 from support.notify import NotifyListener
-from tunnelwatch.firewall import window
+from tunnelwatch.inline.firewall import window
 
 pytestmark = pytest.mark.integration
 

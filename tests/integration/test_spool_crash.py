@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunnelwatch.events import validate_event
-from tunnelwatch.spool import Spool
+from tunnelwatch.report.events import validate_event
+from tunnelwatch.report.spool import Spool
 
 ROUND_TIMEOUT = 30.0
 MAX_BATCH = 64
@@ -28,8 +28,8 @@ DRAIN_BATCH = 100
 
 WRITER = """
 import random, sys, time
-from tunnelwatch.events import make_event
-from tunnelwatch.spool import Spool
+from tunnelwatch.report.events import make_event
+from tunnelwatch.report.spool import Spool
 path, mode, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)
 sp = Spool(path)
@@ -52,7 +52,7 @@ print("done", flush=True)
 
 DRAINER = """
 import sys, time
-from tunnelwatch.spool import Spool
+from tunnelwatch.report.spool import Spool
 sp = Spool(sys.argv[1])
 print("ready", flush=True)
 deadline = time.monotonic() + 25

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from support.netns import require_tools
-from tunnelwatch.statusweb import StatusServer, StatusState
+from tunnelwatch.appliance.statusweb import StatusServer, StatusState
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from support.sysboot import SystemdBoot
-from tunnelwatch import service
+from tunnelwatch.appliance import service
 from tunnelwatch.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from support.pki import Pki, make_pki
-from tunnelwatch.collector import Collector, Faults
-from tunnelwatch.events import make_event
-from tunnelwatch.spool import Spool
-from tunnelwatch.uplink import Uplink
+from tunnelwatch.isp.collector import Collector, Faults
+from tunnelwatch.report.events import make_event
+from tunnelwatch.report.spool import Spool
+from tunnelwatch.report.uplink import Uplink
 
 DEVICE = "cpe-it-1"
 FAST: dict[str, Any] = {"max_rate": 1000.0, "timeout": 5.0, "backoff_max": 0.05, "backoff_base": 0.01,
@@ -32,8 +32,8 @@ FAST: dict[str, Any] = {"max_rate": 1000.0, "timeout": 5.0, "backoff_max": 0.05,
 # The sender as its own process, so it can be SIGKILLed: drains the spool, exits 0 once it is empty.
 SENDER = """
 import logging, sys
-from tunnelwatch.spool import Spool
-from tunnelwatch.uplink import Uplink
+from tunnelwatch.report.spool import Spool
+from tunnelwatch.report.uplink import Uplink
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 path, url, ca, cert, key, device, batch = sys.argv[1:8]
 sp = Spool(path)
@@ -116,7 +116,7 @@ def test_outage_then_recovery(pki: Pki, spool: Spool, tmp_path: Path,
     sent = _flows(500)
     spool.put_many(sent)
     up = _uplink(spool, f"https://127.0.0.1:{port}", pki)
-    caplog.set_level(logging.INFO, "tunnelwatch.uplink")
+    caplog.set_level(logging.INFO, "tunnelwatch.report.uplink")
     up.start()
     try:
         assert up.wait_for(lambda s: s["failures"] >= 5, 10), up.stats()
@@ -137,7 +137,7 @@ def test_outage_then_recovery(pki: Pki, spool: Spool, tmp_path: Path,
 def test_500_503_429_with_retry_after(pki: Pki, spool: Spool, tmp_path: Path,
                                       caplog: pytest.LogCaptureFixture) -> None:
     c = _collector(pki, tmp_path / "store", faults=Faults(fail=[500, 503, 500, 429], retry_after="1"))
-    caplog.set_level(logging.WARNING, "tunnelwatch.uplink")
+    caplog.set_level(logging.WARNING, "tunnelwatch.report.uplink")
     try:
         sent = _flows(300)
         spool.put_many(sent)
@@ -264,7 +264,7 @@ def test_wrong_client_certificate_refused(pki: Pki, spool: Spool, tmp_path: Path
     c = _collector(pki, tmp_path / "store")
     try:
         spool.put_many(_flows(10))
-        caplog.set_level(logging.WARNING, "tunnelwatch.uplink")
+        caplog.set_level(logging.WARNING, "tunnelwatch.report.uplink")
         for cert, key in ((pki.rogue_cert, pki.rogue_key), (None, None)):
             up = _uplink(spool, c.url, pki, client_cert=cert and str(cert), client_key=key and str(key))
             up.start()
@@ -286,7 +286,7 @@ def test_untrusted_server_certificate_refused(pki: Pki, spool: Spool, tmp_path: 
     c = _collector(pki, tmp_path / "store", server_rogue=True)
     try:
         spool.put_many(_flows(10))
-        caplog.set_level(logging.WARNING, "tunnelwatch.uplink")
+        caplog.set_level(logging.WARNING, "tunnelwatch.report.uplink")
         up = _uplink(spool, c.url, pki)
         up.start()
         try:

@@ -8,9 +8,9 @@ from typing import Any
 
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import Verdict
-from tunnelwatch.engine import Engine
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import addr_text, parse_ip, transport_name
+from tunnelwatch.classify.engine import Engine
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import addr_text, parse_ip, transport_name
 
 
 def run_engine(packets: Iterable[Any], *, names: Sequence[str] | None = None, budget: int = 24,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from support.netns import Lab, lab, require_tools
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 Record = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""The namespace lab for integration tests: tunnelwatch.netlab with pytest's skip/fail behaviour.
+"""The namespace lab for integration tests: tunnelwatch.lab.netlab with pytest's skip/fail behaviour.
 
 The lab itself (client <-> router <-> server, addresses, Lab.run/spawn/log/wait_for_log/wait_until/stop/
 capture) lives in the product so `tunnelwatch lab` and the bench can use it; this wrapper skips the test
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnelwatch import netlab
-from tunnelwatch.netlab import (
+from tunnelwatch.lab import netlab
+from tunnelwatch.lab.netlab import (
     CLIENT_IP,
     CLIENT_IP6,
     ROUTER_LAN_IP,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunnelwatch.spool import Spool
+from tunnelwatch.report.spool import Spool
 
 
 def spool_events(path: Path, limit: int = 100_000) -> list[dict[str, Any]]:

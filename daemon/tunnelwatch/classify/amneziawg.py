@@ -34,10 +34,10 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
+from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.junk import JunkGate
+from tunnelwatch.classify.packet import UDP, Packet
 from tunnelwatch.classify.wgdata import DataDir, both_ways, data_fields
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import UDP, Packet
 
 INIT_SIZE: Final = 148
 RESPONSE_SIZE: Final = 92

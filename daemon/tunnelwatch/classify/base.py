@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final, Literal
 
 if TYPE_CHECKING:
-    from tunnelwatch.flow import Flow
-    from tunnelwatch.packet import Packet
+    from tunnelwatch.classify.flow import Flow
+    from tunnelwatch.classify.packet import Packet
 
 Klass = Literal["vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown"]
 Confidence = Literal["confirmed", "heuristic", "list", "port"]

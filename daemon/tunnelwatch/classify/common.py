@@ -11,8 +11,8 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass, Verdict
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 _HTTP_METHODS: Final = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ",
                         b"CONNECT ", b"HTTP/1.", b"PROPFIND ")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import UDP, Packet
 
 PROTOCOL: Final = "fastd"
 PACKET_HANDSHAKE: Final = 1

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, TCP_SYN, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, TCP_SYN, Packet
 
 #: shortest first packet judged: every protocol of this kind sends a salt/IV or key share (>= 16 bytes)
 #: plus an authenticated header, and short packets make the popcount mean too noisy to mean anything

@@ -21,8 +21,8 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 PROTOCOL: Final = "h323"
 Q931_PD: Final = 0x08

@@ -20,8 +20,8 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import UDP, Packet
 
 PROTOCOL: Final = "iax2"
 PORT: Final = 4569

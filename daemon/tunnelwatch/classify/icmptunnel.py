@@ -21,8 +21,8 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import ICMP, ICMPV6, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import ICMP, ICMPV6, Packet
 
 PTUNNEL: Final = "ptunnel"
 GENERIC: Final = "icmp_tunnel"

@@ -15,8 +15,8 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import AH, ESP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import AH, ESP, UDP, Packet
 
 NAT_T_PORT: Final = 4500
 IKE_HEADER: Final = 28

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import UDP, Packet
 
 PROTOCOL: Final = "mgcp"
 VERBS: Final = frozenset({b"EPCF", b"CRCX", b"MDCX", b"DLCX", b"RQNT", b"NTFY", b"AUEP", b"AUCX", b"RSIP",

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass, Verdict
+from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.junk import JunkGate
 from tunnelwatch.classify.openvpn_data import DataDir, data_evidence
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 P_CONTROL_HARD_RESET_CLIENT_V1: Final = 1
 P_CONTROL_HARD_RESET_SERVER_V1: Final = 2

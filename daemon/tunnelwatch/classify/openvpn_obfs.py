@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass, Verdict
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 NAME: Final = "openvpn_obfs"
 # Smallest record: opcode + session id + ack count + packet id (a plain reset) = 14 bytes. A reset stays

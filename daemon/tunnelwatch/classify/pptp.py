@@ -16,8 +16,8 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import GRE, TCP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import GRE, TCP, Packet
 
 PPTP_PORT: Final = 1723
 MAGIC: Final = 0x1A2B3C4D

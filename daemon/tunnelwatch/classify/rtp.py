@@ -17,8 +17,8 @@ from struct import unpack_from
 from typing import ClassVar, Final, NamedTuple
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 _MAX_SEQ_STEP: Final = 64
 _MAX_TS_STEP: Final = 1 << 27  # ~25 min of 90 kHz video clock; backwards steps wrap to huge values

@@ -17,8 +17,8 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, Packet
 
 PROTOCOL: Final = "sccp"
 PORT: Final = 2000

@@ -28,8 +28,8 @@ from typing import ClassVar, Final, NamedTuple
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.classify.common import tls_client_hello
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 METHODS: Final = frozenset({b"INVITE", b"REGISTER", b"OPTIONS", b"ACK", b"BYE", b"CANCEL", b"SUBSCRIBE",
                             b"NOTIFY", b"MESSAGE", b"INFO", b"PRACK", b"UPDATE", b"REFER", b"PUBLISH"})

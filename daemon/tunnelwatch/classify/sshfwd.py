@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, Packet
 
 #: payload packets of version exchange, key exchange and authentication (OpenSSH: 14-18) to skip
 SKIP: Final = 16

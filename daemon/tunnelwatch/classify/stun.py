@@ -27,8 +27,8 @@ from struct import unpack_from
 from typing import ClassVar, Final, NamedTuple
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 MAGIC_COOKIE: Final = 0x2112A442
 HEADER: Final = 20

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, UDP, Packet
 
 PROTOCOL: Final = "tinc"
 _MAX_LINE: Final = 128  # node names are short; a longer first line is not a tinc ID request

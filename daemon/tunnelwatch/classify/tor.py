@@ -14,8 +14,8 @@ import re
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, Packet
 
 _SNI_RE: Final = re.compile(rb"www\.[a-z2-7]{4,25}\.com")
 _CERT_RE: Final = re.compile(rb"www\.[a-z2-7]{4,25}\.net")

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import TCP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import TCP, Packet
 
 #: inner ClientHello burst (bytes after the outer record overhead): the smallest real hellos (Go, no
 #: padding) are about 200 bytes, browsers with post-quantum key shares about 1800, plus a proxy header

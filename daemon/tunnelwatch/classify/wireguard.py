@@ -26,10 +26,10 @@ from struct import unpack_from
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Confidence, Context, InspectResult, Klass
+from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.junk import JunkGate
+from tunnelwatch.classify.packet import UDP, Packet
 from tunnelwatch.classify.wgdata import DataDir, data_fields
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import UDP, Packet
 
 INITIATION: Final = 1
 RESPONSE: Final = 2

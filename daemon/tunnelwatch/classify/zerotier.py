@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
-from tunnelwatch.flow import Flow
-from tunnelwatch.packet import UDP, Packet
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import UDP, Packet
 
 PROTOCOL: Final = "zerotier"
 PORT: Final = 9993

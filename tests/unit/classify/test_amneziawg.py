@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from scapy.utils import wrpcap
-from wgcraft import awg_session, le, rnd, u, wg_data
 
 from support import feed_raw, mutate, one_verdict, run_engine
-from tunnelwatch.offline import classify_file
+from support.wgcraft import awg_session, le, rnd, u, wg_data
+from tunnelwatch.offline.classify import classify_file
 
 CAPTURES = Path(__file__).resolve().parents[2] / "data" / "captures"
 

@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, run_engine
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
 SID = bytes(range(1, 33))

@@ -15,7 +15,7 @@ from scapy.utils import rdpcap
 
 from support import feed_raw, mutate, one_verdict, run_engine, verdicts
 from tunnelwatch.classify.dnstunnel import _ACK_B32, _b32_prefix, iodine_version_query, parse_question
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.53"
 CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"

@@ -10,9 +10,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 from test_openvpn import CSID, control, hard_reset_client, hard_reset_server
-from wgcraft import C, S, junk, u, wg_session
 
-from tunnelwatch.offline import classify_file
+from support.wgcraft import C, S, junk, u, wg_session
+from tunnelwatch.offline.classify import classify_file
 
 CAPTURES = Path(__file__).resolve().parents[2] / "data" / "captures"
 

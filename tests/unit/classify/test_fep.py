@@ -17,13 +17,13 @@ from scapy.packet import Raw
 from support import one_verdict
 from tunnelwatch.classify.base import DONE, REJECT, Context, Verdict
 from tunnelwatch.classify.fep import MIN_LEN, PAYLOAD_ONLY_PKTS, FullyEncrypted, exemption, popcount_mean
-from tunnelwatch.flow import Flow, flow_key
-from tunnelwatch.kernelview import inline_records
-from tunnelwatch.packet import TCP as TCP_PROTO
-from tunnelwatch.packet import Packet, parse_ip
-from tunnelwatch.policy import Policy
-from tunnelwatch.registry import Registry
-from tunnelwatch.runconfig import parse_config
+from tunnelwatch.classify.flow import Flow, flow_key
+from tunnelwatch.classify.packet import TCP as TCP_PROTO
+from tunnelwatch.classify.packet import Packet, parse_ip
+from tunnelwatch.config.runconfig import parse_config
+from tunnelwatch.offline.kernelview import inline_records
+from tunnelwatch.policy.policy import Policy
+from tunnelwatch.policy.registry import Registry
 
 C, S = "192.0.2.10", "198.51.100.7"
 NAMES = ["fully_encrypted", "common"]

@@ -15,7 +15,7 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict
 from tunnelwatch.classify.icmptunnel import PTUNNEL_MAGIC, ip_packet, ping_pattern, ptunnel_flags
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.9"
 C6, S6 = "2001:db8::10", "2001:db8:1::9"

@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, run_engine
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
 ISPI, RSPI = bytes.fromhex("b64ef32131a48952"), bytes.fromhex("86babd3904886955")

@@ -12,7 +12,7 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.mgcp import command, response
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 GW, CA = "192.0.2.10", "198.51.100.7"
 CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"

@@ -162,8 +162,8 @@ def test_tls_crypt_v2_client_reset_v3_with_wrapped_key_confirmed_in_both_views()
     # tls-crypt-v2 (OpenVPN 2.5+): the client opens with P_CONTROL_HARD_RESET_CLIENT_V3 (opcode 10), its
     # tls-crypt header (packet id: 2.6 sets high bits, seen 0x0a010001; then Unix time; 32-byte tag) and
     # the wrapped client key WKc (a few hundred bytes, ending in its 2-byte length) after the payload
-    from tunnelwatch.kernelview import inline_records
-    from tunnelwatch.packet import parse_ip
+    from tunnelwatch.classify.packet import parse_ip
+    from tunnelwatch.offline.kernelview import inline_records
 
     def wrap(op: int, sid: bytes, pid: bytes, extra: int = 0) -> bytes:
         return bytes([op << 3]) + sid + pid + NOW + os.urandom(32 + 40) + os.urandom(extra)

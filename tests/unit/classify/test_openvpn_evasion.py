@@ -8,9 +8,9 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 from test_openvpn import CSID, SSID, control, hard_reset_client, hard_reset_server
-from wgcraft import junk, rnd
 
 from support import one_verdict, run_engine
+from support.wgcraft import junk, rnd
 
 C, S = "192.0.2.10", "198.51.100.7"
 PEER = b"\x00\x00\x03"  # server-assigned peer id

@@ -14,10 +14,10 @@ import pytest
 from support import mutate
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import Verdict
+from tunnelwatch.classify.engine import Engine
 from tunnelwatch.classify.openvpn_obfs import OpenVPNObfs
-from tunnelwatch.engine import Engine
-from tunnelwatch.offline import classify_file
-from tunnelwatch.packet import TCP, UDP, Packet
+from tunnelwatch.classify.packet import TCP, UDP, Packet
+from tunnelwatch.offline.classify import classify_file
 
 C, S = bytes([192, 0, 2, 10]), bytes([198, 51, 100, 7])
 CSID, SSID = bytes(range(1, 9)), bytes(range(9, 17))

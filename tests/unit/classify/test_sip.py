@@ -11,9 +11,9 @@ from scapy.packet import Raw
 
 from support import one_verdict, run_engine, verdicts
 from tunnelwatch.classify.base import Context
+from tunnelwatch.classify.engine import Engine
+from tunnelwatch.classify.packet import parse_ip
 from tunnelwatch.classify.sip import parse_head, sdp_media, start_line
-from tunnelwatch.engine import Engine
-from tunnelwatch.packet import parse_ip
 
 C, S = "192.0.2.10", "198.51.100.7"
 CALL = "a84b4c76e66710@pc33.example.com"

@@ -14,7 +14,7 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, run_engine
 from tunnelwatch.classify.tailscale import MAGIC
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
 KEY_C, KEY_S = os.urandom(32), os.urandom(32)

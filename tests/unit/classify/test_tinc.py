@@ -14,7 +14,7 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, run_engine
 from tunnelwatch.classify.tinc import id_line, metakey_prefix
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
 C6, S6 = "2001:db8:1::10", "2001:db8:2::7"

@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, run_engine
-from tunnelwatch.offline import classify_file
+from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "162.159.192.7"
 I_IDX, R_IDX = 0x01020304, 0x0A0B0C0D

@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from wgcraft import C, S, awg_session, junk, le, rnd, u, wg_data, wg_session
 
 from support import one_verdict, run_engine
+from support.wgcraft import C, S, awg_session, junk, le, rnd, u, wg_data, wg_session
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import REJECT, Context, Verdict
-from tunnelwatch.flow import Flow, flow_key
-from tunnelwatch.packet import parse_ip
+from tunnelwatch.classify.flow import Flow, flow_key
+from tunnelwatch.classify.packet import parse_ip
 
 
 @pytest.mark.parametrize("count", [1, 5, 16])
@@ -137,7 +137,7 @@ def test_standard_handshake_is_not_amneziawg() -> None:
 
 def _reopening_engine(pkts: list[object], budget: int = 16) -> list[tuple[object, Verdict]]:
     """The inline engine: a 16-packet first look, then re-opened (fresh classifier state) while unsettled."""
-    from tunnelwatch.engine import Engine
+    from tunnelwatch.classify.engine import Engine
 
     ended: list[tuple[object, Verdict]] = []
     engine = Engine(load_classifiers(), budget=budget, reopens=8,

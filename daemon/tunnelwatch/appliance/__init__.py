@@ -1,0 +1,1 @@
+"""appliance: see docs/architecture.md."""

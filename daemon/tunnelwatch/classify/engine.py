@@ -1,0 +1,273 @@
+"""The classification engine: packets in, per-flow verdicts out.
+
+Feeds each new flow's first packets (up to a budget) to the classifiers that want its transport, keeps
+the best verdict, stops early on a confirmed tunnel/VoIP verdict, and falls back to the operator's endpoint
+lists (confidence "list") and then to port hints. The same engine runs offline (`tunnelwatch classify`) and
+inline behind NFQUEUE.
+
+Re-opening (inline: `reopens` > 0): a decision that is not settled (unknown, or any verdict short of
+`confirmed`) leaves the flow watched. When a packet of a watched flow arrives later (the kernel queues
+such connections again in later windows, see firewall.py), `reopen()` gives it a fresh look: every
+classifier of its transport with fresh state and a small budget (`reopen_budget` packets), or, when the
+flow was only decided because it went quiet before its budget, the same classifiers and state resumed
+(a late reply completes the handshake they saw). The new decision goes through `on_decided` again.
+Classifiers can tell a re-opened flow by `flow.reopens` > 0 (its first packets are mid-session).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+
+from tunnelwatch.classify import load_classifiers
+from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
+from tunnelwatch.classify.flow import Flow, FlowKey
+from tunnelwatch.classify.flowtable import FlowTable
+from tunnelwatch.classify.packet import Packet
+from tunnelwatch.policy.endpoints import EndpointIndex
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 24
+#: flows to these (ip proto, server port) get a larger budget: SSH forwarding shows after the login
+DEFAULT_DEEP: dict[tuple[int, int], int] = {(6, 22): 96}
+#: packets a re-opened flow is looked at before it is decided again
+REOPEN_BUDGET = 8
+
+
+def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
+    best: Verdict | None = None
+    for v in verdicts:
+        if v.beats(best):
+            best = v
+    return best
+
+
+class Engine:
+    """Classify flows from packets. `on_end(flow, verdict)` is called exactly once per flow."""
+
+    def __init__(
+        self,
+        classifiers: Sequence[Classifier] | None = None,
+        *,
+        budget: int = DEFAULT_BUDGET,
+        idle_timeout: float = 120.0,
+        max_flows: int = 262_144,
+        on_end: Callable[[Flow, Verdict], None] | None = None,
+        on_decided: Callable[[Flow, Verdict], None] | None = None,
+        endpoints: EndpointIndex | None = None,
+        deep: dict[tuple[int, int], int] | None = None,
+        reopens: int = 0,
+        reopen_budget: int = REOPEN_BUDGET,
+    ) -> None:
+        if budget < 1:
+            raise ValueError("budget must be at least 1 packet")
+        self.classifiers = list(classifiers) if classifiers is not None else load_classifiers()
+        names = [c.name for c in self.classifiers]
+        if len(set(names)) != len(names):  # per-flow state is keyed by name: two would share it
+            raise ValueError(f"classifier names must be unique: {sorted(names)}")
+        self.budget = budget
+        self.ctx = Context()
+        self.on_end = on_end
+        self.on_decided = on_decided
+        #: operator endpoint lists; replaced as a whole on reload (the daemon swaps in a new index)
+        self.endpoints = endpoints
+        #: (ip proto, server port) -> a larger budget for flows to that port (SSH forwarding shows late)
+        self.deep = dict(DEFAULT_DEEP if deep is None else deep)
+        #: times an unsettled flow may be re-opened (0: decisions are final, as offline)
+        self.reopens = reopens
+        self.reopen_budget = reopen_budget
+        self.reopened = 0
+        self.table = FlowTable(idle_timeout, max_flows, self._ended)
+        self._by_proto: dict[int, tuple[Classifier, ...]] = {}
+        for c in self.classifiers:
+            for t in c.transports:
+                self._by_proto[t] = (*self._by_proto.get(t, ()), c)
+        self._ports: dict[tuple[int, int], Classifier] = {}
+        for c in self.classifiers:
+            for pp in c.ports:
+                self._ports.setdefault(pp, c)
+        self.packets = 0
+        self.classifier_errors = 0
+        self._error_logged: set[str] = set()
+        # undecided flows, least recently seen first: see decide_quiet()
+        self._undecided: OrderedDict[FlowKey, Flow] = OrderedDict()
+
+    def process(self, pkt: Packet) -> Flow:
+        """Account one packet to its flow and classify it if the flow is still undecided."""
+        self.packets += 1
+        flow, created = self.table.get(pkt)
+        if created:
+            flow.active = list(self._by_proto.get(pkt.proto, ()))
+            # either port: inline the first queued packet can be the server's (an SSH banner), so the
+            # flow's "destination" is then the client's port
+            flow.limit = max(self.budget, self.deep.get((flow.proto, flow.dport), 0),
+                             self.deep.get((flow.proto, flow.sport), 0)) if self.deep else self.budget
+            if self.ctx:
+                flow.expected = self.ctx.lookup(pkt)
+            if not flow.active:
+                flow.done = True  # no classifier for this transport: nothing to look at, now or later
+            else:
+                flow.watch = self.reopens
+                self._undecided[flow.key] = flow
+        elif not flow.done:
+            self._undecided.move_to_end(flow.key)
+        d = 0 if (pkt.src == flow.src and pkt.sport == flow.sport) else 1
+        flow.packets += 1
+        flow.bytes += pkt.length
+        flow.pkts_dir[d] += 1
+        flow.bytes_dir[d] += pkt.length
+        if flow.done:
+            if flow.watch and pkt.payload:
+                self.reopen(flow)  # a later window of a flow not settled: look again
+            else:
+                if flow.follow_left and pkt.payload:
+                    self._follow(flow, pkt, d)
+                return flow
+        if pkt.payload:
+            flow.payload_pkts[d] += 1
+            self._inspect(flow, pkt, d)
+        if not flow.done and (not flow.active or flow.packets >= flow.limit):
+            self._decide(flow)
+        return flow
+
+    def reopen(self, flow: Flow) -> None:
+        """Look at a decided, watched flow again (see the module docstring); uses up one re-open."""
+        flow.watch -= 1
+        flow.reopens += 1
+        self.reopened += 1
+        flow.done = False
+        if not flow.active:  # a fresh look: every classifier of the transport, from a clean state
+            flow.active = list(self._by_proto.get(flow.proto, ()))
+            flow.state = {}
+            flow.cands = {}
+        flow.follow = []
+        flow.follow_left = 0
+        # the packet that re-opens it is counted already: it is the first of the budget
+        flow.limit = max(flow.limit, flow.packets + self.reopen_budget - 1)
+        self._undecided[flow.key] = flow
+
+    def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:
+        ctx = self.ctx
+        for c in tuple(flow.active):
+            try:
+                r = c.inspect(flow, pkt, d, ctx)
+            except Exception as exc:  # a classifier bug must not take the engine down
+                self.classifier_errors += 1
+                if c.name not in self._error_logged:
+                    self._error_logged.add(c.name)
+                    log.warning("classifier %s failed on %s: %r (further failures counted only)",
+                                c.name, flow.describe(), exc)
+                flow.active.remove(c)
+                flow.state.pop(c.name, None)
+                continue
+            if r is None:
+                continue
+            if r is DONE:
+                flow.active.remove(c)
+                flow.state.pop(c.name, None)  # it will not be asked again: its state is garbage
+                continue
+            if r is REJECT:
+                flow.active.remove(c)
+                flow.state.pop(c.name, None)
+                if flow.cands.pop(c.name, None) is not None:
+                    # "certainly not my protocol" withdraws what this classifier said earlier
+                    flow.best = _best_of(flow.cands.values())
+                continue
+            assert isinstance(r, Verdict)
+            flow.cands[c.name] = r
+            if r.beats(flow.best):
+                flow.best = r
+            if r.final:
+                self._decide(flow)
+                return
+
+    def _follow(self, flow: Flow, pkt: Packet, d: int) -> None:
+        """After the decision: let followers learn cross-flow facts; their verdicts no longer count."""
+        flow.follow_left -= 1
+        for c in tuple(flow.follow):
+            try:
+                r = c.inspect(flow, pkt, d, self.ctx)
+            except Exception:
+                self.classifier_errors += 1
+                r = REJECT
+            if r is REJECT or r is DONE:
+                flow.follow.remove(c)
+        if not flow.follow:
+            flow.follow_left = 0
+
+    def decide_quiet(self, now: float, quiet: float) -> list[Flow]:
+        """Decide undecided flows that saw no packet for `quiet` seconds; returns them.
+
+        Inline, the kernel stops queueing a connection after its first N packets counted in both
+        directions, handshake and pure ACKs included, while userspace sees only the payload packets: a
+        flow can fall silent before it reaches the budget. It is decided on what was seen by then.
+        """
+        out: list[Flow] = []
+        und = self._undecided
+        cutoff = now - quiet
+        while und:
+            flow = next(iter(und.values()))
+            if flow.last_ts > cutoff:
+                break
+            self._decide(flow, quiet=True)
+            out.append(flow)
+        return out
+
+    def _decide(self, flow: Flow, quiet: bool = False) -> None:
+        self._undecided.pop(flow.key, None)
+        flow.done = True
+        verdict = self.verdict(flow)
+        if verdict.confidence == "confirmed":
+            flow.watch = 0  # settled: nothing more to learn
+        # only a classifier that recognised the flow follows it (SIP on a DNS flow has nothing to learn)
+        followers = [c for c in flow.active if c.follow and c.name in flow.cands]
+        # set before on_decided: inline, a flow whose followers still want packets (SDP in a later SIP
+        # message announces the RTP flows) must stay queued, not be allowed for good in the kernel
+        flow.follow_left = max((c.follow for c in followers), default=0)
+        if self.on_decided is not None:
+            self.on_decided(flow, verdict)  # may end the watch too (blocked, registered)
+        if flow.watch > 0 and quiet and flow.active:
+            return  # went quiet before its budget: a late packet resumes these classifiers and their state
+        flow.follow = followers
+        if not flow.follow:
+            # a decided flow lives on until it ends, but nothing reads its classifiers' state again:
+            # most of a flow's memory (~4 KB while classified) goes now
+            flow.state = {}
+            flow.cands = {}
+        flow.active = []
+
+    def verdict(self, flow: Flow) -> Verdict:
+        """The flow's verdict now: a flagged confirmed/heuristic verdict, else an endpoint-list match, else
+        the best classifier verdict, else a port hint, else unknown."""
+        best = flow.best
+        if best is not None and best.flagged and best.confidence in ("confirmed", "heuristic"):
+            return best
+        if self.endpoints is not None:
+            listed = self.endpoints.match(flow)
+            if listed is not None:
+                return listed
+        if best is not None and best.rank >= 2:
+            return best
+        hint = self._port_hint(flow)
+        if hint is not None:
+            return hint
+        return best if best is not None else UNKNOWN
+
+    def _port_hint(self, flow: Flow) -> Verdict | None:
+        for port in (flow.dport, flow.sport):
+            c = self._ports.get((flow.proto, port))
+            if c is not None:
+                protocol = c.ports[(flow.proto, port)]
+                return c.verdict(protocol, "port", f"{protocol} port {port}")
+        return None
+
+    def flush(self) -> None:
+        """End all flows (end of input)."""
+        self.table.flush()
+
+    def _ended(self, flow: Flow, reason: str) -> None:
+        self._undecided.pop(flow.key, None)
+        if self.on_end is not None:
+            self.on_end(flow, self.verdict(flow))

@@ -1,0 +1,1 @@
+"""inline: see docs/architecture.md."""

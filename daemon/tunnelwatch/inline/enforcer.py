@@ -1,0 +1,191 @@
+"""The daemon's per-packet path: parse -> engine -> policy, and each flow's decision as connmark bits.
+
+Owns the mapping from a policy decision to the kernel's mark (firewall.MARK_*) and the rule that nothing
+is allowed for good on a guess: a flow whose verdict is not settled (unknown, or short of `confirmed`) and
+that the policy does not block gets WATCH, not ALLOW. The kernel keeps queueing such connections in later
+windows (firewall.py); when one of their packets arrives the engine re-opens the flow (Engine.reopen) and
+decides it again. A tunnel confirmed late is then blocked: by the verdict's mark, or, for a decision made
+after the flow went quiet, by updating its conntrack entry (firewall.mark_connection). Re-decisions are
+logged and recorded (reported) only when they change something. See docs/enforcement.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from tunnelwatch.classify.base import Verdict
+from tunnelwatch.classify.engine import Engine
+from tunnelwatch.classify.flow import Flow, FlowKey
+from tunnelwatch.classify.packet import addr_text, parse_ip, transport_name
+from tunnelwatch.config.runconfig import RunConfig
+from tunnelwatch.inline import firewall
+from tunnelwatch.policy.endpoints import Endpoints
+from tunnelwatch.policy.policy import Decision, Policy
+from tunnelwatch.policy.registry import Registry
+
+log = logging.getLogger("tunnelwatch")
+
+#: an undecided flow that saw no queued packet for this long is decided on what was seen (Engine.decide_quiet)
+QUIET_S: Final = 2.0
+FULL_GC_EVERY: Final = 3600.0  # seconds between full garbage collections on the packet path
+#: re-opens per flow at most: a safety bound only, the kernel's windows bound the queued packets already
+REOPENS: Final = 64
+Record = Callable[[dict[str, object]], None]
+
+
+def _deep(cfg: RunConfig) -> dict[tuple[int, int], int]:
+    return {(6 if t == "tcp" else 17, port): n for t, port, n in cfg.deep}
+
+
+def mark_for(d: Decision, watch: bool) -> int:
+    """The connmark decision bits for a policy decision; `watch`: the verdict is not settled yet."""
+    if d.action == "block":
+        return firewall.MARK_REJECT if d.reject else firewall.MARK_DROP
+    return firewall.MARK_WATCH if watch else firewall.MARK_ALLOW
+
+
+class Enforcer:
+    """The per-packet path: classify, decide per flow (again while watched), remember the flow's mark."""
+
+    def __init__(self, cfg: RunConfig, registry: Registry, record: Record | None = None,
+                 endpoints: Endpoints | None = None) -> None:
+        self.cfg = cfg
+        self.policy = Policy.from_config(cfg)
+        self.registry = registry
+        self.record = record
+        self.endpoints = endpoints if endpoints is not None else Endpoints(cfg.endpoints)
+        self.engine = Engine(budget=cfg.packets, max_flows=cfg.flows, on_decided=self._decided,
+                             on_end=self._ended, deep=_deep(cfg), reopens=REOPENS)
+        self._use_lists()
+        self.unparsed = 0  # queued packets that are not IP we can read (counted, then accepted)
+        self._evictions_seen = 0
+        self.next_watch = time.monotonic() + cfg.endpoints.watch
+        self.next_full_gc = time.monotonic() + FULL_GC_EVERY
+        self.marks: dict[FlowKey, int] = {}
+        self.counts: dict[str, int] = {}
+        self.late_blocks = 0  # blocks decided after a flow was first let through under WATCH
+
+    def _use_lists(self) -> None:
+        idx = self.endpoints.index
+        self.engine.endpoints = idx if idx.count else None  # no lists: not even a call per decision
+
+    def apply(self, cfg: RunConfig, registry: Registry) -> None:
+        """A reloaded config: new flows get the new policy; decided flows keep their marks."""
+        if cfg is not self.cfg:
+            # a reload (SIGHUP) brings a freshly loaded config object: re-read the lists too; a registry
+            # file change hands back the running one (in workers every hand-over is a copy: re-read anyway)
+            self.endpoints.reload(cfg.endpoints)
+            self._use_lists()
+        if cfg != self.cfg:
+            policy = Policy.from_config(cfg)
+            if cfg.voip == self.cfg.voip:
+                policy.calls = self.policy.calls  # the bulk-VoIP window survives unrelated changes
+            self.policy = policy
+            self.engine.budget = cfg.packets
+            self.engine.table.max_flows = cfg.flows  # a smaller table shrinks as new flows arrive
+            self.engine.deep = _deep(cfg)
+        self.cfg, self.registry = cfg, registry
+
+    def tick(self) -> None:
+        """Between packets: re-read endpoint list files that changed (every `endpoints.watch` seconds)."""
+        watch = self.cfg.endpoints.watch
+        if watch and self.cfg.endpoints.lists and time.monotonic() >= self.next_watch:
+            self.next_watch = time.monotonic() + watch
+            if self.endpoints.check():
+                self._use_lists()
+        self._decide_quiet()
+        if time.monotonic() >= self.next_full_gc:
+            # automatic full collections are off on the packet path (nfqueue.relax_gc); one an hour
+            # still frees any long-lived reference cycle (threads, TLS, HTTP objects), at a known time
+            self.next_full_gc = time.monotonic() + FULL_GC_EVERY
+            t0 = time.perf_counter()
+            freed = gc.collect()
+            log.debug("full garbage collection: %d objects freed in %.0f ms", freed,
+                      (time.perf_counter() - t0) * 1000)
+        evicted = self.engine.table.evicted
+        if evicted and not self._evictions_seen:
+            # once: a full table is either a flood or an undersized queue.flows; both need a human
+            log.warning("flow table full (%d flows): forgetting the least recently seen flows; a flood of "
+                        "new flows, or raise queue.flows", self.engine.table.max_flows)
+        self._evictions_seen = evicted
+
+    def _decide_quiet(self) -> None:
+        for flow in self.engine.decide_quiet(time.time(), QUIET_S):
+            bits = self.marks.get(flow.key, 0)
+            log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())
+            if bits in (firewall.MARK_DROP, firewall.MARK_REJECT):
+                found = firewall.mark_connection(transport_name(flow.proto), addr_text(flow.src), flow.sport,
+                                                 addr_text(flow.dst), flow.dport, bits)
+                if not found:  # closed meanwhile, or not TCP/UDP: nothing left to block
+                    log.info("block decided after %s went quiet: no conntrack entry left", flow.describe())
+
+    def flow_stats(self) -> dict[str, int]:
+        """Flow-table and parser counters for the status (cumulative since start)."""
+        t = self.engine.table
+        return {"tracked": len(t), "max": t.max_flows, "created": t.created, "expired": t.expired,
+                "evicted": t.evicted, "classifier_errors": self.engine.classifier_errors,
+                "unparsed_packets": self.unparsed, "reopened": self.engine.reopened,
+                "late_blocks": self.late_blocks}
+
+    def handle(self, payload: bytes) -> int:
+        """Mark bits for one queued packet: the flow's decision, WATCH, or 0 while it is undecided."""
+        pkt = parse_ip(payload, time.time())
+        if pkt is None:
+            self.unparsed += 1
+            return 0
+        flow = self.engine.process(pkt)
+        bits = self.marks.get(flow.key)
+        if bits is not None:
+            if bits == firewall.MARK_WATCH and flow.done and not flow.watch and not flow.follow_left:
+                # kept queued only for its followers (SDP), which have all they wanted: allow for good
+                bits = self.marks[flow.key] = firewall.MARK_ALLOW
+            return bits
+        # done without a decision: no classifier wants this transport (ICMP, ...): nothing to inspect
+        return firewall.MARK_ALLOW if flow.done else 0
+
+    def _decided(self, flow: Flow, verdict: Verdict) -> None:
+        d = self.policy.decide(flow, verdict, self.registry, dt.datetime.now(dt.UTC))
+        registered = d.action == "allow" and d.reason.startswith("registered ")
+        if d.action == "block" or registered:
+            flow.watch = 0  # nothing left to learn that would change what happens to it
+        bits = mark_for(d, flow.watch > 0 or flow.follow_left > 0)
+        previous = self.marks.get(flow.key)
+        self.marks[flow.key] = bits
+        verb = "block(reject)" if d.reject else d.action
+        what = (verdict.klass, verdict.protocol, verdict.confidence, verb)
+        if flow.decided_as == what:
+            return  # re-decided the same after a re-open: already logged and reported
+        flow.decided_as = what
+        if previous == firewall.MARK_WATCH and d.action == "block":
+            self.late_blocks += 1
+        self.counts[d.action] = self.counts.get(d.action, 0) + 1
+        level = logging.INFO if verdict.klass not in ("benign", "unknown") else logging.DEBUG
+        if d.bulk:
+            level = logging.WARNING  # the grey-traffic signature: the operator must see it
+        desc = flow.describe()
+        again = f" (re-opened {flow.reopens}x)" if flow.reopens else ""
+        watched = " watched" if bits == firewall.MARK_WATCH else ""
+        log.log(level, "decided %s %s %s %s%s %s (%s)%s%s", verdict.klass, verdict.protocol,
+                verdict.confidence, verb, watched, desc, d.reason, again,
+                f" [{'; '.join(verdict.evidence[:3])}]" if verdict.evidence else "",
+                extra={"FLOW": desc, "KLASS": verdict.klass, "PROTOCOL": verdict.protocol, "VERDICT": verb,
+                       "CONFIDENCE": verdict.confidence})
+        if self.record is not None:
+            reg = d.reason[len("registered "):] if registered else None
+            self.record({"ts": time.time(), "src": addr_text(flow.src), "sport": flow.sport,
+                         "dst": addr_text(flow.dst), "dport": flow.dport,
+                         "transport": transport_name(flow.proto),
+                         "klass": verdict.klass, "protocol": verdict.protocol,
+                         "confidence": verdict.confidence, "action": d.action, "reason": d.reason,
+                         "evidence": [e[:128] for e in verdict.evidence[:16]], "bulk": d.bulk or None,
+                         "registration_id": reg, "packets": flow.packets, "bytes": flow.bytes,
+                         "first_seen": flow.first_ts, "last_seen": flow.last_ts})
+
+    def _ended(self, flow: Flow, verdict: Verdict) -> None:
+        self.marks.pop(flow.key, None)
+        self.policy.ended(flow)  # a call whose flow ended no longer counts towards bulk VoIP

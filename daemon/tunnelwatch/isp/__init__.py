@@ -1,0 +1,1 @@
+"""isp: see docs/architecture.md."""

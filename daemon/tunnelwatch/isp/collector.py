@@ -1,0 +1,422 @@
+"""The reference collector: receives the uplink's batches over HTTPS and stores each event once.
+
+For tests and small ISPs (docs/uplink.md is the contract; an ISP may build its own). Storage is one JSONL
+file per device (`<device>.jsonl`, events in arrival order) plus `batches.log` (one line per stored batch).
+De-duplication is by batch id and, beneath it, by event id, both rebuilt from disk at start-up, so a batch
+retried after a lost reply, after a sender restart or after a collector restart is stored once. Events are
+written and fsync'd before the batch id is, and both before the 2xx goes out.
+
+    python -m tunnelwatch.isp.collector --listen 127.0.0.1:8443 --cert srv.pem --key srv.key \
+        [--client-ca ca.pem] [--token-file FILE] --store DIR
+
+Importable for tests, with fault injection (Faults): fail the next N requests with 500/503/429 (with a
+Retry-After), answer slowly, hang mid-response after storing, or call a hook between storing and replying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import http.server
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+# one definition of the wire contract (docs/uplink.md), shared with the sender
+from tunnelwatch.report.uplink import BATCH_HEADER, DEVICE_HEADER, EVENTS_PATH, WIRE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+MAX_BODY: Final = 16 * 1024 * 1024          # compressed bytes accepted in one POST
+MAX_INFLATED: Final = 128 * 1024 * 1024     # guards against a gzip bomb
+_DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_BATCH_RE: Final = re.compile(r"^[0-9a-fA-F-]{8,64}$")
+
+
+def event_key(ev: dict[str, Any]) -> str:
+    """An event's identity for de-duplication: its id, else a hash of its canonical JSON."""
+    for key in ("id", "event_id"):
+        value = ev.get(key)
+        if isinstance(value, str) and value:
+            return value
+    canonical = json.dumps(ev, sort_keys=True, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass
+class Faults:
+    """Fault injection for tests; every field is consumed or read under the collector's lock."""
+
+    fail: list[int] = field(default_factory=list)   # statuses for the next POSTs, one each, before storing
+    retry_after: str | None = None                   # sent with a 429/503 from `fail`
+    delay: float = 0.0                               # seconds to wait before answering each POST
+    hang: int = 0                                    # next N POSTs: store, half a reply, then stall
+    after_store: Callable[[str], None] | None = None  # called with the batch id between store and reply
+
+
+class Store:
+    """Per-device JSONL files with batch-id and event-id de-duplication."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._batches: set[str] = set()
+        self._seen: dict[str, set[str]] = {}
+        self._cond = threading.Condition(self._lock)
+        self._load()
+
+    def _load(self) -> None:
+        blog = self.dir / "batches.log"
+        if blog.exists():
+            for line in blog.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 2:
+                    self._batches.add(parts[1])
+        for path in self.dir.glob("*.jsonl"):
+            seen = self._seen.setdefault(path.stem, set())
+            with path.open() as f:
+                for line in f:
+                    try:
+                        seen.add(event_key(json.loads(line)))
+                    except (ValueError, AttributeError):
+                        continue  # a torn last line from a crash: its batch was never acknowledged
+
+    def add(self, device: str, batch_id: str, events: list[dict[str, Any]]) -> tuple[int, int, bool]:
+        """Store a batch once: (events stored, duplicate events, batch id already known)."""
+        with self._cond:
+            if batch_id in self._batches:
+                return 0, len(events), True
+            seen = self._seen.setdefault(device, set())
+            fresh: list[dict[str, Any]] = []
+            for ev in events:
+                k = event_key(ev)
+                if k not in seen:
+                    seen.add(k)
+                    fresh.append(ev)
+            if fresh:
+                _append(self.dir / f"{device}.jsonl", "".join(json.dumps(e) + "\n" for e in fresh))
+            _append(self.dir / "batches.log", f"{device} {batch_id} {len(fresh)} {time.time():.3f}\n")
+            self._batches.add(batch_id)
+            self._cond.notify_all()
+            return len(fresh), len(events) - len(fresh), False
+
+    def events(self, device: str) -> list[dict[str, Any]]:
+        """Every stored event of a device, in arrival order."""
+        path = self.dir / f"{device}.jsonl"
+        with self._lock:
+            if not path.exists():
+                return []
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def count(self, device: str) -> int:
+        """Number of distinct events stored for a device."""
+        with self._lock:
+            return len(self._seen.get(device, ()))
+
+    def wait_for(self, device: str, n: int, timeout: float) -> bool:
+        """Block until at least n events of device are stored, or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._seen.get(device, ())) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    collector: Collector
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        # the handshake runs in the handler's thread, so one stalled client cannot block accept()
+        return self.collector.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("collector: connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "tunnelwatch-collector/1"
+    server: _Server
+    timeout = 30
+    # headers and body go out in two writes; with Nagle the second waits for the peer's delayed ACK (40 ms)
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        try:
+            self.connection.do_handshake()
+        except (ssl.SSLEOFError, ConnectionError, TimeoutError) as exc:  # port probes, health checks
+            log.debug("collector: no TLS handshake from %s: %s", self.client_address[0], exc)
+            self.close_connection = True
+            raise
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("collector: TLS handshake with %s failed: %s", self.client_address[0], exc)
+            self.close_connection = True
+            raise
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("collector: %s " + format, self.client_address[0], *args)
+
+    def _reply(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None, *,
+               close: bool = False) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        if close:  # the request body was not read, so this connection cannot carry another request
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._reply(200, {"status": "ok"})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        c = self.server.collector
+        if self.path.split("?", 1)[0].rstrip("/") != EVENTS_PATH:
+            self._reply(404, {"error": "not found"}, close=True)
+            return
+        if c.token is not None:
+            got = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {c.token}".encode()):
+                self._reply(401, {"error": "bad or missing bearer token"}, {"WWW-Authenticate": "Bearer"},
+                            close=True)
+                return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._reply(411, {"error": "Content-Length required"}, close=True)
+            return
+        if length < 0 or length > MAX_BODY:
+            self._reply(413, {"error": f"body over {MAX_BODY} bytes"}, close=True)
+            return
+        raw = self.rfile.read(length)
+        status, fault_headers = c.take_fault()
+        if status:
+            self._reply(status, {"error": "injected fault"}, fault_headers)
+            return
+        try:
+            doc = _decode(raw, self.headers.get("Content-Encoding", "identity"))
+            device, batch_id, events = _validate(doc, self.headers)
+        except ValueError as exc:
+            self._reply(400, {"error": str(exc)})
+            return
+        stored, dups, known = c.store.add(device, batch_id, events)
+        c.after_store(batch_id)
+        c.counters(requests=1, stored=stored, duplicates=dups, duplicate_batches=int(known))
+        reply = {"status": "stored" if stored or not dups else "duplicate", "batch_id": batch_id,
+                 "accepted": stored, "duplicates": dups}
+        if c.take_hang():
+            self._hang(reply)
+            return
+        self._reply(200, reply)
+
+    def _hang(self, reply: dict[str, Any]) -> None:
+        body = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.server.collector.released.wait(60)
+        self.close_connection = True
+
+
+def _decode(raw: bytes, encoding: str) -> Any:
+    if encoding.lower() == "gzip":
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            raw = d.decompress(raw, MAX_INFLATED)
+        except zlib.error as exc:
+            raise ValueError(f"bad gzip body: {exc}") from None
+        if d.unconsumed_tail:
+            raise ValueError(f"body inflates past {MAX_INFLATED} bytes")
+        if not d.eof:
+            raise ValueError("truncated gzip body")
+    elif encoding.lower() != "identity":
+        raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ValueError(f"body is not JSON: {exc}") from None
+
+
+def _validate(doc: Any, headers: Any) -> tuple[str, str, list[dict[str, Any]]]:
+    if not isinstance(doc, dict) or doc.get("schema") != WIRE_SCHEMA:
+        raise ValueError("body must be an object with schema 1")
+    device, batch_id, events = doc.get("device_id"), doc.get("batch_id"), doc.get("events")
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise ValueError("bad device_id")
+    if not isinstance(batch_id, str) or not _BATCH_RE.match(batch_id):
+        raise ValueError("bad batch_id")
+    if headers.get(BATCH_HEADER) != batch_id or headers.get(DEVICE_HEADER) != device:
+        raise ValueError("headers and body disagree on batch id or device")
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise ValueError("events must be a list of objects")
+    return device, batch_id, events
+
+
+class Collector:
+    """The reference collector as an object: start(), url, store, stop(); faults for tests."""
+
+    def __init__(self, store_dir: str, *, cert: str, key: str, client_ca: str | None = None,
+                 token: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 faults: Faults | None = None) -> None:
+        self.store = Store(store_dir)
+        self.token = token
+        self.faults = faults or Faults()
+        self.released = threading.Event()
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.tls.load_cert_chain(cert, key)
+        if client_ca:
+            self.tls.load_verify_locations(client_ca)
+            self.tls.verify_mode = ssl.CERT_REQUIRED
+        self._lock = threading.Lock()
+        self._counters = {"requests": 0, "stored": 0, "duplicates": 0, "duplicate_batches": 0, "faults": 0}
+        self.request_times: list[float] = []
+        self._httpd = _Server((host, port), _Handler, bind_and_activate=True)
+        self._httpd.collector = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually bound."""
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        """The base URL an uplink should be configured with."""
+        host, port = self.address
+        return f"https://{host}:{port}"
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="tunnelwatch-collector", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving, release hung replies and free the port."""
+        self.released.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until shutdown()."""
+        self._httpd.serve_forever(poll_interval=0.1)
+
+    def shutdown(self) -> None:
+        """Ask serve_forever() to return (from another thread or a signal handler's thread)."""
+        threading.Thread(target=self._httpd.shutdown, daemon=True).start()
+
+    def counters(self, **add: int) -> dict[str, int]:
+        """Add to and return the counters: requests, stored, duplicates, duplicate_batches, faults."""
+        with self._lock:
+            for k, v in add.items():
+                self._counters[k] += v
+            return dict(self._counters)
+
+    def take_fault(self) -> tuple[int, dict[str, str]]:
+        """Consume the next injected failure status (0 = none) and apply the slow-answer delay."""
+        with self._lock:
+            self.request_times.append(time.monotonic())
+            status = self.faults.fail.pop(0) if self.faults.fail else 0
+            delay = self.faults.delay
+            if status:
+                self._counters["faults"] += 1
+        if delay > 0:
+            self.released.wait(delay)
+        headers = {}
+        if status in (429, 503) and self.faults.retry_after is not None:
+            headers["Retry-After"] = self.faults.retry_after
+        return status, headers
+
+    def take_hang(self) -> bool:
+        """Consume one 'hang mid-response' fault."""
+        with self._lock:
+            if self.faults.hang > 0:
+                self.faults.hang -= 1
+                return True
+            return False
+
+    def after_store(self, batch_id: str) -> None:
+        """Run the test hook between storing a batch and replying."""
+        hook = self.faults.after_store
+        if hook is not None:
+            hook(batch_id)
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected ADDR:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tunnelwatch.isp.collector`: run the reference collector until SIGTERM/SIGINT."""
+    p = argparse.ArgumentParser(prog="python -m tunnelwatch.isp.collector",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--listen", type=_listen, required=True, help="ADDR:PORT to bind")
+    p.add_argument("--cert", required=True, help="server certificate chain (PEM)")
+    p.add_argument("--key", required=True, help="server private key (PEM)")
+    p.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--token", help="require this bearer token (prefer --token-file: argv is visible)")
+    p.add_argument("--token-file", help="file holding the bearer token")
+    p.add_argument("--store", required=True, help="directory for <device>.jsonl and batches.log")
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="collector: %(levelname)s: %(message)s")
+    token = a.token
+    if a.token_file:
+        token = Path(a.token_file).read_text().strip()
+    host, port = a.listen
+    if ":" in host:
+        _Server.address_family = socket.AF_INET6
+    c = Collector(a.store, cert=a.cert, key=a.key, client_ca=a.client_ca, token=token, host=host, port=port)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: c.shutdown())
+    log.info("listening on %s (store %s, mTLS %s, token %s)", c.url, a.store, bool(a.client_ca), bool(token))
+    c.serve_forever()
+    c.released.set()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+"""Registry sync: fetch the ISP-signed registry document over HTTPS, verify it, and apply it atomically.
+
+Document (docs/registry-sync.md): JSON {"format": FORMAT, "payload": base64(payload JSON), "signature":
+base64(Ed25519 over SIG_CONTEXT + payload bytes)}; the payload is {"version": int, "issued": RFC 3339,
+"registry": registry YAML text, "device": optional device id}. Nothing inside the payload is trusted before
+the signature checks. The registry file is replaced only when the document is authentic, newer than the
+applied version (kept in state_dir), and parses with the same loader the daemon uses; otherwise the
+current file stays and the SyncResult says why. Also a CLI for ISPs: keygen, sign, verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import datetime as dt
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import ssl
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tunnelwatch.config.runconfig import ConfigError
+from tunnelwatch.policy.registry import parse_registry
+from tunnelwatch.report.events import clean_text
+
+FORMAT = "tunnelwatch-registry/1"
+#: Domain separation: a signature made for anything else the ISP signs cannot pass as a registry.
+SIG_CONTEXT = b"tunnelwatch registry v1\x00"
+STATE_FILE = "registry-sync.json"
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Outcome of one sync: ok=False means the current registry was kept; message says why."""
+
+    ok: bool
+    changed: bool
+    version: int | None
+    message: str
+
+    def __post_init__(self) -> None:
+        # the message quotes what a server sent (HTTP reason phrase, TLS errors): control characters
+        # would forge log lines and fail the registry_rejected event's validation, losing the event
+        object.__setattr__(self, "message", clean_text(self.message))
+
+
+class Rejected(Exception):
+    """A document or download that must not be applied."""
+
+
+def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    """The ISP public key from its config form: base64 of the 32 raw bytes."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("registry public key must be base64 of 32 raw Ed25519 bytes") from exc
+
+
+def sign_document(key: Ed25519PrivateKey, version: int, registry_text: str, *, issued: str | None = None,
+                  device: str | None = None) -> bytes:
+    """The signed JSON document for this registry text and version."""
+    payload: dict[str, object] = {
+        "version": version, "registry": registry_text,
+        "issued": issued or dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+    if device:
+        payload["device"] = device
+    raw = json.dumps(payload, sort_keys=True).encode()
+    sig = key.sign(SIG_CONTEXT + raw)
+    return json.dumps({"format": FORMAT, "payload": base64.b64encode(raw).decode(),
+                       "signature": base64.b64encode(sig).decode()}, indent=1).encode() + b"\n"
+
+
+def verify_document(body: bytes, key: Ed25519PublicKey) -> dict[str, object]:
+    """The verified payload; raise Rejected on malformed, truncated or badly signed documents."""
+    try:
+        env = json.loads(body)
+    # ValueError also covers numbers past the int-digits limit; RecursionError, absurdly deep nesting:
+    # this runs before the signature check, so anyone on the path can send either
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(f"document is not complete JSON (truncated?): {str(exc)[:200]}") from exc
+    if not isinstance(env, dict) or env.get("format") != FORMAT:
+        raise Rejected(f"document is not a {FORMAT} envelope")
+    try:
+        raw = base64.b64decode(str(env.get("payload", "")), validate=True)
+        sig = base64.b64decode(str(env.get("signature", "")), validate=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII text
+        raise Rejected("payload or signature is not valid base64") from exc
+    try:
+        key.verify(sig, SIG_CONTEXT + raw)
+    except InvalidSignature:
+        raise Rejected("bad signature: not signed by the configured ISP key (tampered?)") from None
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(f"signed payload is not JSON: {str(exc)[:200]}") from exc
+    if not isinstance(payload, dict):
+        raise Rejected("signed payload is not an object")
+    v, reg = payload.get("version"), payload.get("registry")
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1 or not isinstance(reg, str):
+        raise Rejected("signed payload needs version (integer >= 1) and registry (text)")
+    try:
+        reg.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate from a "\ud800" escape cannot be written out
+        raise Rejected("signed registry text is not valid Unicode") from exc
+    return payload
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)  # the rename itself must survive a power cut
+    finally:
+        os.close(dfd)
+
+
+class RegistrySync:
+    """Fetches, verifies and applies the box's signed registry document."""
+
+    def __init__(self, *, url: str, public_key: str, ca_file: str | None, state_dir: str, registry_path: str,
+                 max_bytes: int = 1_000_000, device_id: str | None = None, timeout: float = 30.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"registry URL must be https://host/...: {url!r}")
+        self.url = parts
+        self.key = public_key_from_b64(public_key)
+        self.ca_file = ca_file
+        self.state_dir = Path(state_dir)
+        self.registry_path = Path(registry_path)
+        self.max_bytes = max_bytes
+        self.device_id = device_id
+        self.timeout = timeout
+
+    def state(self) -> dict[str, object]:
+        """The applied version record ({} before the first sync)."""
+        try:
+            st = json.loads((self.state_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return st if isinstance(st, dict) else {}
+
+    def current_version(self) -> int:
+        """The version last applied (0 = none)."""
+        v = self.state().get("version", 0)
+        return v if isinstance(v, int) else 0
+
+    def sync_once(self) -> SyncResult:
+        """Fetch, verify and apply; never replaces the registry on any error."""
+        try:
+            body = self.fetch()
+        except Rejected as exc:
+            return SyncResult(False, False, None, f"registry sync: {exc}")
+        return self.apply(body)
+
+    def fetch(self) -> bytes:
+        """The raw document; raise Rejected on TLS, HTTP, size or truncation problems."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        host = self.url.hostname or ""
+        conn = http.client.HTTPSConnection(host, self.url.port or 443, timeout=self.timeout, context=ctx)
+        path = (self.url.path or "/") + (f"?{self.url.query}" if self.url.query else "")
+        deadline = time.monotonic() + 4 * self.timeout
+        try:
+            conn.request("GET", path, headers={"Accept": "application/json", "User-Agent": "tunnelwatch"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise Rejected(f"server answered HTTP {resp.status} {resp.reason}")
+            declared = resp.getheader("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise Rejected(f"document too large ({declared} bytes > max {self.max_bytes})")
+            body = b""
+            while len(body) <= self.max_bytes:
+                if time.monotonic() > deadline:
+                    raise Rejected("download too slow (gave up)")
+                chunk = resp.read(min(_CHUNK, self.max_bytes + 1 - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+            if len(body) > self.max_bytes:
+                raise Rejected(f"document too large (more than max {self.max_bytes} bytes; stopped reading)")
+            if declared is not None and declared.isdigit() and len(body) != int(declared):
+                raise Rejected(f"truncated download ({len(body)} of {declared} bytes)")
+            return body
+        except http.client.IncompleteRead as exc:
+            raise Rejected(f"truncated download ({len(exc.partial)} bytes, then the connection closed)") \
+                from exc
+        except ssl.SSLError as exc:
+            raise Rejected(f"TLS failure talking to {host}: {exc}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise Rejected(f"cannot fetch from {host}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def apply(self, body: bytes) -> SyncResult:
+        """Verify a downloaded document and, if newer and valid, install it atomically."""
+        try:
+            payload = verify_document(body, self.key)
+        except Rejected as exc:
+            return SyncResult(False, False, None, f"registry sync: {exc}")
+        version, text = payload["version"], payload["registry"]
+        if not isinstance(version, int) or not isinstance(text, str):  # verify_document checked; for mypy
+            return SyncResult(False, False, None, "registry sync: malformed payload")
+        device = payload.get("device")
+        if device is not None and self.device_id is not None and device != self.device_id:
+            return SyncResult(False, False, version, f"registry sync: document is for device {device!r}, "
+                                                     f"not this one ({self.device_id!r})")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".registry-sync.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two workers syncing at once must not interleave
+            return self._apply_locked(version, text)
+
+    def _apply_locked(self, version: int, text: str) -> SyncResult:
+        st = self.state()
+        current = st.get("version", 0)
+        current = current if isinstance(current, int) else 0
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if version == current and st.get("sha256") == digest:
+            return SyncResult(True, False, version, f"registry sync: version {version} is current")
+        if version <= current:
+            return SyncResult(False, False, version, f"registry sync: version {version} is not newer than "
+                              f"the applied version {current} (replayed or reused version number)")
+        try:
+            entries = parse_registry(text, f"<registry v{version}>")
+        except ConfigError as exc:
+            return SyncResult(False, False, version, f"registry sync: version {version} is signed but "
+                              "invalid: " + "; ".join(exc.problems[:5]))
+        self._keep_last_good()
+        _atomic_write(self.registry_path, text.encode())
+        _atomic_write(self.state_dir / STATE_FILE, json.dumps(
+            {"version": version, "sha256": digest, "applied": time.time()}).encode())
+        return SyncResult(True, True, version, f"registry sync: applied version {version} "
+                          f"({len(entries)} registrations, previously {current})")
+
+    def _keep_last_good(self) -> None:
+        try:
+            old = self.registry_path.read_text(encoding="utf-8")
+            parse_registry(old, str(self.registry_path))
+        except (OSError, UnicodeDecodeError, ConfigError):
+            return  # nothing good to keep: leave an older last-good copy alone
+        _atomic_write(self.registry_path.with_name(self.registry_path.name + ".last-good"), old.encode())
+
+
+def _load_private(path: str) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SystemExit(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tunnelwatch.policy.regsync keygen|sign|verify`: the ISP side of registry signing."""
+    ap = argparse.ArgumentParser(prog="python -m tunnelwatch.policy.regsync",
+                                 description="Sign and check tunnelwatch registry documents.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    kg = sub.add_parser("keygen", help="write a private key (PEM, 0600); print the public key")
+    kg.add_argument("--out", required=True)
+    sg = sub.add_parser("sign", help="print the signed document for a registry file")
+    sg.add_argument("--key", required=True)
+    sg.add_argument("--version", type=int, required=True)
+    sg.add_argument("--device")
+    sg.add_argument("registry")
+    vf = sub.add_parser("verify", help="check a document against a public key; print its version")
+    vf.add_argument("--public-key", required=True)
+    vf.add_argument("document")
+    a = ap.parse_args(argv)
+    if a.cmd == "keygen":
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        fd = os.open(a.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        print(base64.b64encode(raw).decode())
+        return 0
+    if a.cmd == "sign":
+        text = Path(a.registry).read_text(encoding="utf-8")
+        if a.version < 1:
+            print("error: --version must be >= 1", file=sys.stderr)
+            return 2
+        try:
+            parse_registry(text, a.registry)
+        except ConfigError as exc:
+            print("\n".join(exc.problems), file=sys.stderr)
+            return 78
+        sys.stdout.buffer.write(sign_document(_load_private(a.key), a.version, text, device=a.device))
+        return 0
+    try:
+        payload = verify_document(Path(a.document).read_bytes(), public_key_from_b64(a.public_key))
+    except (Rejected, ValueError) as exc:
+        print(f"rejected: {exc}", file=sys.stderr)
+        return 1
+    print(f"version {payload['version']} issued {payload.get('issued')} device {payload.get('device')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,494 @@
+"""Reporting inside the daemon: events into the spool, the uplink, IPFIX export, heartbeats, registry sync.
+
+Owns everything the main process does for the ISP, all of it off the packet path. `flow()` and `event()`
+only append to a bounded in-memory queue (a full queue counts a drop, reported in the next heartbeat; the
+packet path never waits); a writer thread builds the events (privacy applied first), commits them to the
+spool in batches (`put_many`: one fsync per batch) and kicks the uplink. IPFIX gets its own queue and
+thread because a TCP collector may stall. Registry sync runs in a thread every interval; when it replaced
+the registry file it wakes the main loop, which reloads the registry the way a changed file is reloaded.
+
+Without report.uplink.url the spool is not opened at all: nobody would ever drain it, and an SD card
+should not be written for nothing. A spool that cannot be opened leaves the daemon enforcing, health
+"degraded", reporting off. IPFIX is exported when the flow is decided, with the packets/bytes the daemon
+had seen by then (only the first queue.packets packets reach userspace, so the counters are partial).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from tunnelwatch import __version__
+from tunnelwatch.classify.base import CONFIDENCES
+from tunnelwatch.config.runconfig import RunConfig
+from tunnelwatch.inline import qstats
+from tunnelwatch.report.events import EventError, clean_text, make_event
+from tunnelwatch.report.privacy import DEFAULT_SUBSCRIBER_NETS, Pseudonymizer, load_or_create_key
+
+if TYPE_CHECKING:
+    from tunnelwatch.appliance.statusweb import StatusState
+    from tunnelwatch.policy.regsync import RegistrySync, SyncResult
+    from tunnelwatch.report.ipfix import IpfixExporter
+    from tunnelwatch.report.spool import Spool
+    from tunnelwatch.report.uplink import Uplink
+
+log = logging.getLogger("tunnelwatch")
+
+QUEUE_MAX: Final = 10_000  # events waiting for the writer thread
+HOLD_MAX: Final = 20_000  # built events held in memory while the spool cannot be written (disk full)
+RETRY_EVERY: Final = 2.0  # seconds between spool write attempts while it fails
+BATCH_MAX: Final = 500  # events per spool transaction
+STATUS_EVERY: Final = 2.0  # seconds between uplink figures pushed into the status state
+STOP_WAIT: Final = 5.0  # seconds SIGTERM may spend flushing the last events upward
+PROC_QUEUES: Final = Path("/proc/net/netfilter/nfnetlink_queue")
+FLOW_FIELDS: Final = ("src", "sport", "dst", "dport", "transport", "klass", "protocol", "confidence",
+                      "evidence", "action", "reason", "bulk", "packets", "bytes", "registration_id",
+                      "first_seen", "last_seen")
+Item = tuple[str, float, dict[str, object]]
+_STOP: Final[Item] = ("", 0.0, {})
+
+
+def flow_kind(rec: dict[str, object]) -> str | None:
+    """The event a decided flow gives: blocked, registered tunnel used, tagged, or none (benign/unknown)."""
+    if rec.get("action") == "block":
+        return "flow_blocked"
+    if rec.get("registration_id"):
+        return "registered_tunnel_used"
+    if rec.get("klass") not in ("benign", "unknown", None):
+        return "flow_tagged"
+    return None
+
+
+def queue_counters(queues: range, path: Path = PROC_QUEUES) -> tuple[int, int]:
+    """(packets queued, packets dropped) for our queues, from the kernel's per-queue line:
+    queue_num portid waiting copy_mode copy_range queue_dropped user_dropped id_sequence 1."""
+    queued = dropped = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0, 0
+    for ln in lines:
+        f = ln.split()
+        if len(f) >= 8 and f[0].isdigit() and int(f[0]) in queues:
+            try:
+                dropped += int(f[5]) + int(f[6])
+                queued += int(f[7])
+            except ValueError:
+                continue
+    return queued, dropped
+
+
+class Reporter:
+    """Events, spool, uplink, IPFIX and registry sync of one daemon (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, state: StatusState, device_id: str,
+                 wake_main: Callable[[], None] = lambda: None) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.device_id = device_id
+        self.wake_main = wake_main
+        self.started = time.time()
+        self.privacy = Pseudonymizer("clear", None)
+        self.spool: Spool | None = None
+        self._held: list[dict[str, object]] = []  # writer thread only
+        self._retry_at = 0.0
+        self.uplink: Uplink | None = None
+        self.ipfix: IpfixExporter | None = None
+        self.sync: RegistrySync | None = None
+        self.sync_result: SyncResult | None = None
+        self._q: queue.Queue[Item] = queue.Queue(QUEUE_MAX)
+        self._ipq: queue.Queue[dict[str, object] | None] = queue.Queue(QUEUE_MAX)
+        self._lock = threading.Lock()
+        self._by_klass: Counter[str] = Counter()
+        self._by_action: Counter[str] = Counter()
+        self._drops = 0
+        self._unreported = 0  # tagged flows below report.min_confidence, since start (as flows_by_klass)
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._sync_stop = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        self.warnings: list[str] = []
+        self.stop_wait = STOP_WAIT
+        self.degraded: str | None = None  # why reporting is impaired (None = fine or off by config)
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the spool, start the threads and report daemon_started (never raises)."""
+        self._privacy(self.cfg)
+        if self.cfg.report.uplink.url:
+            self._open_spool()
+        self._start_ipfix(self.cfg)
+        self._start_sync(self.cfg)
+        self._spawn(self._writer, "tunnelwatch-spool")
+        self._spawn(self._exporter, "tunnelwatch-ipfix")
+        q = self.cfg.queue_count
+        self.event("daemon_started", software=__version__, mode="nfqueue", queues=q,
+                   warnings=self.warnings[:16] or None)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _privacy(self, cfg: RunConfig) -> None:
+        pc = cfg.report.privacy
+        nets = pc.subscriber_nets or DEFAULT_SUBSCRIBER_NETS
+        if not (cfg.report.uplink.url or cfg.report.ipfix.collector):
+            # nothing leaves the box: no key to make (and no file written in the state directory)
+            self.privacy = Pseudonymizer("omit", None, subscriber_nets=nets)
+            return
+        try:
+            key = None
+            if pc.subscriber_addresses == "hash":
+                pc.key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                key = load_or_create_key(pc.key_file)
+            self.privacy = Pseudonymizer(pc.subscriber_addresses, key, subscriber_nets=nets)
+        except (OSError, ValueError) as exc:
+            # never report addresses in clear that the operator asked to hide
+            log.error("report privacy: %s: subscriber addresses are omitted instead", exc)
+            self.privacy = Pseudonymizer("omit", None, subscriber_nets=nets)
+
+    def _open_spool(self) -> None:
+        from tunnelwatch.report.spool import Spool, SpoolError
+        from tunnelwatch.report.uplink import Uplink
+
+        sc, up = self.cfg.report.spool, self.cfg.report.uplink
+        try:
+            sc.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.spool = Spool(str(sc.path), max_events=sc.max_events, max_bytes=sc.max_bytes,
+                               retention_days=sc.retention_days)
+        except (SpoolError, OSError, ValueError) as exc:
+            log.error("report: cannot open the spool %s: %s; reporting is OFF, enforcement continues",
+                      sc.path, exc)
+            self.degraded = f"reporting off: spool {sc.path} unavailable"
+            self.state.set(health="degraded", report=self.degraded)
+            self.spool = None
+            return
+        if self.spool.recovered:
+            self.warnings.append(f"spool was corrupt: moved aside to {self.spool.recovered}")
+            log.warning("report: the spool was corrupt; moved aside to %s", self.spool.recovered)
+        assert up.url is not None
+        try:
+            self.uplink = Uplink(self.spool, url=up.url, ca_file=_s(up.ca_file),
+                                 client_cert=_s(up.client_cert), client_key=_s(up.client_key),
+                                 token=up.token, batch_size=up.batch_size,
+                                 max_rate=up.max_rate, device_id=self.device_id)
+            self.uplink.start()
+        except (OSError, ValueError) as exc:  # e.g. an unreadable CA or client key
+            log.error("report uplink: %s; events stay in the spool", exc)
+            self.degraded = f"uplink off: {exc}"
+            self.state.set(health="degraded", uplink_last_error=str(exc))
+            self.uplink = None
+        log.info("report: spool %s (%d events waiting), uplink %s", sc.path, self.spool.backlog(),
+                 up.url if self.uplink else "FAILED")
+
+    def _start_ipfix(self, cfg: RunConfig) -> None:
+        ic = cfg.report.ipfix
+        if ic.collector is None:
+            return
+        from tunnelwatch.report.ipfix import IpfixExporter
+
+        try:
+            self.ipfix = IpfixExporter(ic.collector, transport=ic.transport, enterprise=ic.enterprise,
+                                       pseudonymizer=self.privacy)
+            log.info("report: IPFIX export to %s:%d/%s", *ic.collector, ic.transport)
+        except (OSError, ValueError) as exc:
+            log.error("report ipfix: %s", exc)
+
+    def _start_sync(self, cfg: RunConfig) -> None:
+        sc = cfg.report.registry_sync
+        if sc.url is None or sc.public_key is None:
+            return
+        if cfg.registry is None:
+            log.error("registry sync: no `registry:` file configured to write the synced registry to; "
+                      "sync off")
+            return
+        from tunnelwatch.policy.regsync import RegistrySync
+
+        try:
+            self.sync = RegistrySync(url=sc.url, public_key=sc.public_key, ca_file=_s(sc.ca_file),
+                                     state_dir=str(cfg.report.state_dir), registry_path=str(cfg.registry),
+                                     device_id=self.device_id)
+        except ValueError as exc:
+            log.error("registry sync: %s", exc)
+            return
+        self._sync_stop = threading.Event()
+        self._sync_thread = threading.Thread(target=self._syncer,
+                                             args=(self.sync, sc.interval, self._sync_stop),
+                                             name="tunnelwatch-regsync", daemon=True)
+        self._sync_thread.start()
+
+    def apply(self, cfg: RunConfig) -> None:
+        """A reloaded config: privacy, IPFIX and sync follow it (the spool and uplink need a restart)."""
+        old, self.cfg = self.cfg, cfg
+        if (cfg.report.privacy, cfg.report.ipfix) != (old.report.privacy, old.report.ipfix):
+            self._privacy(cfg)
+        if cfg.report.ipfix != old.report.ipfix:
+            if self.ipfix is not None:
+                self.ipfix.close()
+            self.ipfix = None
+            self._start_ipfix(cfg)
+        if (cfg.report.registry_sync, cfg.registry) != (old.report.registry_sync, old.registry):
+            self._sync_stop.set()
+            self.sync = None
+            self._start_sync(cfg)
+        if cfg.report.uplink != old.report.uplink:
+            log.warning("report.uplink changed: it applies at the next restart "
+                        "(systemctl restart tunnelwatch)")
+
+    def stop(self, reason: str) -> None:
+        """Report daemon_stopped, flush the spool writer, give the uplink a bounded moment, stop all."""
+        self.event("daemon_stopped", reason=reason, uptime_s=round(time.time() - self.started, 3))
+        self._sync_stop.set()
+        self._put(_STOP)
+        self._ipq.put(None) if not self._ipq.full() else None
+        deadline = time.monotonic() + self.stop_wait
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        if self.uplink is not None and self.spool is not None:
+            # the uplink's own backlog figure may predate the last events: ask the spool after each attempt
+            while self._backlog() and time.monotonic() < deadline:
+                self.uplink.kick()
+                self.uplink.wait_for(_attempted_after(self.uplink.stats()["attempts"]),
+                                     max(0.05, deadline - time.monotonic()))
+            self.uplink.stop(2.0)
+        if self.spool is not None:
+            self.spool.close()
+        if self.ipfix is not None:
+            self.ipfix.close()
+
+    def _backlog(self) -> int:
+        try:
+            return self.spool.backlog() if self.spool is not None else 0
+        except Exception:  # a broken spool has nothing more to send
+            return 0
+
+    # -- producers (main thread; never block) ---------------------------------------------------------
+    def _put(self, item: Item) -> None:
+        try:
+            self._q.put_nowait(item)
+        except queue.Full:
+            with self._lock:
+                self._drops += 1
+
+    def event(self, kind: str, **fields: object) -> None:
+        """Queue one event (built and spooled by the writer thread)."""
+        if self.spool is not None:
+            self._put((kind, time.time(), fields))
+
+    def flow(self, rec: dict[str, object]) -> None:
+        """One decided flow: counted for the heartbeat, reported when it is tagged, exported over IPFIX."""
+        kind = flow_kind(rec)
+        quiet = kind == "flow_tagged" and not self._reportable(rec.get("confidence"))
+        with self._lock:
+            self._by_klass[str(rec.get("klass") or "unknown")] += 1
+            self._by_action[str(rec.get("action") or "allow")] += 1
+            if quiet:
+                # the least restrictive means: a guess (e.g. iperf3 or a game on UDP 1194) is no report
+                # about a subscriber; the heartbeat still says how many there were
+                self._unreported += 1
+        if quiet:
+            return
+        if kind is not None:
+            ts = rec.get("ts")
+            self.event(kind, _ts=ts, **{k: rec[k] for k in FLOW_FIELDS if rec.get(k) is not None})
+        if self.ipfix is not None and kind is not None:
+            with contextlib.suppress(queue.Full):  # best effort by design: the spool is the durable channel
+                self._ipq.put_nowait(rec)
+
+    def _reportable(self, confidence: object) -> bool:
+        """Whether a tagged flow of this confidence is reported one by one (report.min_confidence)."""
+        order = CONFIDENCES  # strongest first
+        want = self.cfg.report.min_confidence
+        return confidence in order and want in order and order.index(str(confidence)) <= order.index(want)
+
+    # -- threads --------------------------------------------------------------------------------------
+    def _build(self, item: Item) -> dict[str, object] | None:
+        kind, ts, fields = item
+        fields = dict(fields)
+        t = fields.pop("_ts", None)
+        if isinstance(t, int | float):
+            ts = float(t)
+        if "src" in fields or "dst" in fields:
+            fields = self.privacy.apply(fields)
+        try:
+            return make_event(kind, device_id=self.device_id, ts=ts, **fields)
+        except EventError as exc:
+            log.warning("report: %s event not built: %s", kind, clean_text(str(exc), 300))
+        # a field that does not pass (e.g. control characters a server sent) must not lose the event:
+        # the same event with every text field made printable and cut to a safe length
+        fixed = {k: clean_text(v, 256) if isinstance(v, str) else v for k, v in fields.items()}
+        try:
+            return make_event(kind, device_id=self.device_id, ts=ts, **fixed)
+        except EventError:
+            return None
+
+    def _writer(self) -> None:
+        next_beat = time.monotonic() + self.cfg.report.heartbeat
+        next_status = 0.0
+        stopping = False
+        while not stopping:
+            now = time.monotonic()
+            items: list[Item] = []
+            try:
+                items.append(self._q.get(timeout=max(0.05, min(next_beat, next_status + STATUS_EVERY) - now)))
+                while len(items) < BATCH_MAX:
+                    items.append(self._q.get_nowait())
+            except queue.Empty:
+                pass
+            stopping = _STOP in items
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.cfg.report.heartbeat
+                items.insert(0, ("heartbeat", time.time(), self._heartbeat()))
+            events = [e for e in (self._build(i) for i in items if i != _STOP)
+                      if e is not None]
+            if events and self.spool is not None:
+                self._store(events, force=stopping)
+            elif self._held and time.monotonic() >= self._retry_at:
+                self._store([], force=stopping)
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + STATUS_EVERY
+                self._status()
+        if self._held:
+            log.error("report: %d events lost at shutdown: the spool is still not writable", len(self._held))
+
+    def _store(self, events: list[dict[str, object]], *, force: bool = False) -> None:
+        """Commit events to the spool; while it fails (disk full), hold them in memory and retry."""
+        assert self.spool is not None
+        if self._held:
+            self._held.extend(events)
+            events = self._held
+            if not force and time.monotonic() < self._retry_at:
+                self._trim_held()
+                return
+        try:
+            self.spool.put_many(events)
+        except Exception as exc:  # a full disk must not end reporting for good: held, then counted
+            if not self._held:
+                log.error("report: spool write failed: %s; holding events in memory (at most %d) and "
+                          "retrying every %.0f s", exc, HOLD_MAX, RETRY_EVERY)
+                self.state.set(health="degraded", report=f"spool write failing: {exc}"[:200])
+            self._held = events
+            self._retry_at = time.monotonic() + RETRY_EVERY
+            self._trim_held()
+            return
+        if self._held:
+            log.warning("report: spool writable again: %d held events written", len(events))
+            self._held = []
+            self.state.set(health="ok", report=None)
+        if self.uplink is not None:
+            self.uplink.kick()
+
+    def _trim_held(self) -> None:
+        over = len(self._held) - HOLD_MAX
+        if over > 0:  # the oldest go first, counted and reported in the next heartbeat that is stored
+            del self._held[:over]
+            with self._lock:
+                self._drops += over
+
+    def _heartbeat(self) -> dict[str, object]:
+        qs = range(self.cfg.queue_num, self.cfg.queue_num + self.cfg.queue_count)
+        queued, qdrops = queue_counters(qs)
+        with self._lock:
+            hb: dict[str, object] = {"uptime_s": round(time.time() - self.started, 3),
+                                     "flows_by_klass": dict(self._by_klass),
+                                     "flows_by_action": dict(self._by_action),
+                                     "flows_unreported": self._unreported,
+                                     "packets_queued": queued, "queue_drops": qdrops}
+            # userspace time per verdict, {p50, p99, max} ms; only queues served by this process
+            # (single-queue mode): worker processes keep their own samples
+            latency = qstats.summary_ms(qs)
+            if latency is not None:
+                hb["verdict_latency_ms"] = latency
+            drops, self._drops = self._drops, 0
+        hb.update(_fail_open(self.state.snapshot()))
+        if drops:
+            log.warning("report: %d events dropped (reporting queue full or spool write failed)", drops)
+        if self.spool is not None:
+            try:
+                hb.update(backlog=self.spool.backlog(), spool_dropped=self.spool.dropped() + drops,
+                          spool_expired=self.spool.expired())
+            except Exception as exc:
+                log.warning("report: spool figures unavailable: %s", exc)
+        return hb
+
+    def _status(self) -> None:
+        up = self.uplink.stats() if self.uplink is not None else None
+        fields: dict[str, Any] = {}
+        if up is not None:
+            fields.update(uplink_backlog=up.get("backlog"), uplink_last_error=up.get("last_error"),
+                          uplink_sent_events=up.get("sent_events"))
+        if self.ipfix is not None:
+            fields.update(ipfix_records=self.ipfix.stats.get("records"),
+                          ipfix_errors=self.ipfix.stats.get("errors"))
+        if fields:
+            self.state.set(**fields)
+
+    def _exporter(self) -> None:
+        while True:
+            rec = self._ipq.get()
+            batch = [rec]
+            try:
+                while len(batch) < 64:
+                    batch.append(self._ipq.get_nowait())
+            except queue.Empty:
+                pass
+            flows = [r for r in batch if r is not None]
+            exp = self.ipfix
+            if flows and exp is not None:
+                exp.export(flows)
+            if None in batch:
+                return
+
+    def _syncer(self, sync: RegistrySync, interval: int, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                res = sync.sync_once()
+            except Exception as exc:  # a bug in one fetch must not end syncing
+                log.exception("registry sync failed")
+                res = None
+                self.state.set(registry_sync=f"error: {exc}")
+            if res is not None:
+                self.state.set(registry_sync=f"v{sync.current_version()}: {res.message}"[:200])
+                if res.changed:
+                    log.info("registry sync: version %s applied to %s", res.version, sync.registry_path)
+                    self.sync_result = res
+                    self.wake_main()
+                elif not res.ok:
+                    log.error("registry sync: %s; keeping the current registry", res.message)
+                    self.event("registry_rejected", source="sync", reason=res.message[:256],
+                               version=res.version, current_version=sync.current_version())
+            stop.wait(interval)
+
+    def take_sync(self) -> SyncResult | None:
+        """The sync result that replaced the registry file, once (main thread)."""
+        res, self.sync_result = self.sync_result, None
+        return res
+
+
+def _fail_open(snap: dict[str, object]) -> dict[str, object]:
+    """Heartbeat fields from the status state: the kernel's fail-open/flood counters (kernelstats.py) and
+    the flow table's evictions (queue.flows too small, or a flood)."""
+    out: dict[str, object] = {}
+    kernel, flows = snap.get("kernel"), snap.get("flows")
+    if isinstance(kernel, dict):
+        out.update({k: kernel[k] for k in ("bypassed_packets", "bypassed_flows", "flood_dropped")
+                    if isinstance(kernel.get(k), int)})
+    if isinstance(flows, dict) and isinstance(flows.get("evicted"), int):
+        out["flows_evicted"] = flows["evicted"]
+    return out
+
+
+def _attempted_after(n: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda s: bool(s["attempts"] > n)
+
+
+def _s(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
