@@ -16,8 +16,8 @@ from tunnelwatch import __version__
 from tunnelwatch.classify.engine import DEFAULT_BUDGET
 
 if TYPE_CHECKING:
+    from tunnelwatch.classify.endpoints import EndpointIndex, Endpoints
     from tunnelwatch.config.runconfig import RunConfig
-    from tunnelwatch.policy.endpoints import EndpointIndex, Endpoints
     from tunnelwatch.policy.registry import Registry
 
 EX_OK = 0
@@ -28,8 +28,8 @@ EX_CONFIG = 78
 
 def _endpoint_index(files: list[str]) -> EndpointIndex | None:
     """The YAML endpoint lists given with --endpoints, or None after printing every problem."""
+    from tunnelwatch.classify.endpoints import EndpointIndex, ListSource, load_list
     from tunnelwatch.config.yamlcheck import ConfigError
-    from tunnelwatch.policy.endpoints import EndpointIndex, ListSource, load_list
 
     lists, problems = [], []
     for f in files:
@@ -47,8 +47,8 @@ def _endpoint_index(files: list[str]) -> EndpointIndex | None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from tunnelwatch.classify.engine import INLINE_BUDGET
     from tunnelwatch.offline.classify import FileStats, classify_file
-    from tunnelwatch.offline.kernelview import INLINE_BUDGET
     from tunnelwatch.offline.output import write_jsonl, write_table
     from tunnelwatch.offline.pcapfile import PcapError
 
@@ -85,8 +85,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _load(path: str) -> tuple[RunConfig, Registry, Endpoints] | None:
     """The config, its registry and its endpoint lists, or None after printing every problem (exit 78)."""
+    from tunnelwatch.classify.endpoints import Endpoints
     from tunnelwatch.config.runconfig import ConfigError, load_config
-    from tunnelwatch.policy.endpoints import Endpoints
     from tunnelwatch.policy.registry import Registry
 
     try:

@@ -12,8 +12,8 @@ from fuzz._fuzzlib import fuzz_main, instrumented
 
 with instrumented():
     from fuzz._flows import flows
+    from tunnelwatch.classify.endpoints import EndpointIndex, ListSource, parse_text_list, parse_yaml_list
     from tunnelwatch.config.yamlcheck import ConfigError
-    from tunnelwatch.policy.endpoints import EndpointIndex, ListSource, parse_text_list, parse_yaml_list
 
 FLOWS = flows()
 SOURCE = ListSource(Path("/nonexistent/fuzz-list.txt"), "text", "fuzz", "vpn_tunnel", "listed")

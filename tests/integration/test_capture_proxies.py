@@ -21,8 +21,8 @@ import pytest
 from support.captures import flow_table
 from support.netns import CLIENT_IP, SERVER_IP, Lab, lab, require_tools
 from support.sshd import start_sshd
+from tunnelwatch.classify.engine import INLINE_BUDGET
 from tunnelwatch.offline.classify import classify_file
-from tunnelwatch.offline.kernelview import INLINE_BUDGET
 
 pytestmark = pytest.mark.integration
 

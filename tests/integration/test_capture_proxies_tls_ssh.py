@@ -25,8 +25,9 @@ from support.captures import capture_classify, flow_table
 from support.netns import CLIENT_IP, SERVER_IP, Lab
 from support.pki import leaf, make_pki
 from support.sshd import start_sshd
+from tunnelwatch.classify.engine import INLINE_BUDGET
 from tunnelwatch.classify.packet import Packet, parse_ip
-from tunnelwatch.offline.kernelview import INLINE_BUDGET, inline_records
+from tunnelwatch.offline.kernelview import inline_records
 from tunnelwatch.offline.pcapfile import PcapReader, ip_offset
 
 pytestmark = pytest.mark.integration

@@ -30,12 +30,12 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from tunnelwatch.appliance import statuspage
+from tunnelwatch.verdict import FLAGGED
 
 log = logging.getLogger("tunnelwatch.status")
 
 DEFAULT_SOCKET: Final = "/run/tunnelwatch/status.sock"
 RECENT_MAX: Final = 200
-FLAGGED: Final = frozenset({"vpn_tunnel", "voip", "proxy_obfuscated"})
 MAX_CONNECTIONS: Final = 32  # concurrent HTTP connections per listening address; more are closed at once
 MAX_PER_CLIENT: Final = 4  # of those, from one client address: one LAN host cannot lock the others out
 REQUEST_DEADLINE: Final = 5.0  # seconds for a whole request (a byte every few seconds does not extend it)

@@ -1,4 +1,7 @@
-"""The classifier contract: verdicts, confidence levels, the Classifier base class and the context.
+"""The classifier contract: the Classifier base class, REJECT/DONE, the cross-flow context.
+
+Verdict, Klass and Confidence live in tunnelwatch.verdict (the bottom of the tree); they are re-exported
+here because every classifier builds verdicts.
 
 A classifier is pure: it reads a packet and its flow's private state and returns a `Verdict`, `REJECT`
 (not my protocol: stop asking me for this flow) or None (undecided: show me the next packet).
@@ -10,67 +13,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from tunnelwatch.verdict import CONFIDENCES, KLASSES, UNKNOWN, Confidence, Klass, Verdict
 
 if TYPE_CHECKING:
     from tunnelwatch.classify.flow import Flow
     from tunnelwatch.classify.packet import Packet
 
-Klass = Literal["vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown"]
-Confidence = Literal["confirmed", "heuristic", "list", "port"]
-KLASSES: Final[tuple[str, ...]] = ("vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown")
-#: strongest first; "list" = the endpoint is on an operator-supplied list (e.g. a VPN provider's servers)
-CONFIDENCES: Final[tuple[str, ...]] = ("confirmed", "heuristic", "list", "port")
+__all__ = ["CONFIDENCES", "DONE", "KLASSES", "REJECT", "UNKNOWN", "Classifier", "Confidence", "Context",
+           "ContractError", "Expectation", "InspectResult", "Klass", "Verdict", "check_contract"]
 NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What a flow is, how sure we are, and why."""
-
-    klass: Klass
-    protocol: str
-    confidence: Confidence
-    evidence: tuple[str, ...] = ()
-    #: benign carrier protocols this verdict looked inside (e.g. "tls" for Tor or Trojan, "ssh" for
-    #: port forwarding): it outranks a confirmed benign verdict for one of them on the same flow
-    supersedes: frozenset[str] = frozenset()
-
-    @property
-    def flagged(self) -> bool:
-        """True for tunnel, VoIP and proxy verdicts (the ones policy acts on)."""
-        return self.klass not in ("benign", "unknown")
-
-    @property
-    def rank(self) -> int:
-        """Higher wins: confirmed > heuristic > list > port; flagged wins ties, except port-only guesses."""
-        flagged = self.flagged
-        if self.confidence == "confirmed":
-            return 8 if flagged else 7
-        if self.confidence == "heuristic":
-            return 6 if flagged else 5
-        if self.confidence == "list":
-            return 4 if flagged else 3
-        return 1 if flagged else 2
-
-    def beats(self, other: Verdict | None) -> bool:
-        """Whether this verdict should replace `other` as a flow's best verdict."""
-        if other is None:
-            return True
-        if self.flagged and other.klass == "benign" and other.protocol in self.supersedes:
-            return True
-        if other.flagged and self.klass == "benign" and self.protocol in other.supersedes:
-            return False
-        # Same rank and protocol: the later verdict has accumulated more evidence.
-        return self.rank > other.rank or (self.rank == other.rank and self.protocol == other.protocol)
-
-    @property
-    def final(self) -> bool:
-        """A confirmed non-benign verdict ends inspection of the flow."""
-        return self.confidence == "confirmed" and self.klass not in ("benign", "unknown")
-
-
-UNKNOWN: Final = Verdict("unknown", "unknown", "heuristic", ())
 
 
 class _Reject:

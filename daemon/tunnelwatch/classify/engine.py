@@ -19,19 +19,25 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from typing import Final
 
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
+from tunnelwatch.classify.endpoints import EndpointIndex
 from tunnelwatch.classify.flow import Flow, FlowKey
 from tunnelwatch.classify.flowtable import FlowTable
 from tunnelwatch.classify.packet import Packet
-from tunnelwatch.policy.endpoints import EndpointIndex
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = 24
-#: flows to these (ip proto, server port) get a larger budget: SSH forwarding shows after the login
-DEFAULT_DEEP: dict[tuple[int, int], int] = {(6, 22): 96}
+#: packets per flow given to classifiers offline (`tunnelwatch classify`)
+DEFAULT_BUDGET: Final = 24
+#: the daemon's default queue.packets: the engine's budget inline, and the kernel's first window from it
+INLINE_BUDGET: Final = 16
+#: (transport, server port, packets): SSH forwarding shows only after the login, ~30 packets in
+SSH_DEEP: Final = ("tcp", 22, 96)
+#: flows to these (ip proto, server port) get a larger budget
+DEFAULT_DEEP: Final[dict[tuple[int, int], int]] = {(6, SSH_DEEP[1]): SSH_DEEP[2]}
 #: packets a re-opened flow is looked at before it is decided again
 REOPEN_BUDGET = 8
 

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 from yaml.nodes import Node, ScalarNode
 
-from tunnelwatch.classify.base import CONFIDENCES
 from tunnelwatch.config.appconfig import read_secret
 from tunnelwatch.config.yamlcheck import YamlReader, kind, relative_path
+from tunnelwatch.verdict import CONFIDENCES
 
 STATE_DIR: Final = Path("/var/lib/tunnelwatch")
 PRIVACY_MODES: Final = ("clear", "hash", "omit")

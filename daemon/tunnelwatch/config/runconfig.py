@@ -17,7 +17,8 @@ from typing import Final
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from tunnelwatch.classify.base import CONFIDENCES
+from tunnelwatch.classify.endpoints import EndpointsConfig, endpoints_section
+from tunnelwatch.classify.engine import INLINE_BUDGET, SSH_DEEP
 from tunnelwatch.config.appconfig import (
     DiscoveryConfig,
     StatusConfig,
@@ -27,7 +28,7 @@ from tunnelwatch.config.appconfig import (
 )
 from tunnelwatch.config.reportconfig import ReportConfig, report_section
 from tunnelwatch.config.yamlcheck import ConfigError, YamlReader, kind, merge, relative_path
-from tunnelwatch.policy.endpoints import EndpointsConfig, endpoints_section
+from tunnelwatch.verdict import CONFIDENCES, FLAGGED_ORDER
 
 __all__ = ["ConfigError", "DiscoveryConfig", "ReportConfig", "Rule", "RunConfig", "StatusConfig", "VoipRule",
            "YamlReader", "dropin_dir", "load_config", "parse_config", "read_secret", "restart_needed"]
@@ -66,11 +67,11 @@ class RunConfig:
 
     queue_num: int = 0
     queue_count: int = 1
-    packets: int = 16
+    packets: int = INLINE_BUDGET
     maxlen: int = 4096
     flows: int = 65_536
     #: (transport, server port, packets) queued deeper than `packets` (default: SSH, see config)
-    deep: tuple[tuple[str, int, int], ...] = (("tcp", 22, 96),)
+    deep: tuple[tuple[str, int, int], ...] = (SSH_DEEP,)
     fail_closed: bool = False
     #: new connections per second per source address before the queue (0: off), and the burst allowed
     new_flow_rate: int = 500
@@ -93,8 +94,6 @@ class RunConfig:
 
 
 _TOP: Final = ("queue", "firewall", "registry", "policy", "status", "discovery", "report", "log", "endpoints")
-_KLASSES: Final = ("vpn_tunnel", "voip", "proxy_obfuscated")
-_CONFIDENCES: Final = CONFIDENCES
 # what a reload cannot change in place: the queue binding (number, count, kernel queue length, fail-open
 # flag) is made once at start, and a backend switch would need the other backend's rules torn down
 RESTART_FIELDS: Final = {"queue_num": "queue.num", "queue_count": "queue.count", "maxlen": "queue.maxlen",
@@ -114,7 +113,7 @@ def _rule(r: YamlReader, node: Node, base: Rule, what: str) -> Rule:
         r.err(node, f"{what}: mode grace needs until: YYYY-MM-DD")
     if until is not None and mode != "grace":
         r.err(f["until"], f"{what}.until only applies to mode grace; set mode: grace or remove until")
-    conf = r.opt(f, "min_confidence", lambda n: r.string(n, f"{what}.min_confidence", _CONFIDENCES),
+    conf = r.opt(f, "min_confidence", lambda n: r.string(n, f"{what}.min_confidence", CONFIDENCES),
                  base.min_confidence)
     action = r.opt(f, "action", lambda n: r.string(n, f"{what}.action", ACTIONS), base.action)
     return Rule(mode, until, conf, action)
@@ -169,9 +168,9 @@ def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[st
             continue
         for k, v in node.value:
             name = k.value if isinstance(k, ScalarNode) else ""
-            if section == "klass" and name not in _KLASSES:
-                guess = [g for g in _KLASSES if g.startswith(str(name)[:3])]
-                hint = f"did you mean {guess[0]!r}?" if guess else f"one of {', '.join(_KLASSES)}"
+            if section == "klass" and name not in FLAGGED_ORDER:
+                guess = [g for g in FLAGGED_ORDER if g.startswith(str(name)[:3])]
+                hint = f"did you mean {guess[0]!r}?" if guess else f"one of {', '.join(FLAGGED_ORDER)}"
                 r.err(k, f"unknown klass {name!r} ({hint})")
                 continue
             if section == "protocol" and not (isinstance(name, str) and name.isidentifier()):
@@ -210,7 +209,7 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
     cfg = RunConfig(
         queue_num=r.opt(q, "num", lambda n: r.integer(n, "queue.num", 0, 65535), 0),
         queue_count=r.opt(q, "count", lambda n: r.integer(n, "queue.count", 1, 64), 1),
-        packets=r.opt(q, "packets", lambda n: r.integer(n, "queue.packets", 1, 1000), 16),
+        packets=r.opt(q, "packets", lambda n: r.integer(n, "queue.packets", 1, 1000), INLINE_BUDGET),
         maxlen=r.opt(q, "maxlen", lambda n: r.integer(n, "queue.maxlen", 16, 1_000_000), 4096),
         flows=r.opt(q, "flows", lambda n: r.integer(n, "queue.flows", 1000, 10_000_000), 65_536),
         deep=_deep(r, q["deep"]) if "deep" in q else RunConfig.deep,

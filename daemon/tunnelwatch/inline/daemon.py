@@ -32,12 +32,12 @@ from typing import Final
 from tunnelwatch.appliance import privileges
 from tunnelwatch.appliance.appliance import Appliance
 from tunnelwatch.appliance.service import Notifier
+from tunnelwatch.classify.endpoints import Endpoints
 from tunnelwatch.config.runconfig import ConfigError, RunConfig
 from tunnelwatch.inline import firewall
 from tunnelwatch.inline.enforcer import QUIET_S, Enforcer, Record
 from tunnelwatch.inline.kernelstats import KernelStats
 from tunnelwatch.inline.supervisor import Supervisor
-from tunnelwatch.policy.endpoints import Endpoints
 from tunnelwatch.policy.registry import Registry
 from tunnelwatch.report.reporter import Reporter
 

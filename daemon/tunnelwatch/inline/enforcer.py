@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from tunnelwatch.classify.base import Verdict
+from tunnelwatch.classify.endpoints import Endpoints
 from tunnelwatch.classify.engine import Engine
 from tunnelwatch.classify.flow import Flow, FlowKey
 from tunnelwatch.classify.packet import addr_text, parse_ip, transport_name
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import firewall
-from tunnelwatch.policy.endpoints import Endpoints
 from tunnelwatch.policy.policy import Decision, Policy
 from tunnelwatch.policy.registry import Registry
+from tunnelwatch.verdict import Verdict
 
 log = logging.getLogger("tunnelwatch")
 
@@ -164,7 +164,7 @@ class Enforcer:
         if previous == firewall.MARK_WATCH and d.action == "block":
             self.late_blocks += 1
         self.counts[d.action] = self.counts.get(d.action, 0) + 1
-        level = logging.INFO if verdict.klass not in ("benign", "unknown") else logging.DEBUG
+        level = logging.INFO if verdict.flagged else logging.DEBUG
         if d.bulk:
             level = logging.WARNING  # the grey-traffic signature: the operator must see it
         desc = flow.describe()

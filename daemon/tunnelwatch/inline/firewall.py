@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from tunnelwatch.classify.engine import INLINE_BUDGET
+
 log = logging.getLogger(__name__)
 
 CHAIN: Final = "TUNNELWATCH"
@@ -95,7 +97,7 @@ class Spec:
 
     queue_num: int = 0
     queue_count: int = 1
-    packets: int = 16
+    packets: int = INLINE_BUDGET
     fail_closed: bool = False
     hooks: tuple[str, ...] = ("forward",)
     ipv6: bool = True

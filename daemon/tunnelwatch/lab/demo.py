@@ -23,6 +23,7 @@ from typing import Final, TextIO
 
 from tunnelwatch.lab import peers
 from tunnelwatch.lab.netlab import CLIENT_IP, SERVER_IP, Lab, can_run_lab, lab, missing_packages
+from tunnelwatch.verdict import is_flagged
 
 REGISTERED_IP: Final = "203.0.113.10"  # a second server address: the registered VPN's endpoint
 SIP_PORT: Final = 5060
@@ -175,7 +176,7 @@ def report(results: list[Result], out: TextIO) -> None:
         elif not r.decisions and r.passed is not None:
             print("    (no decision line from the daemon)", file=out)
     tagged = [d.split()[1:3] for r in results for d in r.decisions
-              if d.split()[1] not in ("benign", "unknown")]
+              if is_flagged(d.split()[1])]
     blocked = sum(1 for r in results for d in r.decisions if " block" in d.split(" (")[0])
     print(f"\ndaemon: {len(tagged)} flows tagged ({', '.join(' '.join(t) for t in tagged) or 'none'}), "
           f"{blocked} blocked", file=out)

@@ -11,14 +11,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunnelwatch.classify.base import Classifier, Verdict
+from tunnelwatch.classify.base import Classifier
+from tunnelwatch.classify.endpoints import EndpointIndex
 from tunnelwatch.classify.engine import DEFAULT_BUDGET, Engine
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import addr_text, parse_ip, transport_name
 from tunnelwatch.offline.kernelview import KernelView
 from tunnelwatch.offline.pcapfile import PcapError, PcapReader, ip_offset
 from tunnelwatch.offline.progress import Progress
-from tunnelwatch.policy.endpoints import EndpointIndex
+from tunnelwatch.verdict import Verdict
 
 
 def flow_record(pcap: str, flow: Flow, v: Verdict) -> dict[str, Any]:

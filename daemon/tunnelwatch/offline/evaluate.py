@@ -18,13 +18,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from tunnelwatch.classify.engine import DEFAULT_BUDGET
+from tunnelwatch.classify.engine import DEFAULT_BUDGET, INLINE_BUDGET
 from tunnelwatch.offline.classify import classify_file
-from tunnelwatch.offline.kernelview import INLINE_BUDGET
 from tunnelwatch.offline.pcapfile import PcapError
+from tunnelwatch.verdict import FLAGGED, KLASSES
 
-FLAGGED = ("vpn_tunnel", "voip", "proxy_obfuscated")
-KLASS_ORDER = ("vpn_tunnel", "voip", "proxy_obfuscated", "benign", "unknown")
+KLASS_ORDER = KLASSES
 # nDPI application name part -> the protocol family it corresponds to here (for per-protocol rows)
 NDPI_FAMILY = {
     "OpenVPN": "openvpn", "WireGuard": "wireguard", "IPSec": "ipsec", "PPTP": "pptp", "GRE": "gre",

@@ -27,17 +27,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tunnelwatch.classify.base import UNKNOWN, Classifier, Verdict
-from tunnelwatch.classify.engine import DEFAULT_DEEP, Engine
+from tunnelwatch.classify.base import Classifier
+from tunnelwatch.classify.endpoints import EndpointIndex
+from tunnelwatch.classify.engine import DEFAULT_DEEP, INLINE_BUDGET, Engine
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import TCP_RST, Packet, addr_text, transport_name
-from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import firewall
 from tunnelwatch.inline.enforcer import QUIET_S, REOPENS
-from tunnelwatch.policy.endpoints import EndpointIndex
+from tunnelwatch.verdict import UNKNOWN, Verdict
 
-#: the daemon's default queue.packets: the engine's budget inline
-INLINE_BUDGET: Final[int] = RunConfig.packets
 _FINAL: Final = (firewall.MARK_ALLOW, firewall.MARK_DROP, firewall.MARK_REJECT)
 #: nf_conntrack_tcp_timeout_established's default: the kernel keeps a quiet TCP connection (and its mark)
 TCP_ESTABLISHED_S: Final = 5 * 86400.0

@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from tunnelwatch.verdict import is_flagged
+
 _COLUMNS = (("pcap", 22), ("transport", 5), ("src", 22), ("dst", 22), ("klass", 16), ("protocol", 10),
             ("confidence", 10), ("packets", 7), ("evidence", 0))
 
@@ -38,7 +40,7 @@ def write_table(records: Iterable[dict[str, Any]], out: TextIO, *, only_flagged:
     out.write(" ".join(f"{c:{w}}" if w else c for c, w in _COLUMNS).rstrip() + "\n")
     n = 0
     for r in records:
-        if only_flagged and r["klass"] in ("benign", "unknown"):
+        if only_flagged and not is_flagged(str(r["klass"])):
             continue
         cells = []
         for col, w in _COLUMNS:

@@ -24,14 +24,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from tunnelwatch.classify.base import Verdict
 from tunnelwatch.classify.flow import Flow, FlowKey
 from tunnelwatch.classify.packet import addr_text
 from tunnelwatch.config.runconfig import Rule, RunConfig, VoipRule
 from tunnelwatch.policy.registry import Registry
+from tunnelwatch.verdict import Verdict, confidence_at_least
 
 Action = Literal["allow", "report", "block"]
-_CONF_RANK: Final = {"port": 0, "list": 1, "heuristic": 2, "confirmed": 3}
 #: messenger calls: one UDP socket per call, whatever the number of relays and peers it talks to
 SOCKET_CALLS: Final = ("whatsapp_call", "signal_call", "telegram_call")
 MEDIA_PROTOCOLS: Final = ("rtp", *SOCKET_CALLS)
@@ -82,7 +81,7 @@ class Policy:
 
     def decide(self, flow: Flow, verdict: Verdict, registry: Registry, now: dt.datetime) -> Decision:
         """Decide one classified flow."""
-        if verdict.klass in ("benign", "unknown"):
+        if not verdict.flagged:
             return Decision("allow", "not a tunnel")
         entry = registry.lookup(flow, verdict.protocol, now)
         if entry is not None:
@@ -99,7 +98,7 @@ class Policy:
             return Decision("report", "monitor mode", calls=calls)
         if rule.mode == "grace" and rule.until is not None and now < rule.until:
             return Decision("report", f"grace until {rule.until.isoformat(timespec='minutes')}", calls=calls)
-        if _CONF_RANK[verdict.confidence] < _CONF_RANK[rule.min_confidence]:
+        if not confidence_at_least(verdict.confidence, rule.min_confidence):
             return Decision("report", f"confidence {verdict.confidence} below {rule.min_confidence}",
                             calls=calls)
         return Decision("block", "unregistered", reject=rule.action == "reject", calls=calls)
@@ -115,7 +114,7 @@ class Policy:
         why = f"bulk VoIP: {calls} concurrent calls from {addr_text(host)} (limit {self.voip.bulk_calls})"
         if self.voip.bulk_action == "report":
             return Decision("report", why, bulk=True, calls=calls)
-        if _CONF_RANK[verdict.confidence] < _CONF_RANK[rule.min_confidence]:
+        if not confidence_at_least(verdict.confidence, rule.min_confidence):
             return Decision("report", f"{why}; confidence {verdict.confidence} below {rule.min_confidence}",
                             bulk=True, calls=calls)
         return Decision("block", why, reject=rule.action == "reject", bulk=True, calls=calls)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from tunnelwatch.classify.base import CONFIDENCES, KLASSES
+from tunnelwatch.verdict import CONFIDENCES, KLASSES
 
 SCHEMA_VERSION: Final = 1
 KINDS: Final[tuple[str, ...]] = (

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from tunnelwatch import __version__
-from tunnelwatch.classify.base import CONFIDENCES
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import qstats
 from tunnelwatch.report.events import EventError, clean_text, make_event
 from tunnelwatch.report.privacy import DEFAULT_SUBSCRIBER_NETS, Pseudonymizer, load_or_create_key
+from tunnelwatch.verdict import CONFIDENCES
 
 if TYPE_CHECKING:
     from tunnelwatch.appliance.statusweb import StatusState

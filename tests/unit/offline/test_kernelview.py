@@ -11,9 +11,10 @@ from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
 from support.wgcraft import awg_session, wg_session
+from tunnelwatch.classify.engine import INLINE_BUDGET
 from tunnelwatch.classify.packet import Packet, parse_ip
 from tunnelwatch.inline import firewall
-from tunnelwatch.offline.kernelview import INLINE_BUDGET, inline_records
+from tunnelwatch.offline.kernelview import inline_records
 
 C, S = "192.0.2.10", "198.51.100.7"
 

@@ -19,14 +19,15 @@ from typing import Final, cast
 
 from yaml.nodes import MappingNode, Node
 
-from tunnelwatch.classify.base import NAME_RE, Klass, Verdict
+from tunnelwatch.classify.base import NAME_RE
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import ICMP, ICMPV6, TCP, UDP, addr_text
 from tunnelwatch.config.yamlcheck import ConfigError, YamlReader, kind, relative_path
+from tunnelwatch.verdict import FLAGGED_ORDER, Klass, Verdict
 
 log = logging.getLogger(__name__)
 
-LIST_KLASSES: Final = ("vpn_tunnel", "proxy_obfuscated", "voip")
+LIST_KLASSES: Final = FLAGGED_ORDER
 TRANSPORTS: Final = {"any": 0, "tcp": TCP, "udp": UDP}
 FORMATS: Final = ("yaml", "text")
 MAX_BYTES: Final = 64 * 1024 * 1024  # a list bigger than this is a mistake (or an attack on the box)

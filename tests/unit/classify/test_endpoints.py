@@ -14,12 +14,7 @@ from typing import ClassVar
 import pytest
 
 from tunnelwatch.classify.base import Classifier, Context, InspectResult, Klass, Verdict
-from tunnelwatch.classify.engine import Engine
-from tunnelwatch.classify.flow import Flow
-from tunnelwatch.classify.packet import ICMP, TCP, UDP, Packet
-from tunnelwatch.cli import main
-from tunnelwatch.config.runconfig import ConfigError, parse_config
-from tunnelwatch.policy.endpoints import (
+from tunnelwatch.classify.endpoints import (
     EndpointIndex,
     EndpointList,
     Endpoints,
@@ -30,6 +25,11 @@ from tunnelwatch.policy.endpoints import (
     parse_text_list,
     parse_yaml_list,
 )
+from tunnelwatch.classify.engine import Engine
+from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.packet import ICMP, TCP, UDP, Packet
+from tunnelwatch.cli import main
+from tunnelwatch.config.runconfig import ConfigError, parse_config
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "config" / "endpoints"
 CLIENT = bytes([198, 51, 100, 2])
@@ -77,7 +77,7 @@ def test_name_defaults_to_the_file_stem() -> None:
     ("provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries: [203.0.113.1/24]\n",
      "l.yaml:4:11: '203.0.113.1/24' has host bits set; did you mean 203.0.113.0/24?"),
     ("provider: P\nklass: tunnel\nprotocol: x1\nentries: []\n",
-     "l.yaml:2:8: klass must be one of vpn_tunnel, proxy_obfuscated, voip (got 'tunnel')"),
+     "l.yaml:2:8: klass must be one of vpn_tunnel, voip, proxy_obfuscated (got 'tunnel')"),
     ("provider: P\nklass: vpn_tunnel\nprotocol: Open-VPN\nentries: []\n",
      "l.yaml:3:11: protocol must match"),
     ("provider: P\nklass: vpn_tunnel\nprotocol: x1\nentry: []\n",
