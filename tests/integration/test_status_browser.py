@@ -13,6 +13,7 @@ import pytest
 
 from support.netns import require_tools
 from tunnelwatch.appliance.statusweb import StatusServer, StatusState
+from tunnelwatch.record import FlowRecord
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +40,8 @@ def base() -> Iterator[str]:
     require_tools("chromium")
     st = StatusState(device_id="cpe-browser-1", version="0.1.0", mode="enforce")
     st.set(health="ok", registry_version="r17", uplink_backlog=3)
-    st.record_decision({"ts": 1700000000.0, "src": "198.51.100.2", "sport": 40000, "dst": "203.0.113.2",
-                        "dport": 1194, "transport": "udp", "klass": "vpn_tunnel", "protocol": "openvpn",
-                        "confidence": "confirmed", "action": "block", "reason": HOSTILE})
+    st.record_decision(FlowRecord(1700000000.0, "198.51.100.2", 40000, "203.0.113.2", 1194, "udp",
+                                  "vpn_tunnel", "openvpn", "confirmed", "block", HOSTILE))
     srv = StatusServer(st, socket_path=None, http=[("127.0.0.1", 0)], token=TOKEN)
     srv.start()
     try:

@@ -30,6 +30,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from tunnelwatch.appliance import statuspage
+from tunnelwatch.record import FlowRecord
 from tunnelwatch.verdict import FLAGGED
 
 log = logging.getLogger("tunnelwatch.status")
@@ -81,12 +82,12 @@ class StatusState:
         with self._lock:
             self._fields.update(clean)
 
-    def record_decision(self, rec: dict[str, object]) -> None:
+    def record_decision(self, rec: FlowRecord) -> None:
         """One decided flow: counted in flows{klass,action}; kept in the recent list when it is tagged
-        (a flagged klass) or not simply allowed. Only the known keys are kept, never payload."""
+        (a flagged klass) or not simply allowed. Only the columns the page shows are kept."""
         keep: dict[str, object] = {}
         for k in _DECISION_KEYS:
-            v = rec.get(k)
+            v = getattr(rec, k)
             if isinstance(v, str):
                 v = v[:200]
             elif v is not None and not isinstance(v, int | float):

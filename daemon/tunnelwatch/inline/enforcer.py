@@ -26,6 +26,7 @@ from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import firewall
 from tunnelwatch.policy.policy import Decision, Policy
 from tunnelwatch.policy.registry import Registry
+from tunnelwatch.record import FlowRecord
 from tunnelwatch.verdict import Verdict
 
 log = logging.getLogger("tunnelwatch")
@@ -35,7 +36,7 @@ QUIET_S: Final = 2.0
 FULL_GC_EVERY: Final = 3600.0  # seconds between full garbage collections on the packet path
 #: re-opens per flow at most: a safety bound only, the kernel's windows bound the queued packets already
 REOPENS: Final = 64
-Record = Callable[[dict[str, object]], None]
+Record = Callable[[FlowRecord], None]
 
 
 def _deep(cfg: RunConfig) -> dict[tuple[int, int], int]:
@@ -150,7 +151,7 @@ class Enforcer:
 
     def _decided(self, flow: Flow, verdict: Verdict) -> None:
         d = self.policy.decide(flow, verdict, self.registry, dt.datetime.now(dt.UTC))
-        registered = d.action == "allow" and d.reason.startswith("registered ")
+        registered = d.registration is not None
         if d.action == "block" or registered:
             flow.watch = 0  # nothing left to learn that would change what happens to it
         bits = mark_for(d, flow.watch > 0 or flow.follow_left > 0)
@@ -176,15 +177,11 @@ class Enforcer:
                 extra={"FLOW": desc, "KLASS": verdict.klass, "PROTOCOL": verdict.protocol, "VERDICT": verb,
                        "CONFIDENCE": verdict.confidence})
         if self.record is not None:
-            reg = d.reason[len("registered "):] if registered else None
-            self.record({"ts": time.time(), "src": addr_text(flow.src), "sport": flow.sport,
-                         "dst": addr_text(flow.dst), "dport": flow.dport,
-                         "transport": transport_name(flow.proto),
-                         "klass": verdict.klass, "protocol": verdict.protocol,
-                         "confidence": verdict.confidence, "action": d.action, "reason": d.reason,
-                         "evidence": [e[:128] for e in verdict.evidence[:16]], "bulk": d.bulk or None,
-                         "registration_id": reg, "packets": flow.packets, "bytes": flow.bytes,
-                         "first_seen": flow.first_ts, "last_seen": flow.last_ts})
+            self.record(FlowRecord(
+                time.time(), addr_text(flow.src), flow.sport, addr_text(flow.dst), flow.dport,
+                transport_name(flow.proto), verdict.klass, verdict.protocol, verdict.confidence, d.action,
+                d.reason, verdict.evidence, d.bulk, d.registration, flow.packets, flow.bytes, flow.first_ts,
+                flow.last_ts))
 
     def _ended(self, flow: Flow, verdict: Verdict) -> None:
         self.marks.pop(flow.key, None)

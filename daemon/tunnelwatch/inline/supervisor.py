@@ -26,6 +26,7 @@ from tunnelwatch.appliance.service import Notifier, setup_logging
 from tunnelwatch.config.runconfig import ConfigError, RunConfig, load_config, restart_needed
 from tunnelwatch.inline.firewall import FirewallError
 from tunnelwatch.policy.registry import Registry
+from tunnelwatch.record import FlowRecord
 
 if TYPE_CHECKING:
     from tunnelwatch.inline.daemon import Rules
@@ -93,10 +94,10 @@ class Supervisor:
         self.next_status = now + STATUS_EVERY
         self.last_status = ""
 
-    def record(self, rec: dict[str, object]) -> None:
+    def record(self, rec: FlowRecord) -> None:
         """One decided flow for the counters and the status state."""
         self.counts["decided"] += 1
-        if rec.get("action") == "block":
+        if rec.action == "block":
             self.counts["blocked"] += 1
         self.app.state.record_decision(rec)
         if self.reporter is not None:

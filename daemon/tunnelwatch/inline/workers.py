@@ -28,12 +28,13 @@ from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline.daemon import Enforcer, Record, Rules, Signals, log_ready, serve
 from tunnelwatch.inline.supervisor import Supervisor
 from tunnelwatch.policy.registry import Registry
+from tunnelwatch.record import FlowRecord
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue as MPQueue
 
     ResultQueue = MPQueue[tuple[int, bool | None, str]]
-    DecisionQueue = MPQueue[tuple[dict[str, object], int]]
+    DecisionQueue = MPQueue[tuple[FlowRecord | dict[str, object], int]]
 
 log = logging.getLogger("tunnelwatch")
 
@@ -47,7 +48,7 @@ def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue,
     sig = Signals()
     dropped = 0
 
-    def record(rec: dict[str, object]) -> None:
+    def record(rec: FlowRecord) -> None:
         nonlocal dropped
         try:
             decisions.put_nowait((rec, dropped))
@@ -122,11 +123,12 @@ class _Workers:
                 return
             if lost:
                 dropped(lost)
+            if isinstance(rec, FlowRecord):
+                record(rec)
+                continue
             figures, q = rec.get(_STATS), rec.get("queue")
             if isinstance(figures, dict):
                 stats(q if isinstance(q, int) else 0, figures)
-            else:
-                record(rec)
 
     def stop(self) -> None:
         """Terminate and reap every worker."""

@@ -22,15 +22,15 @@ from __future__ import annotations
 import datetime as dt
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 from tunnelwatch.classify.flow import Flow, FlowKey
 from tunnelwatch.classify.packet import addr_text
 from tunnelwatch.config.runconfig import Rule, RunConfig, VoipRule
 from tunnelwatch.policy.registry import Registry
+from tunnelwatch.record import Action
 from tunnelwatch.verdict import Verdict, confidence_at_least
 
-Action = Literal["allow", "report", "block"]
 #: messenger calls: one UDP socket per call, whatever the number of relays and peers it talks to
 SOCKET_CALLS: Final = ("whatsapp_call", "signal_call", "telegram_call")
 MEDIA_PROTOCOLS: Final = ("rtp", *SOCKET_CALLS)
@@ -42,13 +42,14 @@ CallKey = tuple[bytes, int] | FlowKey
 class Decision:
     """What to do with a flow and why; `reject` asks for TCP RST / ICMP unreachable instead of a drop,
     `bulk` marks a bulk-VoIP decision (logged as a warning), `calls` is the host's concurrent calls when
-    bulk VoIP is counted for a VoIP flow (0 otherwise)."""
+    bulk VoIP is counted for a VoIP flow (0 otherwise), `registration` the registry entry that allowed it."""
 
     action: Action
     reason: str
     reject: bool = False
     bulk: bool = False
     calls: int = 0
+    registration: str | None = None
 
 
 class Policy:
@@ -85,7 +86,7 @@ class Policy:
             return Decision("allow", "not a tunnel")
         entry = registry.lookup(flow, verdict.protocol, now)
         if entry is not None:
-            return Decision("allow", f"registered {entry.id}")
+            return Decision("allow", f"registered {entry.id}", registration=entry.id)
         rule = self.rule_for(verdict)
         calls = 0
         if verdict.klass == "voip" and self.voip.bulk_calls:

@@ -17,9 +17,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from tunnelwatch.record import FlowRecord
 from tunnelwatch.report.privacy import Pseudonymizer
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,11 @@ class IpfixExporter:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
-    def export(self, flows: list[dict[str, object]]) -> None:
-        """Send these flows (event-style dicts); unusable flows are skipped, network errors logged."""
+    def export(self, flows: Iterable[FlowRecord | Mapping[str, object]]) -> None:
+        """Send these flows (records, or event-style dicts); unusable flows are skipped, errors logged."""
         recs: list[tuple[int, bytes]] = []
         for f in flows:
-            r = self._record(f)
+            r = self._record(f.fields() if isinstance(f, FlowRecord) else f)
             if r is None:
                 self.stats["skipped"] += 1
             else:
@@ -165,7 +166,7 @@ class IpfixExporter:
         with self._lock:
             self._close_socket()
 
-    def _record(self, f: dict[str, object]) -> tuple[int, bytes] | None:
+    def _record(self, f: Mapping[str, object]) -> tuple[int, bytes] | None:
         try:
             src = ipaddress.ip_address(str(f.get("src")))
             dst = ipaddress.ip_address(str(f.get("dst")))

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Final
 from tunnelwatch import __version__
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import qstats
+from tunnelwatch.record import FlowRecord
 from tunnelwatch.report.events import EventError, clean_text, make_event
 from tunnelwatch.report.privacy import DEFAULT_SUBSCRIBER_NETS, Pseudonymizer, load_or_create_key
-from tunnelwatch.verdict import CONFIDENCES
+from tunnelwatch.verdict import confidence_at_least
 
 if TYPE_CHECKING:
     from tunnelwatch.appliance.statusweb import StatusState
@@ -48,22 +49,8 @@ BATCH_MAX: Final = 500  # events per spool transaction
 STATUS_EVERY: Final = 2.0  # seconds between uplink figures pushed into the status state
 STOP_WAIT: Final = 5.0  # seconds SIGTERM may spend flushing the last events upward
 PROC_QUEUES: Final = Path("/proc/net/netfilter/nfnetlink_queue")
-FLOW_FIELDS: Final = ("src", "sport", "dst", "dport", "transport", "klass", "protocol", "confidence",
-                      "evidence", "action", "reason", "bulk", "packets", "bytes", "registration_id",
-                      "first_seen", "last_seen")
 Item = tuple[str, float, dict[str, object]]
 _STOP: Final[Item] = ("", 0.0, {})
-
-
-def flow_kind(rec: dict[str, object]) -> str | None:
-    """The event a decided flow gives: blocked, registered tunnel used, tagged, or none (benign/unknown)."""
-    if rec.get("action") == "block":
-        return "flow_blocked"
-    if rec.get("registration_id"):
-        return "registered_tunnel_used"
-    if rec.get("klass") not in ("benign", "unknown", None):
-        return "flow_tagged"
-    return None
 
 
 def queue_counters(queues: range, path: Path = PROC_QUEUES) -> tuple[int, int]:
@@ -104,7 +91,7 @@ class Reporter:
         self.sync: RegistrySync | None = None
         self.sync_result: SyncResult | None = None
         self._q: queue.Queue[Item] = queue.Queue(QUEUE_MAX)
-        self._ipq: queue.Queue[dict[str, object] | None] = queue.Queue(QUEUE_MAX)
+        self._ipq: queue.Queue[FlowRecord | None] = queue.Queue(QUEUE_MAX)
         self._lock = threading.Lock()
         self._by_klass: Counter[str] = Counter()
         self._by_action: Counter[str] = Counter()
@@ -283,13 +270,13 @@ class Reporter:
         if self.spool is not None:
             self._put((kind, time.time(), fields))
 
-    def flow(self, rec: dict[str, object]) -> None:
+    def flow(self, rec: FlowRecord) -> None:
         """One decided flow: counted for the heartbeat, reported when it is tagged, exported over IPFIX."""
-        kind = flow_kind(rec)
-        quiet = kind == "flow_tagged" and not self._reportable(rec.get("confidence"))
+        kind = rec.kind
+        quiet = kind == "flow_tagged" and not self._reportable(rec.confidence)
         with self._lock:
-            self._by_klass[str(rec.get("klass") or "unknown")] += 1
-            self._by_action[str(rec.get("action") or "allow")] += 1
+            self._by_klass[rec.klass] += 1
+            self._by_action[rec.action] += 1
             if quiet:
                 # the least restrictive means: a guess (e.g. iperf3 or a game on UDP 1194) is no report
                 # about a subscriber; the heartbeat still says how many there were
@@ -297,17 +284,16 @@ class Reporter:
         if quiet:
             return
         if kind is not None:
-            ts = rec.get("ts")
-            self.event(kind, _ts=ts, **{k: rec[k] for k in FLOW_FIELDS if rec.get(k) is not None})
+            fields = rec.fields()
+            del fields["ts"]
+            self.event(kind, _ts=rec.ts, **fields)
         if self.ipfix is not None and kind is not None:
             with contextlib.suppress(queue.Full):  # best effort by design: the spool is the durable channel
                 self._ipq.put_nowait(rec)
 
-    def _reportable(self, confidence: object) -> bool:
+    def _reportable(self, confidence: str) -> bool:
         """Whether a tagged flow of this confidence is reported one by one (report.min_confidence)."""
-        order = CONFIDENCES  # strongest first
-        want = self.cfg.report.min_confidence
-        return confidence in order and want in order and order.index(str(confidence)) <= order.index(want)
+        return confidence_at_least(confidence, self.cfg.report.min_confidence)
 
     # -- threads --------------------------------------------------------------------------------------
     def _build(self, item: Item) -> dict[str, object] | None:

@@ -13,23 +13,25 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tunnelwatch.appliance import statuspage
 from tunnelwatch.appliance.statusweb import RECENT_MAX, StatusServer, StatusState, cli_status
+from tunnelwatch.record import FlowRecord
 
 TOKEN = "s3cret-status-token"
 HOSTILE = '<script>alert("x")</script>&\x1b[31m'
 
 
-def _rec(**kw: object) -> dict[str, object]:
-    base: dict[str, object] = {
+def _rec(**kw: Any) -> FlowRecord:
+    base: dict[str, Any] = {
         "ts": 1700000000.0, "src": "192.0.2.10", "sport": 51000, "dst": "198.51.100.7", "dport": 1194,
         "transport": "udp", "klass": "vpn_tunnel", "protocol": "openvpn", "confidence": "confirmed",
         "action": "block", "reason": "unregistered"}
     base.update(kw)
-    return base
+    return FlowRecord(**base)
 
 
 def _state() -> StatusState:
@@ -78,14 +80,14 @@ def test_snapshot_holds_fields_recent_flagged_flows_and_counters() -> None:
     json.dumps(snap)  # JSON-able
 
 
-def test_recent_is_bounded_and_drops_unknown_keys() -> None:
+def test_recent_is_bounded_and_keeps_only_the_page_columns() -> None:
     st = StatusState(device_id="d", version="v", mode="monitor")
     for i in range(RECENT_MAX + 50):
-        st.record_decision(_rec(sport=i, payload=b"\x00secret", evidence=["x"]))
+        st.record_decision(_rec(sport=i, evidence=("x",)))
     recent = st.snapshot()["recent"]
     assert isinstance(recent, list) and len(recent) == RECENT_MAX
     assert recent[0]["sport"] == RECENT_MAX + 49
-    assert "payload" not in recent[0] and "evidence" not in recent[0]
+    assert "evidence" not in recent[0] and "packets" not in recent[0]
 
 
 def test_set_rejects_reserved_fields_and_stringifies_odd_values() -> None:

@@ -13,6 +13,7 @@ from tunnelwatch.config.runconfig import parse_config
 from tunnelwatch.inline import firewall
 from tunnelwatch.inline.enforcer import QUIET_S, Enforcer
 from tunnelwatch.policy.registry import Registry, parse_registry
+from tunnelwatch.record import FlowRecord
 
 C, S = "198.51.100.2", "203.0.113.2"
 SID_C, SID_S = bytes.fromhex("1122334455667788"), bytes.fromhex("99aabbccddeeff00")
@@ -31,7 +32,7 @@ def _down(pay: bytes, sport: int = 40000, dport: int = 1194) -> bytes:
 
 def _enforcer(text: str = ENFORCE, registry: Registry | None = None
               ) -> tuple[Enforcer, list[dict[str, object]]]:
-    records: list[dict[str, object]] = []
+    records: list[FlowRecord] = []
     return Enforcer(parse_config(text), registry or Registry(), records.append), records
 
 
@@ -46,10 +47,10 @@ def test_a_slow_reply_after_the_quiet_decision_still_ends_blocked() -> None:
     _quiet(enf)
     # heuristic only (below min_confidence confirmed): reported, yet not allowed for good
     assert enf.marks and set(enf.marks.values()) == {firewall.MARK_WATCH}
-    assert [r["action"] for r in records] == ["report"]
+    assert [r.action for r in records] == ["report"]
     # the server answers late: the same classifiers resume with their state and confirm it
     assert enf.handle(_down(SERVER_RESET)) == firewall.MARK_DROP
-    assert [(r["action"], r["confidence"]) for r in records] == [("report", "heuristic"),
+    assert [(r.action, r.confidence) for r in records] == [("report", "heuristic"),
                                                                    ("block", "confirmed")]
     assert enf.late_blocks == 1 and enf.flow_stats()["reopened"] == 1
     # blocked for good: later packets are not re-opened any more
@@ -62,7 +63,7 @@ def test_unknown_flows_are_watched_and_reopened_without_being_reported_again() -
     for _ in range(16):  # the whole budget of random datagrams
         bits = enf.handle(_up(os.urandom(80), dport=4000))
     assert bits == firewall.MARK_WATCH
-    assert [(r["klass"], r["action"]) for r in records] == [("unknown", "allow")]
+    assert [(r.klass, r.action) for r in records] == [("unknown", "allow")]
     # a later window: a fresh look with a small budget, still unknown: still WATCH, not reported twice
     for _ in range(8):
         assert enf.handle(_up(os.urandom(80), dport=4000)) == firewall.MARK_WATCH
@@ -76,7 +77,7 @@ def test_a_tunnel_recognised_in_a_later_window_is_blocked_then() -> None:
     assert enf.marks[next(iter(enf.marks))] == firewall.MARK_WATCH
     assert enf.handle(_up(CLIENT_RESET)) == firewall.MARK_WATCH  # re-opened: heuristic so far
     assert enf.handle(_down(SERVER_RESET)) == firewall.MARK_DROP
-    assert records[-1]["action"] == "block" and records[-1]["protocol"] == "openvpn"
+    assert records[-1].action == "block" and records[-1].protocol == "openvpn"
 
 
 def test_confirmed_benign_and_registered_flows_are_allowed_for_good() -> None:
@@ -92,7 +93,7 @@ def test_confirmed_benign_and_registered_flows_are_allowed_for_good() -> None:
     enf.handle(_up(CLIENT_RESET))
     _quiet(enf)  # heuristic openvpn to a registered server: allowed, nothing to watch for
     assert set(enf.marks.values()) == {firewall.MARK_ALLOW}
-    assert records[0]["registration_id"] == "R-1"
+    assert records[0].registration_id == "R-1"
 
 
 @pytest.mark.parametrize("mode", ["monitor", "enforce"])
@@ -143,7 +144,7 @@ def test_sdp_in_a_later_sip_message_keeps_the_signalling_queued_until_it_is_read
     # REGISTER answered: SIP confirmed on the second packet
     enf.handle(up(_sip("REGISTER sip:lab SIP/2.0", "reg-1", 1, "REGISTER")))
     bits = enf.handle(down(_sip("SIP/2.0 200 OK", "reg-1", 1, "REGISTER")))
-    assert [r["protocol"] for r in records] == ["sip"] and records[0]["confidence"] == "confirmed"
+    assert [r.protocol for r in records] == ["sip"] and records[0].confidence == "confirmed"
     # settled, yet still queued: the classifier follows the signalling for SDP (announced media)
     assert bits == firewall.MARK_WATCH
     sdp = f"v=0\r\no=- 1 1 IN IP4 {C}\r\ns=-\r\nc=IN IP4 {C}\r\nt=0 0\r\nm=audio 16000 RTP/AVP 0\r\n"

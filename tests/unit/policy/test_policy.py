@@ -55,7 +55,7 @@ def test_registered_flow_passes_and_names_its_registration() -> None:
     reg = Registry(parse_registry(
         "registrations:\n  - id: PTA-1\n    protocols: [openvpn]\n    servers: [203.0.113.0/24]\n"))
     d = _policy(ENFORCE).decide(_flow(), OVPN, reg, NOW)
-    assert d == Decision("allow", "registered PTA-1")
+    assert d == Decision("allow", "registered PTA-1", registration="PTA-1")
     # a registration for another protocol does not cover this one
     reg = Registry(parse_registry("registrations:\n  - id: PTA-2\n    protocols: [ipsec]\n"
                                   "    servers: [203.0.113.0/24]\n"))

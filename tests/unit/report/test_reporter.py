@@ -9,7 +9,8 @@ from typing import Any
 
 from tunnelwatch.appliance.statusweb import StatusState
 from tunnelwatch.config.runconfig import RunConfig, parse_config
-from tunnelwatch.report.reporter import Reporter, flow_kind, queue_counters
+from tunnelwatch.record import FlowRecord
+from tunnelwatch.report.reporter import Reporter, queue_counters
 from tunnelwatch.report.spool import Spool
 
 
@@ -19,14 +20,14 @@ def _cfg(tmp: Path, extra: str = "") -> RunConfig:
                         "  uplink: {url: 'https://127.0.0.1:9'}\n" + extra)
 
 
-def _flow(**over: object) -> dict[str, object]:
-    rec: dict[str, object] = {"ts": time.time(), "src": "192.168.1.10", "sport": 40000, "dst": "198.51.100.7",
-                              "dport": 1194, "transport": "udp", "klass": "vpn_tunnel", "protocol": "openvpn",
-                              "confidence": "confirmed", "action": "block", "reason": "unregistered",
-                              "evidence": ["P_CONTROL_HARD_RESET_CLIENT_V2"], "packets": 3, "bytes": 300,
-                              "first_seen": time.time() - 1, "last_seen": time.time()}
+def _flow(**over: Any) -> FlowRecord:
+    rec: dict[str, Any] = {"ts": time.time(), "src": "192.168.1.10", "sport": 40000, "dst": "198.51.100.7",
+                           "dport": 1194, "transport": "udp", "klass": "vpn_tunnel", "protocol": "openvpn",
+                           "confidence": "confirmed", "action": "block", "reason": "unregistered",
+                           "evidence": ("P_CONTROL_HARD_RESET_CLIENT_V2",), "packets": 3, "bytes": 300,
+                           "first_seen": time.time() - 1, "last_seen": time.time()}
     rec.update(over)
-    return rec
+    return FlowRecord(**rec)
 
 
 def _state() -> StatusState:
@@ -42,11 +43,11 @@ def _events(tmp: Path) -> list[dict[str, object]]:
 
 
 def test_flow_kinds() -> None:
-    assert flow_kind(_flow()) == "flow_blocked"
-    assert flow_kind(_flow(action="allow", registration_id="acme")) == "registered_tunnel_used"
-    assert flow_kind(_flow(action="report")) == "flow_tagged"
-    assert flow_kind(_flow(action="allow", klass="benign", protocol="tls")) is None
-    assert flow_kind(_flow(action="allow", klass="unknown")) is None
+    assert _flow().kind == "flow_blocked"
+    assert _flow(action="allow", registration_id="acme").kind == "registered_tunnel_used"
+    assert _flow(action="report").kind == "flow_tagged"
+    assert _flow(action="allow", klass="benign", protocol="tls").kind is None
+    assert _flow(action="allow", klass="unknown").kind is None
 
 
 def test_events_reach_the_spool_with_privacy_and_heartbeat(tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_reloads_report_config_policy_and_rejections(tmp_path: Path) -> None:
     assert kind == "config_rejected"
     errors = fields["errors"]
     assert isinstance(errors, list) and "vpn_tunel" in errors[0] and ":1:" in errors[0]
-    sup.record({"klass": "vpn_tunnel", "action": "block"})
+    sup.record(_flow())
     assert fake.events[-1][0] == "flow"
 
 
@@ -227,7 +228,7 @@ def test_held_events_are_bounded_and_the_overflow_is_counted(tmp_path: Path, mon
     rep.stop("signal SIGTERM")
 
 
-def _run(tmp: Path, cfg: RunConfig, *recs: dict[str, object],
+def _run(tmp: Path, cfg: RunConfig, *recs: FlowRecord,
          events: tuple[tuple[str, dict[str, Any]], ...] = ()) -> list[dict[str, object]]:
     rep = Reporter(cfg, _state(), "tw-test")
     rep.stop_wait = 1.0
