@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from tunnelwatch.config.runconfig import parse_config
-from tunnelwatch.inline.daemon import Enforcer
+from tunnelwatch.inline.enforcer import Enforcer
 from tunnelwatch.policy.registry import Registry
 
 CONFIG = "queue: {num: 0, packets: 16}\npolicy:\n  klass: {vpn_tunnel: enforce}\nlog: {level: info}\n"

@@ -21,12 +21,9 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import select
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Final
 
 from tunnelwatch.appliance import privileges
@@ -34,126 +31,21 @@ from tunnelwatch.appliance.appliance import Appliance
 from tunnelwatch.appliance.service import Notifier
 from tunnelwatch.classify.endpoints import Endpoints
 from tunnelwatch.config.runconfig import ConfigError, RunConfig
-from tunnelwatch.inline import firewall
-from tunnelwatch.inline.enforcer import QUIET_S, Enforcer, Record
+from tunnelwatch.inline import firewall, qstats
+from tunnelwatch.inline.enforcer import Enforcer
 from tunnelwatch.inline.kernelstats import KernelStats
+from tunnelwatch.inline.rules import Rules, log_ready
+from tunnelwatch.inline.serve import serve
+from tunnelwatch.inline.signals import Signals
 from tunnelwatch.inline.supervisor import Supervisor
+from tunnelwatch.inline.workers import run_workers
 from tunnelwatch.policy.registry import Registry
+from tunnelwatch.policy.syncer import RegistrySyncer
 from tunnelwatch.report.reporter import Reporter
 
 log = logging.getLogger("tunnelwatch")
 
 EX_CONFIG: Final = 78
-__all__ = ["EX_CONFIG", "QUIET_S", "Enforcer", "Record", "Rules", "Signals", "firewall_spec", "log_ready",
-           "run", "serve"]
-
-
-def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend: str = "iptables"
-                  ) -> firewall.Spec:
-    """Rules for this config; registrations valid now become queue bypasses (any protocol to them)."""
-    bypass = tuple(
-        firewall.Bypass(str(s.net), s.ports, tuple(str(h) for h in e.lan_hosts))
-        for e in registry.active(now) for s in e.servers
-    )
-    return firewall.Spec(cfg.queue_num, cfg.queue_count, cfg.packets, cfg.fail_closed, cfg.hooks, cfg.ipv6,
-                         bypass, backend, cfg.deep, cfg.new_flow_rate, cfg.new_flow_burst)
-
-
-class Signals:
-    """SIGTERM/SIGINT/SIGHUP as flags plus a wakeup fd for select()."""
-
-    def __init__(self) -> None:
-        self.stop = 0
-        self.hup = False
-        self.rfd, self.wfd = os.pipe()
-        os.set_blocking(self.wfd, False)
-        os.set_blocking(self.rfd, False)
-        signal.set_wakeup_fd(self.wfd)
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stop = signum
-
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self.hup = True
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.rfd, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-
-class Rules:
-    """The installed rule set of this daemon, refreshed when the config or active registrations change."""
-
-    def __init__(self, cfg: RunConfig, registry: Registry) -> None:
-        self.cfg = cfg
-        self.registry = registry
-        self.backend, why = firewall.choose_backend(cfg.backend)
-        log.info("firewall backend: %s (%s)", self.backend, why)
-        self.spec = firewall_spec(cfg, registry, dt.datetime.now(dt.UTC), self.backend)
-
-    def install(self) -> None:
-        """Install the current spec."""
-        firewall.install(self.spec)
-
-    def apply(self, cfg: RunConfig, registry: Registry) -> None:
-        """Install the rules of a reloaded config (nothing is run when they are unchanged)."""
-        fresh = firewall_spec(cfg, registry, dt.datetime.now(dt.UTC), self.backend)
-        if fresh != self.spec:
-            firewall.install(fresh)  # idempotent: chains rewritten in one restore, stale jumps removed
-            self.spec = fresh
-            log.info("rules refreshed: %d registered endpoints bypass the queue", len(fresh.bypass))
-        self.cfg, self.registry = cfg, registry
-
-    def refresh(self) -> None:
-        """Re-install when the registrations valid now changed."""
-        self.apply(self.cfg, self.registry)
-
-
-def log_ready(cfg: RunConfig, spec: firewall.Spec, flags: list[bool | None]) -> None:
-    """The "ready:" line (tests and technicians wait for it)."""
-    if cfg.fail_closed:
-        fo = "off (fail_closed)"
-    else:
-        fo = "on" if all(flags) else "FAILED" if False in flags else "unconfirmed"
-    last = cfg.queue_num + cfg.queue_count - 1
-    queues = f"queue {cfg.queue_num}" if cfg.queue_count == 1 else f"queues {cfg.queue_num}-{last}"
-    log.info("ready: %s, first %d packets per connection, hooks %s, ipv6 %s, %d registered endpoints bypass "
-             "the queue, kernel fail-open %s", queues, cfg.packets, ",".join(cfg.hooks),
-             "on" if cfg.ipv6 else "off", len(spec.bypass), fo)
-
-
-Host = Callable[[list[int]], None]  # called after every select with the ready fds
-
-
-def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool | None], None],
-           fds: list[int], timeout: Callable[[], float], wake: Host) -> None:
-    """Bind one queue and handle its packets until a stop signal; `wake` does the host's other work."""
-    from tunnelwatch.inline.nfqueue import Queue  # needs the compiled binding: only the daemon imports it
-
-    cfg = enforcer.cfg
-    nfq = Queue(qnum, enforcer.handle, firewall.MARK_MASK | firewall.MARK_PENDING, maxlen=cfg.maxlen,
-                fail_open=not cfg.fail_closed)
-    try:
-        on_ready(nfq.flags_ok)
-        qfd = nfq.fileno()
-        while not sig.stop:
-            ready, _, _ = select.select([qfd, sig.rfd, *fds], [], [], min(timeout(), QUIET_S / 2))
-            if sig.rfd in ready:
-                sig.drain()
-            if qfd in ready:
-                nfq.poll()
-            wake(ready)
-            enforcer.tick()
-        log.info("stopping on signal %d: queue %d: %d packets seen, decisions %s", sig.stop, qnum,
-                 nfq.packets, enforcer.counts)
-    finally:
-        nfq.close()
 
 
 def _poke(fd: int) -> None:
@@ -181,9 +73,11 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
     app = Appliance(cfg, registry)
     rules = Rules(cfg, registry)
     enforcer = Enforcer(cfg, registry, endpoints=endpoints)
-    sup = Supervisor(cfg, registry, path, rules, app, notifier, enforcer.apply, verbose=verbose)
-    reporter = Reporter(cfg, app.state, str(app.state.snapshot()["device_id"]), lambda: _poke(sig.wfd))
-    sup.reporter = reporter
+    device_id = str(app.state.snapshot()["device_id"])
+    reporter = Reporter(cfg, app.state, device_id, qstats.summary_ms)
+    syncer = RegistrySyncer(app.state, device_id, reporter.event, lambda: _poke(sig.wfd))
+    sup = Supervisor(cfg, registry, path, rules, app, notifier, enforcer.apply, reporter=reporter,
+                     syncer=syncer, verbose=verbose)
     kstats = KernelStats(rules, app.state, sup.event)  # fail-open and flood counters, off the packet path
     # Capabilities are per thread, and a thread starts with its creator's: drop them now, before the
     # status, reporter and stats threads (and every HTTP request thread they spawn) exist. What is left
@@ -195,6 +89,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
             enforcer.record = sup.record
             app.start_status()
             reporter.start()
+            syncer.start(cfg)
 
             def ready(ok: bool | None) -> None:
                 rules.install()  # only now: no packet is queued before someone listens
@@ -214,13 +109,12 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
 
             serve(enforcer, cfg.queue_num, sig, ready, [], sup.timeout, wake)
         else:
-            from tunnelwatch.inline.workers import run_workers
-
             run_workers(cfg, sig, rules, sup, app)
     finally:
         notifier.stopping()
         app.state.set(health="stopping")
         kstats.stop()
+        syncer.stop()
         reporter.stop(f"signal {signal.Signals(sig.stop).name}" if sig.stop else "error")
         app.stop()
         firewall.remove()

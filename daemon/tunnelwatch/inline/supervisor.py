@@ -29,7 +29,8 @@ from tunnelwatch.policy.registry import Registry
 from tunnelwatch.record import FlowRecord
 
 if TYPE_CHECKING:
-    from tunnelwatch.inline.daemon import Rules
+    from tunnelwatch.inline.rules import Rules
+    from tunnelwatch.policy.syncer import RegistrySyncer
     from tunnelwatch.report.reporter import Reporter
 
 log = logging.getLogger("tunnelwatch")
@@ -78,11 +79,12 @@ class Supervisor:
 
     def __init__(self, cfg: RunConfig, registry: Registry, path: Path | None, rules: Rules, app: Appliance,
                  notifier: Notifier, apply_path: Callable[[RunConfig, Registry], None], *,
+                 reporter: Reporter | None = None, syncer: RegistrySyncer | None = None,
                  verbose: bool = False) -> None:
         self.cfg, self.registry, self.path = cfg, registry, path
         self.rules, self.app, self.notifier, self.apply_path = rules, app, notifier, apply_path
         self.verbose = verbose
-        self.reporter: Reporter | None = None
+        self.reporter, self.syncer = reporter, syncer
         self.watch = RegistryWatch(registry)
         self.counts: Counter[str] = Counter()
         self.hup = False
@@ -132,7 +134,7 @@ class Supervisor:
         if self.hup:
             self.hup = False
             self.reload()
-        synced = self.reporter.take_sync() if self.reporter is not None else None
+        synced = self.syncer.take() if self.syncer is not None else None
         now = time.monotonic()
         if now >= self.next_tick or synced is not None:
             self.next_tick = now + TICK
@@ -219,6 +221,9 @@ class Supervisor:
         self.app.apply(new, reg)
         if self.reporter is not None:
             self.reporter.apply(new)
+        if self.syncer is not None:
+            self.syncer.apply(new)
+        if self.reporter is not None or self.syncer is not None:
             self.app.state.set(registry_version=self._registry_version(reg))
         self._report_changes(old, new, reg, changed)
         self.cfg, self.registry = new, reg
@@ -229,8 +234,7 @@ class Supervisor:
     def _registry_version(self, reg: Registry | None = None) -> str:
         """The status line's registry version, led by the signed version when registry sync is on."""
         text = registry_version(reg or self.registry)
-        sync = self.reporter.sync if self.reporter is not None else None
-        version = sync.current_version() if sync is not None else 0
+        version = self.syncer.current_version() if self.syncer is not None else 0
         return f"v{version} (signed), {text}" if version else text
 
     def _report_changes(self, old: RunConfig, new: RunConfig, reg: Registry, changed: list[str]) -> None:

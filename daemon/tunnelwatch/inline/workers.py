@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Final
 from tunnelwatch.appliance import privileges
 from tunnelwatch.appliance.appliance import Appliance
 from tunnelwatch.config.runconfig import RunConfig
-from tunnelwatch.inline.daemon import Enforcer, Record, Rules, Signals, log_ready, serve
+from tunnelwatch.inline.enforcer import Enforcer, Record
+from tunnelwatch.inline.rules import Rules, log_ready
+from tunnelwatch.inline.serve import serve
+from tunnelwatch.inline.signals import Signals
 from tunnelwatch.inline.supervisor import Supervisor
 from tunnelwatch.policy.registry import Registry
 from tunnelwatch.record import FlowRecord
@@ -171,6 +174,8 @@ def run_workers(cfg: RunConfig, sig: Signals, rules: Rules, sup: Supervisor, app
         app.start_status()  # after the fork: workers do not inherit the status threads
         if sup.reporter is not None:
             sup.reporter.start()  # likewise: the spool connection and report threads stay in this process
+        if sup.syncer is not None:
+            sup.syncer.start(cfg)
         rules.install()
         log_ready(cfg, rules.spec, flags)
         privileges.drop()  # workers forked later (restarts) inherit the reduced sets

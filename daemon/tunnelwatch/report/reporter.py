@@ -1,11 +1,10 @@
-"""Reporting inside the daemon: events into the spool, the uplink, IPFIX export, heartbeats, registry sync.
+"""Reporting inside the daemon: events into the spool, the uplink, IPFIX export, heartbeats.
 
 Owns everything the main process does for the ISP, all of it off the packet path. `flow()` and `event()`
 only append to a bounded in-memory queue (a full queue counts a drop, reported in the next heartbeat; the
 packet path never waits); a writer thread builds the events (privacy applied first), commits them to the
 spool in batches (`put_many`: one fsync per batch) and kicks the uplink. IPFIX gets its own queue and
-thread because a TCP collector may stall. Registry sync runs in a thread every interval; when it replaced
-the registry file it wakes the main loop, which reloads the registry the way a changed file is reloaded.
+thread because a TCP collector may stall. Registry sync is the policy side's (policy/syncer.py).
 
 Without report.uplink.url the spool is not opened at all: nobody would ever drain it, and an SD card
 should not be written for nothing. A spool that cannot be opened leaves the daemon enforcing, health
@@ -21,13 +20,12 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from tunnelwatch import __version__
 from tunnelwatch.config.runconfig import RunConfig
-from tunnelwatch.inline import qstats
 from tunnelwatch.record import FlowRecord
 from tunnelwatch.report.events import EventError, clean_text, make_event
 from tunnelwatch.report.privacy import DEFAULT_SUBSCRIBER_NETS, Pseudonymizer, load_or_create_key
@@ -35,7 +33,6 @@ from tunnelwatch.verdict import confidence_at_least
 
 if TYPE_CHECKING:
     from tunnelwatch.appliance.statusweb import StatusState
-    from tunnelwatch.policy.regsync import RegistrySync, SyncResult
     from tunnelwatch.report.ipfix import IpfixExporter
     from tunnelwatch.report.spool import Spool
     from tunnelwatch.report.uplink import Uplink
@@ -76,11 +73,12 @@ class Reporter:
     """Events, spool, uplink, IPFIX and registry sync of one daemon (see the module docstring)."""
 
     def __init__(self, cfg: RunConfig, state: StatusState, device_id: str,
-                 wake_main: Callable[[], None] = lambda: None) -> None:
+                 latency: Callable[[Iterable[int]], dict[str, float] | None] = lambda qs: None) -> None:
+        """`latency`: {p50, p99, max} ms of the verdicts of these queues (inline/qstats), for heartbeats."""
         self.cfg = cfg
         self.state = state
         self.device_id = device_id
-        self.wake_main = wake_main
+        self.latency = latency
         self.started = time.time()
         self.privacy = Pseudonymizer("clear", None)
         self.spool: Spool | None = None
@@ -88,8 +86,6 @@ class Reporter:
         self._retry_at = 0.0
         self.uplink: Uplink | None = None
         self.ipfix: IpfixExporter | None = None
-        self.sync: RegistrySync | None = None
-        self.sync_result: SyncResult | None = None
         self._q: queue.Queue[Item] = queue.Queue(QUEUE_MAX)
         self._ipq: queue.Queue[FlowRecord | None] = queue.Queue(QUEUE_MAX)
         self._lock = threading.Lock()
@@ -99,8 +95,6 @@ class Reporter:
         self._unreported = 0  # tagged flows below report.min_confidence, since start (as flows_by_klass)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._sync_stop = threading.Event()
-        self._sync_thread: threading.Thread | None = None
         self.warnings: list[str] = []
         self.stop_wait = STOP_WAIT
         self.degraded: str | None = None  # why reporting is impaired (None = fine or off by config)
@@ -112,7 +106,6 @@ class Reporter:
         if self.cfg.report.uplink.url:
             self._open_spool()
         self._start_ipfix(self.cfg)
-        self._start_sync(self.cfg)
         self._spawn(self._writer, "tunnelwatch-spool")
         self._spawn(self._exporter, "tunnelwatch-ipfix")
         q = self.cfg.queue_count
@@ -189,31 +182,8 @@ class Reporter:
         except (OSError, ValueError) as exc:
             log.error("report ipfix: %s", exc)
 
-    def _start_sync(self, cfg: RunConfig) -> None:
-        sc = cfg.report.registry_sync
-        if sc.url is None or sc.public_key is None:
-            return
-        if cfg.registry is None:
-            log.error("registry sync: no `registry:` file configured to write the synced registry to; "
-                      "sync off")
-            return
-        from tunnelwatch.policy.regsync import RegistrySync
-
-        try:
-            self.sync = RegistrySync(url=sc.url, public_key=sc.public_key, ca_file=_s(sc.ca_file),
-                                     state_dir=str(cfg.report.state_dir), registry_path=str(cfg.registry),
-                                     device_id=self.device_id)
-        except ValueError as exc:
-            log.error("registry sync: %s", exc)
-            return
-        self._sync_stop = threading.Event()
-        self._sync_thread = threading.Thread(target=self._syncer,
-                                             args=(self.sync, sc.interval, self._sync_stop),
-                                             name="tunnelwatch-regsync", daemon=True)
-        self._sync_thread.start()
-
     def apply(self, cfg: RunConfig) -> None:
-        """A reloaded config: privacy, IPFIX and sync follow it (the spool and uplink need a restart)."""
+        """A reloaded config: privacy and IPFIX follow it (the spool and uplink need a restart)."""
         old, self.cfg = self.cfg, cfg
         if (cfg.report.privacy, cfg.report.ipfix) != (old.report.privacy, old.report.ipfix):
             self._privacy(cfg)
@@ -222,10 +192,6 @@ class Reporter:
                 self.ipfix.close()
             self.ipfix = None
             self._start_ipfix(cfg)
-        if (cfg.report.registry_sync, cfg.registry) != (old.report.registry_sync, old.registry):
-            self._sync_stop.set()
-            self.sync = None
-            self._start_sync(cfg)
         if cfg.report.uplink != old.report.uplink:
             log.warning("report.uplink changed: it applies at the next restart "
                         "(systemctl restart tunnelwatch)")
@@ -233,7 +199,6 @@ class Reporter:
     def stop(self, reason: str) -> None:
         """Report daemon_stopped, flush the spool writer, give the uplink a bounded moment, stop all."""
         self.event("daemon_stopped", reason=reason, uptime_s=round(time.time() - self.started, 3))
-        self._sync_stop.set()
         self._put(_STOP)
         self._ipq.put(None) if not self._ipq.full() else None
         deadline = time.monotonic() + self.stop_wait
@@ -390,7 +355,7 @@ class Reporter:
                                      "packets_queued": queued, "queue_drops": qdrops}
             # userspace time per verdict, {p50, p99, max} ms; only queues served by this process
             # (single-queue mode): worker processes keep their own samples
-            latency = qstats.summary_ms(qs)
+            latency = self.latency(qs)
             if latency is not None:
                 hb["verdict_latency_ms"] = latency
             drops, self._drops = self._drops, 0
@@ -432,31 +397,6 @@ class Reporter:
                 exp.export(flows)
             if None in batch:
                 return
-
-    def _syncer(self, sync: RegistrySync, interval: int, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                res = sync.sync_once()
-            except Exception as exc:  # a bug in one fetch must not end syncing
-                log.exception("registry sync failed")
-                res = None
-                self.state.set(registry_sync=f"error: {exc}")
-            if res is not None:
-                self.state.set(registry_sync=f"v{sync.current_version()}: {res.message}"[:200])
-                if res.changed:
-                    log.info("registry sync: version %s applied to %s", res.version, sync.registry_path)
-                    self.sync_result = res
-                    self.wake_main()
-                elif not res.ok:
-                    log.error("registry sync: %s; keeping the current registry", res.message)
-                    self.event("registry_rejected", source="sync", reason=res.message[:256],
-                               version=res.version, current_version=sync.current_version())
-            stop.wait(interval)
-
-    def take_sync(self) -> SyncResult | None:
-        """The sync result that replaced the registry file, once (main thread)."""
-        res, self.sync_result = self.sync_result, None
-        return res
 
 
 def _fail_open(snap: dict[str, object]) -> dict[str, object]:

@@ -349,7 +349,7 @@ def test_cli_classify_accepts_endpoint_lists(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_enforcer_uses_reloads_and_watches_the_lists(tmp_path: Path) -> None:
-    from tunnelwatch.inline.daemon import Enforcer
+    from tunnelwatch.inline.enforcer import Enforcer
     from tunnelwatch.policy.registry import Registry
 
     f = tmp_path / "lab.yaml"

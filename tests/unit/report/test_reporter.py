@@ -114,7 +114,6 @@ class _FakeReporter:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, object]]] = []
-        self.sync = None
         self.degraded = None
         self.applied: list[RunConfig] = []
 
@@ -126,9 +125,6 @@ class _FakeReporter:
 
     def apply(self, cfg: RunConfig) -> None:
         self.applied.append(cfg)
-
-    def take_sync(self) -> None:
-        return None
 
 
 class _Null:
@@ -147,8 +143,8 @@ def test_reloads_report_config_policy_and_rejections(tmp_path: Path) -> None:
     cfg = load_config(path)
     fake = _FakeReporter()
     null: Any = _Null()
-    sup = Supervisor(cfg, Registry(), path, null, Appliance(cfg, Registry()), null, lambda c, r: None)
-    sup.reporter = fake  # type: ignore[assignment]
+    sup = Supervisor(cfg, Registry(), path, null, Appliance(cfg, Registry()), null, lambda c, r: None,
+                     reporter=fake)  # type: ignore[arg-type]
     path.write_text("policy: {klass: {vpn_tunnel: enforce}}\nstatus: {socket: null}\n"
                     "report: {heartbeat: 9}\n")
     sup.reload()

@@ -1,0 +1,105 @@
+"""The registry sync thread: the policy's input arriving from the ISP, owned by the policy side.
+
+Every `report.registry_sync.interval` seconds a thread fetches the signed registry (regsync.py). A new
+verified version is written to the registry file and handed to the main thread once (`take`), which
+re-reads and applies it between packets; a refused document is logged and reported as
+`registry_rejected`, and the current registry stays. The status state shows the last outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from tunnelwatch.appliance.statusweb import StatusState
+from tunnelwatch.config.runconfig import RunConfig
+from tunnelwatch.policy.regsync import RegistrySync, SyncResult
+
+log = logging.getLogger(__name__)
+Report = Callable[..., None]  # report(kind, **fields): an event upward
+
+
+class RegistrySyncer:
+    """Runs registry sync for one daemon while the config asks for it; follows reloads."""
+
+    def __init__(self, state: StatusState, device_id: str, report: Report,
+                 wake_main: Callable[[], None] = lambda: None) -> None:
+        self.state = state
+        self.device_id = device_id
+        self.report = report
+        self.wake_main = wake_main
+        self.sync: RegistrySync | None = None
+        self._result: SyncResult | None = None
+        self._stop = threading.Event()
+        self._cfg: RunConfig | None = None
+
+    def start(self, cfg: RunConfig) -> None:
+        """Start syncing when the config names a sync URL, a key and a registry file (never raises)."""
+        self._cfg = cfg
+        sc = cfg.report.registry_sync
+        if sc.url is None or sc.public_key is None:
+            return
+        if cfg.registry is None:
+            log.error("registry sync: no `registry:` file configured to write the synced registry to; "
+                      "sync off")
+            return
+        try:
+            self.sync = RegistrySync(url=sc.url, public_key=sc.public_key, ca_file=_s(sc.ca_file),
+                                     state_dir=str(cfg.report.state_dir), registry_path=str(cfg.registry),
+                                     device_id=self.device_id)
+        except ValueError as exc:
+            log.error("registry sync: %s", exc)
+            return
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, args=(self.sync, sc.interval, self._stop),
+                         name="tunnelwatch-regsync", daemon=True).start()
+
+    def apply(self, cfg: RunConfig) -> None:
+        """A reloaded config: restart syncing when its sync section or registry file changed."""
+        old = self._cfg
+        if old is not None and (cfg.report.registry_sync, cfg.registry) == (old.report.registry_sync,
+                                                                            old.registry):
+            self._cfg = cfg
+            return
+        self.stop()
+        self.start(cfg)
+
+    def stop(self) -> None:
+        """Stop the thread after its current fetch."""
+        self._stop.set()
+        self.sync = None
+
+    def take(self) -> SyncResult | None:
+        """The sync result that replaced the registry file, once (main thread)."""
+        res, self._result = self._result, None
+        return res
+
+    def current_version(self) -> int:
+        """The signed registry version in force (0 when sync is off)."""
+        return self.sync.current_version() if self.sync is not None else 0
+
+    def _run(self, sync: RegistrySync, interval: int, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                res = sync.sync_once()
+            except Exception as exc:  # a bug in one fetch must not end syncing
+                log.exception("registry sync failed")
+                res = None
+                self.state.set(registry_sync=f"error: {exc}")
+            if res is not None:
+                self.state.set(registry_sync=f"v{sync.current_version()}: {res.message}"[:200])
+                if res.changed:
+                    log.info("registry sync: version %s applied to %s", res.version, sync.registry_path)
+                    self._result = res
+                    self.wake_main()
+                elif not res.ok:
+                    log.error("registry sync: %s; keeping the current registry", res.message)
+                    self.report("registry_rejected", source="sync", reason=res.message[:256],
+                                version=res.version, current_version=sync.current_version())
+            stop.wait(interval)
+
+
+def _s(p: Path | None) -> str | None:
+    return None if p is None else str(p)
