@@ -15,7 +15,8 @@ from typing import Any
 from fuzz._fuzzlib import fuzz_main, instrumented, scratch_dir
 
 with instrumented():
-    from tunnelwatch.isp.collector import Store, _Handler
+    from tunnelwatch.isp.collector import _Handler
+    from tunnelwatch.isp.store import Store
 
 TOKEN = "fuzz-token-0123456789"
 _ROOT = scratch_dir("collector")

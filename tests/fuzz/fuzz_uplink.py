@@ -14,7 +14,7 @@ import io
 from fuzz._fuzzlib import Bytes, fuzz_main, instrumented
 
 with instrumented():
-    from tunnelwatch.report.uplink import (
+    from tunnelwatch.report.wire import (
         RETRY_AFTER_CEILING,
         Outcome,
         judge_reply,

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from support.netns import require_tools
-from tunnelwatch.appliance.statusweb import StatusServer, StatusState
+from tunnelwatch.appliance.state import StatusState
+from tunnelwatch.appliance.statusweb import StatusServer
 from tunnelwatch.record import FlowRecord
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from tunnelwatch import __version__
-from tunnelwatch.appliance.statusweb import StatusServer, StatusState
+from tunnelwatch.appliance.state import StatusState
+from tunnelwatch.appliance.statusweb import StatusServer
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.policy.registry import Registry
 

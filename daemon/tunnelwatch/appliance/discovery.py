@@ -25,7 +25,7 @@ from typing import Final
 import ifaddr
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from tunnelwatch.appliance.statuspage import printable
+from tunnelwatch.text import printable
 
 log = logging.getLogger("tunnelwatch.appliance.discovery")
 

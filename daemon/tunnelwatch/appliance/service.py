@@ -24,8 +24,6 @@ from typing import Final
 
 log = logging.getLogger(__name__)
 
-#: Structured journal fields a log call may pass in `extra=`; the stderr format ignores them.
-JOURNAL_FIELDS: Final = ("FLOW", "KLASS", "PROTOCOL", "VERDICT", "CONFIDENCE")
 SYSLOG_IDENTIFIER: Final = "tunnelwatch"
 STDERR_FORMAT: Final = "tunnelwatch: %(levelname)s: %(message)s"
 _MAX_KEYS: Final = 1024  # distinct warning templates remembered by the rate limiter

@@ -15,13 +15,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from tunnelwatch.text import printable
+
 REFRESH_S: Final = 10
 KNOWN_HEALTH: Final = ("starting", "ok", "degraded", "stopping")
 # Top-level snapshot keys that are not plain gauges (strings, or rendered some other way).
 _NOT_GAUGES: Final = frozenset({"now", "started", "uptime_s", "recent", "counters"})
 _FLOW_COLUMNS: Final = ("time", "transport", "src", "dst", "klass", "protocol", "confidence", "action",
                         "reason")
-_CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 _CSS: Final = """
@@ -39,12 +40,6 @@ footer{margin-top:2rem;color:#666}
 def esc(value: object) -> str:
     """HTML-escape any value (quotes included)."""
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def printable(value: object, limit: int = 200) -> str:
-    """A value safe to print on a terminal: control characters replaced, length bounded."""
-    text = _CTRL.sub("?", "" if value is None else str(value))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def endpoint(addr: object, port: object) -> str:

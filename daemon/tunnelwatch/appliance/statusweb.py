@@ -1,4 +1,4 @@
-"""Local status for technicians: the daemon's status state, the LAN web page / JSON API / Prometheus
+"""Local status for technicians: the LAN web page / JSON API / Prometheus
 endpoint, the root-only unix socket, and `tunnelwatch status`.
 
 The daemon feeds a StatusState (thread-safe, bounded); StatusServer serves read-only views of it from
@@ -22,104 +22,24 @@ import socket
 import socketserver
 import sys
 import threading
-import time
-from collections import deque
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from tunnelwatch.appliance import statuspage
-from tunnelwatch.record import FlowRecord
-from tunnelwatch.verdict import FLAGGED
+from tunnelwatch.appliance.state import StatusState
+from tunnelwatch.text import printable
 
 log = logging.getLogger("tunnelwatch.status")
 
 DEFAULT_SOCKET: Final = "/run/tunnelwatch/status.sock"
-RECENT_MAX: Final = 200
 MAX_CONNECTIONS: Final = 32  # concurrent HTTP connections per listening address; more are closed at once
 MAX_PER_CLIENT: Final = 4  # of those, from one client address: one LAN host cannot lock the others out
 REQUEST_DEADLINE: Final = 5.0  # seconds for a whole request (a byte every few seconds does not extend it)
 MAX_REQUEST_BYTES: Final = 8192  # request line + headers; GET has no body
+_SNAPSHOT_MAX: Final = 4 << 20  # bytes of one snapshot read from the socket
 _TOKEN_RE: Final = re.compile(r"(?i)(token=)[^&\s]*")
-MAX_LABEL_SETS: Final = 1000  # per counter: a bug feeding unbounded labels cannot exhaust memory
-_DECISION_KEYS: Final = ("ts", "src", "sport", "dst", "dport", "transport", "klass", "protocol", "confidence",
-                         "action", "reason")
-_RESERVED: Final = frozenset({"recent", "counters", "now", "uptime_s", "started"})
-_SNAPSHOT_MAX: Final = 4 << 20
-
-
-def _jsonable(value: object, depth: int = 0) -> object:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if depth < 4 and isinstance(value, list | tuple):
-        return [_jsonable(v, depth + 1) for v in value]
-    if depth < 4 and isinstance(value, dict):
-        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
-    return str(value)
-
-
-class StatusState:
-    """What the daemon reports about itself: fields, counters and recent tagged/blocked decisions."""
-
-    def __init__(self, *, device_id: str, version: str, mode: str, config_check: str = "ok") -> None:
-        self._lock = threading.Lock()
-        self._started = time.time()
-        self._fields: dict[str, object] = {
-            "device_id": device_id, "version": version, "mode": mode, "health": "starting",
-            "config_check": config_check, "registry_version": None, "uplink_backlog": None,
-        }
-        self._recent: deque[dict[str, object]] = deque(maxlen=RECENT_MAX)
-        self._counters: dict[str, dict[tuple[tuple[str, str], ...], int]] = {}
-
-    def set(self, **fields: object) -> None:
-        """Update fields: health ("starting"/"ok"/"degraded"/"stopping"), mode, registry_version,
-        uplink_backlog (int | None), queues, or any other JSON-able fact (numbers become gauges)."""
-        bad = _RESERVED.intersection(fields)
-        if bad:
-            raise ValueError(f"reserved status fields: {sorted(bad)}")
-        clean = {k: _jsonable(v) for k, v in fields.items()}
-        with self._lock:
-            self._fields.update(clean)
-
-    def record_decision(self, rec: FlowRecord) -> None:
-        """One decided flow: counted in flows{klass,action}; kept in the recent list when it is tagged
-        (a flagged klass) or not simply allowed. Only the columns the page shows are kept."""
-        keep: dict[str, object] = {}
-        for k in _DECISION_KEYS:
-            v = getattr(rec, k)
-            if isinstance(v, str):
-                v = v[:200]
-            elif v is not None and not isinstance(v, int | float):
-                v = str(v)[:200]
-            keep[k] = v
-        if keep["ts"] is None:
-            keep["ts"] = time.time()
-        klass, action = str(keep["klass"] or "unknown"), str(keep["action"] or "allow")
-        self.count("flows", klass=klass, action=action)
-        if klass in FLAGGED or action != "allow":
-            with self._lock:
-                self._recent.appendleft(keep)
-
-    def count(self, name: str, n: int = 1, **labels: str) -> None:
-        """Add n to a counter (exported as tunnelwatch_<name>_total{labels})."""
-        key = tuple(sorted((k, str(v)) for k, v in labels.items()))
-        with self._lock:
-            series = self._counters.setdefault(name.removesuffix("_total"), {})
-            if key in series or len(series) < MAX_LABEL_SETS:
-                series[key] = series.get(key, 0) + n
-
-    def snapshot(self) -> dict[str, object]:
-        """A JSON-able copy of everything, recent decisions newest first."""
-        now = time.time()
-        with self._lock:
-            snap: dict[str, object] = dict(self._fields)
-            snap["recent"] = [dict(r) for r in self._recent]
-            snap["counters"] = [{"name": name, "labels": dict(key), "value": value}
-                                for name, series in sorted(self._counters.items())
-                                for key, value in sorted(series.items())]
-        snap.update(started=self._started, now=now, uptime_s=max(0.0, now - self._started))
-        return snap
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -246,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError):
             pass
         except Exception:  # a rendering bug must cost one request, never the server
-            log.exception("status http: %s", statuspage.printable(redact(self.path), 100))
+            log.exception("status http: %s", printable(redact(self.path), 100))
             self._send(500, "text/plain; charset=utf-8", "internal error\n")
 
     def _authorized(self, query: str) -> bool:
@@ -283,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("status http %s: %s", self.client_address[0],
-                  statuspage.printable(redact(format % args), 300))
+                  printable(redact(format % args), 300))
 
 
 class _SocketHandler(socketserver.BaseRequestHandler):

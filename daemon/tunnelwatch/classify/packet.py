@@ -30,10 +30,8 @@ TRANSPORT_NAMES: Final[dict[int, str]] = {
 _V6_EXT: Final = frozenset({0, 43, 60, 135, 139, 140})
 _V6_FRAG: Final = 44
 
-TCP_FIN: Final = 0x01
 TCP_SYN: Final = 0x02
 TCP_RST: Final = 0x04
-TCP_ACK: Final = 0x10
 
 
 def transport_name(proto: int) -> str:

@@ -38,209 +38,92 @@ everybody into fail-open; its drops are counted too, and `limited_hosts()` names
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from tunnelwatch.classify.engine import INLINE_BUDGET
+from tunnelwatch.inline.rulespec import (
+    _ACCT as _ACCT,
+)
+from tunnelwatch.inline.rulespec import (
+    _HOOK_CHAINS as _HOOK_CHAINS,
+)
+from tunnelwatch.inline.rulespec import (
+    CHAIN as CHAIN,
+)
+from tunnelwatch.inline.rulespec import (
+    HANDSHAKE_LENGTHS as HANDSHAKE_LENGTHS,
+)
+from tunnelwatch.inline.rulespec import (
+    HANDSHAKE_RATE as HANDSHAKE_RATE,
+)
+from tunnelwatch.inline.rulespec import (
+    LATER_WINDOWS as LATER_WINDOWS,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_ALLOW as MARK_ALLOW,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_BYPASSED as MARK_BYPASSED,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_DROP as MARK_DROP,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_FINAL as MARK_FINAL,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_MASK as MARK_MASK,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_PENDING as MARK_PENDING,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_REJECT as MARK_REJECT,
+)
+from tunnelwatch.inline.rulespec import (
+    MARK_WATCH as MARK_WATCH,
+)
+from tunnelwatch.inline.rulespec import (
+    NFT_TABLE as NFT_TABLE,
+)
+from tunnelwatch.inline.rulespec import (
+    QCHAIN as QCHAIN,
+)
+from tunnelwatch.inline.rulespec import (  # re-exported: firewall.X is the one name callers use
+    Bypass as Bypass,
+)
+from tunnelwatch.inline.rulespec import (
+    FirewallError as FirewallError,
+)
+from tunnelwatch.inline.rulespec import (
+    Spec as Spec,
+)
+from tunnelwatch.inline.rulespec import (
+    chain_rules as chain_rules,
+)
+from tunnelwatch.inline.rulespec import (
+    last_packet as last_packet,
+)
+from tunnelwatch.inline.rulespec import (
+    nft_rules as nft_rules,
+)
+from tunnelwatch.inline.rulespec import (
+    nft_script as nft_script,
+)
+from tunnelwatch.inline.rulespec import (
+    restore_script as restore_script,
+)
+from tunnelwatch.inline.rulespec import (
+    window as window,
+)
 
 log = logging.getLogger(__name__)
-
-CHAIN: Final = "TUNNELWATCH"
-NFT_TABLE: Final = "tunnelwatch"
-#: the decision bits of the packet mark and connmark (the daemon's verdict sets them, save-mark keeps them)
-MARK_MASK: Final = 0x70000000
-#: the final decisions: a connmark with any of these bits set is handled in the kernel alone
-MARK_FINAL: Final = 0x30000000
-MARK_ALLOW: Final = 0x10000000
-MARK_DROP: Final = 0x20000000
-MARK_REJECT: Final = 0x30000000
-#: not decided for good: queued again in later windows (see the module docstring)
-MARK_WATCH: Final = 0x40000000
-#: packet mark: sent to the queue, no verdict yet (cleared by every daemon verdict)
-MARK_PENDING: Final = 0x08000000
-#: connmark: at least one packet of this connection passed the queue unverdicted
-MARK_BYPASSED: Final = 0x08000000
-#: (first, last) connbytes packet counts at which connections without a final decision are queued again
-LATER_WINDOWS: Final = ((64, 72), (512, 520), (4096, 4104))
-#: IP packet lengths (v4, v6) of WireGuard's handshake initiation (148 B) and response (92 B) over UDP
-HANDSHAKE_LENGTHS: Final = {4: (176, 120), 6: (196, 140)}
-HANDSHAKE_RATE: Final = "6/hour"  # handshake-sized packets queued per connection and direction, at most
-QCHAIN: Final = "TUNNELWATCH_Q"
-_HOOK_CHAINS: Final = {"forward": "FORWARD", "input": "INPUT", "output": "OUTPUT"}
-_ACCT: Final = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
-
-
-class FirewallError(Exception):
-    """An iptables command failed."""
-
-
-@dataclass(frozen=True)
-class Bypass:
-    """A registered endpoint whose connections skip the queue: server block, optional ports/LAN hosts."""
-
-    server: str
-    ports: tuple[int, ...] = ()
-    lan_hosts: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What to install."""
-
-    queue_num: int = 0
-    queue_count: int = 1
-    packets: int = INLINE_BUDGET
-    fail_closed: bool = False
-    hooks: tuple[str, ...] = ("forward",)
-    ipv6: bool = True
-    bypass: tuple[Bypass, ...] = ()
-    backend: str = "iptables"
-    #: (transport, server port, packets): connections to these ports are queued deeper than `packets`
-    #: (SSH: port forwarding shows only after authentication, ~30 packets in)
-    deep: tuple[tuple[str, int, int], ...] = ()
-    #: new connections per second and source address before the queue (0: no limit), and the burst
-    new_flow_rate: int = 500
-    new_flow_burst: int = 1000
-
-
-def window(packets: int) -> int:
-    """The kernel's first connbytes window for an engine budget of `packets` queued packets.
-
-    connbytes counts every packet both ways, SYN and pure ACKs included, while only payload reaches the
-    daemon: the slack keeps a burst of duplicate ACKs from pushing the first data out of the window.
-    """
-    return 2 * packets + 16
-
-
-def _family(addr: str) -> int:
-    return ipaddress.ip_network(addr, strict=False).version
-
-
-def _m(x: int) -> str:
-    return f"0x{x:x}/0x{MARK_MASK:x}"
-
-
-def _no_payload(version: int, offset: int) -> str:
-    """A u32 test true when a TCP segment with this data offset (in 32-bit words) carries no payload.
-
-    IPv4: header of 20 bytes (IP options are rare; with them the test fails and the segment is queued)
-    and total length == 20 + 4 * offset. IPv6: next header TCP (no extension headers, else queued) and
-    payload length == 4 * offset.
-    """
-    n = 4 * offset
-    if version == 4:
-        return f"0>>24=0x45&&0&0xFFFF={20 + n}&&32>>28={offset}"
-    return f"4>>8&0xFF=6&&4>>16={n}&&52>>28={offset}"
-
-
-def _counted(name: str) -> str:
-    return f"-m comment --comment tw:{name}"
-
-
-def _windows(spec: Spec, version: int, jump: str) -> list[str]:
-    """Rules sending connections without a final decision to the queue chain, window by window."""
-    cb = "--connbytes-dir both --connbytes-mode packets"
-    first = window(spec.packets)
-    out = []
-    for proto, port, packets in spec.deep:
-        out.append(f"-A {CHAIN} -m conntrack --ctproto {proto} --ctorigdstport {port} -m connbytes "
-                   f"--connbytes 0:{window(packets)} {cb} -j {jump}")
-    out.append(f"-A {CHAIN} -m connbytes --connbytes 0:{first} {cb} -j {jump}")
-    for lo, hi in LATER_WINDOWS:
-        if lo > first:
-            out.append(f"-A {CHAIN} -m connbytes --connbytes {lo}:{hi} {cb} -j {jump}")
-    for i, length in enumerate(HANDSHAKE_LENGTHS[version]):
-        out.append(f"-A {CHAIN} -p udp -m length --length {length} -m hashlimit --hashlimit-upto "
-                   f"{HANDSHAKE_RATE} --hashlimit-burst 2 --hashlimit-mode srcip,srcport,dstip,dstport "
-                   f"--hashlimit-name tw_hs{i}_{version} -j {jump}")
-    return out
-
-
-def last_packet(spec: Spec) -> int:
-    """The connbytes count after which a connection without a final decision is allowed for good."""
-    return max([window(spec.packets), *(window(n) for _, _, n in spec.deep),
-                *(hi for _, hi in LATER_WINDOWS)])
-
-
-def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
-    """The rules of our chains per table (`-A TUNNELWATCH ...` / `-A TUNNELWATCH_Q ...` lines) for IP
-    version 4 or 6."""
-    mangle = [f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_FINAL:x} -j RETURN"]
-    if "input" in spec.hooks or "output" in spec.hooks:
-        mangle += [f"-A {CHAIN} -i lo -j RETURN", f"-A {CHAIN} -o lo -j RETURN"]
-    for b in spec.bypass:
-        if _family(b.server) != version:
-            continue
-        lans = [h for h in b.lan_hosts if _family(h) == version] or [""]
-        if b.lan_hosts and lans == [""]:
-            continue  # restricted to LAN hosts of the other family only
-        for lan in lans:
-            src = f" --ctorigsrc {lan}" if lan else ""
-            if not b.ports:
-                mangle.append(f"-A {CHAIN} -m conntrack{src} --ctorigdst {b.server} -j RETURN")
-            for port in b.ports:
-                for proto in ("tcp", "udp"):
-                    mangle.append(f"-A {CHAIN} -m conntrack --ctproto {proto}{src} --ctorigdst {b.server} "
-                                  f"--ctorigdstport {port} -j RETURN")
-    if spec.new_flow_rate:
-        # one host's flood of new connections must not fill the queue for everybody (fail-open)
-        mangle.append(f"-A {CHAIN} -m conntrack --ctstate NEW -m hashlimit --hashlimit-above "
-                      f"{spec.new_flow_rate}/sec --hashlimit-burst {spec.new_flow_burst} --hashlimit-mode "
-                      f"srcip --hashlimit-name tw_new{version} {_counted('flood_dropped')} -j DROP")
-    if spec.queue_count > 1:
-        target = f"NFQUEUE --queue-balance {spec.queue_num}:{spec.queue_num + spec.queue_count - 1}"
-    else:
-        target = f"NFQUEUE --queue-num {spec.queue_num}"
-    if not spec.fail_closed:
-        target += " --queue-bypass"
-    # past the last window nothing more is learnt: the kernel allows the connection for good
-    mangle.append(f"-A {CHAIN} -m connbytes --connbytes {last_packet(spec) + 1}: --connbytes-dir both "
-                  f"--connbytes-mode packets -j CONNMARK --set-xmark 0x{MARK_ALLOW:x}/0x{MARK_MASK:x}")
-    mangle += _windows(spec, version, QCHAIN)
-    # the queue chain: reset segments and payload-less TCP (handshake, pure ACKs) carry nothing to
-    # classify; keeping them out of userspace takes the queue's latency off every connection set-up
-    queue = [f"-A {QCHAIN} -p tcp --tcp-flags RST RST -j RETURN"]
-    queue += [f"-A {QCHAIN} -p tcp -m u32 --u32 {_no_payload(version, off)} -j RETURN"
-              for off in range(5, 16)]
-    queue += [f"-A {QCHAIN} -j MARK --set-xmark 0x{MARK_PENDING:x}/0x{MARK_PENDING:x}",
-              f"-A {QCHAIN} -j {target}"]
-    unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
-    pending = f"-m mark --mark 0x{MARK_PENDING:x}/0x{MARK_PENDING:x}"
-    filt = [
-        # queued, yet no verdict cleared the pending bit: the kernel let it through without the daemon
-        f"-A {CHAIN} {pending} -m connmark ! --mark 0x{MARK_BYPASSED:x}/0x{MARK_BYPASSED:x} "
-        f"{_counted('bypassed_flows')} -j CONNMARK --set-xmark 0x{MARK_BYPASSED:x}/0x{MARK_BYPASSED:x}",
-        f"-A {CHAIN} {pending} {_counted('bypassed_packets')} -j MARK --set-xmark 0x0/0x{MARK_PENDING:x}",
-        f"-A {CHAIN} -m mark ! --mark {_m(0)} -j CONNMARK --save-mark "
-        f"--nfmask 0x{MARK_MASK:x} --ctmask 0x{MARK_MASK:x}",
-        f"-A {CHAIN} -m connmark --mark {_m(MARK_DROP)} -j DROP",
-        f"-A {CHAIN} -p tcp -m connmark --mark {_m(MARK_REJECT)} -j REJECT --reject-with tcp-reset",
-        f"-A {CHAIN} -m connmark --mark {_m(MARK_REJECT)} -j REJECT --reject-with {unreach}",
-    ]
-    return {"mangle": mangle + queue, "filter": filt}
-
-
-def restore_script(spec: Spec, version: int, missing_jumps: Iterable[tuple[str, str]] = ()) -> str:
-    """An `iptables-restore --noflush` script: (re)create our chains and add the given missing jumps."""
-    missing = set(missing_jumps)
-    lines: list[str] = []
-    for table, rules in chain_rules(spec, version).items():
-        chains = [CHAIN, QCHAIN] if table == "mangle" else [CHAIN]
-        lines += [f"*{table}", *(f":{c} - [0:0]" for c in chains), *rules]
-        for hook in spec.hooks:
-            if (table, _HOOK_CHAINS[hook]) in missing:
-                lines.append(f"-I {_HOOK_CHAINS[hook]} 1 -j {CHAIN}")
-        lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
-
 
 def _tool(version: int, suffix: str = "") -> str:
     return ("iptables" if version == 4 else "ip6tables") + suffix
@@ -347,12 +230,6 @@ def remove() -> None:
         _run(["nft", "delete", "table", "inet", NFT_TABLE], check=False)
 
 
-def saved_rules(version: int = 4) -> list[str]:
-    """Our lines in `iptables-save` output (chain declarations, jumps and chain rules)."""
-    out = _run([_tool(version, "-save")]).stdout
-    return [ln for ln in out.splitlines() if CHAIN in ln]
-
-
 COUNTERS: Final = ("bypassed_packets", "bypassed_flows", "flood_dropped")
 _COUNTED: Final = re.compile(r"^\[(\d+):\d+\] -A TUNNELWATCH .*--comment \"?tw:([a-z_]+)")
 
@@ -420,105 +297,6 @@ def limited_hosts(spec: Spec, proc: dict[int, Path] | None = None) -> list[str]:
             if len(f) >= 5 and f[2].isdigit() and f[4].isdigit() and int(f[2]) < int(f[4]):
                 out.append(f[1].split("->")[0].rsplit(":", 1)[0].strip("[]"))
     return out
-
-
-def _nft_mark(x: int) -> str:
-    return f"0x{x:08x}"
-
-
-def _nft_bypass(b: Bypass) -> list[str]:
-    fam = "ip" if _family(b.server) == 4 else "ip6"
-    lans = [h for h in b.lan_hosts if _family(h) == _family(b.server)] or [""]
-    if b.lan_hosts and lans == [""]:
-        return []
-    out = []
-    for lan in lans:
-        match = (f"ct original {fam} saddr {lan} " if lan else "") + f"ct original {fam} daddr {b.server}"
-        if not b.ports:
-            out.append(f"{match} return")
-            continue
-        ports = ", ".join(str(p) for p in b.ports)
-        # one protocol per rule: only then does nft type proto-dst as a port (network byte order)
-        out += [f"meta l4proto {proto} {match} ct original proto-dst {{ {ports} }} return"
-                for proto in ("tcp", "udp")]
-    return out
-
-
-def nft_rules(spec: Spec) -> dict[str, list[str]]:
-    """The rules of our nft chains: "queue" (mangle priority), "q" (the queue itself, jumped to per
-    window) and "verdict" (filter priority); the same logic as chain_rules."""
-    mask = _nft_mark(MARK_MASK)
-    queue = [f"ct mark & {_nft_mark(MARK_FINAL)} != 0 return"]
-    if not spec.ipv6:
-        queue.append("meta nfproto ipv6 return")
-    if "input" in spec.hooks or "output" in spec.hooks:
-        queue += ['iifname "lo" return', 'oifname "lo" return']
-    for b in spec.bypass:
-        if spec.ipv6 or _family(b.server) == 4:
-            queue += _nft_bypass(b)
-    if spec.new_flow_rate:
-        for fam, addr in (("ipv4", "ip"), ("ipv6", "ip6")):
-            queue.append(f"meta nfproto {fam} ct state new meter tw_new_{addr} {{ {addr} saddr limit rate "
-                         f"over {spec.new_flow_rate}/second burst {spec.new_flow_burst} packets }} "
-                         f'counter drop comment "tw:flood_dropped"')
-    flags = [] if spec.fail_closed else ["bypass"]
-    if spec.queue_count > 1:
-        nums = f"{spec.queue_num}-{spec.queue_num + spec.queue_count - 1}"
-        flags.append("fanout")
-    else:
-        nums = str(spec.queue_num)
-    flag_text = f" {','.join(flags)}" if flags else ""
-    keep = _nft_mark(~MARK_MASK & 0xFFFFFFFF)
-    queue.append(f"ct packets > {last_packet(spec)} ct mark set ct mark & {keep} | {_nft_mark(MARK_ALLOW)} "
-                 "return")
-    for proto, port, packets in spec.deep:
-        queue.append(f"meta l4proto {proto} ct original proto-dst {port} ct packets <= {window(packets)} "
-                     "jump q")
-    first = window(spec.packets)
-    queue.append(f"ct packets <= {first} jump q")
-    queue += [f"ct packets {lo}-{hi} jump q" for lo, hi in LATER_WINDOWS if lo > first]
-    for fam, addr in (("ipv4", "ip"), ("ipv6", "ip6")):
-        v = 4 if fam == "ipv4" else 6
-        for i, length in enumerate(HANDSHAKE_LENGTHS[v]):
-            length_expr = f"ip length {length}" if v == 4 else f"ip6 length {length - 40}"
-            queue.append(f"meta l4proto udp {length_expr} meter tw_hs{i}_{addr} {{ {addr} saddr . "
-                         f"udp sport . {addr} daddr . udp dport limit rate 6/hour burst 2 packets }} jump q")
-    q = ["tcp flags & rst != 0 return"]
-    # no payload: the IP length equals the headers (IPv4 without options, IPv6 without extension headers)
-    q += [f"ip hdrlength 5 tcp doff {off} ip length {20 + 4 * off} return" for off in range(5, 16)]
-    q += [f"ip6 nexthdr tcp tcp doff {off} ip6 length {4 * off} return" for off in range(5, 16)]
-    q.append(f"meta mark set meta mark | {_nft_mark(MARK_PENDING)} queue num {nums}{flag_text}")
-    pending = f"meta mark & {_nft_mark(MARK_PENDING)} != 0"
-    verdict = [
-        f"{pending} ct mark & {_nft_mark(MARK_BYPASSED)} == 0 ct mark set ct mark | "
-        f'{_nft_mark(MARK_BYPASSED)} counter comment "tw:bypassed_flows"',
-        f"{pending} meta mark set meta mark & {_nft_mark(~MARK_PENDING & 0xFFFFFFFF)} counter "
-        'comment "tw:bypassed_packets"',
-    ]
-    verdict += [f"meta mark & {mask} == {_nft_mark(m)} ct mark set ct mark & {keep} | {_nft_mark(m)}"
-                for m in (MARK_ALLOW, MARK_DROP, MARK_REJECT, MARK_WATCH)]
-    is_drop = f"ct mark & {mask} == {_nft_mark(MARK_DROP)}"
-    is_reject = f"ct mark & {mask} == {_nft_mark(MARK_REJECT)}"
-    verdict += [f"{is_drop} drop", f"meta l4proto tcp {is_reject} reject with tcp reset",
-                f"{is_reject} reject with icmpx port-unreachable"]
-    return {"queue": queue, "q": q, "verdict": verdict}
-
-
-def nft_script(spec: Spec) -> str:
-    """An `nft -f -` script replacing our table atomically (declare, delete, define: one transaction)."""
-    rules = nft_rules(spec)
-    lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}", f"table inet {NFT_TABLE} {{",
-             "  chain q {"]
-    lines += [f"    {r}" for r in rules["q"]]
-    lines.append("  }")
-    for hook in spec.hooks:
-        for chain, prio in (("queue", "mangle"), ("verdict", "filter")):
-            lines += [f"  chain {chain}_{hook} {{",
-                      f"    type filter hook {hook} priority {prio}; policy accept;"]
-            lines += [f"    {r}" for r in rules[chain]]
-            lines.append("  }")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
 
 
 _PROBE: Final = ("table inet tunnelwatch_probe {\n  chain probe {\n    type filter hook forward priority 0;\n"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from tunnelwatch.appliance.statusweb import StatusState
+from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.inline import firewall
 
 log = logging.getLogger("tunnelwatch")

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from tunnelwatch.config.runconfig import ConfigError
 from tunnelwatch.policy.registry import parse_registry
-from tunnelwatch.report.events import clean_text
+from tunnelwatch.text import clean_text
 
 FORMAT = "tunnelwatch-registry/1"
 #: Domain separation: a signature made for anything else the ISP signs cannot pass as a registry.

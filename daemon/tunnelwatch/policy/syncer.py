@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tunnelwatch.appliance.statusweb import StatusState
+from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.policy.regsync import RegistrySync, SyncResult
 

@@ -1,6 +1,6 @@
 """The event model reported upward: kinds, fields, validation and the versioned JSON schema.
 
-One table (`_KINDS`) is the single source of truth: `make_event` validates against it with plain Python
+One table (`KIND_SPECS`) is the single source of truth: `make_event` validates against it with plain Python
 (cheap, no jsonschema at run time) and `schema()` renders it as the JSON Schema checked in as
 docs/events.schema.json. Events carry metadata only: unknown fields, bytes values, control characters
 and long strings are refused, so packet payload cannot ride along by accident.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import math
 import os
 import re
@@ -40,9 +39,9 @@ MAX_INT: Final = 2**63 - 1
 _TEXT = "^[^\\u0000-\\u001f\\u007f]*$"  # any text without control characters
 _TOKEN = "^[!-~]+$"  # printable ASCII, no spaces: addresses (or their pseudonyms), ids, paths' names
 _NAME = "^[a-z0-9][a-z0-9_.+-]*$"
-_KEY = "^[a-z][a-z0-9_]{0,31}$"
+KEY_PATTERN = "^[a-z][a-z0-9_]{0,31}$"
 _MAX_FLOAT: Final = sys.float_info.max
-_TIME = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$"
+TIME_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$"
 
 
 class EventError(ValueError):
@@ -50,7 +49,7 @@ class EventError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Field:
+class Field:
     """One field's type and bounds; `type` is one of str, int, num, bool, time, strs, counts, nums."""
 
     type: str
@@ -68,66 +67,66 @@ class _Field:
             object.__setattr__(self, "rx", re.compile(self.pattern))
 
 
-def _text(doc: str, n: int) -> _Field:
-    return _Field("str", doc, max_len=n, pattern=_TEXT)
+def _text(doc: str, n: int) -> Field:
+    return Field("str", doc, max_len=n, pattern=_TEXT)
 
 
-def _count(doc: str) -> _Field:
-    return _Field("int", doc)
+def _count(doc: str) -> Field:
+    return Field("int", doc)
 
 
-_F: Final[dict[str, _Field]] = {
+FIELD_SPECS: Final[dict[str, Field]] = {
     # envelope
-    "schema": _Field("int", "schema version of this event", minimum=SCHEMA_VERSION, maximum=SCHEMA_VERSION),
-    "id": _Field("str", "unique event id (uuid4, 32 hex digits)", max_len=32, pattern="^[0-9a-f]{32}$"),
-    "kind": _Field("str", "event kind", enum=KINDS),
-    "stream": _Field("str", "emitting process incarnation (random, 16 hex digits)", max_len=16,
+    "schema": Field("int", "schema version of this event", minimum=SCHEMA_VERSION, maximum=SCHEMA_VERSION),
+    "id": Field("str", "unique event id (uuid4, 32 hex digits)", max_len=32, pattern="^[0-9a-f]{32}$"),
+    "kind": Field("str", "event kind", enum=KINDS),
+    "stream": Field("str", "emitting process incarnation (random, 16 hex digits)", max_len=16,
                      pattern="^[0-9a-f]{16}$"),
-    "seq": _Field("int", "position in the stream, from 0 without gaps"),
-    "device_id": _Field("str", "the reporting box", max_len=128, pattern=_TOKEN),
-    "ts": _Field("time", "when it happened, RFC 3339 UTC with microseconds"),
+    "seq": Field("int", "position in the stream, from 0 without gaps"),
+    "device_id": Field("str", "the reporting box", max_len=128, pattern=_TOKEN),
+    "ts": Field("time", "when it happened, RFC 3339 UTC with microseconds"),
     # flows: metadata only
-    "src": _Field("str", "initiator address (or its pseudonym); absent when omitted by privacy settings",
+    "src": Field("str", "initiator address (or its pseudonym); absent when omitted by privacy settings",
                   max_len=64, pattern=_TOKEN),
-    "dst": _Field("str", "responder address (or its pseudonym)", max_len=64, pattern=_TOKEN),
-    "sport": _Field("int", "initiator port (0 when the transport has none)", maximum=65535),
-    "dport": _Field("int", "responder port", maximum=65535),
-    "transport": _Field("str", "tcp, udp, icmp, esp, gre, proto-N ...", max_len=16, pattern=_NAME),
-    "klass": _Field("str", "coarse class", enum=KLASSES),
-    "protocol": _Field("str", "detected protocol (openvpn, wireguard, sip ...)", max_len=32, pattern=_NAME),
-    "confidence": _Field("str", "confirmed, heuristic, list or port", enum=CONFIDENCES),
-    "evidence": _Field("strs", "short protocol facts, never payload", max_len=128, pattern=_TEXT, items=16),
-    "action": _Field("str", "what the policy did", enum=ACTIONS),
+    "dst": Field("str", "responder address (or its pseudonym)", max_len=64, pattern=_TOKEN),
+    "sport": Field("int", "initiator port (0 when the transport has none)", maximum=65535),
+    "dport": Field("int", "responder port", maximum=65535),
+    "transport": Field("str", "tcp, udp, icmp, esp, gre, proto-N ...", max_len=16, pattern=_NAME),
+    "klass": Field("str", "coarse class", enum=KLASSES),
+    "protocol": Field("str", "detected protocol (openvpn, wireguard, sip ...)", max_len=32, pattern=_NAME),
+    "confidence": Field("str", "confirmed, heuristic, list or port", enum=CONFIDENCES),
+    "evidence": Field("strs", "short protocol facts, never payload", max_len=128, pattern=_TEXT, items=16),
+    "action": Field("str", "what the policy did", enum=ACTIONS),
     "reason": _text("why the policy did it", 256),
-    "bulk": _Field("bool", "a bulk-VoIP decision"),
+    "bulk": Field("bool", "a bulk-VoIP decision"),
     "packets": _count("packets seen by the daemon (both directions)"),
     "bytes": _count("IP bytes seen by the daemon (both directions)"),
-    "registration_id": _Field("str", "the registry entry that covers the flow", max_len=64, pattern=_TOKEN),
-    "first_seen": _Field("time", "the flow's first packet"),
-    "last_seen": _Field("time", "the flow's last packet seen by the daemon"),
+    "registration_id": Field("str", "the registry entry that covers the flow", max_len=64, pattern=_TOKEN),
+    "first_seen": Field("time", "the flow's first packet"),
+    "last_seen": Field("time", "the flow's last packet seen by the daemon"),
     # configuration, policy, registry
     "path": _text("file concerned", 256),
-    "digest": _Field("str", "sha256 of the file, hex", max_len=64, pattern="^[0-9a-f]{64}$"),
+    "digest": Field("str", "sha256 of the file, hex", max_len=64, pattern="^[0-9a-f]{64}$"),
     "summary": _text("one-line human summary", 256),
-    "changes": _Field("strs", "what changed, one short line each", max_len=128, pattern=_TEXT, items=32),
-    "errors": _Field("strs", "file:line:col: message, one per problem", max_len=256, pattern=_TEXT, items=32),
-    "source": _Field("str", "where the registry came from", enum=("file", "sync")),
-    "version": _Field("int", "registry document version"),
-    "current_version": _Field("int", "registry version kept in force"),
+    "changes": Field("strs", "what changed, one short line each", max_len=128, pattern=_TEXT, items=32),
+    "errors": Field("strs", "file:line:col: message, one per problem", max_len=256, pattern=_TEXT, items=32),
+    "source": Field("str", "where the registry came from", enum=("file", "sync")),
+    "version": Field("int", "registry document version"),
+    "current_version": Field("int", "registry version kept in force"),
     "entries": _count("registrations in force"),
     # daemon life
-    "software": _Field("str", "tunnelwatch version", max_len=64, pattern=_TOKEN),
-    "mode": _Field("str", "capture mode (nfqueue, pcap ...)", max_len=32, pattern=_NAME),
-    "queues": _Field("int", "NFQUEUE workers", maximum=65535),
-    "warnings": _Field("strs", "conditions met at start (e.g. a corrupt spool moved aside)", max_len=256,
+    "software": Field("str", "tunnelwatch version", max_len=64, pattern=_TOKEN),
+    "mode": Field("str", "capture mode (nfqueue, pcap ...)", max_len=32, pattern=_NAME),
+    "queues": Field("int", "NFQUEUE workers", maximum=65535),
+    "warnings": Field("strs", "conditions met at start (e.g. a corrupt spool moved aside)", max_len=256,
                        pattern=_TEXT, items=16),
-    "uptime_s": _Field("num", "seconds since the daemon started"),
+    "uptime_s": Field("num", "seconds since the daemon started"),
     # heartbeat: cumulative since start, so a lost heartbeat loses no counts
-    "flows_by_klass": _Field("counts", "decided flows per klass", items=16),
-    "flows_by_action": _Field("counts", "decided flows per action", items=8),
+    "flows_by_klass": Field("counts", "decided flows per klass", items=16),
+    "flows_by_action": Field("counts", "decided flows per action", items=8),
     "packets_queued": _count("packets received from NFQUEUE"),
     "queue_drops": _count("packets the kernel dropped or bypassed for a full queue"),
-    "verdict_latency_ms": _Field("nums", "verdict latency summary: p50, p99, max", items=8),
+    "verdict_latency_ms": Field("nums", "verdict latency summary: p50, p99, max", items=8),
     "backlog": _count("events waiting in the spool"),
     "spool_dropped": _count("events dropped because the spool was full"),
     "spool_expired": _count("events deleted unsent by the retention limit"),
@@ -140,11 +139,11 @@ _F: Final[dict[str, _Field]] = {
     "flows_unreported": _count("tagged flows below report.min_confidence: counted, not reported one by one"),
     # the new-connection limit
     "dropped": _count("new connections dropped since the previous event of this kind"),
-    "limit": _Field("int", "new connections per second allowed per host", maximum=1_000_000),
-    "hosts": _Field("int", "hosts over the limit when it was read", maximum=1_000_000),
+    "limit": Field("int", "new connections per second allowed per host", maximum=1_000_000),
+    "hosts": Field("int", "hosts over the limit when it was read", maximum=1_000_000),
 }
 
-_ENVELOPE: Final = ("schema", "id", "kind", "stream", "seq", "device_id", "ts")
+ENVELOPE: Final = ("schema", "id", "kind", "stream", "seq", "device_id", "ts")
 _FLOW_REQ: Final = ("sport", "dport", "transport", "klass", "protocol", "confidence", "action")
 _FLOW_OPT: Final = ("src", "dst", "evidence", "reason", "bulk", "packets", "bytes", "registration_id",
                     "first_seen", "last_seen")
@@ -158,7 +157,7 @@ class _Kind:
     enums: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # narrower enums for this kind
 
 
-_KINDS: Final[dict[str, _Kind]] = {
+KIND_SPECS: Final[dict[str, _Kind]] = {
     "flow_tagged": _Kind("a flow was classified and the policy decided", _FLOW_REQ, _FLOW_OPT),
     "flow_blocked": _Kind("a flow was blocked", _FLOW_REQ, _FLOW_OPT, {"action": ("block",)}),
     "registered_tunnel_used": _Kind(
@@ -218,7 +217,7 @@ def rfc3339(ts: float) -> str:
         raise EventError(f"time {ts!r} is out of range") from e
 
 
-def _check_str(name: str, f: _Field, v: object) -> None:
+def _check_str(name: str, f: Field, v: object) -> None:
     if not isinstance(v, str):
         raise EventError(f"{name}: expected a string, got {type(v).__name__}")
     if f.enum:
@@ -232,7 +231,7 @@ def _check_str(name: str, f: _Field, v: object) -> None:
         raise EventError(f"{name}: {v[:40]!r} has characters not allowed here")
 
 
-def _check_int(name: str, f: _Field, v: object) -> None:
+def _check_int(name: str, f: Field, v: object) -> None:
     # bool is an int in Python but not in JSON Schema
     if not isinstance(v, int) or isinstance(v, bool):
         raise EventError(f"{name}: expected an integer, got {type(v).__name__}")
@@ -247,7 +246,7 @@ def _check_num(name: str, v: object) -> None:
         raise EventError(f"{name}: expected a finite non-negative number, got {v!r:.40}")
 
 
-def _check(name: str, f: _Field, v: object) -> object:
+def _check(name: str, f: Field, v: object) -> object:
     """Validate one value; return it normalised (times to RFC 3339, lists and maps copied)."""
     if isinstance(v, bytes | bytearray | memoryview):
         raise EventError(f"{name}: bytes are never reported (events carry metadata, not payload)")
@@ -267,7 +266,7 @@ def _check(name: str, f: _Field, v: object) -> object:
         return v
     if t == "time":
         if isinstance(v, str):
-            if len(v) != 27 or re.fullmatch(_TIME, v) is None:
+            if len(v) != 27 or re.fullmatch(TIME_PATTERN, v) is None:
                 raise EventError(f"{name}: {v[:40]!r} is not RFC 3339 UTC with microseconds")
             return v
         if isinstance(v, int | float) and not isinstance(v, bool):
@@ -279,7 +278,7 @@ def _check(name: str, f: _Field, v: object) -> object:
         if len(v) > f.items:
             raise EventError(f"{name}: {len(v)} entries, at most {f.items}")
         for i, s in enumerate(v):
-            _check(f"{name}[{i}]", _Field("str", "", max_len=f.max_len, rx=f.rx), s)
+            _check(f"{name}[{i}]", Field("str", "", max_len=f.max_len, rx=f.rx), s)
         return list(v)
     if t in ("counts", "nums"):
         if not isinstance(v, Mapping):
@@ -287,10 +286,10 @@ def _check(name: str, f: _Field, v: object) -> object:
         if len(v) > f.items:
             raise EventError(f"{name}: {len(v)} entries, at most {f.items}")
         for k, x in v.items():
-            if not isinstance(k, str) or re.fullmatch(_KEY, k) is None:
+            if not isinstance(k, str) or re.fullmatch(KEY_PATTERN, k) is None:
                 raise EventError(f"{name}: key {k!r:.40} is not a short lowercase name")
             if t == "counts":
-                _check_int(f"{name}.{k}", _F["packets"], x)
+                _check_int(f"{name}.{k}", FIELD_SPECS["packets"], x)
             else:
                 _check_num(f"{name}.{k}", x)
         return dict(v)
@@ -298,17 +297,17 @@ def _check(name: str, f: _Field, v: object) -> object:
 
 
 def _check_fields(kind: str, fields: Mapping[str, object], out: dict[str, object]) -> None:
-    spec = _KINDS[kind]
+    spec = KIND_SPECS[kind]
     allowed = set(spec.required) | set(spec.optional)
     for name, v in fields.items():
         if name not in allowed:
             raise EventError(f"{kind}: field {name!r:.40} is not allowed in this kind")
         if v is None:
             continue  # None = absent, so privacy "omit" can pass src=None
-        f = _F[name]
+        f = FIELD_SPECS[name]
         narrow = spec.enums.get(name)
         if narrow is not None:
-            f = _Field(f.type, f.doc, enum=narrow)
+            f = Field(f.type, f.doc, enum=narrow)
         out[name] = _check(name, f, v)
     missing = [n for n in spec.required if n not in out]
     if missing:
@@ -317,9 +316,9 @@ def _check_fields(kind: str, fields: Mapping[str, object], out: dict[str, object
 
 def make_event(kind: str, *, device_id: str, ts: float | None = None, **fields: object) -> dict[str, object]:
     """A new validated event: adds schema version, id, stream, seq, device_id and ts; raises EventError."""
-    if kind not in _KINDS:
+    if kind not in KIND_SPECS:
         raise EventError(f"unknown event kind {kind!r:.40}")
-    _check("device_id", _F["device_id"], device_id)
+    _check("device_id", FIELD_SPECS["device_id"], device_id)
     stream, seq = _stream.next()
     ev: dict[str, object] = {
         "schema": SCHEMA_VERSION, "id": uuid.uuid4().hex, "kind": kind, "stream": stream, "seq": seq,
@@ -334,80 +333,16 @@ def validate_event(ev: object) -> None:
     if not isinstance(ev, Mapping):
         raise EventError(f"an event is a JSON object, not {type(ev).__name__}")
     kind = ev.get("kind")
-    if not isinstance(kind, str) or kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in KIND_SPECS:
         raise EventError(f"unknown event kind {kind!r:.40}")
-    for name in _ENVELOPE:
+    for name in ENVELOPE:
         if name not in ev:
             raise EventError(f"{kind}: missing field {name}")
-        _check(name, _F[name], ev[name])
-        if _F[name].type == "time" and not isinstance(ev[name], str):
+        _check(name, FIELD_SPECS[name], ev[name])
+        if FIELD_SPECS[name].type == "time" and not isinstance(ev[name], str):
             raise EventError(f"{name}: must be an RFC 3339 string in a complete event")
-    rest = {k: v for k, v in ev.items() if k not in _ENVELOPE}
+    rest = {k: v for k, v in ev.items() if k not in ENVELOPE}
     for k, v in rest.items():
-        if v is None or (k in _F and _F[k].type == "time" and not isinstance(v, str)):
+        if v is None or (k in FIELD_SPECS and FIELD_SPECS[k].type == "time" and not isinstance(v, str)):
             raise EventError(f"{kind}: field {k!r:.40} must be a value of its type in a complete event")
     _check_fields(kind, rest, {})
-
-
-def _field_schema(f: _Field, enum: tuple[str, ...] | None = None) -> dict[str, object]:
-    d: dict[str, object] = {"description": f.doc}
-    if enum or f.enum:
-        d["enum"] = list(enum or f.enum)
-        return d
-    if f.type == "str":
-        d.update(type="string", minLength=1, maxLength=f.max_len, pattern=f.pattern)
-    elif f.type == "int":
-        d.update(type="integer", minimum=f.minimum, maximum=f.maximum)
-    elif f.type == "num":
-        d.update(type="number", minimum=0)
-    elif f.type == "bool":
-        d["type"] = "boolean"
-    elif f.type == "time":
-        d.update(type="string", format="date-time", pattern=_TIME)
-    elif f.type == "strs":
-        d.update(type="array", maxItems=f.items,
-                 items={"type": "string", "minLength": 1, "maxLength": f.max_len, "pattern": f.pattern})
-    else:
-        value = {"type": "integer", "minimum": 0, "maximum": MAX_INT} if f.type == "counts" \
-            else {"type": "number", "minimum": 0}
-        d.update(type="object", maxProperties=f.items, propertyNames={"pattern": _KEY},
-                 additionalProperties=value)
-    return d
-
-
-def clean_text(text: str, limit: int = 512) -> str:
-    """Text any event field accepts: non-printable characters escaped (\\x1b), at most `limit` characters."""
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return out[:limit]
-
-
-def schema() -> dict[str, object]:
-    """The JSON Schema (draft 2020-12) of every event; docs/events.schema.json is this, rendered."""
-    defs: dict[str, object] = {}
-    for kind, spec in _KINDS.items():
-        props: dict[str, object] = {n: {"$ref": f"#/$defs/field/{n}"} for n in _ENVELOPE}
-        props["kind"] = {"const": kind}
-        for n in (*spec.required, *spec.optional):
-            narrow = spec.enums.get(n)
-            props[n] = _field_schema(_F[n], narrow) if narrow else {"$ref": f"#/$defs/field/{n}"}
-        defs[kind] = {"description": spec.doc, "type": "object", "properties": props,
-                      "required": [*_ENVELOPE, *spec.required], "additionalProperties": False}
-    used = set(_ENVELOPE) | {n for s in _KINDS.values() for n in (*s.required, *s.optional)}
-    defs["field"] = {n: _field_schema(f) for n, f in _F.items() if n in used}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"urn:tunnelwatch:events:{SCHEMA_VERSION}",
-        "title": f"tunnelwatch event, schema version {SCHEMA_VERSION}",
-        "description": "One report from a box: metadata only, never packet payload. See docs/events.md.",
-        "oneOf": [{"$ref": f"#/$defs/{k}"} for k in _KINDS],
-        "$defs": defs,
-    }
-
-
-def main() -> None:
-    """Print the JSON Schema (`python -m tunnelwatch.report.events` > docs/events.schema.json)."""
-    print(json.dumps(schema(), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any, Final
 from tunnelwatch import __version__
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.record import FlowRecord
-from tunnelwatch.report.events import EventError, clean_text, make_event
+from tunnelwatch.report.events import EventError, make_event
+from tunnelwatch.report.heartbeat import fail_open_fields, queue_counters
 from tunnelwatch.report.privacy import DEFAULT_SUBSCRIBER_NETS, Pseudonymizer, load_or_create_key
+from tunnelwatch.text import clean_text
 from tunnelwatch.verdict import confidence_at_least
 
 if TYPE_CHECKING:
-    from tunnelwatch.appliance.statusweb import StatusState
+    from tunnelwatch.appliance.state import StatusState
     from tunnelwatch.report.ipfix import IpfixExporter
     from tunnelwatch.report.spool import Spool
     from tunnelwatch.report.uplink import Uplink
@@ -45,28 +47,8 @@ RETRY_EVERY: Final = 2.0  # seconds between spool write attempts while it fails
 BATCH_MAX: Final = 500  # events per spool transaction
 STATUS_EVERY: Final = 2.0  # seconds between uplink figures pushed into the status state
 STOP_WAIT: Final = 5.0  # seconds SIGTERM may spend flushing the last events upward
-PROC_QUEUES: Final = Path("/proc/net/netfilter/nfnetlink_queue")
 Item = tuple[str, float, dict[str, object]]
 _STOP: Final[Item] = ("", 0.0, {})
-
-
-def queue_counters(queues: range, path: Path = PROC_QUEUES) -> tuple[int, int]:
-    """(packets queued, packets dropped) for our queues, from the kernel's per-queue line:
-    queue_num portid waiting copy_mode copy_range queue_dropped user_dropped id_sequence 1."""
-    queued = dropped = 0
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return 0, 0
-    for ln in lines:
-        f = ln.split()
-        if len(f) >= 8 and f[0].isdigit() and int(f[0]) in queues:
-            try:
-                dropped += int(f[5]) + int(f[6])
-                queued += int(f[7])
-            except ValueError:
-                continue
-    return queued, dropped
 
 
 class Reporter:
@@ -359,7 +341,7 @@ class Reporter:
             if latency is not None:
                 hb["verdict_latency_ms"] = latency
             drops, self._drops = self._drops, 0
-        hb.update(_fail_open(self.state.snapshot()))
+        hb.update(fail_open_fields(self.state.snapshot()))
         if drops:
             log.warning("report: %d events dropped (reporting queue full or spool write failed)", drops)
         if self.spool is not None:
@@ -397,19 +379,6 @@ class Reporter:
                 exp.export(flows)
             if None in batch:
                 return
-
-
-def _fail_open(snap: dict[str, object]) -> dict[str, object]:
-    """Heartbeat fields from the status state: the kernel's fail-open/flood counters (kernelstats.py) and
-    the flow table's evictions (queue.flows too small, or a flood)."""
-    out: dict[str, object] = {}
-    kernel, flows = snap.get("kernel"), snap.get("flows")
-    if isinstance(kernel, dict):
-        out.update({k: kernel[k] for k in ("bypassed_packets", "bypassed_flows", "flood_dropped")
-                    if isinstance(kernel.get(k), int)})
-    if isinstance(flows, dict) and isinstance(flows.get("evicted"), int):
-        out["flows_evicted"] = flows["evicted"]
-    return out
 
 
 def _attempted_after(n: int) -> Callable[[dict[str, Any]], bool]:

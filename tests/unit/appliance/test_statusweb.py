@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from tunnelwatch.appliance import statuspage
-from tunnelwatch.appliance.statusweb import RECENT_MAX, StatusServer, StatusState, cli_status
+from tunnelwatch.appliance.state import RECENT_MAX, StatusState
+from tunnelwatch.appliance.statusweb import StatusServer, cli_status
 from tunnelwatch.record import FlowRecord
 
 TOKEN = "s3cret-status-token"

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.appliance.statuspage import render_html, render_metrics, render_summary
-from tunnelwatch.appliance.statusweb import StatusState
 from tunnelwatch.config.runconfig import ConfigError, parse_config, summary
 from tunnelwatch.inline import firewall, kernelstats
-from tunnelwatch.report.reporter import _fail_open
+from tunnelwatch.report.heartbeat import fail_open_fields
 
 
 @dataclass
@@ -53,7 +53,7 @@ def test_counters_reach_the_status_and_a_flood_trip_is_reported_once_a_minute(
     assert "tunnelwatch_flood_dropped_total 500" in render_metrics(snap)
     assert '<span id="flood-dropped">500</span>' in render_html(snap)
     state.set(flows={"evicted": 7, "tracked": 1})
-    assert _fail_open(state.snapshot()) == {"bypassed_packets": 24, "bypassed_flows": 24,
+    assert fail_open_fields(state.snapshot()) == {"bypassed_packets": 24, "bypassed_flows": 24,
                                             "flood_dropped": 500, "flows_evicted": 7}
 
 

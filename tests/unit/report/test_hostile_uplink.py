@@ -10,7 +10,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelwatch.report.uplink import RETRY_AFTER_CEILING, judge_reply, parse_retry_after, read_reply
+from tunnelwatch.report.wire import RETRY_AFTER_CEILING, judge_reply, parse_retry_after, read_reply
 
 NOW = 1_790_000_000.0
 RETRY_VALUES = st.one_of(

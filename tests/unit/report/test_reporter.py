@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunnelwatch.appliance.statusweb import StatusState
+from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.config.runconfig import RunConfig, parse_config
 from tunnelwatch.record import FlowRecord
-from tunnelwatch.report.reporter import Reporter, queue_counters
+from tunnelwatch.report.heartbeat import queue_counters
+from tunnelwatch.report.reporter import Reporter
 from tunnelwatch.report.spool import Spool
 
 

@@ -19,10 +19,9 @@ import pytest
 
 from support.pki import Pki, make_pki
 from tunnelwatch.isp.collector import Collector
-from tunnelwatch.report.uplink import (
+from tunnelwatch.report.uplink import Uplink, backoff_delay
+from tunnelwatch.report.wire import (
     RETRY_AFTER_CEILING,
-    Uplink,
-    backoff_delay,
     batch_id_for,
     encode_batch,
     judge_reply,
