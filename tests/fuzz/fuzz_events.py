@@ -14,9 +14,9 @@ from typing import Any
 from fuzz._fuzzlib import Bytes, fuzz_main, instrumented, json_or_values, value
 
 with instrumented():
-    from tunnelwatch.report.events import _F, KINDS, EventError, make_event, validate_event
+    from tunnelwatch.report.events import FIELD_SPECS, KINDS, EventError, make_event, validate_event
 
-FIELDS = sorted(_F)
+FIELDS = sorted(FIELD_SPECS)
 
 
 def _fields(data: bytes) -> dict[str, Any]:
