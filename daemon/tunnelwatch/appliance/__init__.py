@@ -1,1 +1,4 @@
-"""appliance: see docs/architecture.md."""
+"""appliance: the box as a product (status state, page and API, mDNS, systemd, privileges).
+
+See docs/architecture.md for the wings and the data flow.
+"""

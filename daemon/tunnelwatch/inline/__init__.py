@@ -1,1 +1,4 @@
-"""inline: see docs/architecture.md."""
+"""inline: the kernel interfaces and the per-packet path (NFQUEUE, rules, enforcer, supervisor, workers).
+
+See docs/architecture.md for the wings and the data flow.
+"""
