@@ -182,7 +182,9 @@ def openvpn_nm(cap: Capture) -> None:
 @sample("openvpn-obfs")
 def openvpn_obfs(cap: Capture) -> None:
     key = b"\x5a\xa5"
-    cap.udp(40000, 1194, [(d, t_obfs.xor(key)(r)) for d, r in t_obfs.handshake()])
+    cap.udp(40000, 1214, [(d, t_obfs.xor(key)(r)) for d, r in t_obfs.handshake()])
+    # TCP: a clear 2-byte length before each scrambled record (as the obfuscated client on 465 does)
+    cap.tcp(40001, 465, [(d, len(r).to_bytes(2, "big") + t_obfs.xor(key)(r)) for d, r in t_obfs.handshake()])
 
 
 @sample("openvpn-obfs-near-miss")
@@ -227,6 +229,8 @@ def wireguard_nm(cap: Capture) -> None:
 def ipsec(cap: Capture) -> None:
     i = t_ipsec
     cap.udp(500, 500, [(0, i.ike()), (1, i.ike(rspi=i.RSPI, flags=0x20))])
+    cap.udp(500, 500, [(0, i.ike(version=0x10, exch=2, flags=0, np=1)),
+                       (1, i.ike(rspi=i.RSPI, version=0x10, exch=2, flags=0, np=1))], c="198.51.100.4")
     cap.ip(50, [(0, i.esp(0x2360B0E3, 1)), (1, i.esp(0xF0092CB5, 1)), (0, i.esp(0x2360B0E3, 2))])
     cap.ip(51, [(0, i.ah(0x604816F6, 1)), (1, i.ah(0xAF8683EF, 1))], c="198.51.100.3")
 
@@ -649,6 +653,8 @@ REAL: dict[str, tuple[Any, ...]] = {
     "n2n": ("test_n2n_edges_and_supernode--wan0.pcap", [("udp", 0)], 8),
     "tinc-ipv4": ("test_tinc_meta_and_udp_ipv4_--wan0.pcap", [("tcp", 655), ("udp", 655)], 12),
     "iodine": ("test_iodine_dns_tunnel--wan0.pcap", [("udp", 53)], 12),
+    # the same tunnel without its handshake, as if first seen mid-session
+    "iodine-mid-session": ("test_iodine_dns_tunnel--wan0.pcap", [("udp", 53)], 16, 1, 40),
     "iputils-ping": ("test_wireguard_go_4_--wan0.pcap", [("icmp", 0)], 10),
     "ptunnel": ("test_ptunnel_icmp_tunnel--wan0.pcap", [("icmp", 0)], 10),
     "openconnect-dtls": ("test_ocserv_openconnect_1_--wan0.pcap", [("udp", 443)], 11),
@@ -688,10 +694,14 @@ def _flow_key(p: Packet) -> tuple[str, tuple[Any, ...]] | None:
     return None
 
 
-def cut(raw: Path, out: Path, keep: list[tuple[str, int]], first: int, flows: int = 0) -> int:
+def cut(raw: Path, out: Path, keep: list[tuple[str, int]], first: int, flows: int = 0, skip: int = 0) -> int:
+    """The first `first` packets of each flow kept (of the first `flows` such flows, if given), after
+    dropping the capture's first `skip` IP packets."""
     counts: dict[tuple[Any, ...], int] = {}
     pkts: list[Packet] = []
-    for p in PcapReader(str(raw)):
+    for k, p in enumerate(q for q in PcapReader(str(raw)) if IP in q or "IPv6" in q):
+        if k < skip:
+            continue
         fk = _flow_key(p)
         if fk is None:
             continue
