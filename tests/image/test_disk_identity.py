@@ -139,10 +139,14 @@ def test_x86_gpt_gets_new_partition_uuids_and_the_loader_entry_follows(tmp_path:
     assert res.returncode == 0, res.stdout + res.stderr
     esp, root = (sfdisk("--part-uuid", str(disk), n).strip() for n in ("1", "2"))
     assert esp != GPT_ESP and root != GPT_ROOT and esp != root
+    # files name them in lower case, as udev's /dev/disk/by-partuuid links do
+    esp, root = esp.lower(), root.lower()
     assert sfdisk("--disk-id", str(disk)).strip() != "7477E5B3-0000-4000-8000-000000000000"
     assert f"root=PARTUUID={root} ro" in entry.read_text()
     fstab = (t / "etc/fstab").read_text()
     assert f"PARTUUID={root} /" in fstab and f"PARTUUID={esp} /boot/efi" in fstab
     assert "7477" not in fstab
+    assert f"-> {root}" in res.stdout
     assert run(t, disk).returncode == 0
-    assert sfdisk("--part-uuid", str(disk), "2").strip() == root
+    assert sfdisk("--part-uuid", str(disk), "2").strip().lower() == root
+    assert entry.read_text().count(root) == 1
