@@ -106,9 +106,9 @@ clean:
 # --- appliance image (image/README.md) -----------------------------------------------------------------
 ARCH ?= amd64
 # Build tools for `make image` and tests/image (qemu-system-x86 + ovmf boot the amd64 image; qemu-user-static
-# + binfmt-support run the arm64 rootfs).
+# + binfmt-support run the arm64 rootfs; qemu-system-arm boots the arm64 image, -M virt).
 IMAGE_APT_PKGS := mmdebstrap dosfstools mtools fdisk e2fsprogs zstd git qemu-system-x86 ovmf \
-	qemu-user-static binfmt-support arch-test
+	qemu-user-static binfmt-support arch-test qemu-system-arm
 
 image-deps:
 	@missing=$$(for p in $(IMAGE_APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
