@@ -666,6 +666,7 @@ REAL: dict[str, tuple[Any, ...]] = {
                          [("tcp", 5061), ("udp", 5060)], 10),
     "https-and-dns": ("test_plain_https_and_dns_are_not_flagged--wan0.pcap",
                       [("tcp", 8443), ("udp", 53)], 12),
+    "tor-bridge": ("tor--wan0.pcap", [("tcp", 9001)], 20, 1),
     "shadowsocks": ("test_shadowsocks_libev--wan0.pcap", [("tcp", 8388)], 6),
     "obfs4": ("test_obfs4proxy_standalone--wan0.pcap", [("tcp", 9443)], 6),
     "v2ray-vmess": ("test_v2ray_vmess--wan0.pcap", [("tcp", 10086)], 8),
@@ -694,6 +695,10 @@ def _flow_key(p: Packet) -> tuple[str, tuple[Any, ...]] | None:
     return None
 
 
+def _lab_address(a: str) -> bool:
+    return a.startswith(("198.51.100.", "203.0.113.", "2001:db8:"))
+
+
 def cut(raw: Path, out: Path, keep: list[tuple[str, int]], first: int, flows: int = 0, skip: int = 0) -> int:
     """The first `first` packets of each flow kept (of the first `flows` such flows, if given), after
     dropping the capture's first `skip` IP packets."""
@@ -706,6 +711,9 @@ def cut(raw: Path, out: Path, keep: list[tuple[str, int]], first: int, flows: in
         if fk is None:
             continue
         tr, key = fk
+        ipl = p.getlayer(IP) or p.getlayer("IPv6")
+        if not (_lab_address(ipl.src) and _lab_address(ipl.dst)):
+            continue  # e.g. a relay's attempts to reach the public Tor authorities
         ports = {key[1][1], key[2][1]} if tr in ("tcp", "udp") else {0}
         if not any(tr == t and (port == 0 or port in ports) for t, port in keep):
             continue
@@ -731,9 +739,41 @@ def write_real(raw_dir: Path) -> None:
         print(f"{out.name}: {n} packets, {out.stat().st_size} bytes")
 
 
+def record_tor(raw_dir: Path) -> None:
+    """Tor 0.4.x in the lab (root): a bridge relay in the server namespace, a client using it as its only
+    bridge. With no directory authorities the client never finishes bootstrapping, but its link handshake
+    with the bridge (TLS with Tor's made-up names) and the bridge descriptor fetch are real. Records
+    RAW_DIR/tor--wan0.pcap for `real`."""
+    import tempfile
+
+    from tunnelwatch.netlab import SERVER_IP, lab
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rc = {
+            "relay": f"ORPort {SERVER_IP}:9001\nSocksPort 0\nBridgeRelay 1\nAssumeReachable 1\n"
+                     "PublishServerDescriptor 0\nExitRelay 0\n",
+            "client": f"SocksPort 127.0.0.1:9050\nUseBridges 1\nBridge {SERVER_IP}:9001\n",
+        }
+        for name, text in rc.items():
+            (work / name).mkdir(mode=0o700)
+            (work / f"{name}.torrc").write_text(f"DataDirectory {work / name}\nLog notice stdout\n{text}")
+        with lab(work, ipv6=False) as lb:
+            lb.spawn(lb.server, ["tor", "-f", str(work / "relay.torrc")], "tor-relay")
+            lb.wait_for_log("tor-relay", "Opening OR listener", timeout=60)
+            lb.wait_until(lb.server, ["ss", "-ltnH", "sport = :9001"], timeout=60)
+            with lb.capture(lb.router, "wan0", raw_dir / "tor--wan0.pcap"):
+                lb.spawn(lb.client, ["tor", "-f", str(work / "client.torrc")], "tor-client")
+                lb.wait_for_log("tor-client", "new bridge descriptor", timeout=90)
+            print(lb.log("tor-client")[-1500:])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["crafted"]:
         write_crafted()
+    elif sys.argv[1:2] == ["record-tor"] and len(sys.argv) == 3:
+        record_tor(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["real"] and len(sys.argv) == 3:
         write_real(Path(sys.argv[2]))
     else:
