@@ -1,6 +1,7 @@
-"""Every classifier's annotated samples (tests/data/captures/samples.toml), classified offline with the whole
-registry: each flow gets the verdict written beside it, each near miss stays clear of the protocols it
-resembles, and no registered classifier is without a positive sample and a near miss."""
+"""Every classifier's annotated samples (tests/data/captures/samples.toml), classified with the whole
+registry, offline and in the daemon's view: each flow gets the verdict written beside it, each near miss
+stays clear of the protocols it resembles, and no registered classifier is without a positive sample and
+a near miss."""
 
 from __future__ import annotations
 
@@ -75,10 +76,13 @@ def show(r: dict[str, Any]) -> str:
             f"{r['protocol']} {r['confidence']} {r['evidence']} ({r['packets']} packets)")
 
 
+@pytest.mark.parametrize("view", ["offline", "inline"])
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s["file"] for s in SAMPLES])
-def test_sample_verdicts(sample: dict[str, Any]) -> None:
+def test_sample_verdicts(sample: dict[str, Any], view: str) -> None:
+    """`inline`: the daemon's view of the same capture (what the kernel rules would queue)."""
     kw = {"budget": sample["budget"]} if "budget" in sample else {}
-    records = list(classify_file(str(CAPTURES / sample["file"]), progress=False, **kw))
+    records = list(classify_file(str(CAPTURES / sample["file"]), progress=False, inline=view == "inline",
+                                 **kw))
     specs = [FlowSpec.parse(f) for f in sample["flows"]]
     bad: list[str] = []
     for r in records:
@@ -127,8 +131,10 @@ def test_every_classifier_has_a_positive_sample_and_a_near_miss() -> None:
         for n in s.get("near_miss", ()):
             if any(sp.never & PROTOCOLS[n] for sp in specs):
                 near[n].append(s["file"])
-    assert not [n for n, fs in positive.items() if not fs], "no positive sample"
-    assert not [n for n, fs in near.items() if not fs], "no near-miss sample"
+    lacking = {n: [what for what, have in (("a positive sample", positive[n]), ("a near miss", near[n]))
+                   if not have] for n in positive}
+    missing = {n: w for n, w in lacking.items() if w}
+    assert not missing, f"classifiers without samples in {INDEX.name}: {missing}"
 
 
 def test_samples_are_small() -> None:
