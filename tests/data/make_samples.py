@@ -658,6 +658,7 @@ REAL: dict[str, tuple[Any, ...]] = {
     "iputils-ping": ("test_wireguard_go_4_--wan0.pcap", [("icmp", 0)], 10),
     "ptunnel": ("test_ptunnel_icmp_tunnel--wan0.pcap", [("icmp", 0)], 10),
     "openconnect-dtls": ("test_ocserv_openconnect_1_--wan0.pcap", [("udp", 443)], 11),
+    "coturn-stun-binding": ("stun--wan0.pcap", [("udp", 3478)], 4),
     "coturn-turn": ("test_coturn_relay_is_turn_and_a_signal_realm_names_the_app_"
                     "tunnelwatch.test-turn_--turn.pcap", [("udp", 3478)], 4),
     "coturn-signal-realm": ("test_coturn_relay_is_turn_and_a_signal_realm_names_the_app_"
@@ -769,11 +770,32 @@ def record_tor(raw_dir: Path) -> None:
             print(lb.log("tor-client")[-1500:])
 
 
+def record_stun(raw_dir: Path) -> None:
+    """coturn's turnserver in the server namespace answering turnutils_stunclient's Binding request
+    (RFC 5389, UDP). Records RAW_DIR/stun--wan0.pcap for `real`."""
+    import tempfile
+
+    from tunnelwatch.netlab import SERVER_IP, lab
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, lab(Path(tmp), ipv6=False) as lb:
+        lb.spawn(lb.server, ["turnserver", "-n", "--listening-ip", SERVER_IP, "--listening-port", "3478",
+                             "--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--no-auth",
+                             "--log-file", "stdout", "--simple-log"], "turnserver")
+        lb.wait_until(lb.server, ["sh", "-c", f"ss -lun | grep -q '{SERVER_IP}:3478 '"])
+        with lb.capture(lb.router, "wan0", raw_dir / "stun--wan0.pcap"):
+            r = lb.run(lb.client, "turnutils_stunclient", SERVER_IP, check=False, timeout=30)
+        print(r.stdout[-1500:], r.stderr[-500:])
+        assert r.returncode == 0
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["crafted"]:
         write_crafted()
     elif sys.argv[1:2] == ["record-tor"] and len(sys.argv) == 3:
         record_tor(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["record-stun"] and len(sys.argv) == 3:
+        record_stun(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["real"] and len(sys.argv) == 3:
         write_real(Path(sys.argv[2]))
     else:
