@@ -658,6 +658,7 @@ REAL: dict[str, tuple[Any, ...]] = {
     "iputils-ping": ("test_wireguard_go_4_--wan0.pcap", [("icmp", 0)], 10),
     "ptunnel": ("test_ptunnel_icmp_tunnel--wan0.pcap", [("icmp", 0)], 10),
     "openconnect-dtls": ("test_ocserv_openconnect_1_--wan0.pcap", [("udp", 443)], 11),
+    "openssl-dtls": ("dtls--wan0.pcap", [("udp", 443)], 16),
     "coturn-stun-binding": ("stun--wan0.pcap", [("udp", 3478)], 4),
     "coturn-turn": ("test_coturn_relay_is_turn_and_a_signal_realm_names_the_app_"
                     "tunnelwatch.test-turn_--turn.pcap", [("udp", 3478)], 4),
@@ -789,6 +790,34 @@ def record_stun(raw_dir: Path) -> None:
         assert r.returncode == 0
 
 
+def record_dtls(raw_dir: Path) -> None:
+    """OpenSSL's s_server and s_client, DTLS 1.2 on UDP 443 with a throw-away certificate: a full DTLS
+    handshake and a line of data each way, the near miss of Cisco/OpenConnect DTLS. Records
+    RAW_DIR/dtls--wan0.pcap for `real`."""
+    import subprocess
+    import tempfile
+
+    from tunnelwatch.netlab import SERVER_IP, lab
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "2", "-subj", "/CN=dtls.lab.example",
+                        "-keyout", str(work / "k.pem"), "-out", str(work / "c.pem")],
+                       check=True, capture_output=True, timeout=30)
+        with lab(work, ipv6=False) as lb:
+            lb.spawn(lb.server, ["openssl", "s_server", "-dtls1_2", "-accept", f"{SERVER_IP}:443",
+                                 "-cert", str(work / "c.pem"), "-key", str(work / "k.pem")], "s_server",
+                     stdin=subprocess.PIPE)
+            lb.wait_until(lb.server, ["sh", "-c", f"ss -lun | grep -q '{SERVER_IP}:443 '"])
+            with lb.capture(lb.router, "wan0", raw_dir / "dtls--wan0.pcap"):
+                r = lb.run(lb.client, "openssl", "s_client", "-dtls1_2", "-connect", f"{SERVER_IP}:443",
+                           input="hello from the client\n", check=False, timeout=30)
+                lb.wait_for_log("s_server", "hello from the client", timeout=20)
+        print(r.stdout[-800:])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["crafted"]:
         write_crafted()
@@ -796,6 +825,8 @@ if __name__ == "__main__":
         record_tor(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["record-stun"] and len(sys.argv) == 3:
         record_stun(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["record-dtls"] and len(sys.argv) == 3:
+        record_dtls(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["real"] and len(sys.argv) == 3:
         write_real(Path(sys.argv[2]))
     else:
