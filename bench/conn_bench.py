@@ -2,7 +2,7 @@
 without and with `tunnelwatch run`, driven by a C load generator (bench/loadgen.c, compiled here with gcc).
 
 Cases (client namespace -> router namespace -> server namespace, each connection a new 5-tuple):
-- http:    TCP, one HTTP/1.0 GET and a 2-byte body; benign HTTP is decided on its first queued packet;
+- http:    TCP, one HTTP/1.0 GET and a 2-byte body; benign HTTP, confirmed on request and response;
 - unknown: TCP, 16 random bytes and their echo: no classifier decides it, both directions' first payload
            packets are queued and the flow stays undecided in the daemon's table (the expensive case);
 - udp:     one 16-byte random datagram and its echo (both queued), a new socket (source port) each.
@@ -43,7 +43,8 @@ PORTS = {"http": 80, "unknown": 40000, "udp": 40001}
 # (client transport, client payload, server transport, server reply, packets queued on the request->reply
 # path)
 CASES: dict[str, tuple[str, str, str, str, int]] = {
-    "http": ("tcp", "http", "tcp", "http", 1),
+    # benign HTTP is confirmed only with the response (both queued); the flow is ALLOW after that
+    "http": ("tcp", "http", "tcp", "http", 2),
     "unknown": ("tcp", "random", "tcp", "echo", 2),
     "udp": ("udp", "random", "udp", "echo", 2),
 }
@@ -258,7 +259,7 @@ class Bench:
             rate, count, conc = 0.0, a.max_count, a.concurrency
         else:
             rate = float(load.split("/")[0])
-            count, conc = min(a.max_count, int(rate * a.seconds)), a.concurrency
+            count, conc = min(a.max_count, int(rate * a.seconds)), a.rate_concurrency
         pt = Point(case, load, self.daemon_pid is not None)
         k0 = kernel_counts(self.lb)
         c0 = cpu_seconds(self.daemon_pid) if self.daemon_pid else (0.0, 0.0)
@@ -475,6 +476,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="seconds per load point (default 4)")
     p.add_argument("--max-count", type=int, default=200_000, help="connections per point at most")
     p.add_argument("--concurrency", type=int, default=64, help="in flight at saturation (default 64)")
+    p.add_argument("--rate-concurrency", type=int, default=4096,
+                   help="in flight at most at a fixed offered load (default 4096: open loop unless the "
+                        "router stalls for longer than that many connections)")
     p.add_argument("--rounds", type=int, default=1, help="without/with rounds (default 1)")
     p.add_argument("--queues", type=int, default=1, help="queue.count of the daemon (default 1)")
     p.add_argument("--mem-flows", type=int, default=20_000, help="undecided flows for RSS (0: skip)")
@@ -486,10 +490,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_bounds(a: argparse.Namespace) -> str:
     """An error message when a bound is exceeded, else ''."""
     if not (1 <= a.seconds <= 60 and 1 <= a.max_count <= 1_000_000 and 1 <= a.concurrency <= 4096
+            and 1 <= a.rate_concurrency <= 16384
             and 1 <= a.rounds <= 5 and 1 <= a.queues <= 8 and 0 <= a.mem_flows <= 60_000
             and 0 <= a.profile_seconds <= 120 and all(0 < r <= 100_000 for r in a.rates)
             and all(c in CASES for c in a.cases)):
-        return ("bounds: seconds 1..60, max-count 1..1M, concurrency 1..4096, rounds 1..5, queues 1..8, "
+        return ("bounds: seconds 1..60, max-count 1..1M, concurrency 1..4096, rate-concurrency 1..16384, "
+                "rounds 1..5, queues 1..8, "
                 "mem-flows 0..60000, profile-seconds 0..120, rates 1..100000, cases http,unknown,udp")
     return ""
 

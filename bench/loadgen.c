@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -338,6 +339,11 @@ static int client(int udp, const char *addr, int port, int http, long count, dou
 }
 
 int main(int argc, char **argv) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) { /* thousands of sockets at once */
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     if (argc >= 6 && strcmp(argv[1], "server") == 0) {
         return serve(strcmp(argv[2], "udp") == 0, argv[3], atoi(argv[4]), strcmp(argv[5], "http") == 0);
     }
