@@ -30,7 +30,7 @@ help:
 	@echo "make demo       - set up for the demo, then (root) the enforcement lab in namespaces"
 	@echo "make test       - set up for the tests, then lint, type-check, unit and integration tests"
 	@echo "make fresh-check - the README's two commands in a fresh minimal Debian 12 root (mmdebstrap; root)"
-	@echo "make bench      - one table: classification vs nfstream (nDPI); router with/without daemon (root); flow-table memory/CPU at 10k-1M flows"
+	@echo "make bench      - one table: classification vs nfstream (nDPI); router with/without daemon (root); new flows/s, CPU, latency and bytes per flow + py-spy profile (root); flow-table memory/CPU at 10k-1M flows"
 	@echo "make fuzz       - atheris on every parser and loader, FUZZ_SECONDS (default 600) each"
 	@echo "make eval       - agreement with nDPI's labels on $(CORPUS)"
 	@echo "make image ARCH=amd64|arm64 - appliance disk image in build/image/ARCH (root; image/README.md)"
@@ -93,7 +93,7 @@ eval: $(VENV)/.stamp
 	$(BIN)/python -m tunnelwatch.offline.evaluate --corpus $(CORPUS)
 
 bench: $(VENV)/.stamp
-	$(BIN)/pip install -q 'nfstream==6.6.0'
+	$(BIN)/pip install -q 'nfstream==6.6.0' 'py-spy==0.4.3'
 	$(BIN)/python bench/run_all.py --corpus $(CORPUS)
 
 FUZZ_SECONDS ?= 600
@@ -106,9 +106,9 @@ clean:
 # --- appliance image (image/README.md) -----------------------------------------------------------------
 ARCH ?= amd64
 # Build tools for `make image` and tests/image (qemu-system-x86 + ovmf boot the amd64 image; qemu-user-static
-# + binfmt-support run the arm64 rootfs).
+# + binfmt-support run the arm64 rootfs; qemu-system-arm boots the arm64 image, -M virt).
 IMAGE_APT_PKGS := mmdebstrap dosfstools mtools fdisk e2fsprogs zstd git qemu-system-x86 ovmf \
-	qemu-user-static binfmt-support arch-test
+	qemu-user-static binfmt-support arch-test qemu-system-arm
 
 image-deps:
 	@missing=$$(for p in $(IMAGE_APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \

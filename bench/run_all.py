@@ -6,7 +6,13 @@ Sections (each skipped with a reason, never failed, when its prerequisite is mis
    iperf3 UDP packets/s at 64 and 1400 bytes, new TCP connections/s, the first request's round trip (both
    packets queued: half the difference is the latency added to one queued packet), and the daemon's CPU
    seconds per 1,000 new flows (utime + stime from /proc/PID/stat around the connection loop); root only;
-3. the Enforcer's userspace path alone (flow_bench, fresh processes): microseconds per queued packet,
+3. per new flow (issue 13, conn_bench + flow_mem): new connections/s through the router without and with the
+   daemon, driven by a C load generator (bench/loadgen.c), for benign HTTP, an unknown TCP protocol that
+   stays undecided and unknown UDP, at fixed offered loads and at saturation; fail-open bypasses counted;
+   daemon CPU per new flow; request->reply latency; the daemon's RSS per undecided flow (root only), then
+   bytes per undecided flow without the kernel (RSS, tracemalloc, sys.getsizeof of one entry) and a py-spy
+   profile of the daemon under the unknown load, summarised by function and module (after the table);
+4. the Enforcer's userspace path alone (flow_bench, fresh processes): microseconds per queued packet,
    flow-state RSS and CPU per new flow at 10k, 100k and 1M concurrent flows.
 Progress goes to stderr, the table to stdout (--json: one JSON object instead). Every load is bounded in
 count and time; all network traffic stays inside the lab's namespaces.
@@ -28,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import classify_bench
+import conn_bench
+import flow_mem
 import net_bench
+import profile_summary
 
 from tunnelwatch.lab.netlab import SERVER_IP, Lab, can_run_lab, lab, missing_packages
 
@@ -221,7 +230,52 @@ def router(a: argparse.Namespace) -> list[Row]:
     return rows
 
 
-# --- 3. userspace path alone ------------------------------------------------------------------------
+# --- 3. per new flow ---------------------------------------------------------------------------------
+
+
+def perflow(a: argparse.Namespace) -> tuple[list[Row], dict[str, Any] | None]:
+    """New-connection rates without/with the daemon, CPU and latency per flow, bytes per flow; the
+    profile's summary (or None)."""
+    rows: list[Row] = []
+    cp = argparse.ArgumentParser(prog="conn-args")
+    conn_bench.add_arguments(cp)
+    ca = cp.parse_args(a.conn_args.split())
+    err = conn_bench.check_bounds(ca)
+    if err:
+        raise SystemExit(f"--conn-args: {err}")
+    prof = None
+    reason = can_run_lab() or " ".join(missing_packages(*conn_bench.TOOLS))
+    if reason:
+        say(f"perflow: router part skipped: {reason}")
+        rows.append(Row("perflow", "new connections through the router (skipped)", None, None, "", reason))
+    else:
+        say(f"perflow: {','.join(ca.cases)} at {ca.rates} conn/s and saturation, {ca.seconds:g} s per point")
+        result = conn_bench.run(ca)
+        for metric, unit, b, w, note, _ in conn_bench.table_rows(result):
+            rows.append(Row("perflow", metric, b, w, unit, note))
+        prof = result.get("profile")
+    say(f"perflow: bytes per undecided flow without the kernel ({a.mem_flows:,} flows, 3 processes) ...")
+    m = flow_mem.run_all(a.mem_flows)
+    if "rss_bytes_per_flow" in m.get("rss", {}):
+        rows.append(Row("perflow", "RSS per undecided flow, no kernel", None, m["rss"]["rss_bytes_per_flow"],
+                        "bytes", f"{m['rss']['undecided']:,} undecided flows in the table"))
+    t = m.get("trace", {})
+    if "traced_bytes_per_flow" in t:
+        top = ", ".join(f"{f} {b:.0f}" for f, b, _ in t["by_file"][:5])
+        rows.append(Row("perflow", "tracemalloc per undecided flow", None, t["traced_bytes_per_flow"],
+                        "bytes", f"by file: {top}"))
+    e = m.get("entry", {})
+    if "entry_bytes" in e:
+        states = ", ".join(f"{k} {v:.0f}" for k, v, _ in e["states"][:4])
+        slots = dict(e["slots"])
+        rows.append(Row("perflow", "sys.getsizeof of one flow entry (deep)", None,
+                        e["entry_bytes"] + e["dict_slots_per_flow"], "bytes",
+                        f"Flow {e['flow_object']}, state {slots.get('state', 0):.0f} ({states}), "
+                        f"key {slots.get('key', 0):.0f}, dict slots {e['dict_slots_per_flow']:.0f}"))
+    return rows, prof
+
+
+# --- 4. userspace path alone ------------------------------------------------------------------------
 
 
 def _flow_bench(args: list[str], timeout: float) -> dict[str, Any] | None:
@@ -317,7 +371,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--quick", action="store_true", help="small, fast settings (a few minutes)")
     p.add_argument("--corpus", default="../shared/corpus/ndpi")
-    p.add_argument("--only", default="offline,router,userspace", help="comma-separated sections")
+    p.add_argument("--only", default="offline,router,perflow,userspace", help="comma-separated sections")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--repeat", type=int, help="offline: corpus copies (default 20, quick 2)")
     p.add_argument("--runs", type=int, help="offline: timed runs each (default 3, quick 1)")
@@ -328,6 +382,9 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4, help="router: parallel connection loops (default 4)")
     p.add_argument("--conn-seconds", type=int, default=60, help="router: bound on each connection loop")
     p.add_argument("--packets", type=int, default=16, help="router: packets per connection queued")
+    p.add_argument("--conn-args", default=None,
+                   help="perflow: options of bench/conn_bench.py, e.g. '--rates 2000,10000 --seconds 4'")
+    p.add_argument("--mem-flows", type=int, help="perflow: undecided flows for bytes/flow (default 20000)")
     p.add_argument("--mix-conns", type=int, help="userspace: connections (default 20000, quick 5000)")
     p.add_argument("--max-flows", type=int, help="userspace: largest table (default 1000000, quick 100000)")
     p.add_argument("--scale-seconds", type=int, default=600, help="userspace: bound on the table fill")
@@ -339,10 +396,16 @@ def main() -> int:
     a.seconds = a.seconds or (2 if q else 5)
     a.conns = a.conns or (500 if q else 2000)
     a.mix_conns = a.mix_conns or (5000 if q else 20000)
+    a.mem_flows = a.mem_flows or (5000 if q else 20000)
+    if a.conn_args is None:
+        a.conn_args = "--seconds 2 --mem-flows 5000 --profile-seconds 5" if q else ""
+    if "--profile-out" not in a.conn_args:  # keep py-spy's raw stacks for a closer look (git-ignored build/)
+        (HERE.parent / "build").mkdir(exist_ok=True)
+        a.conn_args += f" --profile-out {HERE.parent / 'build' / 'pyspy-unknown.txt'}"
     a.max_flows = a.max_flows or (100_000 if q else 1_000_000)
     if not (1 <= a.repeat <= 50 and 1 <= a.runs <= 10 and 1 <= a.rounds <= 5 and 1 <= a.seconds <= 60
             and 1 <= a.conns <= 20000 and 1 <= a.clients <= 16 and 1 <= a.conn_seconds <= 300
-            and 1 <= a.mix_conns <= 200_000
+            and 1 <= a.mix_conns <= 200_000 and 1 <= a.mem_flows <= 200_000
             and 10_000 <= a.max_flows <= 2_000_000 and 1 <= a.scale_seconds <= 3600):
         p.error("a bound was exceeded (see --help for the defaults)")
     sections = set(a.only.split(","))
@@ -352,15 +415,22 @@ def main() -> int:
         rows += offline(a.corpus, a.repeat, a.runs)
     if "router" in sections:
         rows += router(a)
+    prof = None
+    if "perflow" in sections:
+        more, prof = perflow(a)
+        rows += more
     if "userspace" in sections:
         rows += userspace(a)
     header = f"{machine()}; {'--quick' if q else 'full'} run, {time.monotonic() - t0:.0f} s"
     if a.json:
-        json.dump({"machine": header, "rows": [{**r.__dict__, "ratio": r.ratio} for r in rows]}, sys.stdout,
-                  indent=1)
+        json.dump({"machine": header, "rows": [{**r.__dict__, "ratio": r.ratio} for r in rows],
+                   "profile": prof}, sys.stdout, indent=1)
         print()
     else:
         print(render(rows, header))
+        if prof:
+            print("\nprofile of the daemon (py-spy, unknown TCP case at saturation; the queue thread):")
+            print(profile_summary.render(prof))
     return 0
 
 

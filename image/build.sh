@@ -5,7 +5,7 @@
 #
 # Stages: tools check -> build chroot + wheels -> rootfs (mmdebstrap + hooks/customize.sh) -> manifest +
 # lock check -> disk image -> SHA256SUMS. Environment:
-#   STAGE=rootfs|all          stop after the rootfs and its manifest (default all)
+#   STAGE=builder|rootfs|all  stop after the wheel build chroot, or the rootfs and its manifest (default all)
 #   SOURCE_DATE_EPOCH=N       timestamps in the image (default: the last commit's time)
 #   SNAPSHOT=20261123T000000Z take packages from snapshot.debian.org at that time (default: deb.debian.org)
 #   MIRROR=URL                Debian mirror (default http://deb.debian.org/debian)
@@ -101,14 +101,20 @@ QUIET=()
 # --- wheels, compiled in a throw-away build chroot ------------------------------------------------------
 step "build chroot (gcc, headers) for the Python wheels"
 B=$OUT/builder
+# the chroot depends on its package list only; the dependency wheels also on the pinned, hashed requirements
+CSTAMP=$(sha256sum < "$HERE/packages/builder.txt" | cut -c1-16)
 BSTAMP=$(cat "$HERE/packages/builder.txt" "$HERE/python-requirements.txt" | sha256sum | cut -c1-16)
-if [ -n "${KEEP_BUILDER:-}" ] && [ "$(cat "$B/.stamp" 2>/dev/null)" = "$BSTAMP" ]; then
+if [ -n "${KEEP_BUILDER:-}" ] && [ "$(cat "$B/.stamp" 2>/dev/null)" = "$CSTAMP" ]; then
     say "reusing $B"
 else
     rm -rf "$B"
     mmdebstrap "${QUIET[@]}" --mode=root --variant=minbase --architectures="$ARCH" "${CACHE[@]}" \
         --include="$(pkgs "$HERE/packages/builder.txt")" "$SUITE" "$B" "${SOURCES[@]}"
-    echo "$BSTAMP" > "$B/.stamp"
+    echo "$CSTAMP" > "$B/.stamp"
+fi
+if [ "$STAGE" = builder ]; then
+    say "done (build chroot only) in $(( $(date +%s) - T0 ))s"
+    exit 0
 fi
 
 step "wheels: tunnelwatch (this checkout) + pinned dependencies (image/python-requirements.txt)"
@@ -147,12 +153,15 @@ chroot "$B" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root SOURCE_DATE_EPO
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_USE_PEP517=1 PIP_CERT=/etc/tw-build-ca.crt \
     REUSE_DEPS="$REUSE_DEPS" sh -euc '
     [ -x /venv/bin/pip ] || python3 -m venv /venv
-    if [ -n "$REUSE_DEPS" ]; then
-        /venv/bin/pip wheel -q --no-deps --wheel-dir /wheels /src
-    else
-        /venv/bin/pip wheel -q --no-deps --wheel-dir /wheels -r /src/requirements.txt /src
+    if [ -z "$REUSE_DEPS" ]; then
+        # every file from PyPI must have a sha256 recorded in python-requirements.txt; a mismatch stops here
+        /venv/bin/pip wheel -q --no-deps --require-hashes --wheel-dir /wheels -r /src/requirements.txt \
+            || { echo "image: pip wheel --require-hashes failed: a download does not match the sha256" \
+                      "recorded in image/python-requirements.txt (or a pin has no hash)" >&2; exit 1; }
         cp /usr/share/python-wheels/pip-*.whl /wheels/
-    fi'
+    fi
+    /venv/bin/pip wheel -q --no-deps --wheel-dir /wheels /src' \
+    || { umount_chroot "$B"; die "wheels: pip wheel failed (see above)"; }
 umount_chroot "$B"
 trap - EXIT
 echo "$BSTAMP" > "$B/wheels/.stamp"

@@ -18,9 +18,13 @@ mkdir -p "$R/tmp/wheels"
 cp "$TW_WHEELS"/*.whl "$R/tmp/wheels/"
 inside python3 -m venv --without-pip /opt/tunnelwatch
 PIPWHL=$(cd "$R/tmp/wheels" && ls pip-*.whl)
+# exactly the wheels the manifest records: each pinned by its sha256 (image/wheelhashes.py), and pip in
+# hash-checking mode refuses any other file
+python3 "$TW_IMAGE/wheelhashes.py" requirements "$TW_WHEELS" --exclude pip > "$R/tmp/wheels/requirements.txt"
 # pip runs from its own wheel file and is not installed: nothing in the image can fetch code later
 inside sh -c "cd /tmp/wheels && /opt/tunnelwatch/bin/python $PIPWHL/pip install -q --no-index --no-deps \
-    --disable-pip-version-check --no-cache-dir \$(ls *.whl | grep -v '^pip-')"
+    --require-hashes --find-links /tmp/wheels -r requirements.txt --disable-pip-version-check --no-cache-dir" \
+    || { echo "customize: pip install --require-hashes failed: a wheel does not match its recorded sha256" >&2; exit 1; }
 rm -rf "$R/tmp/wheels"
 ln -sf /opt/tunnelwatch/bin/tunnelwatch "$R/usr/bin/tunnelwatch"
 
@@ -34,13 +38,14 @@ install -m 0644 "$TW_IMAGE/factory/registry.yaml" "$R/etc/tunnelwatch/registry.y
 install -D -m 0644 "$TW_REPO/config/registry.yaml" "$R/usr/share/tunnelwatch/registry.example.yaml"
 install -m 0644 "$TW_IMAGE/provision.example.yaml" "$R/usr/share/tunnelwatch-provision.example.yaml"
 
-say "enable: tunnelwatch, provisioning, banner, networkd, resolved, timesyncd; disable: ssh"
+say "enable: tunnelwatch, provisioning, banner, disk identity, networkd, resolved, timesyncd; disable: ssh"
 # presets too: systemd applies them on the first boot (empty machine-id) and must not undo this
 mkdir -p "$R/etc/systemd/system-preset"
 cat > "$R/etc/systemd/system-preset/10-tunnelwatch.preset" <<'EOF'
 enable tunnelwatch.service
 enable tunnelwatch-provision.service
 enable tunnelwatch-banner.service
+enable tunnelwatch-disk-identity.service
 enable systemd-networkd.service
 enable systemd-resolved.service
 enable systemd-timesyncd.service
@@ -48,7 +53,7 @@ disable ssh.service
 disable ssh.socket
 EOF
 inside systemctl enable tunnelwatch.service tunnelwatch-provision.service tunnelwatch-banner.service \
-    systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
+    tunnelwatch-disk-identity.service systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
 inside systemctl disable ssh.service ssh.socket 2>/dev/null || true
 inside systemctl mask ssh.socket
 # each box makes its own host keys when ssh is provisioned (provision.py runs ssh-keygen -A)
@@ -67,7 +72,8 @@ case "$TW_ARCH" in
 amd64)
     say "UEFI: systemd-boot on the ESP (/boot/efi), serial console ttyS0"
     cat > "$R/etc/fstab" <<'EOF'
-# tunnelwatch amd64 image: fixed partition UUIDs (image/hooks/diskimage.sh)
+# tunnelwatch amd64 image: factory partition UUIDs (image/hooks/diskimage.sh), made unique on first boot
+# by tunnelwatch-disk-identity.service, which rewrites this file and the loader entry
 PARTUUID=7477e5b3-0000-4000-8000-000000000002 /         ext4 defaults,noatime,x-systemd.growfs 0 1
 PARTUUID=7477e5b3-0000-4000-8000-000000000001 /boot/efi vfat umask=0077,shortname=winnt,nofail 0 2
 EOF
@@ -90,7 +96,8 @@ EOF
 arm64)
     say "Raspberry Pi: raspi-firmware on /boot/firmware (FAT), Debian arm64 kernel + bcm2711 (Pi 4) device trees"
     cat > "$R/etc/fstab" <<'EOF'
-# tunnelwatch arm64 (Raspberry Pi) image: MBR disk id 0x7477e5b3 (image/hooks/diskimage.sh)
+# tunnelwatch arm64 (Raspberry Pi) image: factory MBR disk id 0x7477e5b3 (image/hooks/diskimage.sh), made
+# unique on first boot by tunnelwatch-disk-identity.service, which rewrites this file and cmdline.txt
 PARTUUID=7477e5b3-02 /              ext4 defaults,noatime,x-systemd.growfs 0 1
 PARTUUID=7477e5b3-01 /boot/firmware vfat umask=0077,shortname=winnt,nofail 0 2
 EOF

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import struct
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -13,10 +12,8 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.h323 import H225_OID, q931, ras, tpkt_length
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 UUIE = b"\x7e\x00\x20\x05" + b"\x20\xa8" + H225_OID + b"\x04" + os.urandom(20)
 
 
@@ -109,9 +106,3 @@ def test_random_and_truncated_bytes_never_raise() -> None:
     raws = [bytes(t(C, S, 40000, 1720, mutate(rnd, [SETUP, H245_TCS]))) for _ in range(300)]
     raws += [bytes(u(C, S, 1719, 1719, mutate(rnd, [ras_msg(3, 7), ras_msg(0, 1)]))) for _ in range(300)]
     assert feed_raw(["h323"], raws).classifier_errors == 0
-
-
-@pytest.mark.skipif(not (CORPUS / "h323.pcap").exists(), reason="nDPI corpus not present")
-def test_corpus_h323_flows_are_confirmed() -> None:
-    rs = list(classify_file(str(CORPUS / "h323.pcap"), progress=False))
-    assert len(rs) == 6 and all((r["protocol"], r["confidence"]) == ("h323", "confirmed") for r in rs)

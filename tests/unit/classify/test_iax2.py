@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import struct
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -13,10 +12,8 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.iax2 import full_frame, ies_walk, opener
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 VERSION = b"\x0b\x02\x00\x02"
 CALLED = b"\x01\x0b" + b"18005551234"
 FORMAT = b"\x09\x04\x00\x00\x00\x04"
@@ -92,9 +89,3 @@ def test_random_and_truncated_bytes_never_raise() -> None:
     seeds = [bytes(p[Raw].load) for p in call()]
     raws = [bytes(u(C, S, 4570, 4569, mutate(rnd, seeds))) for _ in range(400)]
     assert feed_raw(["iax2"], raws).classifier_errors == 0
-
-
-@pytest.mark.skipif(not (CORPUS / "iax.pcap").exists(), reason="nDPI corpus not present")
-def test_corpus_iax_call_is_confirmed() -> None:
-    rs = [r for r in classify_file(str(CORPUS / "iax.pcap"), progress=False) if r["transport"] == "udp"]
-    assert [(r["protocol"], r["confidence"]) for r in rs] == [("iax2", "confirmed")]

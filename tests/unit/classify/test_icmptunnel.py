@@ -6,7 +6,6 @@ import os
 import random
 import struct
 import time
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -15,11 +14,9 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict
 from tunnelwatch.classify.icmptunnel import PTUNNEL_MAGIC, ip_packet, ping_pattern, ptunnel_flags
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.9"
 C6, S6 = "2001:db8::10", "2001:db8:1::9"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 USER, PROXY = 1 << 30, 1 << 31
 
 
@@ -137,9 +134,3 @@ def test_hostile_icmp_never_breaks_the_classifier() -> None:
         raws.append(bytes(IP(src=src, dst=dst, proto=1) / Raw(mutate(rnd, seeds).ljust(4, b"\0"))))
     engine = feed_raw(["icmptunnel"], raws)
     assert engine.classifier_errors == 0
-
-
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="nDPI corpus not present")
-def test_corpus_icmp_tunnel_confirmed() -> None:
-    recs = [r for r in classify_file(str(CORPUS / "icmp-tunnel.pcap")) if r["transport"] == "icmp"]
-    assert recs and all((r["protocol"], r["confidence"]) == ("icmp_tunnel", "confirmed") for r in recs)

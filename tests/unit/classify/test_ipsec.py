@@ -6,19 +6,16 @@ import os
 import random
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, run_engine
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
 ISPI, RSPI = bytes.fromhex("b64ef32131a48952"), bytes.fromhex("86babd3904886955")
 ZERO = bytes(8)
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 
 
 def ike(ispi: bytes = ISPI, rspi: bytes = ZERO, *, version: int = 0x20, exch: int = 34, flags: int = 0x08,
@@ -160,15 +157,6 @@ def test_fuzz_never_raises() -> None:
                 bytes(u(C, S, sport, rnd.choice((500, 4500)), data))
 
     assert feed_raw(["ipsec"], raws()).classifier_errors == 0
-
-
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="nDPI corpus not present")
-def test_corpus_ipsec_captures() -> None:
-    recs = list(classify_file(str(CORPUS / "ipsec_isakmp_esp.pcap")))
-    assert recs and all((r["protocol"], r["confidence"]) == ("ike", "confirmed") for r in recs)
-    for name, proto in (("esp.pcapng", "esp"), ("ah.pcapng", "ah")):
-        got = {(r["transport"], r["protocol"], r["confidence"]) for r in classify_file(str(CORPUS / name))}
-        assert got == {("udp", "ike", "confirmed"), (proto, proto, "confirmed")}
 
 
 def test_engine_records_both_flows_separately() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -12,10 +11,8 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.mgcp import command, response
-from tunnelwatch.offline.classify import classify_file
 
 GW, CA = "192.0.2.10", "198.51.100.7"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 CRCX = (b"CRCX 1204 aaln/1@rgw-2567.whatever.net MGCP 1.0\r\nC: A3C47F21456789F0\r\nL: p:10, a:PCMU\r\n"
         b"M: recvonly\r\n")
 OK = b"200 1204 OK\r\nI: FDE234C8\r\n\r\nv=0\r\nc=IN IP4 128.96.41.1\r\nm=audio 3456 RTP/AVP 0\r\n"
@@ -72,11 +69,3 @@ def test_random_and_truncated_bytes_never_raise() -> None:
     rnd = random.Random(7)
     raws = [bytes(u(CA, GW, 2727, 2427, mutate(rnd, [CRCX, OK]))) for _ in range(400)]
     assert feed_raw(["mgcp"], raws).classifier_errors == 0
-
-
-@pytest.mark.skipif(not (CORPUS / "mgcp.pcap").exists(), reason="nDPI corpus not present")
-def test_corpus_mgcp_flows() -> None:
-    rs = list(classify_file(str(CORPUS / "mgcp.pcap"), progress=False))
-    got = sorted((r["protocol"], r["confidence"]) for r in rs)
-    # two dialogues with responses, three lone RQNT commands
-    assert got == [("mgcp", "confirmed")] * 2 + [("mgcp", "heuristic")] * 3

@@ -5,18 +5,14 @@ from __future__ import annotations
 import os
 import random
 import struct
-from pathlib import Path
 
-import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.sccp import header
-from tunnelwatch.offline.classify import classify_file
 
 PHONE, CM = "192.0.2.10", "198.51.100.7"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 
 
 def msg(mid: int, body: bytes = b"", version: int = 0) -> bytes:
@@ -79,10 +75,3 @@ def test_random_and_truncated_bytes_never_raise() -> None:
     rnd = random.Random(8)
     raws = [bytes(t(PHONE, CM, 50000, 2000, mutate(rnd, [REGISTER, REGISTER_ACK]))) for _ in range(400)]
     assert feed_raw(["sccp"], raws).classifier_errors == 0
-
-
-@pytest.mark.skipif(not (CORPUS / "skinny.pcap").exists(), reason="nDPI corpus not present")
-@pytest.mark.parametrize("name", ["skinny.pcap", "sccp_hw_conf_register.pcapng"])
-def test_corpus_skinny_sessions_are_confirmed(name: str) -> None:
-    rs = [r for r in classify_file(str(CORPUS / name), progress=False) if r["transport"] == "tcp"]
-    assert rs and all((r["protocol"], r["confidence"]) == ("sccp", "confirmed") for r in rs)

@@ -6,18 +6,14 @@ import base64
 import os
 import random
 import struct
-from pathlib import Path
 
-import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.softether import ddns_pack, parse_pack
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.5"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 
 
 def pack(**elements: int | str | bytes) -> bytes:
@@ -125,13 +121,3 @@ def test_hostile_payloads_never_break_the_classifier() -> None:
             raws.append(bytes(t(C, S, sp, 80, m) if i % 2 else t(S, C, 80, sp, m)))
     engine = feed_raw(["softether", "common"], raws)
     assert engine.classifier_errors == 0
-
-
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="nDPI corpus not present")
-def test_corpus_softether() -> None:
-    recs = list(classify_file(str(CORPUS / "softether.pcap")))
-    assert recs and all(r["protocol"] == "softether" for r in recs)
-    udp = [r for r in recs if r["transport"] == "udp"]
-    assert udp and all(r["confidence"] == "confirmed" for r in udp)
-    tcp = [r for r in recs if r["transport"] == "tcp"]
-    assert [(r["dport"], r["confidence"]) for r in tcp] == [(80, "heuristic")]

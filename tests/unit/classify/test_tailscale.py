@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from scapy.layers.dns import DNS, DNSQR
@@ -14,11 +13,9 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, run_engine
 from tunnelwatch.classify.tailscale import MAGIC
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
 KEY_C, KEY_S = os.urandom(32), os.urandom(32)
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 
 
 def disco(key: bytes, plain: int = 14) -> bytes:
@@ -79,14 +76,6 @@ def test_plain_wireguard_left_to_wireguard() -> None:
 def test_near_misses(payload: bytes) -> None:
     for _, v in run_engine([u(C, S, payload), u(S, C, os.urandom(70))]):
         assert v.protocol != "tailscale" or v.confidence == "port"
-
-
-def test_corpus_tailscale_pcap() -> None:
-    path = CORPUS / "tailscale.pcap"
-    if not path.exists():
-        pytest.skip("nDPI corpus not present")
-    recs = list(classify_file(str(path)))
-    assert [(r["protocol"], r["confidence"]) for r in recs] == [("tailscale", "confirmed")]
 
 
 def test_fuzz_never_raises() -> None:

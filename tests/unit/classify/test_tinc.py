@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -14,11 +13,9 @@ from scapy.packet import Raw
 
 from support import feed_raw, mutate, run_engine
 from tunnelwatch.classify.tinc import id_line, metakey_prefix
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "198.51.100.7"
 C6, S6 = "2001:db8:1::10", "2001:db8:2::7"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 METAKEY = b"1 94 64 0 0 " + b"A1B2C3D4" * 64 + b"\n"
 
 
@@ -98,15 +95,6 @@ def test_line_parsers() -> None:
     assert id_line(b"0 node 17.7") == "17.7"
     assert id_line(b"0  17") == "" and id_line(b"1 node 17") == "" and id_line(b"0 n 17.x") == ""
     assert metakey_prefix(METAKEY) and not metakey_prefix(b"1 a b c d ef\n")
-
-
-def test_corpus_tinc_pcap() -> None:
-    path = CORPUS / "tinc.pcap"
-    if not path.exists():
-        pytest.skip("nDPI corpus not present")
-    recs = list(classify_file(str(path)))
-    tincs = [r for r in recs if r["protocol"] == "tinc" and r["confidence"] == "confirmed"]
-    assert {r["transport"] for r in tincs} == {"tcp", "udp"} and len(tincs) == 4
 
 
 def test_fuzz_never_raises() -> None:

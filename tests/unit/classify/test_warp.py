@@ -5,19 +5,16 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from support import feed_raw, mutate, one_verdict, run_engine
-from tunnelwatch.offline.classify import classify_file
 
 C, S = "192.0.2.10", "162.159.192.7"
 I_IDX, R_IDX = 0x01020304, 0x0A0B0C0D
 CID = b"\x02\x78\x00"
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "ndpi" / "pcap"
 
 
 def le(n: int, size: int = 4) -> bytes:
@@ -96,14 +93,6 @@ def test_quic_initials_are_not_warp() -> None:
 def test_random_and_midstream_c4_not_warp(payload: bytes) -> None:
     for _, v in run_engine([u(C, S, payload), u(S, C, os.urandom(100))]):
         assert v.protocol != "warp"
-
-
-def test_corpus_cloudflare_warp_pcap() -> None:
-    path = CORPUS / "cloudflare-warp.pcap"
-    if not path.exists():
-        pytest.skip("nDPI corpus not present")
-    udp = [r for r in classify_file(str(path)) if r["transport"] == "udp"]
-    assert [(r["dport"], r["protocol"], r["confidence"]) for r in udp] == [(2408, "warp", "confirmed")]
 
 
 def test_fuzz_never_raises() -> None:
