@@ -26,7 +26,7 @@ from tunnelwatch.policy.registry import Registry
 if TYPE_CHECKING:
     from tunnelwatch.appliance.discovery import Advertiser
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 STATUS_PATH: Final = "/api/status"
 _MACHINE_ID: Final = Path("/etc/machine-id")

@@ -27,7 +27,7 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange,
 
 from tunnelwatch.text import printable
 
-log = logging.getLogger("tunnelwatch.appliance.discovery")
+log = logging.getLogger(__name__)
 
 SERVICE_TYPE: Final = "_tunnelwatch._tcp.local."
 _HOST_LABEL = re.compile(r"[^a-z0-9-]+")

@@ -31,7 +31,7 @@ from tunnelwatch.appliance import statuspage
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.text import printable
 
-log = logging.getLogger("tunnelwatch.status")
+log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET: Final = "/run/tunnelwatch/status.sock"
 MAX_CONNECTIONS: Final = 32  # concurrent HTTP connections per listening address; more are closed at once

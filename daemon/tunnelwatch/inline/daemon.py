@@ -43,7 +43,7 @@ from tunnelwatch.policy.registry import Registry
 from tunnelwatch.policy.syncer import RegistrySyncer
 from tunnelwatch.report.reporter import Reporter
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 EX_CONFIG: Final = 78
 

@@ -29,7 +29,7 @@ from tunnelwatch.policy.registry import Registry
 from tunnelwatch.record import FlowRecord
 from tunnelwatch.verdict import Verdict
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 #: an undecided flow that saw no queued packet for this long is decided on what was seen (Engine.decide_quiet)
 QUIET_S: Final = 2.0

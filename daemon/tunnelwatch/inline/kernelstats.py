@@ -19,7 +19,7 @@ from typing import Final, Protocol
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.inline import firewall
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 POLL_S: Final = 5.0
 EVENT_EVERY: Final = 60.0

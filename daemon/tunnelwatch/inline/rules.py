@@ -10,7 +10,7 @@ from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import firewall
 from tunnelwatch.policy.registry import Registry
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 
 def firewall_spec(cfg: RunConfig, registry: Registry, now: dt.datetime, backend: str = "iptables"

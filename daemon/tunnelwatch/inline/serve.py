@@ -13,7 +13,7 @@ from tunnelwatch.inline import firewall
 from tunnelwatch.inline.enforcer import QUIET_S, Enforcer
 from tunnelwatch.inline.signals import Signals
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 
 Host = Callable[[list[int]], None]  # called after every select with the ready fds

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tunnelwatch.policy.syncer import RegistrySyncer
     from tunnelwatch.report.reporter import Reporter
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 TICK: Final = 30.0  # seconds between registry-file and validity-window checks
 STATUS_EVERY: Final = 2.0  # seconds between STATUS= refreshes (sent only when the text changed)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     ResultQueue = MPQueue[tuple[int, bool | None, str]]
     DecisionQueue = MPQueue[tuple[FlowRecord | dict[str, object], int]]
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 DECISIONS_MAX: Final = 1024  # records in flight from workers to the main process
 STATS_EVERY: Final = 1.0  # seconds between a worker's flow-table figures

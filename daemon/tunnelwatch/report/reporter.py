@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from tunnelwatch.report.spool import Spool
     from tunnelwatch.report.uplink import Uplink
 
-log = logging.getLogger("tunnelwatch")
+log = logging.getLogger(__name__)
 
 QUEUE_MAX: Final = 10_000  # events waiting for the writer thread
 HOLD_MAX: Final = 20_000  # built events held in memory while the spool cannot be written (disk full)

@@ -361,7 +361,7 @@ def test_oversized_headers_are_refused_not_buffered(served: tuple[StatusState, S
 def test_the_token_never_reaches_the_log(served: tuple[StatusState, StatusServer, str],
                                          caplog: pytest.LogCaptureFixture) -> None:
     _, _, url = served
-    caplog.set_level("DEBUG", "tunnelwatch.status")
+    caplog.set_level("DEBUG", "tunnelwatch.appliance.statusweb")
     assert _get(f"{url}/?token={TOKEN}")[0] == 200
     assert _get(f"{url}/?token=wrong-guess-123")[0] == 401
     text = "\n".join(r.getMessage() for r in caplog.records)
