@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 some input failed (others still processed), 2 usage, 78 conf
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from collections.abc import Sequence
@@ -107,7 +108,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     loaded = _load(args.file)
     if loaded is None:
         return EX_CONFIG
-    cfg, registry, _ = loaded
+    cfg, registry, endpoints = loaded
+    from tunnelwatch.policy.advice import warnings
+
+    now = dt.datetime.now(dt.UTC)
+    list_protocols = {lst.protocol for lst in endpoints.lists.values()} | {
+        e.protocol for lst in endpoints.lists.values() for e in lst.entries if e.protocol}
+    for w in warnings(cfg, registry, now, list_protocols):
+        print(f"tunnelwatch: warning: {w}", file=sys.stderr)
     dropins = f" + {len(cfg.sources) - 1} drop-in(s): {', '.join(Path(s).name for s in cfg.sources[1:])}" \
         if len(cfg.sources) > 1 else ""
     print(f"configuration OK: {args.file}{dropins}")

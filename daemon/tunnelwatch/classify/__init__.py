@@ -6,6 +6,7 @@ contract is checked when loaded, so a broken classifier fails at start-up, not o
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 from tunnelwatch.classify import (
@@ -77,6 +78,17 @@ REGISTRY: tuple[type[Classifier], ...] = (
 def classifier_names() -> list[str]:
     """Names of all registered classifiers (their config keys)."""
     return [c.name for c in REGISTRY]
+
+
+def known_protocols() -> frozenset[str]:
+    """Every protocol name a registered classifier can report (policy rules and registrations name them)."""
+    return frozenset(p for c in REGISTRY for p in c.protocols)
+
+
+def suggest_protocol(name: str) -> str | None:
+    """The known protocol a mistyped name most likely meant (None when nothing is close)."""
+    close = difflib.get_close_matches(name, sorted(known_protocols()), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def load_classifiers(names: Iterable[str] | None = None) -> list[Classifier]:

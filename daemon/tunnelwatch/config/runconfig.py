@@ -17,6 +17,7 @@ from typing import Final
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from tunnelwatch.classify import known_protocols, suggest_protocol
 from tunnelwatch.classify.endpoints import EndpointsConfig, endpoints_section
 from tunnelwatch.classify.engine import INLINE_BUDGET, SSH_DEEP
 from tunnelwatch.config.appconfig import (
@@ -176,6 +177,11 @@ def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[st
             if section == "protocol" and not (isinstance(name, str) and name.isidentifier()):
                 r.err(k, f"bad protocol name {name!r} (a classifier's protocol, e.g. openvpn, wireguard)")
                 continue
+            unknown = section == "protocol" and name not in known_protocols()
+            meant = suggest_protocol(name) if unknown else None
+            if meant is not None:
+                r.err(k, f"unknown protocol {name!r} (did you mean {meant!r}?): a rule for it never applies")
+                continue
             if name in per[section]:
                 r.err(k, f"duplicate {section} {name!r}: keep one")
                 continue
@@ -276,7 +282,7 @@ def load_config(path: Path) -> RunConfig:
         try:
             return p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{p}:1:1: cannot read: {exc}")
+            problems.append(f"{p}: cannot read: {getattr(exc, 'strerror', None) or exc}")
             return ""
 
     text = read(path)

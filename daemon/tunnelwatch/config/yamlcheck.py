@@ -136,25 +136,27 @@ class YamlReader:
             return []
         return list(node.value)
 
-    def value(self, node: Node) -> Any:
-        """The plain Python value of a scalar node (None for non-scalars)."""
+    def value(self, node: Node, what: str = "") -> Any:
+        """The plain Python value of a scalar node (None for non-scalars); `what` names it in errors."""
         if not isinstance(node, ScalarNode):
             return None
         try:
             return self._loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:  # e.g. 2027-02-30 looks like a date
-            self.err(node, f"bad value {kind(node)}: {exc}; hint: fix the value, or quote it if it is text")
+            where = f"{what}: " if what else ""
+            self.err(node, f"{where}bad value {kind(node)}: {exc}; "
+                           "hint: fix the value, or quote it if it is text")
             return None
 
-    def _typed(self, node: Node) -> tuple[bool, Any]:
+    def _typed(self, node: Node, what: str = "") -> tuple[bool, Any]:
         # (False, None) when the scalar itself is broken (already reported): no second message about it
         before = len(self.problems)
-        v = self.value(node)
+        v = self.value(node, what)
         return len(self.problems) == before, v
 
     def integer(self, node: Node, what: str, lo: int, hi: int) -> int | None:
         """An integer within [lo, hi]."""
-        ok, v = self._typed(node)
+        ok, v = self._typed(node, what)
         if not ok:
             return None
         if isinstance(v, bool) or not isinstance(v, int):
@@ -167,7 +169,7 @@ class YamlReader:
 
     def boolean(self, node: Node, what: str) -> bool | None:
         """true or false."""
-        ok, v = self._typed(node)
+        ok, v = self._typed(node, what)
         if not ok:
             return None
         if not isinstance(v, bool):
@@ -177,7 +179,7 @@ class YamlReader:
 
     def string(self, node: Node, what: str, choices: tuple[str, ...] = ()) -> str | None:
         """A non-empty string, optionally one of `choices`."""
-        ok, v = self._typed(node)
+        ok, v = self._typed(node, what)
         if not ok:
             return None
         if not isinstance(v, str) or not v:
@@ -193,7 +195,7 @@ class YamlReader:
 
     def date(self, node: Node, what: str, end_of_day: bool = True) -> dt.datetime | None:
         """A YAML date or timestamp as an aware UTC datetime; a bare date means the end (or start) of it."""
-        ok, v = self._typed(node)
+        ok, v = self._typed(node, what)
         if not ok:
             return None
         if isinstance(v, dt.datetime):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from yaml.nodes import Node
 
+from tunnelwatch.classify import known_protocols, suggest_protocol
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.config.runconfig import ConfigError, YamlReader
 
@@ -89,6 +90,15 @@ def _entry(r: YamlReader, node: Node) -> Entry | None:
         if "lan_hosts" in f else []
     if not servers:
         r.err(f["servers"], "servers must list at least one endpoint")
+    for n, p in zip(r.seq(f["protocols"], "protocols") if "protocols" in f else [], protocols, strict=False):
+        if p is not None and p not in known_protocols() and (guess := suggest_protocol(p)) is not None:
+            r.err(n, f"protocols item {p!r} is not a protocol any classifier reports "
+                     f"(did you mean {guess!r}?)")
+    valid_from = r.opt(f, "valid_from", lambda n: r.date(n, "valid_from", end_of_day=False), None)
+    valid_until = r.opt(f, "valid_until", lambda n: r.date(n, "valid_until"), None)
+    if valid_from is not None and valid_until is not None and valid_from >= valid_until:
+        r.err(f["valid_until"], f"valid_until ({f['valid_until'].value}) must come after valid_from "
+              f"({f['valid_from'].value}): this registration would never be valid")
     if ident is None or None in servers or None in lan or None in protocols:
         return None
     return Entry(
@@ -97,8 +107,8 @@ def _entry(r: YamlReader, node: Node) -> Entry | None:
         protocols=tuple(p for p in protocols if p),
         servers=tuple(s for s in servers if s is not None),
         lan_hosts=tuple(n for n in lan if n is not None),
-        valid_from=r.opt(f, "valid_from", lambda n: r.date(n, "valid_from", end_of_day=False), None),
-        valid_until=r.opt(f, "valid_until", lambda n: r.date(n, "valid_until"), None),
+        valid_from=valid_from,
+        valid_until=valid_until,
     )
 
 
@@ -138,7 +148,8 @@ class Registry:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"{path}:1:1: cannot read: {exc}"]) from exc
+            why = getattr(exc, "strerror", None) or exc
+            raise ConfigError([f"{path}: cannot read the registry: {why}"]) from exc
         return cls(parse_registry(text, str(path)), path)
 
     def reload(self) -> bool:
