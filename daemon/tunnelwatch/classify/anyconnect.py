@@ -112,7 +112,7 @@ def parse_hello(p: bytes, off: int) -> Hello | None:
     return Hello(mtype, version, sid, suites)
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     client_sid: bytes = b""
     client_dir: int = -1

@@ -167,7 +167,7 @@ def iodine_version_reply(rdata: bytes) -> bool:
     return any(rdata[skip:skip + 6].lower() in _ACK_B32 for skip in (1, 2, 3))
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     queries: int = 0
     tunnelish: int = 0

@@ -79,7 +79,7 @@ def parse(p: bytes) -> Handshake | None:
     return Handshake(htype, sender, recipient, proto_name, wrapped) if htype else None
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     init_key: bytes = b""
     init_dir: int = -1

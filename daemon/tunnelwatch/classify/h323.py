@@ -76,7 +76,7 @@ def ras(p: bytes) -> tuple[int, int] | None:
     return (p[0] >> 2) & 0x1F, unpack_from("!H", p, 2)[0]
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     refs: list[set[tuple[int, bool]]] = field(default_factory=lambda: [set(), set()])
     h245: list[bool] = field(default_factory=lambda: [False, False])

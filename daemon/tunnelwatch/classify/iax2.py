@@ -87,7 +87,7 @@ def opener(f: FullFrame, p: bytes) -> bool:
     return f.subclass != 0x01 or _IE_VERSION in p[FULL_HEADER:]
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     calls: tuple[int, int] = (-1, -1)  # source call number seen in each direction
     frames: int = 0

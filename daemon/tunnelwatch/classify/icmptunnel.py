@@ -87,7 +87,7 @@ def ptunnel_flags(data: bytes) -> int:
     return flags
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     other: int = 0
     echoes: int = 0

@@ -96,7 +96,7 @@ def parse_ike(d: bytes) -> IkeHeader | None:
     return IkeHeader(ispi, rspi, major, exch, flags, msgid)
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     ispi: bytes = b""
     rspi: bytes = b""

@@ -133,7 +133,7 @@ def _ppp_frame(f: bytes) -> bool:
     return len(f) >= 1 and f[0] in (0x21, 0x57)  # protocol-field compression
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     sccrq_dir: int = -1
     sccrq_assigned: int = 0

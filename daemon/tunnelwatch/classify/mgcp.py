@@ -61,7 +61,7 @@ def response(p: bytes) -> tuple[int, int] | None:
     return int(words[0]), int(tid)
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     pending: dict[int, tuple[int, str]] = field(default_factory=dict)  # tid -> (direction, verb)
     commands: int = 0

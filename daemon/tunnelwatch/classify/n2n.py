@@ -85,7 +85,7 @@ def parse(p: bytes) -> Header | None:
     return Header(ver, code, name, cookie, b"")
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     version: int = 0
     community: bytes = b""

@@ -45,7 +45,7 @@ _PLAIN_CLIENT: Final = frozenset({1 << 3, 7 << 3, 10 << 3})
 _PLAIN_SERVER: Final = frozenset({2 << 3, 8 << 3})
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     client_dir: int
     c: int = -1

@@ -39,7 +39,7 @@ _ETHERTYPES: Final = frozenset({0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8})
 _PPP_PROTOS: Final = frozenset({0xC021, 0xC023, 0xC223, 0x8021, 0x8057, 0x80FD, 0x0021, 0x0057, 0x00FD})
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     buf: list[bytes] = field(default_factory=lambda: [b"", b""])
     msgs: list[list[str]] = field(default_factory=lambda: [[], []])

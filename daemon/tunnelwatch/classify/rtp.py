@@ -88,7 +88,7 @@ def rtcp_compound(p: bytes) -> tuple[int, int, str, int] | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stream:
     seq: int
     ts: int
@@ -97,11 +97,11 @@ class _Stream:
     bad: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     streams: list[dict[int, _Stream]] = field(default_factory=lambda: [{}, {}])
     rtcp: list[int] = field(default_factory=lambda: [0, 0])
-    rtcp_ssrc: list[set[int]] = field(default_factory=lambda: [set(), set()])
+    rtcp_ssrc: tuple[set[int], set[int]] | None = None  # made on the first RTCP packet
     rtcp_kind: str = "rtcp"
     rtcp_compound: bool = False
     rtp_pkts: int = 0
@@ -162,6 +162,8 @@ class RTP(Classifier):
                 st.bad += 1
                 return
             st.rtcp[d] += 1
+            if st.rtcp_ssrc is None:
+                st.rtcp_ssrc = (set(), set())
             if len(st.rtcp_ssrc[d]) < _MAX_SSRCS:
                 st.rtcp_ssrc[d].add(r[1])
             if r[2] == "srtcp":
@@ -211,7 +213,8 @@ class RTP(Classifier):
                 ev[0] = f"SRTCP: cleartext SR/RR header consistent ({st.rtcp[0]}+{st.rtcp[1]} each way)"
             if announced and st.rtcp_kind == "rtcp" and exp is not None:
                 return self.verdict("rtcp", "confirmed", *ev, exp.evidence)
-            if (st.rtcp[0] and st.rtcp[1] and not (st.rtcp_ssrc[0] & st.rtcp_ssrc[1])
+            ssrc = st.rtcp_ssrc
+            if (st.rtcp[0] and st.rtcp[1] and ssrc is not None and not (ssrc[0] & ssrc[1])
                     and st.rtcp_kind == "rtcp"):
                 return self.verdict("rtcp", "confirmed", *ev, "distinct sender SSRCs both ways")
             if max(steps) < STREAM_MIN_STEPS and (sum(st.rtcp) >= 2 or st.rtcp_compound):

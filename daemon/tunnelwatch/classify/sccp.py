@@ -42,7 +42,7 @@ def header(p: bytes, off: int = 0) -> tuple[int, int] | None:
     return length + 8, mid
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     msgs: list[int] = field(default_factory=lambda: [0, 0])
     buf: list[bytes] = field(default_factory=lambda: [b"", b""])

@@ -114,7 +114,7 @@ def call_tag(call_id: str) -> str:
     return f"call {zlib.crc32(call_id.encode('latin-1', 'replace')):08x}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Media:
     addr: bytes
     port: int
@@ -165,7 +165,7 @@ def _addr(family: str, text: str) -> bytes:
     return b"" if not any(raw) else raw
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     pending: dict[tuple[str, int, str], int] = field(default_factory=dict)
     seen: int = 0

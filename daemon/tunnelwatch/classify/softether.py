@@ -111,7 +111,7 @@ def ddns_pack(body: bytes) -> list[str] | None:
     return [name.decode()]
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     probe_port: int = -1
     pack: list[int] = field(default_factory=lambda: [0, 0])

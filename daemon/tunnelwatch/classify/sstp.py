@@ -42,7 +42,7 @@ def control_packet(p: bytes) -> str:
     return _MSG_NAMES.get(mtype, "")
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     request: bool = False
     uri_ok: bool = False

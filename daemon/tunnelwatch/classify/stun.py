@@ -143,16 +143,16 @@ def channel_data(p: bytes, off: int, tcp: bool) -> int:
     return len(p) if end <= len(p) <= padded else -1
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     requests: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     seen: int = 0
     classic_only: bool = True
     turn: bool = False
-    channels: set[int] = field(default_factory=set)
+    channels: set[int] | None = None  # made on the first ChannelBind: most flows never have one
     channel_data: int = 0
     first: str = ""
-    notable: set[str] = field(default_factory=set)
+    notable: set[str] | None = None
     confirmed: str = ""
     app: str = ""
     app_why: str = ""
@@ -294,6 +294,8 @@ class STUN(Classifier):
         if m.app and not st.app:
             st.app, st.app_why = m.app, m.app_why
         if m.method == 9 and m.channel >= 0:
+            if st.channels is None:
+                st.channels = set()
             st.channels.add(m.channel)
         mname = _METHOD_NAMES.get(m.method, f"method 0x{m.method:03x}")
         if not st.first:
@@ -301,8 +303,11 @@ class STUN(Classifier):
                                                             " (classic RFC 3489, no cookie)")
         for a in m.attrs:
             name = _NOTABLE.get(a)
-            if name is not None and len(st.notable) < 6:
-                st.notable.add(name)
+            if name is not None:
+                if st.notable is None:
+                    st.notable = set()
+                if len(st.notable) < 6:
+                    st.notable.add(name)
         if m.cls == 0:
             if len(st.requests) < _MAX_REQUESTS:
                 st.requests[m.tid] = (direction, m.method)
@@ -314,7 +319,7 @@ class STUN(Classifier):
     def _channel(self, st: _State, p: bytes, off: int) -> None:
         st.channel_data += 1
         ch = unpack_from("!H", p, off)[0]
-        if ch in st.channels and not st.confirmed:
+        if st.channels is not None and ch in st.channels and not st.confirmed:
             st.confirmed = f"ChannelData on channel 0x{ch:04x} bound by ChannelBind"
 
     def _verdict(self, st: _State, confidence: str) -> InspectResult:

@@ -23,7 +23,7 @@ _MIN_DISCO: Final = _KEY_END + 24 + 16  # magic + sender key + nonce + box tag
 _WG_ONLY_MAX: Final = 12  # WireGuard packets to wait through for a disco message
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     keys: list[bytes] = field(default_factory=lambda: [b"", b""])
     disco: list[int] = field(default_factory=lambda: [0, 0])

@@ -24,7 +24,7 @@ _NAME_CHARS: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU
 _DIGITS: Final = frozenset(b"0123456789")
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     buf: list[bytes] = field(default_factory=lambda: [b"", b""])
     version: list[str] = field(default_factory=lambda: ["", ""])

@@ -30,7 +30,7 @@ _FRAGMENT: Final = 0xFF  # byte 13 of a fragment (an impossible first address by
 _MIDFLOW_MIN: Final = 2  # packets each way with mirrored addresses
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     addrs: list[bytes] = field(default_factory=lambda: [b"", b""])
     seen: list[int] = field(default_factory=lambda: [0, 0])
