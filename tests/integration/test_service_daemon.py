@@ -144,7 +144,14 @@ def test_notify_reload_status_and_stop(tmp_path: Path) -> None:
         assert "unknown key 'pakets' in queue: did you mean 'packets'?" in log
         assert any(f"--connbytes 0:{window(12)} " in r for r in _rules(lb))
         snap = _snapshot(lb, tmp_path)
-        assert str(snap["config_check"]).startswith("reload refused") and snap["health"] == "ok"
+        assert str(snap["config_check"]).startswith("reload refused")
+        deadline = time.monotonic() + 15  # health is assessed every 2 s (supervisor STATUS_EVERY)
+        while snap["health"] != "degraded" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            snap = _snapshot(lb, tmp_path)
+        assert snap["health"] == "degraded", snap  # a refused reload is a fault the technician must see
+        reasons = snap["health_reasons"]
+        assert isinstance(reasons, list) and str(reasons[0]).startswith("configuration: reload refused")
 
         # what only a restart can change is refused too, with the reason
         _write_config(tmp_path, num=QUEUE + 1)

@@ -106,14 +106,22 @@ def flow_totals(snap: Mapping[str, object]) -> dict[tuple[str, str], int]:
     return out
 
 
+def _reasons(snap: Mapping[str, object]) -> list[str]:
+    """Why health is not ok (appliance/health.py), worst first."""
+    reasons = snap.get("health_reasons")
+    return [str(r) for r in reasons[:8]] if isinstance(reasons, list) else []
+
+
 def render_html(snap: Mapping[str, object], *, refresh: int = REFRESH_S) -> str:
     """The read-only status page; self-contained (no external assets), reloads itself every `refresh` s."""
     health = str(snap.get("health", "?"))
     backlog = snap.get("uplink_backlog")
     hclass = "ok" if health == "ok" else "bad"
     regver = snap.get("registry_version") or "none"
+    reasons = _reasons(snap)
+    why = f' <span id="health-reasons">({esc("; ".join(reasons))})</span>' if reasons else ""
     rows = [
-        ("Health", f'<span id="health" class="health-{hclass}">{esc(health)}</span>'),
+        ("Health", f'<span id="health" class="health-{hclass}">{esc(health)}</span>{why}'),
         ("Mode", f'<span id="mode">{esc(snap.get("mode"))}</span>'),
         ("Registry version", f'<span id="registry-version">{esc(regver)}</span>'),
         ("Uplink backlog", f'<span id="uplink-backlog">{esc("n/a" if backlog is None else backlog)}</span>'),
@@ -249,6 +257,7 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
     lines = [
         f"tunnelwatch {p(snap.get('version'))} on {p(snap.get('device_id'))}",
         f"  health:           {p(snap.get('health'))} (up {duration(snap.get('uptime_s'))})",
+        *(f"    why:            {p(r)}" for r in _reasons(snap)),
         f"  mode:             {p(snap.get('mode'))}",
         f"  config check:     {p(snap.get('config_check'))}",
         f"  registry version: {p(snap.get('registry_version') or 'none')}",

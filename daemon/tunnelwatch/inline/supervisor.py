@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from tunnelwatch.appliance.appliance import Appliance, mode_of, registry_version
+from tunnelwatch.appliance.health import Health
 from tunnelwatch.appliance.service import Notifier, setup_logging
 from tunnelwatch.config.runconfig import ConfigError, RunConfig, load_config, restart_needed
 from tunnelwatch.inline.firewall import FirewallError
@@ -85,6 +86,7 @@ class Supervisor:
         self.rules, self.app, self.notifier, self.apply_path = rules, app, notifier, apply_path
         self.verbose = verbose
         self.reporter, self.syncer = reporter, syncer
+        self.health = Health()
         self.watch = RegistryWatch(registry)
         self.counts: Counter[str] = Counter()
         self.hup = False
@@ -118,11 +120,22 @@ class Supervisor:
 
     def ready(self) -> None:
         """Rules are in place: tell systemd and start advertising."""
-        degraded = self.reporter is not None and self.reporter.degraded is not None
-        self.app.state.set(health="degraded" if degraded else "ok")
+        self.assess_health()
         self.notifier.ready(self.status_text())
         self.last_status = self.status_text()
         self.app.start_discovery()
+
+    def assess_health(self) -> None:
+        """Health and its reasons from what every wing wrote into the status state (appliance/health.py)."""
+        snap = self.app.state.snapshot()
+        if snap.get("health") == "stopping":
+            return
+        health, reasons = self.health.assess(snap, time.time())
+        if health == "degraded" and snap.get("health") != "degraded":
+            log.warning("health degraded: %s", "; ".join(reasons))
+        elif health == "ok" and snap.get("health") == "degraded":
+            log.info("health ok again")
+        self.app.state.set(health=health, health_reasons=reasons)
 
     def timeout(self) -> float:
         """Seconds the caller may block before wake() has work to do."""
@@ -155,6 +168,7 @@ class Supervisor:
             self.next_dog = now + self.interval
         if now >= self.next_status:
             self.next_status = now + STATUS_EVERY
+            self.assess_health()
             text = self.status_text()
             if text != self.last_status:
                 self.notifier.status(text)

@@ -87,9 +87,10 @@ class RegistrySyncer:
             except Exception as exc:  # a bug in one fetch must not end syncing
                 log.exception("registry sync failed")
                 res = None
-                self.state.set(registry_sync=f"error: {exc}")
+                self.state.set(registry_sync=f"error: {exc}", registry_sync_error=f"{exc}"[:200])
             if res is not None:
-                self.state.set(registry_sync=f"v{sync.current_version()}: {res.message}"[:200])
+                self.state.set(registry_sync=f"v{sync.current_version()}: {res.message}"[:200],
+                               registry_sync_error=None if res.ok else res.message[:200])
                 if res.changed:
                     log.info("registry sync: version %s applied to %s", res.version, sync.registry_path)
                     self._result = res

@@ -130,9 +130,10 @@ class Reporter:
             log.error("report: cannot open the spool %s: %s; reporting is OFF, enforcement continues",
                       sc.path, exc)
             self.degraded = f"reporting off: spool {sc.path} unavailable"
-            self.state.set(health="degraded", report=self.degraded)
+            self.state.set(report=self.degraded)  # health degrades on it (appliance/health.py)
             self.spool = None
             return
+        self.state.set(spool_max_events=sc.max_events)
         if self.spool.recovered:
             self.warnings.append(f"spool was corrupt: moved aside to {self.spool.recovered}")
             log.warning("report: the spool was corrupt; moved aside to %s", self.spool.recovered)
@@ -146,7 +147,7 @@ class Reporter:
         except (OSError, ValueError) as exc:  # e.g. an unreadable CA or client key
             log.error("report uplink: %s; events stay in the spool", exc)
             self.degraded = f"uplink off: {exc}"
-            self.state.set(health="degraded", uplink_last_error=str(exc))
+            self.state.set(report=self.degraded, uplink_last_error=str(exc))
             self.uplink = None
         log.info("report: spool %s (%d events waiting), uplink %s", sc.path, self.spool.backlog(),
                  up.url if self.uplink else "FAILED")
@@ -307,7 +308,7 @@ class Reporter:
             if not self._held:
                 log.error("report: spool write failed: %s; holding events in memory (at most %d) and "
                           "retrying every %.0f s", exc, HOLD_MAX, RETRY_EVERY)
-                self.state.set(health="degraded", report=f"spool write failing: {exc}"[:200])
+                self.state.set(report=f"spool write failing: {exc}"[:200])
             self._held = events
             self._retry_at = time.monotonic() + RETRY_EVERY
             self._trim_held()
@@ -315,7 +316,7 @@ class Reporter:
         if self._held:
             log.warning("report: spool writable again: %d held events written", len(events))
             self._held = []
-            self.state.set(health="ok", report=None)
+            self.state.set(report=self.degraded)
         if self.uplink is not None:
             self.uplink.kick()
 

@@ -10,7 +10,6 @@ from typing import Any
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.config.runconfig import RunConfig, parse_config
 from tunnelwatch.record import FlowRecord
-from tunnelwatch.report.heartbeat import queue_counters
 from tunnelwatch.report.reporter import Reporter
 from tunnelwatch.report.spool import Spool
 
@@ -90,7 +89,7 @@ def test_an_unopenable_spool_degrades_but_never_raises(tmp_path: Path) -> None:
     rep.flow(_flow())
     rep.stop("signal SIGTERM")
     assert rep.spool is None and rep.degraded is not None
-    assert state.snapshot()["health"] == "degraded"
+    assert state.snapshot()["report"] == rep.degraded  # health degrades on it (appliance/health.py)
 
 
 def test_without_an_uplink_nothing_is_spooled(tmp_path: Path) -> None:
@@ -99,69 +98,6 @@ def test_without_an_uplink_nothing_is_spooled(tmp_path: Path) -> None:
     rep.flow(_flow())
     rep.stop("signal SIGTERM")
     assert not (tmp_path / "spool.db").exists()
-
-
-def test_queue_counters_read_the_kernel_table(tmp_path: Path) -> None:
-    p = tmp_path / "nfq"
-    p.write_text("    5  12345     0 2 65531     3     4      100  1\n"
-                 "    7  999     0 2 65531     9     9      50  1\n")
-    assert queue_counters(range(5, 6), p) == (100, 7)
-    assert queue_counters(range(5, 8), p) == (150, 25)
-    assert queue_counters(range(5, 6), tmp_path / "missing") == (0, 0)
-
-
-class _FakeReporter:
-    """Records what the supervisor reports."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, object]]] = []
-        self.degraded = None
-        self.applied: list[RunConfig] = []
-
-    def event(self, kind: str, **fields: object) -> None:
-        self.events.append((kind, fields))
-
-    def flow(self, rec: dict[str, object]) -> None:
-        self.events.append(("flow", rec))
-
-    def apply(self, cfg: RunConfig) -> None:
-        self.applied.append(cfg)
-
-
-class _Null:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
-
-
-def test_reloads_report_config_policy_and_rejections(tmp_path: Path) -> None:
-    from tunnelwatch.appliance.appliance import Appliance
-    from tunnelwatch.config.runconfig import load_config
-    from tunnelwatch.inline.supervisor import Supervisor
-    from tunnelwatch.policy.registry import Registry
-
-    path = tmp_path / "tw.yaml"
-    path.write_text("policy: {klass: {vpn_tunnel: monitor}}\nstatus: {socket: null}\n")
-    cfg = load_config(path)
-    fake = _FakeReporter()
-    null: Any = _Null()
-    sup = Supervisor(cfg, Registry(), path, null, Appliance(cfg, Registry()), null, lambda c, r: None,
-                     reporter=fake)  # type: ignore[arg-type]
-    path.write_text("policy: {klass: {vpn_tunnel: enforce}}\nstatus: {socket: null}\n"
-                    "report: {heartbeat: 9}\n")
-    sup.reload()
-    kinds = [k for k, _ in fake.events]
-    assert kinds == ["config_changed", "policy_changed"]
-    changed = fake.events[0][1]
-    assert changed["changes"] == ["klass", "report"] and len(str(changed["digest"])) == 64
-    assert fake.applied and fake.applied[-1].report.heartbeat == 9
-    path.write_text("policy: {klass: {vpn_tunel: enforce}}\n")
-    sup.reload()
-    kind, fields = fake.events[-1]
-    assert kind == "config_rejected"
-    errors = fields["errors"]
-    assert isinstance(errors, list) and "vpn_tunel" in errors[0] and ":1:" in errors[0]
-    sup.record(_flow())
-    assert fake.events[-1][0] == "flow"
 
 
 def test_a_spool_that_cannot_be_written_holds_events_and_loses_none_when_it_recovers(
@@ -191,14 +127,14 @@ def test_a_spool_that_cannot_be_written_holds_events_and_loses_none_when_it_reco
     deadline = time.monotonic() + 10
     while full["failed"] < 3 and time.monotonic() < deadline:  # several retries while "full"
         time.sleep(0.02)
-    assert full["failed"] >= 3 and state.snapshot()["health"] == "degraded"
+    assert full["failed"] >= 3 and str(state.snapshot()["report"]).startswith("spool write failing")
     full["on"] = False
-    while state.snapshot()["health"] != "ok" and time.monotonic() < deadline:
+    while state.snapshot()["report"] is not None and time.monotonic() < deadline:
         time.sleep(0.02)
     rep.stop("signal SIGTERM")
     ports = sorted(int(str(e["sport"])) for e in _events(tmp_path) if e["kind"] == "flow_blocked")
     assert ports == list(range(41000, 41020))  # every event held through the outage arrived once
-    assert state.snapshot()["health"] == "ok"
+    assert state.snapshot()["report"] is None
 
 
 def test_held_events_are_bounded_and_the_overflow_is_counted(tmp_path: Path, monkeypatch: Any) -> None:
