@@ -1,5 +1,5 @@
-"""Status state, HTTP endpoints (real urllib client on 127.0.0.1), metrics format, unix socket and
-`tunnelwatch status` output."""
+"""The status server: HTTP endpoints (real urllib client on 127.0.0.1), unix socket and `tunnelwatch status`
+output. The state itself: test_state.py; rendering: test_statuspage.py."""
 
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ from typing import Any
 
 import pytest
 
-from tunnelwatch.appliance import statuspage
-from tunnelwatch.appliance.state import RECENT_MAX, StatusState
+from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.appliance.statusweb import StatusServer, cli_status
 from tunnelwatch.record import FlowRecord
 
 TOKEN = "s3cret-status-token"
-HOSTILE = '<script>alert("x")</script>&\x1b[31m'
 
 
 def _rec(**kw: Any) -> FlowRecord:
@@ -57,50 +55,6 @@ def served(tmp_path: Path) -> Iterator[tuple[StatusState, StatusServer, str]]:
         srv.stop()
 
 
-def _get(url: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read().decode()
-
-
-# --- state ---------------------------------------------------------------------------------------------
-
-def test_snapshot_holds_fields_recent_flagged_flows_and_counters() -> None:
-    snap = _state().snapshot()
-    assert (snap["health"], snap["mode"], snap["registry_version"], snap["uplink_backlog"]) == (
-        "ok", "enforce", "2024-06-01.3", 5)
-    recent = snap["recent"]
-    assert isinstance(recent, list)
-    # newest first; the allowed benign flow is counted but not listed
-    assert [r["protocol"] for r in recent] == ["sip", "openvpn"]
-    assert statuspage.flow_totals(snap) == {("vpn_tunnel", "block"): 1, ("benign", "allow"): 1,
-                                            ("voip", "report"): 1}
-    json.dumps(snap)  # JSON-able
-
-
-def test_recent_is_bounded_and_keeps_only_the_page_columns() -> None:
-    st = StatusState(device_id="d", version="v", mode="monitor")
-    for i in range(RECENT_MAX + 50):
-        st.record_decision(_rec(sport=i, evidence=("x",)))
-    recent = st.snapshot()["recent"]
-    assert isinstance(recent, list) and len(recent) == RECENT_MAX
-    assert recent[0]["sport"] == RECENT_MAX + 49
-    assert "evidence" not in recent[0] and "packets" not in recent[0]
-
-
-def test_set_rejects_reserved_fields_and_stringifies_odd_values() -> None:
-    st = StatusState(device_id="d", version="v", mode="monitor")
-    with pytest.raises(ValueError):
-        st.set(recent=[])
-    st.set(extra=Path("/x"))
-    assert st.snapshot()["extra"] == "/x"
-
-
-# --- rendering -----------------------------------------------------------------------------------------
-
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (\S+)$')
 
 
@@ -126,46 +80,13 @@ def _parse_metrics(text: str) -> dict[str, list[tuple[str, float]]]:
     return samples
 
 
-def test_metrics_format_line_by_line() -> None:
-    st = _state()
-    st.set(device_id='quote"back\\slash\nnewline')
-    st.count("uplink_errors", 3)
-    samples = _parse_metrics(statuspage.render_metrics(st.snapshot()))
-    assert samples["tunnelwatch_up"] == [("", 1.0)]
-    ((labels, one),) = samples["tunnelwatch_info"]
-    assert one == 1.0 and 'mode="enforce"' in labels and 'version="0.1.0"' in labels
-    assert r'device_id="quote\"back\\slash\nnewline"' in labels
-    flows = dict(samples["tunnelwatch_flows_total"])
-    assert flows['{action="block",klass="vpn_tunnel"}'] == 1.0
-    assert flows['{action="allow",klass="benign"}'] == 1.0
-    assert samples["tunnelwatch_uplink_errors_total"] == [("", 3.0)]
-    assert samples["tunnelwatch_uplink_backlog"] == [("", 5.0)]
-    assert dict(samples["tunnelwatch_health"])['{state="ok"}'] == 1.0
-    assert samples["tunnelwatch_config_ok"] == [("", 1.0)]
-
-
-def test_metrics_up_is_zero_while_starting_and_backlog_absent_when_unknown() -> None:
-    st = StatusState(device_id="d", version="v", mode="monitor", config_check="2 problems")
-    samples = _parse_metrics(statuspage.render_metrics(st.snapshot()))
-    assert samples["tunnelwatch_up"] == [("", 0.0)]
-    assert samples["tunnelwatch_config_ok"] == [("", 0.0)]
-    assert "tunnelwatch_uplink_backlog" not in samples
-
-
-def test_html_escapes_everything() -> None:
-    st = StatusState(device_id=HOSTILE, version="v", mode=HOSTILE)
-    st.record_decision(_rec(reason=HOSTILE, src=HOSTILE))
-    page = statuspage.render_html(st.snapshot())
-    assert "<script>" not in page and "&lt;script&gt;" in page
-    assert "http://" not in page and "https://" not in page  # no external assets
-
-
-def test_summary_is_terminal_safe() -> None:
-    st = _state()
-    st.record_decision(_rec(reason=HOSTILE))
-    text = statuspage.render_summary(st.snapshot())
-    assert "\x1b" not in text and "health:           ok" in text
-    assert "2024-06-01.3" in text and "2 block, 1 report" in text
+def _get(url: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
 
 
 # --- HTTP ----------------------------------------------------------------------------------------------
