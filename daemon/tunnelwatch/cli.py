@@ -145,6 +145,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EX_PARTIAL
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from tunnelwatch.policy.explain import explain
+
+    loaded = _load(args.config)
+    if loaded is None:
+        return EX_CONFIG
+    cfg, registry, _ = loaded
+    try:
+        ans = explain(cfg, registry, host=args.host, server=args.server, protocol=args.protocol,
+                      port=args.port, transport=args.transport, confidence=args.confidence)
+    except ValueError as exc:
+        print(f"tunnelwatch: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if args.json:
+        print(json.dumps(ans.__dict__, indent=2))
+    else:
+        print(f"{args.protocol} ({ans.klass}) from {args.host} to {args.server}:{args.port}/"
+              f"{args.transport}, confidence {args.confidence}:")
+        for line in ans.lines():
+            print(line)
+    return EX_OK if ans.action != "block" else 1
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from tunnelwatch.appliance.statusweb import cli_status
 
@@ -219,6 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="status socket (default /run/tunnelwatch/status.sock)")
     st.add_argument("--json", action="store_true", help="the full snapshot as JSON")
     st.set_defaults(func=_cmd_status)
+
+    ex = sub.add_parser("explain", help="dry-run: would this flow pass? which rule, which registration",
+                        description="Decide a flow from a LAN host to a server with the policy and registry "
+                                    "of a configuration, as the daemon would, and say why. Exit 0 when it "
+                                    "passes or is only reported, 1 when it would be blocked, 78 for a bad "
+                                    "configuration.")
+    ex.add_argument("--config", default="/etc/tunnelwatch/tunnelwatch.yaml", metavar="FILE",
+                    help="tunnelwatch.yaml (default /etc/tunnelwatch/tunnelwatch.yaml)")
+    ex.add_argument("--host", required=True, metavar="ADDR", help="the LAN host (subscriber side)")
+    ex.add_argument("--server", required=True, metavar="ADDR", help="the server it talks to")
+    ex.add_argument("--protocol", required=True, help="what the daemon would detect, e.g. openvpn, wireguard")
+    ex.add_argument("--port", type=int, default=0, help="the server's port (default: any)")
+    ex.add_argument("--transport", choices=("udp", "tcp"), default="udp", help="default udp")
+    ex.add_argument("--confidence", choices=("confirmed", "heuristic", "list", "port"), default="confirmed",
+                    help="how sure the detection is (default confirmed)")
+    ex.add_argument("--json", action="store_true", help="the answer as JSON")
+    ex.set_defaults(func=_cmd_explain)
 
     dc = sub.add_parser("discover", help="list tunnelwatch boxes on this network (mDNS)",
                         description="Browse _tunnelwatch._tcp.local. and list the boxes that answer.")

@@ -304,7 +304,8 @@ def restart_needed(old: RunConfig, new: RunConfig) -> list[str]:
     return out
 
 
-def _rule_text(r: Rule) -> str:
+def rule_text(r: Rule) -> str:
+    """One line for a rule: mode, grace end, minimum confidence, action."""
     until = f" until {r.until:%Y-%m-%d %H:%M} UTC" if r.until is not None else ""
     return f"{r.mode}{until} (min {r.min_confidence}, {r.action})"
 
@@ -317,8 +318,8 @@ def summary(cfg: RunConfig) -> list[str]:
     http = f"HTTP on {', '.join(st.listen)} port {st.port} (token from {st.token_file})" if st.listen \
         else "HTTP off (status.listen is empty)"
     mdns = f"on {', '.join(disc.interfaces)}" if disc.enabled and disc.interfaces else "off"
-    rules = [f"{k} {_rule_text(v)}" for k, v in sorted(cfg.klass.items())]
-    rules += [f"protocol {k} {_rule_text(v)}" for k, v in sorted(cfg.protocol.items())]
+    rules = [f"{k} {rule_text(v)}" for k, v in sorted(cfg.klass.items())]
+    rules += [f"protocol {k} {rule_text(v)}" for k, v in sorted(cfg.protocol.items())]
     journal = {None: "auto", True: "on", False: "off"}[cfg.log_journal]
     return [
         f"{queues}, first {cfg.packets} packets per connection, maxlen {cfg.maxlen}, {cfg.flows} flows, "
@@ -326,7 +327,7 @@ def summary(cfg: RunConfig) -> list[str]:
         f"{'fail-closed' if cfg.fail_closed else 'fail-open'}, new connections per host: "
         + (f"{cfg.new_flow_rate}/s (burst {cfg.new_flow_burst})" if cfg.new_flow_rate else "unlimited"),
         f"firewall: hooks {','.join(cfg.hooks)}, ipv6 {'on' if cfg.ipv6 else 'off'}, backend {cfg.backend}",
-        f"policy: default {_rule_text(cfg.default)}" + "".join(f"; {r}" for r in rules),
+        f"policy: default {rule_text(cfg.default)}" + "".join(f"; {r}" for r in rules),
         "bulk VoIP: " + (f"{cfg.voip.bulk_action} above {cfg.voip.bulk_calls} concurrent calls per host "
                          f"(each for {cfg.voip.bulk_window} s at most)" if cfg.voip.bulk_calls else "off"),
         f"status: socket {st.socket or 'off'}, {http}",
