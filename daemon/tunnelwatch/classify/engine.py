@@ -124,6 +124,10 @@ class Engine:
         flow.bytes += pkt.length
         flow.pkts_dir[d] += 1
         flow.bytes_dir[d] += pkt.length
+        if pkt.seq >= 0 and pkt.payload:
+            if flow.seq is None:
+                flow.seq = [-1, -1]
+            flow.seq[d] = pkt.seq
         if flow.done:
             if flow.watch and pkt.payload:
                 self.reopen(flow)  # a later window of a flow not settled: look again

@@ -46,6 +46,7 @@ class Flow:
         "pkts_dir",
         "proto",
         "reopens",
+        "seq",
         "sport",
         "src",
         "state",
@@ -68,6 +69,8 @@ class Flow:
         self.pkts_dir = [0, 0]
         self.bytes_dir = [0, 0]
         self.payload_pkts = [0, 0]
+        #: TCP: the last sequence number seen from each side (-1: none yet)
+        self.seq: list[int] | None = None
         #: per-classifier private state, keyed by classifier name
         self.state: dict[str, Any] = {}
         #: classifiers still interested in this flow

@@ -83,6 +83,18 @@ class FlowTable:
             self.expired += 1
             self._end(flow, "idle")
 
+    def peek(self, key: FlowKey) -> Flow | None:
+        """The flow with this key, if tracked (no accounting, no expiry)."""
+        return self._flows.get(key)
+
+    def end(self, key: FlowKey, reason: str) -> bool:
+        """End one flow now (e.g. its 5-tuple was reused by a new connection); False when not tracked."""
+        flow = self._flows.pop(key, None)
+        if flow is None:
+            return False
+        self._end(flow, reason)
+        return True
+
     def flush(self) -> None:
         """End every remaining flow (end of capture or shutdown)."""
         while self._flows:

@@ -52,13 +52,13 @@ class Packet:
     """Header facts of one IP packet. `payload` is the L4 payload (or the whole body for ESP/AH/GRE/ICMP)."""
 
     __slots__ = (
-        "dport", "dst", "frag", "length", "payload", "proto", "sport", "src", "tcp_flags", "ts",
+        "dport", "dst", "frag", "length", "payload", "proto", "seq", "sport", "src", "tcp_flags", "ts",
         "version",
     )
 
     def __init__(
         self, ts: float, version: int, src: bytes, dst: bytes, proto: int, sport: int, dport: int,
-        length: int, payload: bytes, tcp_flags: int = 0, frag: bool = False,
+        length: int, payload: bytes, tcp_flags: int = 0, frag: bool = False, seq: int = -1,
     ) -> None:
         self.ts = ts
         self.version = version
@@ -71,6 +71,8 @@ class Packet:
         self.payload = payload
         self.tcp_flags = tcp_flags
         self.frag = frag
+        #: TCP sequence number (-1 for other transports): tells a new connection on a reused 5-tuple
+        self.seq = seq
 
     def __repr__(self) -> str:
         return (f"Packet({transport_name(self.proto)} {addr_text(self.src)}:{self.sport} -> "
@@ -148,7 +150,8 @@ def _l4(ts: float, ver: int, src: bytes, dst: bytes, proto: int, buf: bytes, p: 
         doff = (buf[p + 12] >> 4) * 4
         if doff < 20 or end - p < doff:
             return None
-        return Packet(ts, ver, src, dst, proto, sport, dport, length, buf[p + doff:end], buf[p + 13], frag)
+        return Packet(ts, ver, src, dst, proto, sport, dport, length, buf[p + doff:end], buf[p + 13], frag,
+                      unpack_from("!I", buf, p + 4)[0])
     if proto in (ICMP, ICMPV6):
         if end - p < 4:
             return None

@@ -20,8 +20,8 @@ from typing import Final
 
 from tunnelwatch.classify.endpoints import Endpoints
 from tunnelwatch.classify.engine import Engine
-from tunnelwatch.classify.flow import Flow, FlowKey
-from tunnelwatch.classify.packet import addr_text, parse_ip, transport_name
+from tunnelwatch.classify.flow import Flow, FlowKey, flow_key
+from tunnelwatch.classify.packet import Packet, addr_text, parse_ip, transport_name
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import firewall
 from tunnelwatch.policy.policy import Decision, Policy
@@ -36,6 +36,12 @@ QUIET_S: Final = 2.0
 FULL_GC_EVERY: Final = 3600.0  # seconds between full garbage collections on the packet path
 #: re-opens per flow at most: a safety bound only, the kernel's windows bound the queued packets already
 REOPENS: Final = 64
+_FINAL: Final = frozenset({firewall.MARK_ALLOW, firewall.MARK_DROP, firewall.MARK_REJECT})
+#: a queued TCP packet this close (either way, in sequence space) to the last one seen from its side
+#: belongs to the same connection: packets queued before the decision reached the connmark
+SEQ_WINDOW: Final = 1 << 20
+#: other transports: a packet this long after the last one of a finally decided flow is a new connection
+REUSE_GAP_S: Final = 2.0
 Record = Callable[[FlowRecord], None]
 
 
@@ -70,6 +76,7 @@ class Enforcer:
         self.marks: dict[FlowKey, int] = {}
         self.counts: dict[str, int] = {}
         self.late_blocks = 0  # blocks decided after a flow was first let through under WATCH
+        self.reused = 0  # new connections on the 5-tuple of a finally decided flow: classified afresh
 
     def _use_lists(self) -> None:
         idx = self.endpoints.index
@@ -115,6 +122,33 @@ class Enforcer:
                         "new flows, or raise queue.flows", self.engine.table.max_flows)
         self._evictions_seen = evicted
 
+    def _new_connection_on_old_tuple(self, pkt: Packet) -> None:
+        """End a finally decided flow when this packet belongs to a new connection on its 5-tuple.
+
+        The kernel queues no packet of a connection whose connmark holds a final decision, so a queued
+        packet for such a flow is either one queued before the decision reached the connmark (same
+        connection: close in TCP sequence space, or within moments) or a new conntrack entry on the same
+        5-tuple, e.g. a client that closed an allowed HTTP connection and reopened the tuple for a
+        tunnel. The new connection must be classified, not inherit the old decision.
+        """
+        key = flow_key(pkt)
+        if self.marks.get(key) not in _FINAL:
+            return
+        old = self.engine.table.peek(key)
+        if old is None:
+            return
+        ref = old.seq[old.direction(pkt)] if pkt.proto == 6 and old.seq is not None else -1
+        if pkt.proto == 6 and not pkt.payload:
+            return
+        if ref >= 0 and pkt.seq >= 0:
+            if min((pkt.seq - ref) % (1 << 32), (ref - pkt.seq) % (1 << 32)) < SEQ_WINDOW:
+                return  # the same connection, queued before its decision reached the kernel
+        elif pkt.ts - old.last_ts < REUSE_GAP_S:
+            return
+        self.reused += 1
+        log.debug("new connection on the 5-tuple of a decided flow: %s: classified afresh", old.describe())
+        self.engine.table.end(key, "reused")
+
     def _decide_quiet(self) -> None:
         for flow in self.engine.decide_quiet(time.time(), QUIET_S):
             bits = self.marks.get(flow.key, 0)
@@ -131,7 +165,7 @@ class Enforcer:
         return {"tracked": len(t), "max": t.max_flows, "created": t.created, "expired": t.expired,
                 "evicted": t.evicted, "classifier_errors": self.engine.classifier_errors,
                 "unparsed_packets": self.unparsed, "reopened": self.engine.reopened,
-                "late_blocks": self.late_blocks}
+                "late_blocks": self.late_blocks, "reused": self.reused}
 
     def handle(self, payload: bytes) -> int:
         """Mark bits for one queued packet: the flow's decision, WATCH, or 0 while it is undecided."""
@@ -139,6 +173,8 @@ class Enforcer:
         if pkt is None:
             self.unparsed += 1
             return 0
+        if self.marks and pkt.proto in (6, 17):
+            self._new_connection_on_old_tuple(pkt)
         flow = self.engine.process(pkt)
         bits = self.marks.get(flow.key)
         if bits is not None:
