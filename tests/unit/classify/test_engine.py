@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import ClassVar
 
 import pytest
@@ -17,12 +16,10 @@ from tunnelwatch.classify.base import (
     InspectResult,
     Klass,
     Verdict,
-    check_contract,
 )
 from tunnelwatch.classify.engine import Engine
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import UDP, Packet
-from tunnelwatch.offline.progress import Progress
 
 A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])
@@ -96,33 +93,6 @@ def test_registry_contract_and_names() -> None:
         load_classifiers(["nope"])
 
 
-def test_contract_catches_bad_declarations() -> None:
-    class Bad(Counting):
-        name: ClassVar[str] = "Bad Name"
-
-    class NoInspect(Classifier):
-        name: ClassVar[str] = "noinspect"
-        klass: ClassVar[Klass] = "voip"
-        transports: ClassVar[frozenset[int]] = frozenset({UDP})
-        protocols: ClassVar[tuple[str, ...]] = ("x",)
-
-    class BadPort(Counting):
-        name: ClassVar[str] = "badport"
-        ports: ClassVar[dict[tuple[int, int], str]] = {(6, 80): "counted"}
-
-    for cls, msg in ((Bad, "name"), (NoInspect, "inspect"), (BadPort, "port hint")):
-        with pytest.raises(ContractError, match=msg):
-            check_contract(cls())
-
-
-def test_expectation_marks_the_announced_flow() -> None:
-    ctx = Context()
-    ctx.expect(B, 30000, UDP, "rtp", "voip", "announced", now=0.0)
-    assert ctx.lookup(udp(1.0, dport=30000)) is not None
-    assert ctx.lookup(udp(1.0, dport=30001)) is None
-    assert ctx.lookup(udp(10_000.0, dport=30000)) is None  # expired
-
-
 def test_reject_removes_classifier_from_flow() -> None:
     class Rejecting(Counting):
         name: ClassVar[str] = "rejecting"
@@ -136,17 +106,6 @@ def test_reject_removes_classifier_from_flow() -> None:
     for i in range(5):
         e.process(udp(float(i)))
     assert r.calls == 1
-
-
-def test_progress_bar_draws_when_enabled() -> None:
-    out = io.StringIO()
-    p = Progress(1000, "file.pcap", stream=out, enabled=True)
-    p.update(500, "42 pkts")
-    p.close()
-    assert "50.0%" in out.getvalue() and "file.pcap" in out.getvalue()
-    quiet = io.StringIO()
-    Progress(1000, "x", stream=quiet).update(500)
-    assert quiet.getvalue() == ""  # StringIO is not a terminal: no bar
 
 
 def test_followers_keep_reading_after_the_decision_but_cannot_change_it() -> None:
