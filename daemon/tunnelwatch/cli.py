@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--socket", default="/run/tunnelwatch/status.sock", metavar="PATH",
                     help="status socket (default /run/tunnelwatch/status.sock)")
     st.add_argument("--json", action="store_true", help="the full snapshot as JSON")
+    st.add_argument("--host", metavar="ADDR",
+                    help="one LAN host's recent decisions: what, why, evidence, and the `explain` line that "
+                         "says what would let it through")
     st.set_defaults(func=_cmd_status)
 
     ex = sub.add_parser("explain", help="dry-run: would this flow pass? which rule, which registration",

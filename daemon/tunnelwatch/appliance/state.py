@@ -15,6 +15,7 @@ from tunnelwatch.record import FlowRecord
 from tunnelwatch.verdict import FLAGGED
 
 RECENT_MAX: Final = 200
+EVIDENCE_KEPT: Final = 3  # evidence lines per recent decision
 MAX_LABEL_SETS: Final = 1000  # per counter: a bug feeding unbounded labels cannot exhaust memory
 _DECISION_KEYS: Final = ("ts", "src", "sport", "dst", "dport", "transport", "klass", "protocol", "confidence",
                          "action", "reason")
@@ -56,7 +57,8 @@ class StatusState:
 
     def record_decision(self, rec: FlowRecord) -> None:
         """One decided flow: counted in flows{klass,action}; kept in the recent list when it is tagged
-        (a flagged klass) or not simply allowed. Only the columns the page shows are kept."""
+        (a flagged klass) or not simply allowed. The page's columns are kept, plus the first evidence
+        lines and the registration (the per-host view answers "why" with them); counters never."""
         keep: dict[str, object] = {}
         for k in _DECISION_KEYS:
             v = getattr(rec, k)
@@ -67,6 +69,8 @@ class StatusState:
             keep[k] = v
         if keep["ts"] is None:
             keep["ts"] = time.time()
+        keep["evidence"] = [e[:128] for e in rec.evidence[:EVIDENCE_KEPT]]
+        keep["registration_id"] = rec.registration_id
         klass, action = str(keep["klass"] or "unknown"), str(keep["action"] or "allow")
         self.count("flows", klass=klass, action=action)
         if klass in FLAGGED or action != "allow":
@@ -80,6 +84,11 @@ class StatusState:
             series = self._counters.setdefault(name.removesuffix("_total"), {})
             if key in series or len(series) < MAX_LABEL_SETS:
                 series[key] = series.get(key, 0) + n
+
+    def host(self, addr: str) -> list[dict[str, object]]:
+        """The recent decisions of one LAN host (as initiator or as the other end), newest first."""
+        with self._lock:
+            return [dict(r) for r in self._recent if addr in (r.get("src"), r.get("dst"))]
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-able copy of everything, recent decisions newest first."""

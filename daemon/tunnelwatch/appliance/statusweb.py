@@ -28,6 +28,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from tunnelwatch.appliance import statuspage
+from tunnelwatch.appliance.hostview import host_decisions, render_host, valid_host
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.text import printable
 
@@ -157,7 +158,11 @@ class _Handler(BaseHTTPRequestHandler):
                 html = statuspage.render_html(self.server.state.snapshot())
                 self._send(200, "text/html; charset=utf-8", html)
             elif url.path == "/api/status":
-                self._send(200, "application/json", json.dumps(self.server.state.snapshot()) + "\n")
+                snap = self.server.state.snapshot()
+                host = parse_qs(url.query).get("host", [""])[0]
+                if host:  # the per-host view: only that host's recent decisions
+                    snap["recent"] = self.server.state.host(host)
+                self._send(200, "application/json", json.dumps(snap) + "\n")
             elif url.path == "/metrics":
                 self._send(200, "text/plain; version=0.0.4; charset=utf-8",
                            statuspage.render_metrics(self.server.state.snapshot()))
@@ -342,8 +347,16 @@ def cli_status(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"tunnelwatch: error: {path}: {exc}", file=sys.stderr)
         return 1
+    host = getattr(args, "host", None)
+    if host is not None and not valid_host(host):
+        print(f"tunnelwatch: error: --host {printable(host, 80)!r} is not an address", file=sys.stderr)
+        return 2
+    if host is not None:
+        snap["recent"] = host_decisions(snap, host)
     if getattr(args, "json", False):
         print(json.dumps(snap, indent=2))
+    elif host is not None:
+        sys.stdout.write(render_host(snap, host))
     else:
         sys.stdout.write(statuspage.render_summary(snap))
     return 0 if snap.get("health") == "ok" else 1

@@ -48,11 +48,11 @@ def test_snapshot_holds_fields_recent_flagged_flows_and_counters() -> None:
 def test_recent_is_bounded_and_keeps_only_the_page_columns() -> None:
     st = StatusState(device_id="d", version="v", mode="monitor")
     for i in range(RECENT_MAX + 50):
-        st.record_decision(_rec(sport=i, evidence=("x",)))
+        st.record_decision(_rec(sport=i, evidence=tuple(f"fact {n}" for n in range(10))))
     recent = st.snapshot()["recent"]
     assert isinstance(recent, list) and len(recent) == RECENT_MAX
     assert recent[0]["sport"] == RECENT_MAX + 49
-    assert "evidence" not in recent[0] and "packets" not in recent[0]
+    assert recent[0]["evidence"] == ["fact 0", "fact 1", "fact 2"] and "packets" not in recent[0]
 
 
 def test_set_rejects_reserved_fields_and_stringifies_odd_values() -> None:
