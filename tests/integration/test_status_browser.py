@@ -67,11 +67,12 @@ def test_page_with_token_shows_health_and_blocked_flow(base: str) -> None:
     assert _text(dom, "config-check") == "ok"
     row = re.search(r'<tr class="action-block">(.*?)</tr>', dom)
     assert row, "no blocked flow row"
-    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-    assert cells[1:8] == ["udp", "198.51.100.2:40000", "203.0.113.2:1194", "vpn_tunnel", "openvpn",
-                          "confirmed", "block"]
+    cells = re.findall(r'<td data-label="[a-z]+">(.*?)</td>', row.group(1))
+    # what was done and why first (a phone shows them without scrolling sideways)
+    assert cells[1:3] == ["block", "openvpn"]
+    assert cells[4:] == ["198.51.100.2:40000", "203.0.113.2:1194", "udp", "vpn_tunnel", "confirmed"]
     # the hostile reason is shown as text: no element was injected, no script ran
-    assert "&lt;script&gt;" in cells[8] and "<script" not in dom and "<img" not in dom
+    assert "&lt;script&gt;" in cells[3] and "<script" not in dom and "<img" not in dom
     assert "<title>tunnelwatch cpe-browser-1</title>" in dom and "pwned" not in dom.split("</title>")[0]
 
 

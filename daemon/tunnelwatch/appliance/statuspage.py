@@ -12,12 +12,18 @@ import datetime as dt
 import html
 import math
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Final
 
 from tunnelwatch.text import printable
 
-REFRESH_S: Final = 10
+REFRESH_S: Final = 10  # seconds, when the page is asked to refresh itself (?refresh=10)
+PAGE_SIZE: Final = 50  # recent flows per page
+#: the page's flow columns: what was done and why first, so a phone shows them without scrolling sideways
+PAGE_COLUMNS: Final = ("time", "action", "protocol", "reason", "src", "dst", "transport", "klass",
+                        "confidence")
+_HEADERS: Final = {"klass": "class"}
 KNOWN_HEALTH: Final = ("starting", "ok", "degraded", "stopping")
 # Top-level snapshot keys that are not plain gauges (strings, or rendered some other way).
 _NOT_GAUGES: Final = frozenset({"now", "started", "uptime_s", "recent", "counters"})
@@ -33,7 +39,14 @@ table{border-collapse:collapse;font-size:.9rem}
 td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}th{background:#eee}
 .health-ok{color:#176f2c;font-weight:bold}.health-bad{color:#a4000f;font-weight:bold}
 tr.action-block td{background:#fde8e8}tr.action-report td{background:#fff6d6}
-footer{margin-top:2rem;color:#666}
+footer{margin-top:2rem;color:#666}td{overflow-wrap:anywhere}
+form{margin:.5rem 0}nav a{margin-right:1rem}
+@media (max-width:700px){
+body{margin:.6rem}dl{grid-template-columns:auto}dd{margin:0 0 .4rem}
+#flows,#flows tbody,#flows tr,#flows td{display:block}#flows tr.head{display:none}
+#flows tr{margin:0 0 .6rem;border:1px solid #ccc}#flows td{border:0;padding:.1rem .4rem}
+#flows td::before{content:attr(data-label) ": ";color:#555}
+}
 """
 
 
@@ -112,8 +125,19 @@ def _reasons(snap: Mapping[str, object]) -> list[str]:
     return [str(r) for r in reasons[:8]] if isinstance(reasons, list) else []
 
 
-def render_html(snap: Mapping[str, object], *, refresh: int = REFRESH_S) -> str:
-    """The read-only status page; self-contained (no external assets), reloads itself every `refresh` s."""
+def _link(token: str, **params: object) -> str:
+    """A link to the page with these parameters (and the token, when the page was opened with one)."""
+    q = {k: v for k, v in params.items() if v not in (None, "", 0)}
+    if token:
+        q["token"] = token
+    return "?" + urllib.parse.urlencode(q) if q else "/"
+
+
+def render_html(snap: Mapping[str, object], *, refresh: int = 0, host: str = "", page: int = 0,
+                token: str = "") -> str:
+    """The read-only status page; self-contained (no external assets, no script). `host` shows one LAN
+    host's decisions, `page` pages through them (PAGE_SIZE each), `refresh` > 0 reloads it every so many
+    seconds (off by default: a reload would lose a technician's scrolling), `token` is carried in links."""
     health = str(snap.get("health", "?"))
     backlog = snap.get("uplink_backlog")
     hclass = "ok" if health == "ok" else "bad"
@@ -145,24 +169,44 @@ def render_html(snap: Mapping[str, object], *, refresh: int = REFRESH_S) -> str:
     counts = "".join(f"<tr><td>{esc(k)}</td><td>{esc(a)}</td><td>{n}</td></tr>" for (k, a), n in totals)
     counts_table = (f'<table id="counts"><tr><th>klass</th><th>action</th><th>flows</th></tr>{counts}</table>'
                     if counts else '<p id="counts">No flows decided yet.</p>')
-    recent = _recent(snap)
-    head = "".join(f"<th>{esc(c)}</th>" for c in _FLOW_COLUMNS)
+    recent = [r for r in _recent(snap) if not host or host in (r.get("src"), r.get("dst"))]
+    pages = max(1, -(-len(recent) // PAGE_SIZE))
+    page = min(max(page, 0), pages - 1)
+    shown = recent[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+    head = "".join(f"<th>{esc(_HEADERS.get(c, c))}</th>" for c in PAGE_COLUMNS)
     body = "".join(
         f'<tr class="action-{esc(r.get("action"))}">'
-        + "".join(f"<td>{esc(v)}</td>" for v in flow_cells(r).values()) + "</tr>"
-        for r in recent)
-    flows_table = (f'<table id="flows"><tr>{head}</tr>{body}</table>' if recent
-                   else '<p id="flows">No tagged or blocked flows yet.</p>')
+        + "".join(f'<td data-label="{esc(_HEADERS.get(c, c))}">{esc(flow_cells(r)[c])}</td>'
+                  for c in PAGE_COLUMNS) + "</tr>"
+        for r in shown)
+    who = f" of {esc(host)}" if host else ""
+    flows_table = (f'<table id="flows"><tr class="head">{head}</tr>{body}</table>' if shown
+                   else f'<p id="flows">No tagged or blocked flows{who} yet.</p>')
+    nav = []
+    if page > 0:
+        nav.append(f'<a id="newer" href="{esc(_link(token, host=host, page=page - 1))}">newer</a>')
+    if page < pages - 1:
+        nav.append(f'<a id="older" href="{esc(_link(token, host=host, page=page + 1))}">older</a>')
+    if host:
+        nav.append(f'<a id="all-hosts" href="{esc(_link(token))}">all hosts</a>')
+    nav.append(f'<a id="refresh" href="{esc(_link(token, host=host, page=page))}">refresh</a>')
+    keep_token = f'<input type="hidden" name="token" value="{esc(token)}">' if token else ""
+    search = (f'<form id="host-filter" method="get">{keep_token}<label>LAN host '
+              f'<input name="host" value="{esc(host)}" size="20" inputmode="decimal"></label> '
+              '<button type="submit">show</button></form>')
     now = esc(when(snap.get("now")))
+    auto = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh > 0 else ""
+    refreshed = f"refreshed every {int(refresh)} s" if refresh > 0 else "not refreshed by itself"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f'<meta name="referrer" content="no-referrer"><meta http-equiv="refresh" content="{int(refresh)}">'
+        f'<meta name="referrer" content="no-referrer">{auto}'
         f"<title>tunnelwatch {esc(snap.get('device_id'))}</title><style>{_CSS}</style></head><body>"
         f"<h1>tunnelwatch {esc(snap.get('device_id'))}</h1><dl id=\"summary\">{summary}</dl>"
         f"<h2>Decided flows</h2>{counts_table}"
-        f"<h2>Recent tagged and blocked flows (newest first)</h2>{flows_table}"
-        f"<footer>Read-only view, generated {now}, refreshed every {int(refresh)} s. "
+        f"<h2>Recent tagged and blocked flows{who} (newest first, page {page + 1} of {pages})</h2>"
+        f"{search}{flows_table}<nav>{''.join(nav)}</nav>"
+        f"<footer>Read-only view, generated {now}, {refreshed}. "
         "Also: <code>/api/status</code> (JSON) and <code>/metrics</code> (Prometheus), "
         "both with <code>Authorization: Bearer</code>.</footer></body></html>")
 

@@ -95,6 +95,20 @@ class _HTTPServer(ThreadingHTTPServer):
         log.debug("status http: error serving %s", client_address, exc_info=True)
 
 
+def _page_params(query: str) -> dict[str, Any]:
+    """The page's own parameters (host filter, page, refresh, the token to carry in links), bounded."""
+    q = parse_qs(query)
+
+    def number(name: str, lo: int, hi: int) -> int:
+        text = q.get(name, ["0"])[0]
+        return min(max(int(text), lo), hi) if text.isdigit() and len(text) < 6 else 0
+
+    host = q.get("host", [""])[0].strip()
+    return {"host": host[:64] if valid_host(host) else "", "page": number("page", 0, 1000),
+            "refresh": number("refresh", 0, 3600) and max(5, number("refresh", 0, 3600)),
+            "token": q.get("token", [""])[0][:256]}
+
+
 def _cut(sock: socket.socket) -> None:
     with suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
@@ -155,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(401, "text/html; charset=utf-8", statuspage.render_unauthorized(),
                            {"WWW-Authenticate": 'Bearer realm="tunnelwatch"'})
             elif page:
-                html = statuspage.render_html(self.server.state.snapshot())
+                html = statuspage.render_html(self.server.state.snapshot(), **_page_params(url.query))
                 self._send(200, "text/html; charset=utf-8", html)
             elif url.path == "/api/status":
                 snap = self.server.state.snapshot()
