@@ -8,12 +8,14 @@ port in use is logged and the daemon keeps enforcing.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import ipaddress
 import json
 import logging
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -50,6 +52,15 @@ def mode_of(cfg: RunConfig) -> str:
     """The strongest mode any rule uses: enforce, grace or monitor."""
     modes = {cfg.default.mode, *(r.mode for r in (*cfg.klass.values(), *cfg.protocol.values()))}
     return "enforce" if "enforce" in modes else "grace" if "grace" in modes else "monitor"
+
+
+def registry_figures(registry: Registry, now: dt.datetime | None = None) -> dict[str, object]:
+    """Status fields about the registry: entries, entries valid now, and the first expiry among them."""
+    now = now or dt.datetime.now(dt.UTC)
+    active = registry.active(now)
+    ends = [e.valid_until.timestamp() for e in active if e.valid_until is not None]
+    return {"registry_entries": len(registry.entries), "registry_active": len(active),
+            "registry_next_expiry": min(ends) if ends else None}
 
 
 def registry_version(registry: Registry) -> str:
@@ -101,7 +112,8 @@ class Appliance:
     def __init__(self, cfg: RunConfig, registry: Registry) -> None:
         self.cfg = cfg
         self.state = StatusState(device_id=device_id(cfg), version=__version__, mode=mode_of(cfg))
-        self.state.set(registry_version=registry_version(registry), queues=self._queues(cfg))
+        self.state.set(registry_version=registry_version(registry), queues=self._queues(cfg),
+                       **registry_figures(registry))
         self.server: StatusServer | None = None
         self.advertiser: Advertiser | None = None
 
@@ -148,7 +160,8 @@ class Appliance:
     def apply(self, cfg: RunConfig, registry: Registry) -> None:
         """A reloaded config: restart only the servers whose settings changed."""
         old, self.cfg = self.cfg, cfg
-        self.state.set(mode=mode_of(cfg), registry_version=registry_version(registry), config_check="ok")
+        self.state.set(mode=mode_of(cfg), registry_version=registry_version(registry), config_check="ok",
+                       last_reload=time.time(), **registry_figures(registry))
         if cfg.status != old.status:
             if self.server is not None:
                 self.server.stop()

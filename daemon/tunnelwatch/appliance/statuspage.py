@@ -1,9 +1,9 @@
-"""Rendering of a status snapshot (see statusweb.StatusState.snapshot): the technician's HTML page, the
-Prometheus text exposition and the `tunnelwatch status` summary.
+"""Rendering of a status snapshot (see state.StatusState.snapshot): the technician's HTML page and the
+`tunnelwatch status` summary (Prometheus metrics: metrics.py, the per-host view: hostview.py).
 
 Pure functions of the snapshot: no I/O, no clock except the snapshot's own `now`. Every value that reaches
-HTML is escaped, every value that reaches a terminal has its control characters replaced (flow fields and
-mDNS names can be attacker-influenced), and every Prometheus label value is escaped per the format.
+HTML is escaped and every value that reaches a terminal has its control characters replaced (flow fields
+and mDNS names can be attacker-influenced).
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from tunnelwatch.text import printable
@@ -24,12 +23,8 @@ PAGE_SIZE: Final = 50  # recent flows per page
 PAGE_COLUMNS: Final = ("time", "action", "protocol", "reason", "src", "dst", "transport", "klass",
                         "confidence")
 _HEADERS: Final = {"klass": "class"}
-KNOWN_HEALTH: Final = ("starting", "ok", "degraded", "stopping")
-# Top-level snapshot keys that are not plain gauges (strings, or rendered some other way).
-_NOT_GAUGES: Final = frozenset({"now", "started", "uptime_s", "recent", "counters"})
 _FLOW_COLUMNS: Final = ("time", "transport", "src", "dst", "klass", "protocol", "confidence", "action",
                         "reason")
-_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 _CSS: Final = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;background:#fafafa}
@@ -217,81 +212,6 @@ def render_unauthorized() -> str:
             '</head><body><h1 id="unauthorized">401 Unauthorized</h1><p>This tunnelwatch status page needs '
             "the status token from the box's configuration: open <code>/?token=TOKEN</code>, or send "
             "<code>Authorization: Bearer TOKEN</code>.</p></body></html>")
-
-
-def _label_value(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(labels: Mapping[str, object]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{metric_name(k)}="{_label_value(v)}"' for k, v in sorted(labels.items()))
-    return "{" + inner + "}"
-
-
-def metric_name(name: str) -> str:
-    """A valid Prometheus metric/label name made from any string."""
-    clean = _METRIC_NAME.sub("_", name) or "_"
-    return "_" + clean if clean[0].isdigit() else clean
-
-
-def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[Mapping[str, object], float]]
-            ) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        v = str(value) if isinstance(value, int) else repr(float(value))
-        lines.append(f"{name}{_labels(labels)} {v}")
-    return lines
-
-
-def render_metrics(snap: Mapping[str, object]) -> str:
-    """The snapshot in the Prometheus text exposition format (version 0.0.4)."""
-    health = str(snap.get("health", ""))
-    out = _family("tunnelwatch_up", "gauge", "1 while the daemon is deciding flows (health ok or degraded).",
-                  [({}, 1 if health in ("ok", "degraded") else 0)])
-    info = {k: snap.get(k) for k in ("version", "mode", "device_id", "registry_version")}
-    out += _family("tunnelwatch_info", "gauge", "Build and configuration facts as labels; always 1.",
-                   [({k: "" if v is None else v for k, v in info.items()}, 1)])
-    states = [*KNOWN_HEALTH, *([health] if health not in KNOWN_HEALTH else [])]
-    out += _family("tunnelwatch_health", "gauge", "1 for the current health state, 0 for the others.",
-                   [({"state": s}, 1 if s == health else 0) for s in states])
-    out += _family("tunnelwatch_config_ok", "gauge", "1 when the configuration check passed.",
-                   [({}, 1 if snap.get("config_check") == "ok" else 0)])
-    started = snap.get("started")
-    if isinstance(started, int | float):
-        out += _family("tunnelwatch_start_time_seconds", "gauge", "Daemon start, seconds since the epoch.",
-                       [({}, float(started))])
-    for key, value in sorted(snap.items()):
-        if key in _NOT_GAUGES or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if math.isfinite(value):
-            name = f"tunnelwatch_{metric_name(key)}"
-            out += _family(name, "gauge", f"Current {key.replace('_', ' ')}.", [({}, value)])
-    families: dict[str, list[tuple[Mapping[str, object], float]]] = {}
-    for c in _counters(snap):
-        value = c.get("value")
-        labels = c.get("labels")
-        if isinstance(value, int | float) and isinstance(labels, dict):
-            families.setdefault(str(c.get("name")), []).append((labels, value))
-    for cname, samples in sorted(families.items()):
-        help_text = ("Decided flows by klass and action." if cname == "flows"
-                     else f"Count of {cname.replace('_', ' ')}.")
-        out += _family(f"tunnelwatch_{metric_name(cname)}_total", "counter", help_text, samples)
-    kern = snap.get("kernel")
-    for key, help_text in _KERNEL_COUNTERS:
-        value = kern.get(key) if isinstance(kern, Mapping) else None
-        if isinstance(value, int) and not isinstance(value, bool):
-            out += _family(f"tunnelwatch_{key}_total", "counter", help_text, [({}, value)])
-    return "\n".join(out) + "\n"
-
-
-#: kernel counters of accountable fail-open (kernelstats.py), cumulative since the rules were installed
-_KERNEL_COUNTERS: Final = (
-    ("bypassed_packets", "Packets the kernel let through without a verdict (queue full or no daemon)."),
-    ("bypassed_flows", "Connections with at least one packet let through without a verdict."),
-    ("flood_dropped", "New connections dropped by the per-host new-connection limit."),
-)
 
 
 def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tunnelwatch.appliance import statuspage
 from tunnelwatch.appliance.hostview import host_decisions, render_host, valid_host
+from tunnelwatch.appliance.metrics import render_metrics
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.text import printable
 
@@ -179,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "application/json", json.dumps(snap) + "\n")
             elif url.path == "/metrics":
                 self._send(200, "text/plain; version=0.0.4; charset=utf-8",
-                           statuspage.render_metrics(self.server.state.snapshot()))
+                           render_metrics(self.server.state.snapshot()))
             else:
                 self._send(404, "text/plain; charset=utf-8", "not found\n")
         except (ConnectionError, TimeoutError):

@@ -18,6 +18,7 @@ from typing import Final, Protocol
 
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.inline import firewall
+from tunnelwatch.report.heartbeat import queue_counters
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class KernelStats:
         spec = self.rules.spec
         counts = firewall.counters(spec)
         hosts = firewall.limited_hosts(spec) if spec.new_flow_rate else []
-        figures: dict[str, object] = {**counts, "limited_hosts": hosts[:16]}
+        queued, qdropped = queue_counters(range(spec.queue_num, spec.queue_num + spec.queue_count))
+        figures: dict[str, object] = {**counts, "limited_hosts": hosts[:16], "queue_packets": queued,
+                                      "queue_dropped": qdropped}
         self.state.set(kernel=figures)
         dropped = counts["flood_dropped"]
         if dropped < self.reported_drops:

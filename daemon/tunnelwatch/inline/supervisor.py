@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from tunnelwatch.appliance.appliance import Appliance, mode_of, registry_version
+from tunnelwatch.appliance.appliance import Appliance, mode_of, registry_figures, registry_version
 from tunnelwatch.appliance.health import Health
 from tunnelwatch.appliance.service import Notifier, setup_logging
 from tunnelwatch.config.runconfig import ConfigError, RunConfig, load_config, restart_needed
@@ -154,7 +154,8 @@ class Supervisor:
             source = "sync" if synced is not None else "file"
             if self.watch.check():
                 self.apply_path(self.cfg, self.registry)
-                self.app.state.set(registry_version=self._registry_version())
+                self.app.state.set(registry_version=self._registry_version(),
+                                   **registry_figures(self.registry))
                 self.event("registry_changed", source=source, entries=len(self.registry.entries),
                            version=synced.version if synced is not None else None,
                            digest=digest(self.registry.path))

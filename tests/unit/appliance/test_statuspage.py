@@ -32,55 +32,6 @@ def _state() -> StatusState:
 
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (\S+)$')
-
-
-def _parse_metrics(text: str) -> dict[str, list[tuple[str, float]]]:
-    assert text.endswith("\n")
-    types: dict[str, str] = {}
-    samples: dict[str, list[tuple[str, float]]] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert kind in ("gauge", "counter") and name not in types
-            types[name] = kind
-            continue
-        m = _SAMPLE.match(line)
-        assert m, f"bad sample line: {line!r}"
-        name = m.group(1)
-        assert name in types, f"sample before its TYPE: {line!r}"
-        if types[name] == "counter":
-            assert name.endswith("_total")
-        samples.setdefault(name, []).append((m.group(2) or "", float(m.group(5))))
-    return samples
-
-
-def test_metrics_format_line_by_line() -> None:
-    st = _state()
-    st.set(device_id='quote"back\\slash\nnewline')
-    st.count("uplink_errors", 3)
-    samples = _parse_metrics(statuspage.render_metrics(st.snapshot()))
-    assert samples["tunnelwatch_up"] == [("", 1.0)]
-    ((labels, one),) = samples["tunnelwatch_info"]
-    assert one == 1.0 and 'mode="enforce"' in labels and 'version="0.1.0"' in labels
-    assert r'device_id="quote\"back\\slash\nnewline"' in labels
-    flows = dict(samples["tunnelwatch_flows_total"])
-    assert flows['{action="block",klass="vpn_tunnel"}'] == 1.0
-    assert flows['{action="allow",klass="benign"}'] == 1.0
-    assert samples["tunnelwatch_uplink_errors_total"] == [("", 3.0)]
-    assert samples["tunnelwatch_uplink_backlog"] == [("", 5.0)]
-    assert dict(samples["tunnelwatch_health"])['{state="ok"}'] == 1.0
-    assert samples["tunnelwatch_config_ok"] == [("", 1.0)]
-
-
-def test_metrics_up_is_zero_while_starting_and_backlog_absent_when_unknown() -> None:
-    st = StatusState(device_id="d", version="v", mode="monitor", config_check="2 problems")
-    samples = _parse_metrics(statuspage.render_metrics(st.snapshot()))
-    assert samples["tunnelwatch_up"] == [("", 0.0)]
-    assert samples["tunnelwatch_config_ok"] == [("", 0.0)]
-    assert "tunnelwatch_uplink_backlog" not in samples
 
 
 def test_html_escapes_everything() -> None:
@@ -116,13 +67,6 @@ def test_duration_and_when_take_odd_values() -> None:
     assert statuspage.when(float("nan")) == "nan" and statuspage.when(True) == "True"
     assert statuspage.when(1e30) == "1e+30"  # beyond the calendar: shown as given, no exception
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", statuspage.when(1_700_000_000))
-
-
-def test_metric_names_are_made_valid() -> None:
-    assert statuspage.metric_name("uplink-errors.total") == "uplink_errors_total"
-    assert statuspage.metric_name("5xx") == "_5xx"
-    assert statuspage.metric_name("") == "_"
-    assert _SAMPLE.match(f"{statuspage.metric_name('ünïcode name')} 1")
 
 
 def test_summary_without_flows_says_so_and_unknown_backlog_is_na() -> None:

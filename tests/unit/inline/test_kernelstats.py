@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from tunnelwatch.appliance.state import StatusState
-from tunnelwatch.appliance.statuspage import render_html, render_metrics, render_summary
+from tunnelwatch.appliance.statuspage import render_html, render_summary
+from tunnelwatch.appliance.metrics import render_metrics
 from tunnelwatch.config.runconfig import ConfigError, parse_config, summary
 from tunnelwatch.inline import firewall, kernelstats
 from tunnelwatch.report.heartbeat import fail_open_fields
@@ -29,7 +30,10 @@ def test_counters_reach_the_status_and_a_flood_trip_is_reported_once_a_minute(
     events: list[tuple[str, dict[str, Any]]] = []
     ks = kernelstats.KernelStats(_Rules(), state, lambda kind, **f: events.append((kind, f)))
     ks.poll_once(now=0.0)
-    assert events == [] and state.snapshot()["kernel"] == {**figures, "limited_hosts": []}
+    kernel = state.snapshot()["kernel"]
+    assert events == [] and isinstance(kernel, dict)
+    assert {k: kernel[k] for k in (*figures, "limited_hosts")} == {**figures, "limited_hosts": []}
+    assert isinstance(kernel["queue_packets"], int) and isinstance(kernel["queue_dropped"], int)
     figures.update(bypassed_packets=24, bypassed_flows=24, flood_dropped=300)
     hosts.append("198.51.100.7")
     ks.poll_once(now=1.0)
@@ -49,8 +53,8 @@ def test_counters_reach_the_status_and_a_flood_trip_is_reported_once_a_minute(
     text = render_summary(snap)
     assert "24 packets of 24 connections passed without a verdict; 500 new connections dropped" in text
     assert "over it now: 198.51.100.7" in text
-    assert "tunnelwatch_bypassed_packets_total 24" in render_metrics(snap)
-    assert "tunnelwatch_flood_dropped_total 500" in render_metrics(snap)
+    assert "tunnelwatch_failopen_packets_total 24" in render_metrics(snap)
+    assert "tunnelwatch_flood_dropped_connections_total 500" in render_metrics(snap)
     assert '<span id="flood-dropped">500</span>' in render_html(snap)
     state.set(flows={"evicted": 7, "tracked": 1})
     assert fail_open_fields(state.snapshot()) == {"bypassed_packets": 24, "bypassed_flows": 24,
