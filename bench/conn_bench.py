@@ -191,7 +191,9 @@ class Bench:
     def __init__(self, lb: Lab, work: Path, exe: Path, a: argparse.Namespace) -> None:
         self.lb, self.work, self.exe, self.a = lb, work, exe, a
         self.daemon_pid: int | None = None
-        self.queue_seq_base = 0
+        # first source index of the next load: every connection of the run gets a 5-tuple of its own, since
+        # the daemon keeps a closed connection's flow (and decision) for its 5-tuple until it idles out
+        self.next_k = 0
 
     def setup(self) -> None:
         lb = self.lb
@@ -245,10 +247,13 @@ class Bench:
     def load(self, case: str, rate: float, count: int, seconds: float, conc: int) -> dict[str, Any]:
         ctype, payload, _, _, _ = CASES[case]
         args = [str(self.exe), "client", ctype, SERVER_IP, str(PORTS[case]), payload, str(count),
-                str(seconds), str(rate), str(conc), SRC_BASE, str(NSRC)]
+                str(seconds), str(rate), str(conc), SRC_BASE, str(NSRC), str(self.next_k)]
+        self.next_k = (self.next_k + count + 64) % (NSRC * 50_000)
         r = self.lb.run(self.lb.client, *args, check=False, timeout=seconds + 30)
         try:
-            return dict(json.loads(r.stdout))
+            res = dict(json.loads(r.stdout))
+            self.next_k = int(res.get("next_k", self.next_k)) % (NSRC * 50_000)
+            return res
         except ValueError:
             say(f"loadgen failed: {r.stdout[-200:]} {r.stderr[-300:]}")
             return {}
