@@ -318,7 +318,8 @@ class Bench:
         cmd = [pyspy, "record", "--pid", str(self.daemon_pid), "--rate", str(PROFILE_HZ),
                "--duration", str(int(seconds)), "--format", "raw", "--idle", "--threads", "--nonblocking",
                "--output", str(raw)]
-        if self.a.native:
+        if self.a.native:  # py-spy must pause the process to unwind C frames: no --nonblocking then
+            cmd.remove("--nonblocking")
             cmd.insert(2, "--native")
         res: dict[str, Any] = {}
         prof = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -489,7 +490,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem-flows", type=int, default=20_000, help="undecided flows for RSS (0: skip)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="py-spy seconds (0: skip)")
     p.add_argument("--profile-out", default="", help="keep py-spy's raw output here")
-    p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    p.add_argument("--native", action="store_true",
+                   help="py-spy --native (C frames too; pauses the daemon for each sample)")
 
 
 def check_bounds(a: argparse.Namespace) -> str:
