@@ -37,7 +37,7 @@ help:
 	@echo "make image ARCH=amd64|arm64 - appliance disk image in build/image/ARCH (root; image/README.md)"
 	@echo "make image-rootfs ARCH=...  - only the root filesystem + manifest (arm64: the quick check)"
 	@echo "make image-test             - build + boot the amd64 image under qemu (tests/image)"
-	@echo "make image-test-arm64       - the arm64 rootfs under qemu-user (slow)"
+	@echo "make image-test-arm64       - build the arm64 image, check it under qemu-user, boot it under qemu-system-aarch64 (slow)"
 
 kernel-modules:
 	@if [ "$$(id -u)" = 0 ] && command -v modprobe >/dev/null; then \

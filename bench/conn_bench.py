@@ -191,7 +191,9 @@ class Bench:
     def __init__(self, lb: Lab, work: Path, exe: Path, a: argparse.Namespace) -> None:
         self.lb, self.work, self.exe, self.a = lb, work, exe, a
         self.daemon_pid: int | None = None
-        self.queue_seq_base = 0
+        # first source index of the next load: every connection of the run gets a 5-tuple of its own, since
+        # the daemon keeps a closed connection's flow (and decision) for its 5-tuple until it idles out
+        self.next_k = 0
 
     def setup(self) -> None:
         lb = self.lb
@@ -245,10 +247,13 @@ class Bench:
     def load(self, case: str, rate: float, count: int, seconds: float, conc: int) -> dict[str, Any]:
         ctype, payload, _, _, _ = CASES[case]
         args = [str(self.exe), "client", ctype, SERVER_IP, str(PORTS[case]), payload, str(count),
-                str(seconds), str(rate), str(conc), SRC_BASE, str(NSRC)]
+                str(seconds), str(rate), str(conc), SRC_BASE, str(NSRC), str(self.next_k)]
+        self.next_k = (self.next_k + count + 64) % (NSRC * 50_000)
         r = self.lb.run(self.lb.client, *args, check=False, timeout=seconds + 30)
         try:
-            return dict(json.loads(r.stdout))
+            res = dict(json.loads(r.stdout))
+            self.next_k = int(res.get("next_k", self.next_k)) % (NSRC * 50_000)
+            return res
         except ValueError:
             say(f"loadgen failed: {r.stdout[-200:]} {r.stderr[-300:]}")
             return {}
@@ -313,7 +318,8 @@ class Bench:
         cmd = [pyspy, "record", "--pid", str(self.daemon_pid), "--rate", str(PROFILE_HZ),
                "--duration", str(int(seconds)), "--format", "raw", "--idle", "--threads", "--nonblocking",
                "--output", str(raw)]
-        if self.a.native:
+        if self.a.native:  # py-spy must pause the process to unwind C frames: no --nonblocking then
+            cmd.remove("--nonblocking")
             cmd.insert(2, "--native")
         res: dict[str, Any] = {}
         prof = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -484,7 +490,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem-flows", type=int, default=20_000, help="undecided flows for RSS (0: skip)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="py-spy seconds (0: skip)")
     p.add_argument("--profile-out", default="", help="keep py-spy's raw output here")
-    p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    p.add_argument("--native", action="store_true",
+                   help="py-spy --native (C frames too; pauses the daemon for each sample)")
 
 
 def check_bounds(a: argparse.Namespace) -> str:

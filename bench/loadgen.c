@@ -1,12 +1,13 @@
 /* loadgen: new-connection load generator for bench/conn_bench.py (compiled at bench time with gcc).
  *
  *   loadgen server tcp|udp ADDR PORT http|echo
- *   loadgen client tcp|udp ADDR PORT http|random COUNT SECONDS RATE CONCURRENCY SRC_BASE NSRC
+ *   loadgen client tcp|udp ADDR PORT http|random COUNT SECONDS RATE CONCURRENCY SRC_BASE NSRC [KSTART]
  *
  * client: opens COUNT new connections (TCP) or new sockets (UDP, one datagram each) to ADDR:PORT, at RATE
  * per second (open loop; 0 = as fast as CONCURRENCY connections in flight allow), each from its own source
- * (address SRC_BASE + k % NSRC, port 10000 + (k / NSRC) % 50000: no 5-tuple is reused within a run of up to
- * NSRC x 50000 connections); sends 16 random bytes (random) or one HTTP/1.0 GET (http), reads the reply,
+ * (address SRC_BASE + k % NSRC, port 10000 + (k / NSRC) % 50000 for k = KSTART, KSTART + 1, ...: no 5-tuple
+ * is reused within NSRC x 50000 connections; the caller moves KSTART on between runs, because the daemon
+ * keeps a flow's decision for its 5-tuple after the connection closed); sends 16 random bytes (random) or one HTTP/1.0 GET (http), reads the reply,
  * closes (the server closes first, so the client keeps no TIME_WAIT). A connection that gets no full reply
  * within 2 s counts as failed. Stops by itself after COUNT connections or SECONDS, whichever is first, and
  * prints one JSON object: counts, elapsed seconds, and the request->reply time percentiles in microseconds.
@@ -138,7 +139,7 @@ static double pct(double *v, long n, double q) {
 }
 
 static int client(int udp, const char *addr, int port, int http, long count, double seconds, double rate,
-                  int conc, const char *src_base, int nsrc) {
+                  int conc, const char *src_base, int nsrc, uint64_t kstart) {
     struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, addr, &dst.sin_addr) != 1) die("address");
     struct in_addr base;
@@ -159,7 +160,7 @@ static int client(int udp, const char *addr, int port, int http, long count, dou
     }
     int ep = epoll_create1(0);
     long started = 0, ok = 0, failed = 0, timeouts = 0, bind_busy = 0, unfinished = 0, nrtt = 0;
-    uint64_t k = 0; /* source index */
+    uint64_t k = kstart; /* source index */
     int64_t t0 = now_ns(), deadline = t0 + (int64_t)(seconds * 1e9);
     int active = 0;
     struct epoll_event evs[MAXEV];
@@ -331,10 +332,11 @@ static int client(int udp, const char *addr, int port, int http, long count, dou
     printf("{\"proto\": \"%s\", \"payload\": \"%s\", \"offered_rate\": %.0f, \"concurrency\": %d, "
            "\"started\": %ld, \"ok\": %ld, \"failed\": %ld, \"timeouts\": %ld, \"unfinished\": %ld, "
            "\"bind_busy\": %ld, \"elapsed\": %.6f, \"rate\": %.1f, \"replies\": %ld, "
-           "\"rtt_p50_us\": %.1f, \"rtt_p90_us\": %.1f, \"rtt_p99_us\": %.1f, \"rtt_max_us\": %.1f}\n",
+           "\"rtt_p50_us\": %.1f, \"rtt_p90_us\": %.1f, \"rtt_p99_us\": %.1f, \"rtt_max_us\": %.1f, "
+           "\"next_k\": %llu}\n",
            udp ? "udp" : "tcp", http ? "http" : "random", rate, conc, started, ok, failed, timeouts, unfinished,
            bind_busy, elapsed, elapsed > 0 ? (double)ok / elapsed : 0.0, nrtt, pct(rtt, nrtt, 0.50),
-           pct(rtt, nrtt, 0.90), pct(rtt, nrtt, 0.99), nrtt ? rtt[nrtt - 1] : -1.0);
+           pct(rtt, nrtt, 0.90), pct(rtt, nrtt, 0.99), nrtt ? rtt[nrtt - 1] : -1.0, (unsigned long long)k);
     return 0;
 }
 
@@ -349,10 +351,12 @@ int main(int argc, char **argv) {
     }
     if (argc >= 12 && strcmp(argv[1], "client") == 0) {
         return client(strcmp(argv[2], "udp") == 0, argv[3], atoi(argv[4]), strcmp(argv[5], "http") == 0,
-                      atol(argv[6]), atof(argv[7]), atof(argv[8]), atoi(argv[9]), argv[10], atoi(argv[11]));
+                      atol(argv[6]), atof(argv[7]), atof(argv[8]), atoi(argv[9]), argv[10], atoi(argv[11]),
+                      argc > 12 ? strtoull(argv[12], NULL, 10) : 0);
     }
     fprintf(stderr,
             "usage: loadgen server tcp|udp ADDR PORT http|echo\n"
-            "       loadgen client tcp|udp ADDR PORT http|random COUNT SECONDS RATE CONCURRENCY SRC_BASE NSRC\n");
+            "       loadgen client tcp|udp ADDR PORT http|random COUNT SECONDS RATE CONCURRENCY SRC_BASE NSRC "
+            "[KSTART]\n");
     return 2;
 }

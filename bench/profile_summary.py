@@ -17,7 +17,8 @@ from collections import Counter
 from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-_IDLE_LEAF = re.compile(r"(^|\.)(select|poll|epoll_wait|wait|sleep|accept|recv_into|_wait_for_tstate_lock)$")
+_IDLE_LEAF = re.compile(r"(^|\.)(select|poll|epoll_wait|wait|sleep|accept|recv_into|_wait_for_tstate_lock)$"
+                        r"|^_*(select|poll|epoll_wait|pthread_cond_\w*wait\w*|futex\w*|\w*nanosleep)\w*$")
 # Python frames that are innermost only while blocked in a C call: the daemon's main loop sits in
 # select.select() (without --native py-spy shows the calling frame as the leaf)
 _IDLE_FRAMES = {("tunnelwatch.inline.daemon", "serve"), ("tunnelwatch.inline.workers", "_serve")}

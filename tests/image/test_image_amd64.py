@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from imagebuild import REPO, Built
+from qemuboot import boot_until
 
 from tunnelwatch import __version__
 
@@ -25,6 +26,8 @@ BOOT_TIMEOUT = 900
 OVMF = Path("/usr/share/OVMF")
 OVMF_BIOS = "/usr/share/ovmf/OVMF.fd"  # one-file firmware for the KVM probe (package ovmf)
 DEVICE_ID = "tw-boot-test-0042"
+DEVICE_ID_2 = "tw-boot-test-0043"
+FACTORY_GPT = "7477e5b3-0000-4000-8000-00000000000"  # + partition number (image/hooks/diskimage.sh)
 
 
 def chroot(root: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -170,19 +173,31 @@ def kvm_usable(limit: float = 30.0) -> bool:
             probe.wait(timeout=30)
 
 
+def _provision(disk: Path, tmp: Path, device_id: str) -> None:
+    prov = tmp / "tunnelwatch-provision.yaml"
+    prov.write_text(f"version: 1\ndevice_id: {device_id}\nconfig:\n  log: {{level: info}}\n")
+    res = _mtools("mcopy", "-o", "-i", f"{disk}@@1M", str(prov), "::/tunnelwatch-provision.yaml")
+    assert res.returncode == 0, res.stderr
+
+
+def _part_uuids(disk: Path) -> tuple[str, str]:
+    """(ESP, root) PARTUUIDs in the image file's GPT, lower case as udev and the files name them."""
+    esp, root = (subprocess.run(["sfdisk", "--part-uuid", str(disk), n], capture_output=True, text=True,
+                                timeout=60, check=True).stdout.strip().lower() for n in ("1", "2"))
+    return esp, root
+
+
 def test_boots_to_ready_with_provisioned_identity(amd64: Built, tmp_path: Path) -> None:
     assert amd64.image is not None
     for tool in ("qemu-system-x86_64", "mcopy"):
         assert shutil.which(tool), f"{tool} missing: make image-deps"
     disk = tmp_path / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(amd64.image), str(disk)], check=True, timeout=300)
-    prov = tmp_path / "tunnelwatch-provision.yaml"
-    prov.write_text(f"version: 1\ndevice_id: {DEVICE_ID}\nconfig:\n  log: {{level: info}}\n")
-    res = _mtools("mcopy", "-i", f"{disk}@@1M", str(prov), "::/tunnelwatch-provision.yaml")
-    assert res.returncode == 0, res.stderr
+    factory = _part_uuids(amd64.image)
+    assert factory == (f"{FACTORY_GPT}1", f"{FACTORY_GPT}2")
+    _provision(disk, tmp_path, DEVICE_ID)
     vars_fd = tmp_path / "OVMF_VARS.fd"
     shutil.copy(OVMF / "OVMF_VARS_4M.fd", vars_fd)
-    console = tmp_path / "console.log"
     kvm = kvm_usable()
     cmd = ["qemu-system-x86_64", "-machine", "q35", "-m", "1024", "-smp", "2",
            *(["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]),
@@ -190,31 +205,15 @@ def test_boots_to_ready_with_provisioned_identity(amd64: Built, tmp_path: Path) 
            "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
            "-drive", f"file={disk},format=raw,if=virtio",
            # no network: nothing leaves this machine; the daemon needs none to become ready
-           "-nic", "none", "-display", "none", "-monitor", "none", "-serial", f"file:{console}", "-no-reboot"]
-    t0 = time.monotonic()
-    qemu = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = re.compile(r"tunnelwatch-banner: (NOT )?READY[^\n]*")
-    line = None
-    try:
-        while time.monotonic() - t0 < BOOT_TIMEOUT and qemu.poll() is None:
-            text = console.read_text(errors="replace") if console.exists() else ""
-            m = ready.search(text)
-            if m:
-                line = m.group(0)
-                break
-            time.sleep(1)
-        elapsed = time.monotonic() - t0
-    finally:
-        qemu.kill()
-        qemu_out = qemu.communicate(timeout=30)[0]
-    text = console.read_text(errors="replace") if console.exists() else ""
-    shutil.copy(console, amd64.out.parent / "boot-test-console.log")
-    tail = "\n".join(text.splitlines()[-60:])
-    assert line is not None, f"no READY banner within {BOOT_TIMEOUT} s (qemu: {qemu_out!r}); console:\n{tail}"
+           "-nic", "none", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]
+    first = boot_until(cmd, tmp_path / "console.log", timeout=BOOT_TIMEOUT)
+    shutil.copy(tmp_path / "console.log", amd64.out.parent / "boot-test-console.log")
+    text, tail = first.console, first.tail()
+    assert first.line is not None, f"no READY in {BOOT_TIMEOUT} s (qemu exit {first.qemu_exit}):\n{tail}"
     accel = "kvm" if kvm else "tcg"
-    (amd64.out.parent / "boot-test.txt").write_text(f"boot to READY: {elapsed:.0f} s ({accel})\n{line}\n")
-    print(f"\nboot to READY under qemu ({accel}): {elapsed:.0f} s: {line}")
-    assert line.startswith(f"tunnelwatch-banner: READY device_id={DEVICE_ID} version={__version__}"), tail
+    print(f"\nboot to READY under qemu ({accel}): {first.seconds:.0f} s: {first.line}")
+    ready = f"tunnelwatch-banner: READY device_id={DEVICE_ID} version={__version__}"
+    assert first.line.startswith(ready), tail
     assert f"tunnelwatch-provision: applied: device_id={DEVICE_ID}" in text, tail
     # the banner is ordered after tunnelwatch.service, which systemd counts as started only after READY=1
     # (Type=notify); systemd's own "Started" line is not reliable here: its console status output stops
@@ -226,6 +225,31 @@ def test_boots_to_ready_with_provisioned_identity(amd64: Built, tmp_path: Path) 
     assert "::/tunnelwatch-provision.result" in listing and "::/tunnelwatch-provision.yaml\n" not in listing
     result = _mtools("mtype", "-i", f"{disk}@@1M", "::/tunnelwatch-provision.result").stdout
     assert result.startswith("APPLIED") and DEVICE_ID in result
+
+    # first boot gave the disk partition ids of its own (tunnelwatch-disk-identity) and the loader entry
+    # names the new root
+    esp, root = _part_uuids(disk)
+    assert esp not in factory and root not in factory and esp != root, (esp, root)
+    assert f"tunnelwatch-disk-identity: root PARTUUID={FACTORY_GPT}2 -> {root}" in text, tail
+    entry = _mtools("mtype", "-i", f"{disk}@@1M", "::/loader/entries/tunnelwatch.conf").stdout
+    assert f"root=PARTUUID={root} " in entry and FACTORY_GPT not in entry, entry
+
+    # second boot, by the new ids alone: root from the rewritten loader entry, and the ESP from the
+    # rewritten fstab (the provisioning unit reads the new file from /boot/efi, so READY with the second
+    # device id shows the ESP was mounted); the identity step does not run again
+    _provision(disk, tmp_path, DEVICE_ID_2)
+    second = boot_until(cmd, tmp_path / "console2.log", timeout=BOOT_TIMEOUT)
+    shutil.copy(tmp_path / "console2.log", amd64.out.parent / "boot-test-console-2.log")
+    (amd64.out.parent / "boot-test.txt").write_text(
+        f"boot to READY: {first.seconds:.0f} s ({accel})\n{first.line}\n"
+        f"second boot (new PARTUUIDs): {second.seconds:.0f} s\n{second.line}\n")
+    assert second.line is not None, f"second boot: no READY banner (qemu exit {second.qemu_exit}):\n" \
+        + second.tail()
+    print(f"second boot (new PARTUUIDs) to READY: {second.seconds:.0f} s: {second.line}")
+    assert second.line.startswith(f"tunnelwatch-banner: READY device_id={DEVICE_ID_2} "), second.tail()
+    assert f"tunnelwatch-provision: applied: device_id={DEVICE_ID_2}" in second.console, second.tail()
+    assert "tunnelwatch-disk-identity" not in second.console, second.tail()
+    assert _part_uuids(disk) == (esp, root)
 
 
 def test_build_script_names_missing_tools(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tunnelwatch.appliance.metrics import render_metrics
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.appliance.statuspage import render_html, render_summary
-from tunnelwatch.appliance.metrics import render_metrics
 from tunnelwatch.config.runconfig import ConfigError, parse_config, summary
 from tunnelwatch.inline import firewall, kernelstats
 from tunnelwatch.report.heartbeat import fail_open_fields
