@@ -26,6 +26,8 @@ inside sh -c "cd /tmp/wheels && /opt/tunnelwatch/bin/python $PIPWHL/pip install 
     --require-hashes --find-links /tmp/wheels -r requirements.txt --disable-pip-version-check --no-cache-dir" \
     || { echo "customize: pip install --require-hashes failed: a wheel does not match its recorded sha256" >&2; exit 1; }
 rm -rf "$R/tmp/wheels"
+# the ISP side (reference collector and its store, tunnelwatch.isp) has no business on a box
+rm -rf "$R"/opt/tunnelwatch/lib/python3*/site-packages/tunnelwatch/isp
 ln -sf /opt/tunnelwatch/bin/tunnelwatch "$R/usr/bin/tunnelwatch"
 
 say "systemd unit, example config"

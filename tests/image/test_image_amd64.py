@@ -46,6 +46,10 @@ def test_tunnelwatch_runs_in_the_rootfs(amd64: Built) -> None:
     imp = chroot(amd64.rootfs, "/opt/tunnelwatch/bin/python", "-c",
                  "import netfilterqueue, systemd.daemon, zeroconf, cryptography, yaml, scapy; print('ok')")
     assert imp.stdout.strip() == "ok", imp.stderr
+    # the ISP-side package (collector) is not carried by a box
+    isp = chroot(amd64.rootfs, "/opt/tunnelwatch/bin/python", "-c",
+                 "import importlib.util; print(importlib.util.find_spec('tunnelwatch.isp'))")
+    assert isp.stdout.strip() == "None", isp.stdout + isp.stderr
 
 
 def test_units_enabled_and_ssh_off(amd64: Built) -> None:
