@@ -201,7 +201,11 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all subcommands."""
-    p = argparse.ArgumentParser(prog="tunnelwatch", description=__doc__.splitlines()[0] if __doc__ else "")
+    p = argparse.ArgumentParser(
+        prog="tunnelwatch", description=__doc__.splitlines()[0] if __doc__ else "",
+        epilog="exit codes: 0 done / healthy / the flow passes; 1 partly done (a capture failed), not "
+               "healthy, or the flow would be blocked; 2 bad arguments; 78 invalid configuration "
+               "(check-config prints every problem as file:line:col).")
     p.add_argument("--version", action="version", version=f"tunnelwatch {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")

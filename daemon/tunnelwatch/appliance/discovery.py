@@ -29,6 +29,20 @@ from tunnelwatch.text import printable
 
 log = logging.getLogger(__name__)
 
+
+class _QuietExpected(logging.Filter):
+    """zeroconf warns on every start that an address is not available, "expected to happen on some
+    systems" (an interface without that address family): nothing a technician can act on; debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "expected to happen on some systems" in record.getMessage():
+            log.debug("zeroconf: %s", record.getMessage())
+            return False
+        return True
+
+
+logging.getLogger("zeroconf").addFilter(_QuietExpected())
+
 SERVICE_TYPE: Final = "_tunnelwatch._tcp.local."
 _HOST_LABEL = re.compile(r"[^a-z0-9-]+")
 _RESOLVE_TOTAL_S: Final = 5.0

@@ -25,7 +25,9 @@ from typing import Final
 log = logging.getLogger(__name__)
 
 SYSLOG_IDENTIFIER: Final = "tunnelwatch"
-STDERR_FORMAT: Final = "tunnelwatch: %(levelname)s: %(message)s"
+#: outside journald (which stamps its own): an ISO 8601 time with its UTC offset first
+STDERR_FORMAT: Final = "%(asctime)s tunnelwatch: %(levelname)s: %(message)s"
+STDERR_DATEFMT: Final = "%Y-%m-%dT%H:%M:%S%z"
 _MAX_KEYS: Final = 1024  # distinct warning templates remembered by the rate limiter
 
 
@@ -201,7 +203,7 @@ def setup_logging(level: str = "info", *, journal: bool | None = None) -> None:
     fallback = use_journal and handler is None
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(STDERR_FORMAT))
+        handler.setFormatter(logging.Formatter(STDERR_FORMAT, STDERR_DATEFMT))
     handler.addFilter(RateLimitFilter())
     handler._tunnelwatch = True  # type: ignore[attr-defined]  # marks ours for the next call
     root = logging.getLogger()

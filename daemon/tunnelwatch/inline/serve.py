@@ -38,7 +38,8 @@ def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool 
                 nfq.poll()
             wake(ready)
             enforcer.tick()
-        log.info("stopping on signal %d: queue %d: %d packets seen, decisions %s", sig.stop, qnum,
-                 nfq.packets, enforcer.counts)
+        decided = ", ".join(f"{n} {a}" for a, n in sorted(enforcer.counts.items())) or "none"
+        log.info("stopping on signal %d: queue %d: %d packets seen, decisions: %s", sig.stop, qnum,
+                 nfq.packets, decided)
     finally:
         nfq.close()

@@ -89,3 +89,13 @@ def test_cli_discover_nothing_found(monkeypatch: pytest.MonkeyPatch,
     assert cli_discover(argparse.Namespace(timeout=1.0, json=True)) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out) == [] and "no boxes answered" in captured.err
+
+
+def test_zeroconf_expected_address_warning_is_not_shown_others_are(caplog: pytest.LogCaptureFixture) -> None:
+    zc = logging.getLogger("zeroconf")
+    with caplog.at_level(logging.WARNING):
+        zc.warning("Address not available when adding 192.0.2.1 to multicast group, "
+                   "it is expected to happen on some systems")
+        zc.warning("Error with socket 7: something real")
+    texts = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert texts == ["Error with socket 7: something real"]
