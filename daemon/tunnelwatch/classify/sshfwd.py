@@ -8,8 +8,10 @@ AES-CTR + hmac-sha2-256-etm) and the client immediately sends the forwarded requ
 interactive session or scp opens ONE session channel; interactive sessions then trade tiny
 keystroke/echo packets, scp moves bulk data one way. The rule: at least `MIN_OPENS` of those
 open/confirm/request triples after authentication (three: setting up one interactive session already
-makes two, auth success -> session open and open -> confirmation -> pty/shell request), and fewer than
-`MAX_KEYSTROKES` keystroke/echo pairs.
+makes two, auth success -> session open and open -> confirmation -> pty/shell request), and no run of
+`MAX_KEYSTROKES` keystroke/echo pairs between two triples. The run restarts at each triple because a
+forwarded connection ends with an EOF/CLOSE exchange of the same small sizes (two pairs per connection):
+counted over the whole flow, three short forwarded connections looked like typing.
 It needs the packets after authentication (OpenSSH: about 30 packets in; the third forwarded connection
 about 60 packets in), so it decides only when the engine's budget for the flow is large enough; with a
 smaller budget it stays silent and the flow remains plain "ssh". Heuristic only: a client-side TCP
@@ -107,6 +109,7 @@ class SshForward(Classifier):
         p1, p2 = st[_P1], st[_P2]
         if REQ_MIN <= cur <= REQ_MAX and -CONFIRM_MAX <= p1 < 0 and OPEN_MIN <= p2 <= OPEN_MAX:
             st[_OPENS] += 1
+            st[_KEYS] = 0
         elif 0 > cur >= -KEY_MAX and 0 < p1 <= KEY_MAX:
             st[_KEYS] += 1
             if st[_KEYS] >= MAX_KEYSTROKES:
@@ -115,5 +118,5 @@ class SshForward(Classifier):
         if st[_OPENS] >= MIN_OPENS:
             return self.verdict("ssh_forwarding", "heuristic",
                                 f"{st[_OPENS]} channel open/confirm/request exchanges after authentication",
-                                f"{st[_KEYS]} keystroke/echo pairs", supersedes=_SSH)
+                                f"{st[_KEYS]} keystroke/echo pairs since the last one", supersedes=_SSH)
         return None

@@ -45,6 +45,23 @@ def test_dynamic_forwarding_is_flagged_with_a_deep_budget() -> None:
     assert "ssh" in v.supersedes
 
 
+def test_close_exchanges_between_forwarded_connections_are_not_typing() -> None:
+    # captured in CI: the server's global request lands inside the first triple, and every forwarded
+    # connection ends with EOF/CLOSE both ways (two 36-byte pairs): over a flow that is as many small
+    # pairs as a person typing six keys, but never six in a row between two triples
+    closes = " ".join(["C92 S44 C124 S228 S4344 S708 C36 S36 C36 S36"] * 4)
+    v = one_verdict(flow("C60 S296 C92 S180 S44 C124 S2236 C36 S36 C36 S36 " + closes), names=NAMES,
+                    budget=128)
+    assert (v.klass, v.protocol, v.confidence) == ("proxy_obfuscated", "ssh_forwarding", "heuristic")
+
+
+def test_typing_between_forwarded_connections_still_reads_as_interactive() -> None:
+    typing = " ".join(["C36 S36"] * 8)
+    v = one_verdict(flow("C60 S296 C92 S44 C124 S228 " + typing + " C92 S44 C124 S228 " + typing),
+                    names=NAMES, budget=128)
+    assert v.protocol == "ssh"
+
+
 def test_default_budget_ends_before_the_channels_so_it_stays_ssh() -> None:
     v = one_verdict(flow(FORWARD), names=NAMES, budget=24, deep={})
     assert (v.klass, v.protocol) == ("benign", "ssh")
