@@ -151,3 +151,48 @@ try:
 except OSError as exc:
     print("no answer:", exc, flush=True)
 """
+
+DNS_FRONT: Final = r"""
+import select, socket, struct, sys, time
+listen, port, upstream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+front.bind((listen, port))
+back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+back.connect(("127.0.0.1", upstream))
+client = None
+print("relay ready", flush=True)
+end = time.monotonic() + 300
+while time.monotonic() < end:
+    ready, _, _ = select.select([front, back], [], [], 1.0)
+    if front in ready:
+        data, addr = front.recvfrom(65535)
+        if len(data) >= 17 and data[2] & 0x80 == 0 and data[4:6] == b"\x00\x01":
+            # a DNS query: answer it here (an A record) so the flow looks like plain DNS
+            answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
+            front.sendto(data[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + data[12:] + answer, addr)
+            print("answered a DNS query", flush=True)
+        else:
+            client = addr
+            back.send(data)
+    if back in ready:
+        try:
+            data = back.recv(65535)
+        except ConnectionRefusedError:
+            continue
+        if client is not None:
+            front.sendto(data, client)
+"""
+
+DNS_QUERIES: Final = r"""
+import socket, sys
+src, sport, dst, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, sport))
+s.settimeout(3)
+for i in range(count):
+    question = b"\x07example\x03org\x00\x00\x01\x00\x01"
+    q = (0x1200 + i).to_bytes(2, "big") + b"\x01\x00\x00\x01" + bytes(6) + question
+    s.sendto(q, (dst, 53))
+    s.recvfrom(2048)
+print("dns answered", count, flush=True)
+"""

@@ -42,6 +42,8 @@ _FINAL: Final = frozenset({firewall.MARK_ALLOW, firewall.MARK_DROP, firewall.MAR
 SEQ_WINDOW: Final = 1 << 20
 #: other transports: a packet this long after the last one of a finally decided flow is a new connection
 REUSE_GAP_S: Final = 2.0
+#: UDP payload sizes of WireGuard's handshake initiation and response (rulespec.HANDSHAKE_LENGTHS)
+HANDSHAKE_PAYLOADS: Final = frozenset({148, 92})
 Record = Callable[[FlowRecord], None]
 
 
@@ -132,10 +134,17 @@ class Enforcer:
         tunnel. The new connection must be classified, not inherit the old decision.
         """
         key = flow_key(pkt)
-        if self.marks.get(key) not in _FINAL:
+        mark = self.marks.get(key)
+        if mark not in _FINAL:
             return
         old = self.engine.table.peek(key)
         if old is None:
+            return
+        if mark == firewall.MARK_ALLOW and pkt.proto == 17 and len(pkt.payload) in HANDSHAKE_PAYLOADS:
+            # the kernel queues these on a UDP connection allowed for good only because of their size
+            # (rulespec: a tunnel started on the 5-tuple of an allowed flow): look at them afresh at once,
+            # since the tunnel's packets may follow the old flow's without any gap
+            self._renew(old, key)
             return
         ref = old.seq[old.direction(pkt)] if pkt.proto == 6 and old.seq is not None else -1
         if pkt.proto == 6 and not pkt.payload:
@@ -145,6 +154,9 @@ class Enforcer:
                 return  # the same connection, queued before its decision reached the kernel
         elif pkt.ts - old.last_ts < REUSE_GAP_S:
             return
+        self._renew(old, key)
+
+    def _renew(self, old: Flow, key: FlowKey) -> None:
         self.reused += 1
         log.debug("new connection on the 5-tuple of a decided flow: %s: classified afresh", old.describe())
         self.engine.table.end(key, "reused")

@@ -118,11 +118,16 @@ def _windows(spec: Spec, version: int, jump: str) -> list[str]:
     for lo, hi in LATER_WINDOWS:
         if lo > first:
             out.append(f"-A {CHAIN} -m connbytes --connbytes {lo}:{hi} {cb} -j {jump}")
-    for i, length in enumerate(HANDSHAKE_LENGTHS[version]):
-        out.append(f"-A {CHAIN} -p udp -m length --length {length} -m hashlimit --hashlimit-upto "
-                   f"{HANDSHAKE_RATE} --hashlimit-burst 2 --hashlimit-mode srcip,srcport,dstip,dstport "
-                   f"--hashlimit-name tw_hs{i}_{version} -j {jump}")
+    out += _handshakes(version, jump, "", "hs")
     return out
+
+
+def _handshakes(version: int, jump: str, match: str, name: str) -> list[str]:
+    """WireGuard-handshake-sized UDP packets to the queue chain, a few per connection and hour."""
+    return [f"-A {CHAIN} -p udp{match} -m length --length {length} -m hashlimit --hashlimit-upto "
+            f"{HANDSHAKE_RATE} --hashlimit-burst 2 --hashlimit-mode srcip,srcport,dstip,dstport "
+            f"--hashlimit-name tw_{name}{i}_{version} -j {jump}"
+            for i, length in enumerate(HANDSHAKE_LENGTHS[version])]
 
 
 def last_packet(spec: Spec) -> int:
@@ -134,7 +139,11 @@ def last_packet(spec: Spec) -> int:
 def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
     """The rules of our chains per table (`-A TUNNELWATCH ...` / `-A TUNNELWATCH_Q ...` lines) for IP
     version 4 or 6."""
-    mangle = [f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_FINAL:x} -j RETURN"]
+    # A UDP connection allowed for good keeps its conntrack entry (and the allow) while packets flow, so
+    # a client can talk DNS from a port, then run WireGuard on the same 5-tuple: its handshake-sized
+    # packets still go to the queue, where the enforcer classifies them as a new connection.
+    mangle = _handshakes(version, QCHAIN, f" -m connmark --mark {_m(MARK_ALLOW)}", "ha")
+    mangle.append(f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_FINAL:x} -j RETURN")
     if "input" in spec.hooks or "output" in spec.hooks:
         mangle += [f"-A {CHAIN} -i lo -j RETURN", f"-A {CHAIN} -o lo -j RETURN"]
     for b in spec.bypass:
@@ -225,11 +234,23 @@ def _nft_bypass(b: Bypass) -> list[str]:
     return out
 
 
+def _nft_handshakes(match: str, name: str) -> list[str]:
+    """The nft form of _handshakes, both families."""
+    out = []
+    for addr, v in (("ip", 4), ("ip6", 6)):
+        for i, length in enumerate(HANDSHAKE_LENGTHS[v]):
+            length_expr = f"ip length {length}" if v == 4 else f"ip6 length {length - 40}"
+            out.append(f"{match}meta l4proto udp {length_expr} meter tw_{name}{i}_{addr} {{ {addr} saddr . "
+                       f"udp sport . {addr} daddr . udp dport limit rate 6/hour burst 2 packets }} jump q")
+    return out
+
+
 def nft_rules(spec: Spec) -> dict[str, list[str]]:
     """The rules of our nft chains: "queue" (mangle priority), "q" (the queue itself, jumped to per
     window) and "verdict" (filter priority); the same logic as chain_rules."""
     mask = _nft_mark(MARK_MASK)
-    queue = [f"ct mark & {_nft_mark(MARK_FINAL)} != 0 return"]
+    queue = _nft_handshakes(f"ct mark & {mask} == {_nft_mark(MARK_ALLOW)} ", "ha")
+    queue.append(f"ct mark & {_nft_mark(MARK_FINAL)} != 0 return")
     if not spec.ipv6:
         queue.append("meta nfproto ipv6 return")
     if "input" in spec.hooks or "output" in spec.hooks:
@@ -258,12 +279,7 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
     first = window(spec.packets)
     queue.append(f"ct packets <= {first} jump q")
     queue += [f"ct packets {lo}-{hi} jump q" for lo, hi in LATER_WINDOWS if lo > first]
-    for fam, addr in (("ipv4", "ip"), ("ipv6", "ip6")):
-        v = 4 if fam == "ipv4" else 6
-        for i, length in enumerate(HANDSHAKE_LENGTHS[v]):
-            length_expr = f"ip length {length}" if v == 4 else f"ip6 length {length - 40}"
-            queue.append(f"meta l4proto udp {length_expr} meter tw_hs{i}_{addr} {{ {addr} saddr . "
-                         f"udp sport . {addr} daddr . udp dport limit rate 6/hour burst 2 packets }} jump q")
+    queue += _nft_handshakes("", "hs")
     q = ["tcp flags & rst != 0 return"]
     # no payload: the IP length equals the headers (IPv4 without options, IPv6 without extension headers)
     q += [f"ip hdrlength 5 tcp doff {off} ip length {20 + 4 * off} return" for off in range(5, 16)]

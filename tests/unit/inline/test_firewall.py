@@ -24,8 +24,12 @@ def _queue_chain(rules: list[str]) -> list[str]:
 def test_fast_path_rule_order() -> None:
     rules = chain_rules(Spec(queue_num=2, packets=12), 4)
     mangle, filt = _main(rules["mangle"]), rules["filter"]
-    # connections with a final decision leave before anything else; WATCH (0x4...) is not final
-    assert mangle[0] == f"-A {CHAIN} -m connmark ! --mark 0x0/0x30000000 -j RETURN"
+    # connections with a final decision leave before anything else (WATCH, 0x4..., is not final), but for
+    # the handshake-sized UDP packets of an allowed connection: a tunnel started on its 5-tuple
+    ha = [f"-A {CHAIN} -p udp -m connmark --mark 0x10000000/0x70000000 -m length --length {n} -m hashlimit "
+          "--hashlimit-upto 6/hour --hashlimit-burst 2 --hashlimit-mode srcip,srcport,dstip,dstport "
+          f"--hashlimit-name tw_ha{i}_4 -j {QCHAIN}" for i, n in enumerate((176, 120))]
+    assert mangle[:3] == [*ha, f"-A {CHAIN} -m connmark ! --mark 0x0/0x30000000 -j RETURN"]
     assert firewall.MARK_WATCH & firewall.MARK_FINAL == 0
     cb = "--connbytes-dir both --connbytes-mode packets"
     # the first window has room for handshake and pure ACKs beyond the engine's 12 packets
@@ -55,12 +59,13 @@ def test_undecided_and_watched_connections_are_queued_again_later_then_allowed()
     allow = (f"-A {CHAIN} -m connbytes --connbytes {last + 1}: {cb} "
              "-j CONNMARK --set-xmark 0x10000000/0x70000000")
     # the kernel's own ALLOW comes before the windows (they never match past the last one anyway)
-    assert mangle.index(allow) < mangle.index(next(r for r in mangle if r.endswith(QCHAIN)))
+    first_window = next(r for r in mangle if "connbytes" in r and r.endswith(QCHAIN))
+    assert mangle.index(allow) < mangle.index(first_window)
     # WireGuard handshake-sized UDP (148 B init, 92 B response) at most a few per connection and hour
-    hs = [r for r in mangle if "-m length" in r]
+    hs = [r for r in mangle if "-m length" in r and "connmark" not in r]
     assert [r.split("--length ")[1].split()[0] for r in hs] == ["176", "120"]
     assert all("--hashlimit-mode srcip,srcport,dstip,dstport" in r and r.endswith(QCHAIN) for r in hs)
-    v6 = [r for r in _main(chain_rules(Spec(), 6)["mangle"]) if "-m length" in r]
+    v6 = [r for r in _main(chain_rules(Spec(), 6)["mangle"]) if "-m length" in r and "connmark" not in r]
     assert [r.split("--length ")[1].split()[0] for r in v6] == ["196", "140"]
     # a later window inside the first one is left out
     assert not any("64:72" in r for r in _main(chain_rules(Spec(packets=40), 4)["mangle"]))
@@ -134,9 +139,10 @@ def test_registered_endpoints_bypass_the_queue_per_family() -> None:
                 "--ctorigdstport 1194 -j RETURN") in v4
     assert (f"-A {CHAIN} -m conntrack --ctorigsrc 198.51.100.20/32 --ctorigdst 192.0.2.0/28 -j RETURN") in v4
     assert not any("192.0.2.64" in r or "2001:" in r for r in v4)
-    assert v6[1] == f"-A {CHAIN} -m conntrack --ctorigdst 2001:db8:2::/64 -j RETURN"
+    assert v6[3] == f"-A {CHAIN} -m conntrack --ctorigdst 2001:db8:2::/64 -j RETURN"
     # bypasses come after the connmark shortcut, before the flood limit and every queue window
-    first_q = min(i for i, r in enumerate(v4) if "tw:flood_dropped" in r or r.endswith(QCHAIN))
+    first_q = min(i for i, r in enumerate(v4)
+                  if "tw:flood_dropped" in r or ("connmark" not in r and r.endswith(QCHAIN)))
     assert max(i for i, r in enumerate(v4) if "--ctorigdst" in r) < first_q
 
 
@@ -222,7 +228,11 @@ NFT = Spec(queue_num=3, packets=12, backend="nftables",
 def test_nft_rules_mirror_the_iptables_fast_path() -> None:
     r = firewall.nft_rules(NFT)
     q, v = r["queue"], r["verdict"]
-    assert q[0] == "ct mark & 0x30000000 != 0 return"
+    assert q[4] == "ct mark & 0x30000000 != 0 return"
+    allowed = "ct mark & 0x70000000 == 0x10000000 meta l4proto udp"
+    assert q[0] == (f"{allowed} ip length 176 meter tw_ha0_ip {{ ip saddr . udp sport . ip daddr . udp dport "
+                    "limit rate 6/hour burst 2 packets } jump q")
+    assert q[3].startswith(f"{allowed} ip6 length 100 meter tw_ha1_ip6")
     assert r["q"][-1] == "meta mark set meta mark | 0x08000000 queue num 3 bypass"
     assert f"ct packets <= {firewall.window(12)} jump q" in q
     assert "ct packets 64-72 jump q" in q and "ct packets 4096-4104 jump q" in q
