@@ -171,7 +171,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from tunnelwatch.appliance.statusweb import cli_status
+    from tunnelwatch.appliance.statussock import cli_status
 
     return cli_status(args)
 

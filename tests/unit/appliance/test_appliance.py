@@ -34,8 +34,8 @@ class _Server:
     made: list[_Server] = []
 
     def __init__(self, state: Any, *, socket_path: str | None, http: list[tuple[str, int]],
-                 token: str | None) -> None:
-        self.socket_path, self.http, self.token = socket_path, http, token
+                 token: str | None, token_file: str | None = None) -> None:
+        self.socket_path, self.http, self.token, self.token_file = socket_path, http, token, token_file
         self.started = self.stopped = False
         _Server.made.append(self)
 
