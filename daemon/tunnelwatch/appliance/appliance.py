@@ -146,14 +146,14 @@ class Appliance:
         if not (disc.enabled and disc.interfaces):
             return
         try:
-            from tunnelwatch.appliance.discovery import Advertiser
+            from tunnelwatch.appliance.discovery import Advertiser, box_name
         except ImportError as exc:  # zeroconf is an optional daemon dependency
             log.warning("discovery disabled: %s", exc)
             return
         try:
             self.advertiser = Advertiser(interfaces=list(disc.interfaces), port=self.cfg.status.port,
                                          device_id=str(self.state.snapshot()["device_id"]),
-                                         properties=self.properties())
+                                         properties=self.properties(), name=box_name())
             self.advertiser.start()
         except (OSError, ValueError, RuntimeError) as exc:
             log.error("discovery: cannot advertise on %s: %s", ",".join(disc.interfaces), exc)
