@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Final
 
-from tunnelwatch.appliance.registrations import render_registrations
+from tunnelwatch.appliance.registrations import render_registrations, standing
 from tunnelwatch.text import printable
 
 REFRESH_S: Final = 10  # seconds, when the page is asked to refresh itself (?refresh=10)
@@ -237,6 +237,21 @@ def render_unauthorized(token_file: str | None = None, *, error: str = "") -> st
             "<code>Authorization: Bearer TOKEN</code> (or <code>?token=TOKEN</code>).</p></body></html>")
 
 
+def _registry_lines(snap: Mapping[str, object]) -> list[str]:
+    """The registrations ended or ending soon, for the summary (the page lists them all)."""
+    raw = snap.get("registrations")
+    rows = [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
+    now = snap.get("now")
+    if not rows or not isinstance(now, int | float):
+        return []
+    near = [(r, standing(r, float(now))) for r in rows]
+    near = [(r, s) for r, s in near if s[0] in ("expiring", "expired")]
+    out = [f"  registrations:    {len(rows)}, {len(near)} ended or ending within 30 days"]
+    out += [f"    {printable(r.get('customer'), 40)} ({printable(r.get('id'), 40)}): {s[1]}"
+            for r, s in near[:5]]
+    return out
+
+
 def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
     """The human summary printed by `tunnelwatch status`."""
     p = printable
@@ -248,6 +263,7 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
         f"  mode:             {p(snap.get('mode'))}",
         f"  config check:     {p(snap.get('config_check'))}",
         f"  registry version: {p(snap.get('registry_version') or 'none')}",
+        *_registry_lines(snap),
         f"  uplink backlog:   {p('n/a' if backlog is None else backlog)}",
         f"  uplink error:     {p(snap.get('uplink_last_error') or 'none')}",
         f"  registry sync:    {p(snap.get('registry_sync') or 'off')}",

@@ -80,3 +80,13 @@ def test_the_page_lists_customers_soonest_end_first_and_highlights_the_near_ones
 def test_no_registry_says_so() -> None:
     assert 'id="registrations">No registrations loaded.' in render_registrations({"now": 0})
     assert 'id="registrations">No registrations' in render_registrations({"registrations": "junk"})
+
+
+def test_the_status_summary_names_the_registrations_ending_soon() -> None:
+    from tunnelwatch.appliance.statuspage import render_summary
+
+    text = render_summary(_snap())
+    assert "  registrations:    4, 2 ended or ending within 30 days" in text
+    assert "Gone Ltd (OLD-1): expired 2026-11-01 23:59 UTC" in text
+    assert "Test entry <b>bold</b> (TEST-29): 2027-01-01 23:59 UTC (ends in 29 days)" in text
+    assert "Acme" not in text
