@@ -39,6 +39,8 @@ footer{margin-top:2rem;color:#666}td{overflow-wrap:anywhere}
 form{margin:.5rem 0}nav a{margin-right:1rem}#logout{display:inline;margin-left:1rem}
 tr.expiring td,p.expiring{background:#fff0c2}tr.expired td{background:#fde8e8}tr.pending td{color:#555}
 #login input{font-size:1rem;max-width:100%}.error{color:#a4000f;font-weight:bold}
+@media (min-width:1000px){#flows td{overflow-wrap:break-word}
+#flows td[data-label=src],#flows td[data-label=dst]{white-space:nowrap}}
 @media (max-width:700px){
 body{margin:.6rem}dl{grid-template-columns:auto}dd{margin:0 0 .4rem}
 #flows,#flows tbody,#flows tr,#flows td{display:block}#flows tr.head{display:none}
