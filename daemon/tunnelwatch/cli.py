@@ -171,7 +171,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from tunnelwatch.appliance.statusweb import cli_status
+    from tunnelwatch.appliance.statussock import cli_status
 
     return cli_status(args)
 
@@ -197,6 +197,25 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     from tunnelwatch.lab.demo import main as lab_main
 
     return lab_main(keep=args.keep)
+
+
+#: ISP-side tools reachable as `tunnelwatch NAME ...` (and as the tunnelwatch-NAME entry points): their
+#: own parsers take every argument; imported only when run, so the box's CLI never loads isp/.
+_ISP_TOOLS = {
+    "registry": ("tunnelwatch.policy.regsync",
+                 "ISP side: sign and check registry documents (keygen, sign, verify)"),
+    "collector": ("tunnelwatch.isp.collector", "ISP side: run the reference event collector"),
+}
+
+
+def _isp_tool(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module(_ISP_TOOLS[name][0])
+    try:
+        return int(module.main(argv))
+    except SystemExit as exc:  # argparse's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else EX_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,13 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Needs root.")
     lb.add_argument("--keep", action="store_true", help="keep the work directory with every log")
     lb.set_defaults(func=_cmd_lab)
+    for name, (module, text) in _ISP_TOOLS.items():
+        sub.add_parser(name, help=text, add_help=False,
+                       description=f"{text}. Every argument goes to {module} (also: tunnelwatch-{name}).")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given and given[0] in _ISP_TOOLS:  # before our parser: `tunnelwatch registry --help` is the tool's
+        return _isp_tool(given[0], given[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(given)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="tunnelwatch: %(levelname)s: %(message)s")
     if not getattr(args, "func", None):

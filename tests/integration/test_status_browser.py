@@ -1,6 +1,7 @@
-"""The status page in a real headless browser (Debian's chromium) on 127.0.0.1: with the token it shows
-health, mode and the recent blocked flow (escaped, no script runs); without or with a wrong token it shows
-the 401 page and nothing about the box."""
+"""The status page in a real headless browser (Debian's chromium) on 127.0.0.1, rendered DOM dumped: with
+the token it shows health, mode and the recent blocked flow (escaped, no script runs); without or with a
+wrong token it shows the login page and nothing about the box. Logging in, phone and desktop widths:
+test_status_browser_login.py."""
 
 from __future__ import annotations
 
@@ -77,12 +78,14 @@ def test_page_with_token_shows_health_and_blocked_flow(base: str) -> None:
 
 
 @pytest.mark.parametrize("query", ["", "?token=wrong", f"?token={TOKEN}x", f"?tok={TOKEN}"])
-def test_page_without_valid_token_shows_401(base: str, query: str) -> None:
+def test_page_without_valid_token_shows_the_login_page(base: str, query: str) -> None:
     dom = _dom(f"{base}/{query}")
     assert _text(dom, "unauthorized") == "401 Unauthorized"
+    assert '<form id="login" method="post" action="/login">' in dom and "status.token_file" in dom
     assert "cpe-browser-1" not in dom and "openvpn" not in dom and 'id="health"' not in dom
 
 
-def test_api_is_not_opened_by_the_page_token(base: str) -> None:
-    dom = _dom(f"{base}/api/status?token={TOKEN}")
+def test_api_opens_with_the_token_in_the_query_for_scripts(base: str) -> None:
+    assert "cpe-browser-1" in _dom(f"{base}/api/status?token={TOKEN}")
+    dom = _dom(f"{base}/api/status?token=wrong")
     assert "401 Unauthorized" in dom and "cpe-browser-1" not in dom

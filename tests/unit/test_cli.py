@@ -75,3 +75,39 @@ def test_classify_inline_reports_what_the_daemon_saw(capsys: pytest.CaptureFixtu
     assert rec["protocol"] == "pptp" and rec["confidence"] == "confirmed"
     # the TCP handshake and pure ACKs never reach the daemon
     assert 0 < rec["queued"] < rec["packets"]
+
+
+def test_isp_tools_are_subcommands_and_entry_points(tmp_path: Path) -> None:
+    import importlib
+    import tomllib
+
+    helptext = run("--help").stdout
+    assert "registry" in helptext and "collector" in helptext
+    key, reg, doc = tmp_path / "k.pem", tmp_path / "reg.yaml", tmp_path / "reg.signed"
+    reg.write_text("registrations:\n  - id: A-1\n    customer: Acme\n    protocols: [wireguard]\n"
+                   "    servers: [198.51.100.7]\n")
+    made = run("registry", "keygen", "--out", str(key))
+    assert made.returncode == 0, made.stderr
+    public = made.stdout.strip()
+    signed = run("registry", "sign", "--key", str(key), "--version", "3", str(reg))
+    assert signed.returncode == 0, signed.stderr
+    doc.write_text(signed.stdout)
+    checked = run("registry", "verify", "--public-key", public, str(doc))
+    assert checked.returncode == 0 and checked.stdout.startswith("version 3"), checked.stderr
+    assert run("registry", "verify", "--public-key", public, str(reg)).returncode == 1
+    usage = run("collector", "--help")
+    assert usage.returncode == 0 and "--listen" in usage.stdout
+    assert run("collector").returncode == 2  # its own usage error, passed through
+    scripts = tomllib.loads(Path(__file__).parents[2].joinpath("pyproject.toml").read_text())["project"][
+        "scripts"]
+    assert {"tunnelwatch", "tunnelwatch-registry", "tunnelwatch-collector"} <= set(scripts)
+    for target in scripts.values():
+        module, _, func = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+
+
+def test_the_box_cli_does_not_load_the_isp_side() -> None:
+    code = ("import sys, tunnelwatch.cli as c; c.build_parser(); print(sorted(m for m in sys.modules "
+            "if m.startswith(('tunnelwatch.isp', 'tunnelwatch.policy.regsync'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

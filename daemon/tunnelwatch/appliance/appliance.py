@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from tunnelwatch import __version__
+from tunnelwatch.appliance.registrations import registration_rows
 from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.appliance.statusweb import StatusServer
 from tunnelwatch.config.runconfig import RunConfig
@@ -60,7 +61,7 @@ def registry_figures(registry: Registry, now: dt.datetime | None = None) -> dict
     active = registry.active(now)
     ends = [e.valid_until.timestamp() for e in active if e.valid_until is not None]
     return {"registry_entries": len(registry.entries), "registry_active": len(active),
-            "registry_next_expiry": min(ends) if ends else None}
+            "registry_next_expiry": min(ends) if ends else None, "registrations": registration_rows(registry)}
 
 
 def registry_version(registry: Registry) -> str:
@@ -126,7 +127,8 @@ class Appliance:
         st = self.cfg.status
         http = http_addresses(self.cfg) if st.listen and st.token else []
         try:
-            self.server = StatusServer(self.state, socket_path=st.socket, http=http, token=st.token)
+            self.server = StatusServer(self.state, socket_path=st.socket, http=http, token=st.token,
+                                       token_file=str(st.token_file) if st.token_file else None)
             self.server.start()
         except (OSError, ValueError) as exc:
             log.error("status server: %s", exc)
@@ -144,14 +146,14 @@ class Appliance:
         if not (disc.enabled and disc.interfaces):
             return
         try:
-            from tunnelwatch.appliance.discovery import Advertiser
+            from tunnelwatch.appliance.discovery import Advertiser, box_name
         except ImportError as exc:  # zeroconf is an optional daemon dependency
             log.warning("discovery disabled: %s", exc)
             return
         try:
             self.advertiser = Advertiser(interfaces=list(disc.interfaces), port=self.cfg.status.port,
                                          device_id=str(self.state.snapshot()["device_id"]),
-                                         properties=self.properties())
+                                         properties=self.properties(), name=box_name())
             self.advertiser.start()
         except (OSError, ValueError, RuntimeError) as exc:
             log.error("discovery: cannot advertise on %s: %s", ",".join(disc.interfaces), exc)

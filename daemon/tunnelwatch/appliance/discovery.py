@@ -88,6 +88,13 @@ def instance_name(device_id: str) -> str:
     return label
 
 
+def box_name() -> str:
+    """The name a technician knows the box by (its host name, first label), for the DNS-SD instance;
+    "" when it has none worth showing (then the device id stands in)."""
+    name = socket.gethostname().split(".")[0].strip()
+    return "" if name.lower() in ("", "localhost", "localhost-localdomain") else name
+
+
 def _host_name(device_id: str) -> str:
     label = _HOST_LABEL.sub("-", device_id.lower()).strip("-")[:50] or "box"
     return f"tunnelwatch-{label}.local."
@@ -110,10 +117,13 @@ class Advertiser:
     """Announces this box on the LAN interfaces; update() changes the TXT record, stop() says goodbye."""
 
     def __init__(self, *, interfaces: list[str], port: int, device_id: str,
-                 properties: dict[str, str]) -> None:
+                 properties: dict[str, str], name: str | None = None) -> None:
         self.interfaces = list(interfaces)
         self.port = port
         self.device_id = device_id
+        # the instance name (discover's NAME) is what the box is called, the id is in the TXT record
+        # (discover's ID): both the device id made the two columns say the same thing
+        self.name = instance_name(name or device_id)
         self.properties = self._txt(properties)
         self.ready = threading.Event()  # set once every interface finished registering (or failed)
         self._zcs: list[tuple[Zeroconf, ServiceInfo]] = []
@@ -131,7 +141,7 @@ class Advertiser:
         addrs = lan_addresses(ifname)
         if not addrs:
             return None
-        return ServiceInfo(SERVICE_TYPE, f"{instance_name(self.device_id)}.{SERVICE_TYPE}", port=self.port,
+        return ServiceInfo(SERVICE_TYPE, f"{self.name}.{SERVICE_TYPE}", port=self.port,
                            properties=dict(self.properties), server=_host_name(self.device_id),
                            parsed_addresses=addrs)
 
@@ -269,4 +279,4 @@ def cli_discover(args: argparse.Namespace) -> int:
 
 def _urlhost(addrs: list[str]) -> str:
     v4 = [a for a in addrs if ":" not in a]
-    return v4[0] if v4 else f"[{addrs[0]}]"
+    return v4[0] if v4 else f"[{addrs[0].replace('%', '%25')}]"  # a zone id is %25-escaped in a URL

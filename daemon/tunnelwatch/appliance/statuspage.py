@@ -15,6 +15,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Final
 
+from tunnelwatch.appliance.registrations import render_registrations, standing
 from tunnelwatch.text import printable
 
 REFRESH_S: Final = 10  # seconds, when the page is asked to refresh itself (?refresh=10)
@@ -35,12 +36,20 @@ td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}th{background:#e
 .health-ok{color:#176f2c;font-weight:bold}.health-bad{color:#a4000f;font-weight:bold}
 tr.action-block td{background:#fde8e8}tr.action-report td{background:#fff6d6}
 footer{margin-top:2rem;color:#666}td{overflow-wrap:anywhere}
-form{margin:.5rem 0}nav a{margin-right:1rem}
+form{margin:.5rem 0}nav a{margin-right:1rem}#logout{display:inline;margin-left:1rem}
+tr.expiring td,p.expiring{background:#fff0c2}tr.expired td{background:#fde8e8}tr.pending td{color:#555}
+#login input{font-size:1rem;max-width:100%}.error{color:#a4000f;font-weight:bold}
+@media (min-width:1000px){#flows td{overflow-wrap:break-word}
+#flows td[data-label=src],#flows td[data-label=dst]{white-space:nowrap}}
 @media (max-width:700px){
 body{margin:.6rem}dl{grid-template-columns:auto}dd{margin:0 0 .4rem}
 #flows,#flows tbody,#flows tr,#flows td{display:block}#flows tr.head{display:none}
 #flows tr{margin:0 0 .6rem;border:1px solid #ccc}#flows td{border:0;padding:.1rem .4rem}
 #flows td::before{content:attr(data-label) ": ";color:#555}
+#registrations,#registrations tbody,#registrations tr,#registrations td{display:block}
+#registrations tr.head{display:none}#registrations tr{margin:0 0 .6rem;border:1px solid #ccc}
+#registrations td{border:0;padding:.1rem .4rem}
+#registrations td::before{content:attr(data-label) ": ";color:#555}
 }
 """
 
@@ -129,10 +138,11 @@ def _link(token: str, **params: object) -> str:
 
 
 def render_html(snap: Mapping[str, object], *, refresh: int = 0, host: str = "", page: int = 0,
-                token: str = "") -> str:
+                token: str = "", session: bool = False) -> str:
     """The read-only status page; self-contained (no external assets, no script). `host` shows one LAN
     host's decisions, `page` pages through them (PAGE_SIZE each), `refresh` > 0 reloads it every so many
-    seconds (off by default: a reload would lose a technician's scrolling), `token` is carried in links."""
+    seconds (off by default: a reload would lose a technician's scrolling), `token` is carried in links,
+    `session` (logged in with the form) adds a log-out button."""
     health = str(snap.get("health", "?"))
     backlog = snap.get("uplink_backlog")
     hclass = "ok" if health == "ok" else "bad"
@@ -192,26 +202,56 @@ def render_html(snap: Mapping[str, object], *, refresh: int = 0, host: str = "",
     now = esc(when(snap.get("now")))
     auto = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh > 0 else ""
     refreshed = f"refreshed every {int(refresh)} s" if refresh > 0 else "not refreshed by itself"
+    logout = ('<form id="logout" method="post" action="/logout"><button type="submit">log out</button></form>'
+              if session else "")
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f'<meta name="referrer" content="no-referrer">{auto}'
+        f'<meta name="referrer" content="same-origin">{auto}'
         f"<title>tunnelwatch {esc(snap.get('device_id'))}</title><style>{_CSS}</style></head><body>"
-        f"<h1>tunnelwatch {esc(snap.get('device_id'))}</h1><dl id=\"summary\">{summary}</dl>"
+        f"<h1>tunnelwatch {esc(snap.get('device_id'))}{logout}</h1><dl id=\"summary\">{summary}</dl>"
         f"<h2>Decided flows</h2>{counts_table}"
         f"<h2>Recent tagged and blocked flows{who} (newest first, page {page + 1} of {pages})</h2>"
         f"{search}{flows_table}<nav>{''.join(nav)}</nav>"
+        f"<h2>Registered VPNs</h2>{render_registrations(snap)}"
         f"<footer>Read-only view, generated {now}, {refreshed}. "
         "Also: <code>/api/status</code> (JSON) and <code>/metrics</code> (Prometheus), "
         "both with <code>Authorization: Bearer</code>.</footer></body></html>")
 
 
-def render_unauthorized() -> str:
-    """The 401 page: says what is needed, reveals nothing about the box."""
-    return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>401 Unauthorized</title>'
-            '</head><body><h1 id="unauthorized">401 Unauthorized</h1><p>This tunnelwatch status page needs '
-            "the status token from the box's configuration: open <code>/?token=TOKEN</code>, or send "
-            "<code>Authorization: Bearer TOKEN</code>.</p></body></html>")
+def render_unauthorized(token_file: str | None = None, *, error: str = "") -> str:
+    """The 401 page: a log-in form and where the token lives on the box; nothing about the box itself."""
+    where = (f"the file <code>{esc(token_file)}</code> on the box" if token_file else
+             "the file named by <code>status.token_file</code> in "
+             "<code>/etc/tunnelwatch/tunnelwatch.yaml</code>")
+    err = f'<p id="login-error" class="error">{esc(error)}</p>' if error else ""
+    return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width,initial-scale=1">'
+            # same-origin: the login POST then carries an Origin the server can check ("null" otherwise)
+            '<meta name="referrer" content="same-origin">'
+            f"<title>401 Unauthorized</title><style>{_CSS}</style>"
+            '</head><body><h1 id="unauthorized">401 Unauthorized</h1>'
+            f'{err}<form id="login" method="post" action="/login"><label>Status token<br>'
+            '<input id="token" name="token" type="password" autocomplete="current-password" size="40" '
+            'required autofocus></label> <button id="login-button" type="submit">log in</button></form>'
+            f"<p>The status token is the first line of {where} (as root: <code>cat</code> it). "
+            "Logging in keeps you in for 12 hours (a cookie for this page only). Scripts send "
+            "<code>Authorization: Bearer TOKEN</code> (or <code>?token=TOKEN</code>).</p></body></html>")
+
+
+def _registry_lines(snap: Mapping[str, object]) -> list[str]:
+    """The registrations ended or ending soon, for the summary (the page lists them all)."""
+    raw = snap.get("registrations")
+    rows = [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
+    now = snap.get("now")
+    if not rows or not isinstance(now, int | float):
+        return []
+    near = [(r, standing(r, float(now))) for r in rows]
+    near = [(r, s) for r, s in near if s[0] in ("expiring", "expired")]
+    out = [f"  registrations:    {len(rows)}, {len(near)} ended or ending within 30 days"]
+    out += [f"    {printable(r.get('customer'), 40)} ({printable(r.get('id'), 40)}): {s[1]}"
+            for r, s in near[:5]]
+    return out
 
 
 def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
@@ -225,6 +265,7 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
         f"  mode:             {p(snap.get('mode'))}",
         f"  config check:     {p(snap.get('config_check'))}",
         f"  registry version: {p(snap.get('registry_version') or 'none')}",
+        *_registry_lines(snap),
         f"  uplink backlog:   {p('n/a' if backlog is None else backlog)}",
         f"  uplink error:     {p(snap.get('uplink_last_error') or 'none')}",
         f"  registry sync:    {p(snap.get('registry_sync') or 'off')}",

@@ -4,23 +4,20 @@ endpoint, the root-only unix socket, and `tunnelwatch status`.
 The daemon feeds a StatusState (thread-safe, bounded); StatusServer serves read-only views of it from
 daemon threads, so a slow or hostile client never delays packet handling. HTTP is served only with a
 token: StatusServer refuses an HTTP address without one (ValueError), so a misconfigured box never shows
-its flows unauthenticated. The token goes in `Authorization: Bearer TOKEN` (all paths) or `?token=TOKEN`
-(the HTML page only, so a browser can open it; it then sits in the browser history: use a status-only
-token). The unix socket (mode 0600, root) answers one JSON snapshot per connection without a token.
-Rendering lives in statuspage.py.
+its flows unauthenticated. A browser logs in with a form (POST /login: a session cookie, webauth.py);
+scripts send `Authorization: Bearer TOKEN`, or `?token=TOKEN` (any path; it then sits in shell and
+browser history: prefer the header). The unix socket (mode 0600, root) answers one JSON snapshot per
+connection without a token. Rendering lives in statuspage.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import hmac
 import json
 import logging
 import os
-import re
 import socket
 import socketserver
-import sys
+import ssl
 import threading
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,20 +25,29 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from tunnelwatch.appliance import statuspage
-from tunnelwatch.appliance.hostview import host_decisions, render_host, valid_host
+from tunnelwatch.appliance.hostview import valid_host
 from tunnelwatch.appliance.metrics import render_metrics
 from tunnelwatch.appliance.state import StatusState
+from tunnelwatch.appliance.statussock import DEFAULT_SOCKET, UnixServer, cli_status, fetch_snapshot
+from tunnelwatch.appliance.webauth import (
+    Sessions,
+    clear_cookie,
+    cookie_value,
+    redact,
+    same_origin,
+    session_cookie,
+    token_matches,
+)
 from tunnelwatch.text import printable
 
 log = logging.getLogger(__name__)
+__all__ = ["DEFAULT_SOCKET", "StatusServer", "cli_status", "fetch_snapshot"]  # the socket side: statussock
 
-DEFAULT_SOCKET: Final = "/run/tunnelwatch/status.sock"
 MAX_CONNECTIONS: Final = 32  # concurrent HTTP connections per listening address; more are closed at once
 MAX_PER_CLIENT: Final = 4  # of those, from one client address: one LAN host cannot lock the others out
 REQUEST_DEADLINE: Final = 5.0  # seconds for a whole request (a byte every few seconds does not extend it)
-MAX_REQUEST_BYTES: Final = 8192  # request line + headers; GET has no body
-_SNAPSHOT_MAX: Final = 4 << 20  # bytes of one snapshot read from the socket
-_TOKEN_RE: Final = re.compile(r"(?i)(token=)[^&\s]*")
+MAX_REQUEST_BYTES: Final = 8192  # request line + headers
+MAX_FORM_BYTES: Final = 1024  # a POST body (the login form: one token field)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -49,9 +55,12 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 16
 
-    def __init__(self, addr: tuple[Any, ...], state: StatusState, token: str) -> None:
+    def __init__(self, addr: tuple[Any, ...], state: StatusState, token: str, sessions: Sessions,
+                 token_file: str | None) -> None:
         self.state = state
         self.token = token.encode()
+        self.sessions = sessions
+        self.token_file = token_file
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.per_client: dict[str, int] = {}
         self.per_client_lock = threading.Lock()
@@ -115,11 +124,6 @@ def _cut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def redact(text: str) -> str:
-    """`token=...` in a request line or URL replaced, so the status token never reaches the log."""
-    return _TOKEN_RE.sub(r"\1REDACTED", text)
-
-
 class _CappedReader:
     """The request stream, at most `limit` bytes in all: 99 header lines of 64 KiB each must not become
     hundreds of MiB of memory in the enforcing process."""
@@ -127,6 +131,7 @@ class _CappedReader:
     def __init__(self, raw: Any, limit: int) -> None:
         self._raw = raw
         self._left = limit
+        self._body_left = MAX_FORM_BYTES
 
     def readline(self, size: int = -1) -> bytes:
         if self._left <= 0:
@@ -137,7 +142,11 @@ class _CappedReader:
         return line
 
     def read(self, size: int = -1) -> bytes:
-        return b""  # GET only: nothing after the headers is read
+        """At most MAX_FORM_BYTES of body in all (the handler checks Content-Length first)."""
+        want = self._body_left if size < 0 else min(size, self._body_left)
+        data: bytes = self._raw.read(want) if want > 0 else b""
+        self._body_left -= len(data)
+        return data
 
     def close(self) -> None:
         self._raw.close()
@@ -158,19 +167,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = _CappedReader(self.rfile, MAX_REQUEST_BYTES)  # type: ignore[assignment]
 
     def do_GET(self) -> None:
-        """Serve /, /api/status and /metrics to token holders; 401 otherwise."""
+        """Serve /, /api/status and /metrics to token or session holders; the login page otherwise."""
         try:
             try:
                 url = urlsplit(self.path)
             except ValueError:  # e.g. "//[x]/": a bad request, not a server error worth a traceback
                 self._send(404, "text/plain; charset=utf-8", "not found\n")
                 return
+            who = self._authorized(url.query)
+            if who is None:
+                return  # refused: too many wrong tokens from this address
             page = url.path == "/"
-            if not self._authorized(url.query if page else ""):
-                self._send(401, "text/html; charset=utf-8", statuspage.render_unauthorized(),
-                           {"WWW-Authenticate": 'Bearer realm="tunnelwatch"'})
+            if not who:
+                self._refuse()
             elif page:
-                html = statuspage.render_html(self.server.state.snapshot(), **_page_params(url.query))
+                params = _page_params(url.query)
+                if who != "token":
+                    params["token"] = ""  # a session: links stay clean
+                html = statuspage.render_html(self.server.state.snapshot(), session=who == "session",
+                                              **params)
                 self._send(200, "text/html; charset=utf-8", html)
             elif url.path == "/api/status":
                 snap = self.server.state.snapshot()
@@ -189,26 +204,101 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("status http: %s", printable(redact(self.path), 100))
             self._send(500, "text/plain; charset=utf-8", "internal error\n")
 
-    def _authorized(self, query: str) -> bool:
+    def do_POST(self) -> None:
+        """POST /login (the form: the token for a session cookie) and POST /logout."""
+        try:
+            path = self.path.split("?", 1)[0]
+            if path not in ("/login", "/logout"):
+                self._send(404, "text/plain; charset=utf-8", "not found\n")
+            elif not same_origin({k.title(): v for k, v in self.headers.items()}, secure=self._tls()):
+                # a page elsewhere posting to the box: refused before anything is read or counted
+                self._send(403, "text/plain; charset=utf-8", "cross-site form refused\n")
+            elif path == "/logout":
+                self.server.sessions.end(cookie_value(self.headers.get("Cookie", "")))
+                self._send(303, "text/plain; charset=utf-8", "logged out\n",
+                           {"Location": "/", "Set-Cookie": clear_cookie(secure=self._tls())})
+            else:
+                self._login()
+        except (ConnectionError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("status http: POST %s", printable(redact(self.path), 100))
+            self._send(500, "text/plain; charset=utf-8", "internal error\n")
+
+    def _login(self) -> None:
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            self._send(411, "text/plain; charset=utf-8", "length required\n")
+            return
+        if int(length) > MAX_FORM_BYTES:
+            self._send(413, "text/plain; charset=utf-8", "form too large\n")
+            return
+        addr = str(self.client_address[0])
+        wait = self.server.sessions.locked_out(addr)
+        if wait:
+            self._too_many(wait)
+            return
+        body = self.rfile.read(int(length)).decode("utf-8", "replace")
+        given = (parse_qs(body, max_num_fields=5).get("token") or [""])[0].strip()
+        if not token_matches(given, self.server.token):
+            self.server.sessions.failed(addr)
+            log.info("status page: wrong token from %s", printable(addr, 64))
+            self._refuse("That is not the status token.")
+            return
+        sid = self.server.sessions.create()
+        log.info("status page: login from %s", printable(addr, 64))
+        self._send(303, "text/plain; charset=utf-8", "logged in\n",
+                   {"Location": "/", "Set-Cookie": session_cookie(sid, secure=self._tls(),
+                                                                  lifetime=self.server.sessions.lifetime)})
+
+    def _authorized(self, query: str) -> str | None:
+        """"token" or "session" for a valid credential, "" for none, None when this address is locked out
+        (the 429 reply is sent then)."""
+        if self.server.sessions.valid(cookie_value(self.headers.get("Cookie", ""))):
+            return "session"
         given = ""
-        auth = self.headers.get("Authorization", "")
-        scheme, _, value = auth.strip().partition(" ")
+        scheme, _, value = self.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() == "bearer":
             given = value.strip()
         elif query:
             given = (parse_qs(query, max_num_fields=20).get("token") or [""])[0]
-        return bool(given) and hmac.compare_digest(given.encode(), self.server.token)
+        if not given:
+            return ""
+        addr = str(self.client_address[0])
+        wait = self.server.sessions.locked_out(addr)
+        if wait:
+            self._too_many(wait)
+            return None
+        if token_matches(given, self.server.token):
+            return "token"
+        self.server.sessions.failed(addr)
+        return ""
+
+    def _refuse(self, error: str = "") -> None:
+        self._send(401, "text/html; charset=utf-8",
+                   statuspage.render_unauthorized(self.server.token_file, error=error),
+                   {"WWW-Authenticate": 'Bearer realm="tunnelwatch"'})
+
+    def _too_many(self, wait: float) -> None:
+        self._send(429, "text/plain; charset=utf-8",
+                   f"too many wrong tokens from this address: try again in {int(wait) + 1} s\n",
+                   {"Retry-After": str(int(wait) + 1)})
+
+    def _tls(self) -> bool:
+        return isinstance(self.connection, ssl.SSLSocket)
 
     def _send(self, code: int, ctype: str, body: str, headers: dict[str, str] | None = None) -> None:
         data = body.encode()
         try:
             self.send_response(code)
+            # Referrer-Policy same-origin: the URL (maybe with ?token=) never leaves the box, and the
+            # login POST keeps an Origin header the server can check (no-referrer would make it "null")
             for k, v in {
                 "Content-Type": ctype, "Content-Length": str(len(data)), "Cache-Control": "no-store",
-                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
                 "X-Frame-Options": "DENY",
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
-                                           "form-action 'none'; frame-ancestors 'none'",
+                                           "form-action 'self'; frame-ancestors 'none'",
                 **(headers or {}),
             }.items():
                 self.send_header(k, v)
@@ -226,60 +316,19 @@ class _Handler(BaseHTTPRequestHandler):
                   printable(redact(format % args), 300))
 
 
-class _SocketHandler(socketserver.BaseRequestHandler):
-    server: _UnixServer
-
-    def handle(self) -> None:
-        self.request.settimeout(5)
-        with suppress(OSError):
-            self.request.sendall(json.dumps(self.server.state.snapshot()).encode() + b"\n")
-
-
-class _UnixServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, path: str, state: StatusState) -> None:
-        self.state = state
-        self.inode = 0
-        super().__init__(path, _SocketHandler)
-
-    def server_bind(self) -> None:
-        path = str(self.server_address)
-        if _answers(path):
-            raise OSError(f"{path}: another daemon is answering on this status socket")
-        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-        # bind under a temporary name, chmod, then rename: the socket is never reachable with wider rights
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        self.socket.bind(tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        self.inode = os.stat(path).st_ino
-
-
-def _answers(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1)
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-    return True
-
-
 class StatusServer:
     """The read-only status endpoints: HTTP on the given (LAN) addresses and the local unix socket."""
 
     def __init__(self, state: StatusState, *, socket_path: str | None, http: list[tuple[str, int]],
-                 token: str | None) -> None:
+                 token: str | None, token_file: str | None = None) -> None:
         if http and not token:
             raise ValueError("the status web page needs a token: refusing to serve HTTP without one")
         self.state = state
         self.socket_path = socket_path
         self.http = list(http)
         self.token = token or ""
+        self.token_file = token_file  # where the token lives, said on the login page
+        self.sessions = Sessions()  # shared by every listening address: one login serves them all
         self._servers: list[socketserver.BaseServer] = []
         self._threads: list[threading.Thread] = []
         self.bound: list[tuple[str, int]] = []  # the HTTP addresses actually listening (port 0 resolved)
@@ -289,7 +338,7 @@ class StatusServer:
         the status page is never a reason to stop enforcing."""
         if self.socket_path:
             try:
-                self._serve(_UnixServer(self.socket_path, self.state), "unix")
+                self._serve(UnixServer(self.socket_path, self.state), "unix")
             except OSError as exc:
                 log.error("status socket %s: %s", self.socket_path, exc)
         for host, port in self.http:
@@ -297,7 +346,7 @@ class StatusServer:
                 info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
                 family, _, _, _, sockaddr = info[0]
                 cls = _HTTPServer6 if family == socket.AF_INET6 else _HTTPServer
-                srv = cls(sockaddr, self.state, self.token)
+                srv = cls(sockaddr, self.state, self.token, self.sessions, self.token_file)
             except (OSError, ValueError) as exc:
                 log.error("status page on %s port %d: %s", host, port, exc)
                 continue
@@ -317,7 +366,7 @@ class StatusServer:
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
-            if isinstance(srv, _UnixServer):
+            if isinstance(srv, UnixServer):
                 with suppress(FileNotFoundError):
                     if os.stat(str(srv.server_address)).st_ino == srv.inode:
                         os.unlink(str(srv.server_address))
@@ -326,52 +375,3 @@ class StatusServer:
         self._servers.clear()
         self._threads.clear()
         self.bound.clear()
-
-
-def fetch_snapshot(path: str, timeout: float = 5.0) -> dict[str, object]:
-    """One snapshot from the daemon's unix socket; raises OSError or ValueError."""
-    chunks: list[bytes] = []
-    size = 0
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        while size <= _SNAPSHOT_MAX:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    snap = json.loads(b"".join(chunks))
-    if not isinstance(snap, dict):
-        raise ValueError("not a status snapshot")
-    return snap
-
-
-def cli_status(args: argparse.Namespace) -> int:
-    """`tunnelwatch status`: the running daemon's status; exit 0 when healthy, 1 otherwise or unreachable."""
-    path = getattr(args, "socket", None) or DEFAULT_SOCKET
-    try:
-        snap = fetch_snapshot(path)
-    except FileNotFoundError:
-        print(f"tunnelwatch: error: no status socket at {path}: is the daemon running?", file=sys.stderr)
-        return 1
-    except PermissionError:
-        print(f"tunnelwatch: error: {path}: permission denied (the status socket is root-only)",
-              file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"tunnelwatch: error: {path}: {exc}", file=sys.stderr)
-        return 1
-    host = getattr(args, "host", None)
-    if host is not None and not valid_host(host):
-        print(f"tunnelwatch: error: --host {printable(host, 80)!r} is not an address", file=sys.stderr)
-        return 2
-    if host is not None:
-        snap["recent"] = host_decisions(snap, host)
-    if getattr(args, "json", False):
-        print(json.dumps(snap, indent=2))
-    elif host is not None:
-        sys.stdout.write(render_host(snap, host))
-    else:
-        sys.stdout.write(statuspage.render_summary(snap))
-    return 0 if snap.get("health") == "ok" else 1

@@ -12,7 +12,6 @@ READY=1 either way, WATCHDOG=1 every half watchdog period, and a STATUS= line wi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -204,15 +203,16 @@ class Supervisor:
         self.notifier.reloaded(self.status_text())
 
     def _reject(self, problems: list[str], reason: str) -> None:
-        what = "is invalid" if reason == "invalid" else "cannot be applied"
-        # formatted here, not by logging: the warning rate limiter keys on the template, and a technician
-        # who reloads twice must see the refusal twice (the reload number keeps each line unique)
+        # one line per refusal (it was three: a headline, each problem, then the event=): the problems,
+        # then the machine-readable tail. Formatted here, not by logging: the warning rate limiter keys
+        # on the template, and a technician who reloads twice must see the refusal twice
         n = self.reloads
-        log.error(f"reload #{n} refused: {self.path} {what}; keeping the running configuration")
-        for p in problems:
-            log.error(f"reload #{n} refused: {p}")
-        log.warning(f"event=config_rejected reload={n} file={self.path} reason={reason} "
-                    f"problems={len(problems)} first={json.dumps(problems[0])}")
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more (tunnelwatch check-config "
+                                           f"{self.path})" if len(problems) > 5 else "")
+        head = f"{self.path} is invalid; keeping the running configuration: {shown}" if reason == "invalid" \
+            else f"{shown}; keeping the running configuration"
+        log.error(f"reload #{n} refused: {head} event=config_rejected reload={n} file={self.path} "
+                  f"reason={reason} problems={len(problems)}")
         when = time.strftime("%Y-%m-%d %H:%M:%S")
         self.app.state.set(config_check=f"reload refused at {when}: {problems[0]}")
         self.app.state.count("config_rejected", reason=reason)

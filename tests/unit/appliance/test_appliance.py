@@ -34,8 +34,8 @@ class _Server:
     made: list[_Server] = []
 
     def __init__(self, state: Any, *, socket_path: str | None, http: list[tuple[str, int]],
-                 token: str | None) -> None:
-        self.socket_path, self.http, self.token = socket_path, http, token
+                 token: str | None, token_file: str | None = None) -> None:
+        self.socket_path, self.http, self.token, self.token_file = socket_path, http, token, token_file
         self.started = self.stopped = False
         _Server.made.append(self)
 
@@ -146,3 +146,25 @@ def test_no_interfaces_means_no_advertisement() -> None:
     assert app.advertiser is None
     app.stop_discovery()
     app.stop()
+
+
+def test_the_status_server_is_told_where_the_token_lives(tmp_path: Path) -> None:
+    tok = tmp_path / "status.token"
+    tok.write_text(TOKEN)
+    tok.chmod(0o600)
+    app = Appliance(parse_config(f"status:\n  socket: null\n  token_file: {tok}\n  listen: [127.0.0.1]\n"),
+                    Registry())
+    app.start_status()
+    (srv,) = _Server.made
+    assert srv.token == TOKEN and srv.token_file == str(tok) and srv.http == [("127.0.0.1", 8787)]
+    app.stop()
+
+
+def test_the_registry_rows_reach_the_status_state() -> None:
+    from tunnelwatch.policy.registry import parse_registry
+
+    reg = Registry(parse_registry("registrations:\n  - id: A-1\n    customer: Acme\n"
+                                  "    protocols: [wireguard]\n    servers: [198.51.100.7]\n"
+                                  "    valid_until: 2030-01-01\n"))
+    rows = Appliance(RunConfig(), reg).state.snapshot()["registrations"]
+    assert isinstance(rows, list) and rows[0]["customer"] == "Acme" and rows[0]["protocols"] == ["wireguard"]

@@ -99,3 +99,35 @@ def test_zeroconf_expected_address_warning_is_not_shown_others_are(caplog: pytes
         zc.warning("Error with socket 7: something real")
     texts = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert texts == ["Error with socket 7: something real"]
+
+
+def test_the_instance_is_named_after_the_box_and_the_id_is_in_txt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discovery.socket, "gethostname", lambda: "router-7.example.net")
+    assert discovery.box_name() == "router-7"
+    adv = Advertiser(interfaces=["lo"], port=8787, device_id="tw-0123abcd", properties={},
+                     name=discovery.box_name())
+    info = adv._info("lo")
+    assert info is not None and info.name == f"router-7.{SERVICE_TYPE}"
+    assert info.properties[b"id"] == b"tw-0123abcd"
+    for nameless in ("localhost", "", "localhost.localdomain"):
+        monkeypatch.setattr(discovery.socket, "gethostname", lambda n=nameless: n)
+        assert discovery.box_name() == ""
+    fallback = Advertiser(interfaces=["lo"], port=1, device_id="tw-0123abcd", properties={}, name="")
+    assert fallback.name == "tw-0123abcd"
+
+
+def test_cli_discover_shows_name_id_and_the_page_url(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    boxes = [_box(ServiceInfo(SERVICE_TYPE, f"router-7.{SERVICE_TYPE}", port=8787,
+                              properties={b"id": b"tw-0123abcd", b"version": b"0.2.0", b"path": b"/"},
+                              server="tunnelwatch-tw-0123abcd.local.", parsed_addresses=["192.168.1.1"])),
+             _box(ServiceInfo(SERVICE_TYPE, f"v6only.{SERVICE_TYPE}", port=8787,
+                              properties={b"id": b"tw-v6"}, server="x.local.",
+                              parsed_addresses=["fd00::1"]))]
+    monkeypatch.setattr(discovery, "browse", lambda timeout: boxes)
+    assert cli_discover(argparse.Namespace(timeout=1.0, json=False)) == 0
+    header, first, second = capsys.readouterr().out.splitlines()
+    assert header.split() == ["NAME", "ID", "ADDRESSES", "PORT", "VERSION", "URL"]
+    assert first.split() == ["router-7", "tw-0123abcd", "192.168.1.1", "8787", "0.2.0", "http://192.168.1.1:8787/"]
+    assert second.split()[:2] == ["v6only", "tw-v6"] and second.endswith("http://[fd00::1]:8787/")
+    assert discovery._urlhost(["fe80::1%eth0"]) == "[fe80::1%25eth0]"

@@ -174,3 +174,21 @@ def test_status_text_names_the_strongest_mode(tmp_path: Path, mode: str, text: s
     sup, _, _ = _supervisor(tmp_path, f"policy:\n  klass:\n    vpn_tunnel:\n      mode: {mode}{extra}\n"
                                       "status: {socket: null}\n")
     assert sup.status_text().startswith(f"{text}: ")
+
+
+def test_a_refused_reload_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tw.yaml"
+    path.write_text("status: {socket: null}\n")
+    cfg = load_config(path)
+    null: Any = _Null()
+    sup = Supervisor(cfg, Registry(), path, null, Appliance(cfg, Registry()), null, lambda c, r: None,
+                     reporter=_FakeReporter())  # type: ignore[arg-type]
+    path.write_text("policy: {klass: {vpn_tunel: enforce}}\nstatus: {socket: null}\n")
+    caplog.set_level("DEBUG", "tunnelwatch")
+    sup.reload()
+    lines = [r.getMessage() for r in caplog.records if "reload #1 refused" in r.getMessage()
+             or "event=config_rejected" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"reload #1 refused: {path} is invalid; keeping the running configuration: ")
+    assert "vpn_tunel" in lines[0] and lines[0].endswith(" reason=invalid problems=1")
+    assert "event=config_rejected reload=1 " in lines[0]
