@@ -116,7 +116,8 @@ def make_sync(tmp: Path, server: Server, isp: Ed25519PrivateKey, path: str, *, c
     raw = isp.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return RegistrySync(url=f"https://{host}:{server.port}{path}", public_key=base64.b64encode(raw).decode(),
                         ca_file=str(ca) if ca else None, state_dir=str(tmp / "state"),
-                        registry_path=str(tmp / "registry.yaml"), max_bytes=MAX, timeout=5)
+                        registry_path=str(tmp / "registry.yaml"), max_bytes=MAX, timeout=5,
+                        accept_unscoped=True)  # transport faults here; scope and expiry: unit tests
 
 
 def test_good_document_over_https_is_applied(tmp_path: Path, server: Server, pki: dict[str, Path],

@@ -215,7 +215,7 @@ def test_registry_sync_applies_a_signed_registry_and_the_tunnel_passes(tmp_path:
     docs.mkdir()
     reg = ("registrations:\n  - id: PTA-SYNC-1\n    customer: lab\n    protocols: [openvpn]\n"
            f"    servers: [{SERVER_IP}]\n")
-    (docs / "box.json").write_bytes(sign_document(isp, 1, reg))
+    (docs / "box.json").write_bytes(sign_document(isp, 1, reg, device=DEVICE))
     cfg = _config(tmp_path, pki, "  registry_sync:\n"
                                  f"    url: https://{SERVER_IP}:8445/box.json\n"
                                  f"    public_key: {base64.b64encode(pub).decode()}\n"

@@ -31,7 +31,7 @@ SCHEMA_VERSION: Final = 1
 KINDS: Final[tuple[str, ...]] = (
     "flow_tagged", "flow_blocked", "registered_tunnel_used", "policy_changed", "config_changed",
     "config_rejected", "registry_changed", "registry_rejected", "daemon_started", "daemon_stopped",
-    "heartbeat", "new_flow_limit",
+    "heartbeat", "new_flow_limit", "registry_stale",
 )
 ACTIONS: Final[tuple[str, ...]] = ("allow", "report", "block")
 MAX_INT: Final = 2**63 - 1
@@ -116,6 +116,7 @@ FIELD_SPECS: Final[dict[str, Field]] = {
     "version": Field("int", "registry document version"),
     "current_version": Field("int", "registry version kept in force"),
     "entries": _count("registrations in force"),
+    "expires": Field("time", "when the registry in force stops being valid (its signed document says)"),
     # daemon life
     "software": Field("str", "tunnelwatch version", max_len=64, pattern=_TOKEN),
     "mode": Field("str", "capture mode (nfqueue, pcap ...)", max_len=32, pattern=_NAME),
@@ -191,6 +192,8 @@ KIND_SPECS: Final[dict[str, _Kind]] = {
                         "flows_evicted", "flows_unreported", *_CONFIG_OPT)),
     "new_flow_limit": _Kind("one LAN host opened new connections faster than the limit: the excess was "
                             "dropped before the queue", ("dropped", "limit"), ("src", "hosts")),
+    "registry_stale": _Kind("the synced registry in force is near or past the expiry its document set: "
+                            "the ISP has not sent a newer one", ("reason", "expires"), ("version",)),
 }
 
 

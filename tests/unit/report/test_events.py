@@ -43,6 +43,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                   "spool_dropped": 0, "bypassed_packets": 24, "bypassed_flows": 24, "flood_dropped": 0,
                   "flows_evicted": 0, "config_digest": "ef" * 32, "policy_default": "monitor",
                   "policy_modes": {"vpn_tunnel": "monitor"}, "protocol_modes": {}},
+    "registry_stale": {"reason": "registry expires at 2027-01-15T08:00:00Z (5.0 h left)",
+                       "expires": "2027-01-15T08:00:00.000000Z", "version": 41},
     "new_flow_limit": {"dropped": 4210, "limit": 500, "src": "198.51.100.7", "hosts": 1},
 }
 
@@ -134,6 +136,7 @@ BAD_FIELDS: list[tuple[str, str, object]] = [
     ("daemon_started", "policy_default", "block"),
     ("daemon_started", "protocol_modes", {f"p{i}": "monitor" for i in range(65)}),
     ("daemon_started", "policy_modes", {"voip": 1}),
+    ("registry_stale", "expires", "tomorrow"),
 ]
 
 
