@@ -56,8 +56,7 @@ def build(arch: str, stage: str) -> Built:
     if os.geteuid() != 0:
         pytest.fail("the image build needs root (mmdebstrap, chroot): run as root, as CI does")
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {"PROVISION_PUBKEY": public_b64(TEST_PROVISION_KEY), **os.environ, "STAGE": stage,
-           "COMPRESS": "none"}
+    env = {**os.environ, "PROVISION_PUBKEY": provisioning_pubkey(), "STAGE": stage, "COMPRESS": "none"}
     t0 = time.monotonic()
     with log.open("w") as f:
         res = subprocess.run([str(REPO / "image/build.sh"), arch, str(out)], stdout=f,
@@ -68,6 +67,11 @@ def build(arch: str, stage: str) -> Built:
         pytest.fail(f"image/build.sh {arch} failed (exit {res.returncode}); {log}:\n{tail}")
     print(f"\nimage build {arch} ({stage}): {seconds:.0f} s")
     return found(seconds)
+
+
+def provisioning_pubkey() -> str:
+    """The PROVISION_PUBKEY the test images are built with: the test key's (the boot tests sign with it)."""
+    return public_b64(TEST_PROVISION_KEY)
 
 
 def signed_provisioning(tmp: Path, device_id: str) -> tuple[Path, Path]:

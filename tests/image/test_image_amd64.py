@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from imagebuild import REPO, Built, signed_provisioning
+from imagebuild import REPO, Built, provisioning_pubkey, signed_provisioning
 from qemuboot import boot_until
 
 from tunnelwatch import __version__
@@ -87,6 +87,8 @@ def test_factory_state_is_neutral_and_quiet(amd64: Built) -> None:
     assert "vpn_tunnel monitor" in show.stdout and "enforce" not in show.stdout, show.stdout
     assert "registry: /etc/tunnelwatch/registry.yaml: 0 registrations" in show.stdout, show.stdout
     assert (r / "usr/share/tunnelwatch/registry.example.yaml").exists()
+    # a provisioning file counts only when signed by the key the build was given (PROVISION_PUBKEY)
+    assert provisioning_pubkey() in (r / "usr/lib/tunnelwatch/provisioning.pub").read_text().split()
     # resolved answers no LLMNR/mDNS on the WAN (it would give out the hostname, i.e. the device id)
     resolved = (r / "etc/systemd/resolved.conf.d/50-tunnelwatch.conf").read_text()
     assert "LLMNR=no" in resolved and "MulticastDNS=no" in resolved
