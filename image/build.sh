@@ -12,6 +12,10 @@
 #   IMAGE_LOCK=warn|strict|off compare installed versions with image/lock/ARCH.lock (default warn)
 #   COMPRESS=zstd|none        also write IMAGE.img.zst (default none)
 #   SRC_REF=HEAD              build tunnelwatch from that git commit instead of the work tree
+#   PROVISION_PUBKEY=B64[,B64] the ISP's provisioning public key(s) (base64 of 32 raw Ed25519 bytes,
+#                             `python -m tunnelwatch.isp.provsign keygen` prints one), written to
+#                             /usr/lib/tunnelwatch/provisioning.pub; without it the image refuses every
+#                             provisioning file (a factory image for no ISP in particular)
 #   KEEP_BUILDER=1            reuse OUTDIR/builder (the wheel build chroot) when its package list is unchanged,
 #                             and the dependency wheels built in it when python-requirements.txt is unchanged
 #                             (tunnelwatch's own wheel is always rebuilt from the sources)
@@ -70,6 +74,12 @@ if [ "$ARCH" != "$HOSTARCH" ]; then
 fi
 
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)}
+PROVISION_PUBKEY=${PROVISION_PUBKEY:-}
+for k in ${PROVISION_PUBKEY//,/ }; do
+    # checked here, not on the first boot of every box: a typo would make the whole batch unprovisionable
+    [ "$(printf '%s' "$k" | base64 -d 2>/dev/null | wc -c)" = 32 ] && [[ $k =~ ^[A-Za-z0-9+/]{43}=$ ]] \
+        || die "PROVISION_PUBKEY: '$k' is not base64 of a 32-byte Ed25519 public key"
+done
 VERSION=$(sed -n 's/^__version__ *= *"\(.*\)"/\1/p' "$REPO/daemon/tunnelwatch/__init__.py")
 [ -n "$VERSION" ] || die "cannot read __version__ from daemon/tunnelwatch/__init__.py"
 NAME=tunnelwatch-$VERSION-$ARCH
@@ -173,7 +183,8 @@ say "wheels: $(cd "$OUT/wheels" && ls | sed -E 's/-(cp311|py3).*//' | tr '\n' ' 
 step "rootfs: mmdebstrap $SUITE $ARCH ($(pkgs "$HERE/packages/common.txt" "$HERE/packages/$ARCH.txt" | tr ',' '\n' | wc -l) packages + dependencies)"
 R=$OUT/rootfs
 rm -rf "$R"
-export TW_REPO=$OUT/src TW_IMAGE=$HERE TW_ARCH=$ARCH TW_WHEELS=$OUT/wheels TW_VERSION=$VERSION
+export TW_REPO=$OUT/src TW_IMAGE=$HERE TW_ARCH=$ARCH TW_WHEELS=$OUT/wheels TW_VERSION=$VERSION \
+    TW_PROVISION_PUBKEY=$PROVISION_PUBKEY
 mmdebstrap "${QUIET[@]}" --mode=root --variant=minbase --architectures="$ARCH" "${SLIM[@]}" "${CACHE[@]}" \
     --include="$(pkgs "$HERE/packages/common.txt" "$HERE/packages/$ARCH.txt")" \
     --essential-hook="\"$HERE/hooks/initramfs.sh\" defer \"\$1\"" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mmdebstrap --customize-hook: turn the Debian root filesystem in $1 into a tunnelwatch appliance.
 # Runs on the build host as root; commands inside the image go through chroot (qemu-user for arm64).
-# Environment from build.sh: TW_REPO, TW_IMAGE, TW_ARCH, TW_WHEELS, TW_VERSION, SOURCE_DATE_EPOCH.
+# Environment from build.sh: TW_REPO, TW_IMAGE, TW_ARCH, TW_WHEELS, TW_VERSION, SOURCE_DATE_EPOCH,
+# TW_PROVISION_PUBKEY (comma-separated, may be empty).
 # The same steps are what an rpi-image-gen / pi-gen / mkosi layer runs (image/README.md).
 set -euo pipefail
 R=$1
@@ -29,6 +30,17 @@ rm -rf "$R/tmp/wheels"
 # the ISP side (reference collector and its store, tunnelwatch.isp) has no business on a box
 rm -rf "$R"/opt/tunnelwatch/lib/python3*/site-packages/tunnelwatch/isp
 ln -sf /opt/tunnelwatch/bin/tunnelwatch "$R/usr/bin/tunnelwatch"
+
+if [ -n "${TW_PROVISION_PUBKEY:-}" ]; then
+    say "provisioning key(s): $TW_PROVISION_PUBKEY"
+    install -d -m 0755 "$R/usr/lib/tunnelwatch"
+    { echo "# ISP provisioning public keys (image build PROVISION_PUBKEY): provision.py accepts a file signed by one"
+      printf '%s\n' ${TW_PROVISION_PUBKEY//,/ }; } > "$R/usr/lib/tunnelwatch/provisioning.pub"
+    chmod 0644 "$R/usr/lib/tunnelwatch/provisioning.pub"
+else
+    say "no PROVISION_PUBKEY: this image refuses every provisioning file"
+    rm -f "$R/usr/lib/tunnelwatch/provisioning.pub"
+fi
 
 say "systemd unit, example config"
 install -m 0644 "$TW_REPO/systemd/tunnelwatch.service" "$R/usr/lib/systemd/system/tunnelwatch.service"

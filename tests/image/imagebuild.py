@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tunnelwatch.isp.provsign import public_b64, sign_bytes
 
 REPO = Path(__file__).resolve().parents[2]
+#: the test images trust this fixed, test-only provisioning key (PROVISION_PUBKEY), so the boot tests can
+#: sign their provisioning files; an image for an ISP is built with the ISP's own key
+TEST_PROVISION_KEY = Ed25519PrivateKey.from_private_bytes(b"tunnelwatch image test key, 32B!")
 # arm64 from clean is ~36 min on a loaded 2-core machine (builder chroot + wheels compiled under qemu-user,
 # then one initramfs under qemu-user), so it gets twice the amd64 bound
 BUILD_TIMEOUT = {"amd64": 1800, "arm64": 3600}
@@ -50,7 +56,7 @@ def build(arch: str, stage: str) -> Built:
     if os.geteuid() != 0:
         pytest.fail("the image build needs root (mmdebstrap, chroot): run as root, as CI does")
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "STAGE": stage, "COMPRESS": "none"}
+    env = {**os.environ, "PROVISION_PUBKEY": provisioning_pubkey(), "STAGE": stage, "COMPRESS": "none"}
     t0 = time.monotonic()
     with log.open("w") as f:
         res = subprocess.run([str(REPO / "image/build.sh"), arch, str(out)], stdout=f,
@@ -61,3 +67,18 @@ def build(arch: str, stage: str) -> Built:
         pytest.fail(f"image/build.sh {arch} failed (exit {res.returncode}); {log}:\n{tail}")
     print(f"\nimage build {arch} ({stage}): {seconds:.0f} s")
     return found(seconds)
+
+
+def provisioning_pubkey() -> str:
+    """The PROVISION_PUBKEY the test images are built with: the test key's (the boot tests sign with it)."""
+    return public_b64(TEST_PROVISION_KEY)
+
+
+def signed_provisioning(tmp: Path, device_id: str) -> tuple[Path, Path]:
+    """A provisioning file for device_id and its .sig by the test images' key, for mcopy onto the card."""
+    prov = tmp / "tunnelwatch-provision.yaml"
+    raw = f"version: 1\ndevice_id: {device_id}\nconfig:\n  log: {{level: info}}\n".encode()
+    prov.write_bytes(raw)
+    sig = tmp / "tunnelwatch-provision.yaml.sig"
+    sig.write_bytes(sign_bytes(TEST_PROVISION_KEY, raw))
+    return prov, sig

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from imagebuild import REPO, Built
+from imagebuild import REPO, Built, provisioning_pubkey, signed_provisioning
 from qemuboot import boot_until
 
 from tunnelwatch import __version__
@@ -87,6 +87,8 @@ def test_factory_state_is_neutral_and_quiet(amd64: Built) -> None:
     assert "vpn_tunnel monitor" in show.stdout and "enforce" not in show.stdout, show.stdout
     assert "registry: /etc/tunnelwatch/registry.yaml: 0 registrations" in show.stdout, show.stdout
     assert (r / "usr/share/tunnelwatch/registry.example.yaml").exists()
+    # a provisioning file counts only when signed by the key the build was given (PROVISION_PUBKEY)
+    assert provisioning_pubkey() in (r / "usr/lib/tunnelwatch/provisioning.pub").read_text().split()
     # resolved answers no LLMNR/mDNS on the WAN (it would give out the hostname, i.e. the device id)
     resolved = (r / "etc/systemd/resolved.conf.d/50-tunnelwatch.conf").read_text()
     assert "LLMNR=no" in resolved and "MulticastDNS=no" in resolved
@@ -178,10 +180,9 @@ def kvm_usable(limit: float = 30.0) -> bool:
 
 
 def _provision(disk: Path, tmp: Path, device_id: str) -> None:
-    prov = tmp / "tunnelwatch-provision.yaml"
-    prov.write_text(f"version: 1\ndevice_id: {device_id}\nconfig:\n  log: {{level: info}}\n")
-    res = _mtools("mcopy", "-o", "-i", f"{disk}@@1M", str(prov), "::/tunnelwatch-provision.yaml")
-    assert res.returncode == 0, res.stderr
+    for f in signed_provisioning(tmp, device_id):
+        res = _mtools("mcopy", "-o", "-i", f"{disk}@@1M", str(f), f"::/{f.name}")
+        assert res.returncode == 0, res.stderr
 
 
 def _part_uuids(disk: Path) -> tuple[str, str]:
@@ -239,8 +240,9 @@ def test_boots_to_ready_with_provisioned_identity(amd64: Built, tmp_path: Path) 
     assert f"root=PARTUUID={root} " in entry and FACTORY_GPT not in entry, entry
 
     # second boot, by the new ids alone: root from the rewritten loader entry, and the ESP from the
-    # rewritten fstab (the provisioning unit reads the new file from /boot/efi, so READY with the second
-    # device id shows the ESP was mounted); the identity step does not run again
+    # rewritten fstab (the provisioning unit reads the new file from /boot/efi, so its verdict on a file for
+    # another device id shows the ESP was mounted: a provisioned box keeps its id); the identity step does
+    # not run again
     _provision(disk, tmp_path, DEVICE_ID_2)
     second = boot_until(cmd, tmp_path / "console2.log", timeout=BOOT_TIMEOUT)
     shutil.copy(tmp_path / "console2.log", amd64.out.parent / "boot-test-console-2.log")
@@ -250,8 +252,10 @@ def test_boots_to_ready_with_provisioned_identity(amd64: Built, tmp_path: Path) 
     assert second.line is not None, f"second boot: no READY banner (qemu exit {second.qemu_exit}):\n" \
         + second.tail()
     print(f"second boot (new PARTUUIDs) to READY: {second.seconds:.0f} s: {second.line}")
-    assert second.line.startswith(f"tunnelwatch-banner: READY device_id={DEVICE_ID_2} "), second.tail()
-    assert f"tunnelwatch-provision: applied: device_id={DEVICE_ID_2}" in second.console, second.tail()
+    assert second.line.startswith(f"tunnelwatch-banner: READY device_id={DEVICE_ID} "), second.tail()
+    assert f"already provisioned as '{DEVICE_ID}'" in second.console, second.tail()
+    result = _mtools("mtype", "-i", f"{disk}@@1M", "::/tunnelwatch-provision.result").stdout
+    assert result.startswith("REJECTED") and DEVICE_ID_2 in result, result
     assert "tunnelwatch-disk-identity" not in second.console, second.tail()
     assert _part_uuids(disk) == (esp, root)
 

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from imagebuild import Built
+from imagebuild import Built, signed_provisioning
 from qemuboot import Boot, boot_until
 
 from tunnelwatch import __version__
@@ -90,9 +90,8 @@ def _disk_id(disk: Path) -> str:
 def _boot(disk: Path, tmp: Path, device_id: str, log: Path) -> tuple[Boot, str]:
     """Provision, then boot the image's own kernel, initrd and cmdline.txt (console: virt's UART)."""
     fat = f"{disk}@@1M"
-    prov = tmp / "tunnelwatch-provision.yaml"
-    prov.write_text(f"version: 1\ndevice_id: {device_id}\nconfig:\n  log: {{level: info}}\n")
-    assert _mtools("mcopy", "-o", "-i", fat, str(prov), "::/tunnelwatch-provision.yaml").returncode == 0
+    for f in signed_provisioning(tmp, device_id):
+        assert _mtools("mcopy", "-o", "-i", fat, str(f), f"::/{f.name}").returncode == 0
     names = _mtools("mdir", "-b", "-i", fat, "::/").stdout.split()
     kernel = sorted(n.rsplit("/", 1)[-1] for n in names if re.search(r"/vmlinuz-[^/]*-arm64$", n))
     initrd = sorted(n.rsplit("/", 1)[-1] for n in names if re.search(r"/initrd\.img-[^/]*-arm64$", n))
@@ -133,8 +132,9 @@ def test_arm64_boots_to_ready_under_qemu_virt(arm64: Built, tmp_path: Path) -> N
     cmdline = _mtools("mtype", "-i", f"{disk}@@1M", "::/cmdline.txt").stdout
     assert f"root=PARTUUID={new[2:]}-02" in cmdline, cmdline
 
-    # second boot with the rewritten cmdline.txt (root by the new id) and a second provisioning file,
-    # read from /boot/firmware, which fstab now mounts by the new id
+    # second boot with the rewritten cmdline.txt (root by the new id) and a provisioning file for another
+    # device, read from /boot/firmware, which fstab now mounts by the new id, and refused: a provisioned
+    # box keeps its id
     second, append2 = _boot(disk, tmp_path, DEVICE_ID_2, tmp_path / "console2.log")
     shutil.copy(tmp_path / "console2.log", out / "boot-test-arm64-console-2.log")
     (out / "boot-test-arm64.txt").write_text(
@@ -143,6 +143,7 @@ def test_arm64_boots_to_ready_under_qemu_virt(arm64: Built, tmp_path: Path) -> N
     assert f"root=PARTUUID={new[2:]}-02" in append2, append2
     assert second.line is not None, f"second boot: no READY (qemu exit {second.qemu_exit}):\n{second.tail()}"
     print(f"second boot (new PARTUUIDs) to READY: {second.seconds:.0f} s: {second.line}")
-    assert second.line.startswith(f"tunnelwatch-banner: READY device_id={DEVICE_ID_2} "), second.tail()
+    assert second.line.startswith(f"tunnelwatch-banner: READY device_id={DEVICE_ID} "), second.tail()
+    assert f"already provisioned as '{DEVICE_ID}'" in second.console, second.tail()
     assert "tunnelwatch-disk-identity" not in second.console, second.tail()
     assert _disk_id(disk) == new

@@ -6,6 +6,7 @@ these run everywhere in a second; the booted image's provisioning is checked in 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -15,10 +16,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tunnelwatch.isp.provsign import public_b64, sign_bytes
+from tunnelwatch.policy.regsync import SIG_CONTEXT as REGISTRY_CONTEXT
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "image/overlay/common/usr/lib/tunnelwatch/provision.py"
 TUNNELWATCH = str(Path(sys.executable).with_name("tunnelwatch"))
+# a fixed test-only ISP provisioning key (never in an image built for a real ISP)
+ISP = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+OTHER_ISP = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkq3m0m4d5m2Y0yGk9QxYl1b9Jk1dKc0Jx8m3t0T1tU tech@isp"
 
 
@@ -31,6 +39,9 @@ def system(tmp_path: Path) -> Path:
     shutil.copy(REPO / "image/factory/registry.yaml", etc / "registry.yaml")
     (root / "boot/firmware").mkdir(parents=True)
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\ttunnelwatch\n")
+    pub = root / "usr/lib/tunnelwatch/provisioning.pub"
+    pub.parent.mkdir(parents=True)
+    pub.write_text(f"# test ISP\n{public_b64(ISP)}\n")
     return root
 
 
@@ -40,10 +51,13 @@ def run(root: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def put(root: Path, doc: object) -> Path:
-    """Write the provisioning file onto the boot partition."""
-    f = root / "boot/firmware/tunnelwatch-provision.yaml"
-    f.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+def put(root: Path, doc: object, *, key: Ed25519PrivateKey | None = ISP, boot: str = "boot/firmware") -> Path:
+    """Write the provisioning file onto the boot partition, signed by `key` (None: unsigned)."""
+    f = root / boot / "tunnelwatch-provision.yaml"
+    raw = doc if isinstance(doc, bytes) else (doc if isinstance(doc, str) else yaml.safe_dump(doc)).encode()
+    f.write_bytes(raw)
+    if key is not None:
+        f.with_name(f.name + ".sig").write_bytes(sign_bytes(key, raw))
     return f
 
 
@@ -82,7 +96,7 @@ def test_valid_file_is_applied_once_and_removed(tmp_path: Path) -> None:
     fwd = (root / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").read_text()
     assert "net.ipv4.ip_forward = 1" in fwd and "net.ipv6.conf.all.forwarding = 1" in fwd
     # the secret leaves the card; the result file says what happened, without the secret
-    assert not src.exists()
+    assert not src.exists() and not src.with_name(src.name + ".sig").exists()
     result = (root / "boot/firmware/tunnelwatch-provision.result").read_text()
     assert result.startswith("APPLIED ") and "cpe-lhr-000123" in result and "0123456789abcdef" not in result
     applied = json.loads((root / "var/lib/tunnelwatch-provision/applied.json").read_text())
@@ -129,8 +143,7 @@ def test_config_rejected_by_check_config_keeps_factory_settings(tmp_path: Path) 
 @pytest.mark.parametrize("text", ["version: [1\n", "\xff\xfe not utf-8", "- just\n- a list\n"])
 def test_unreadable_files_are_rejected_not_crashed(tmp_path: Path, text: str) -> None:
     root = system(tmp_path)
-    f = root / "boot/firmware/tunnelwatch-provision.yaml"
-    f.write_bytes(text.encode("latin-1"))
+    put(root, text.encode("latin-1"))
     res = run(root)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "REJECTED" in res.stdout and "Traceback" not in res.stderr
@@ -139,8 +152,134 @@ def test_unreadable_files_are_rejected_not_crashed(tmp_path: Path, text: str) ->
 def test_efi_partition_is_searched_too(tmp_path: Path) -> None:
     root = system(tmp_path)
     (root / "boot/efi").mkdir()
-    (root / "boot/efi/tunnelwatch-provision.yaml").write_text("version: 1\ndevice_id: x86-box-7\n")
+    put(root, "version: 1\ndevice_id: x86-box-7\n", boot="boot/efi")
     res = run(root)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "device_id=x86-box-7" in res.stdout
     assert os.path.exists(root / "boot/efi/tunnelwatch-provision.result")
+
+
+# -- authenticity: signature by the image's key, and the device id of a provisioned box ----------------------
+
+DOC = {"version": 1, "device_id": "cpe-lhr-000123", "config": {"policy": {"klass": {"voip": "enforce"}}}}
+
+
+def assert_refused(root: Path, res: subprocess.CompletedProcess[str], reason: str) -> None:
+    """Refused with `reason` on the console and in the .result, and nothing on the box changed."""
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert reason in res.stdout, res.stdout
+    result = (root / "boot/firmware/tunnelwatch-provision.result").read_text()
+    assert result.startswith("REJECTED ") and reason in result, result
+    assert (root / "boot/firmware/tunnelwatch-provision.yaml").exists()  # left for the technician to fix
+    assert not (root / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").exists()
+    assert not (root / "etc/hostname").exists()
+
+
+def test_signed_file_is_accepted(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    put(root, DOC)
+    res = run(root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "tunnelwatch-provision: signature ok" in res.stdout
+    assert "applied: device_id=cpe-lhr-000123" in res.stdout
+
+
+def test_unsigned_file_is_refused(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    put(root, DOC, key=None)
+    res = run(root)
+    assert_refused(root, res, "unsigned: no tunnelwatch-provision.yaml.sig")
+    assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+
+
+def test_tampered_file_is_refused(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    src = put(root, DOC)
+    # one setting changed after the ISP signed: monitor instead of enforce
+    src.write_bytes(src.read_bytes().replace(b"enforce", b"monitor"))
+    res = run(root)
+    assert_refused(root, res, "bad signature: the file was changed after signing")
+    assert not list((root / "etc/tunnelwatch/tunnelwatch.yaml.d").iterdir())
+
+
+def test_file_signed_by_another_key_is_refused(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    put(root, DOC, key=OTHER_ISP)
+    assert_refused(root, run(root), "signed by a key this image does not trust")
+
+
+@pytest.mark.parametrize("sig", [b"", b"not base64 !!\n", b"AAAA\n"])
+def test_garbage_signature_is_refused(tmp_path: Path, sig: bytes) -> None:
+    root = system(tmp_path)
+    src = put(root, DOC)
+    src.with_name(src.name + ".sig").write_bytes(sig)
+    assert_refused(root, run(root), "tunnelwatch-provision.yaml.sig")
+
+
+def test_image_without_key_refuses_every_file(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    (root / "usr/lib/tunnelwatch/provisioning.pub").unlink()
+    put(root, DOC)
+    assert_refused(root, run(root), "this image has no provisioning key")
+
+
+def test_signature_for_a_registry_does_not_pass(tmp_path: Path) -> None:
+    # the same key signing the same bytes in the registry's context must not provision a box
+    root = system(tmp_path)
+    src = put(root, DOC, key=None)
+    sig = ISP.sign(REGISTRY_CONTEXT + src.read_bytes())
+    src.with_name(src.name + ".sig").write_bytes(base64.b64encode(sig))
+    assert_refused(root, run(root), "bad signature")
+
+
+def _provisioned(tmp_path: Path) -> Path:
+    root = system(tmp_path)
+    put(root, DOC)
+    assert run(root).returncode == 0
+    return root
+
+
+def test_provisioned_box_refuses_a_file_for_another_device(tmp_path: Path) -> None:
+    root = _provisioned(tmp_path)
+    dropin = (root / "etc/tunnelwatch/tunnelwatch.yaml.d/50-provision.yaml").read_text()
+    (root / "etc/sysctl.d/61-tunnelwatch-forwarding.conf").unlink()  # so assert_refused sees no new write
+    (root / "etc/hostname").unlink()
+    put(root, {**DOC, "device_id": "cpe-lhr-000999"})
+    res = run(root)
+    assert_refused(root, res, "already provisioned as 'cpe-lhr-000123'")
+    assert (root / "etc/tunnelwatch/tunnelwatch.yaml.d/50-provision.yaml").read_text() == dropin
+    applied = json.loads((root / "var/lib/tunnelwatch-provision/applied.json").read_text())
+    assert applied["device_id"] == "cpe-lhr-000123"
+
+
+def test_provisioned_box_accepts_its_own_device_id_again(tmp_path: Path) -> None:
+    root = _provisioned(tmp_path)
+    put(root, {**DOC, "config": {"policy": {"klass": {"voip": "monitor"}}}})
+    res = run(root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    dropin = yaml.safe_load((root / "etc/tunnelwatch/tunnelwatch.yaml.d/50-provision.yaml").read_text())
+    assert dropin["policy"]["klass"]["voip"] == "monitor"
+
+
+def test_isp_tool_signs_what_the_box_accepts(tmp_path: Path) -> None:
+    root = system(tmp_path)
+    src = put(root, DOC, key=None)
+    pem = tmp_path / "isp.pem"
+    py = [sys.executable, "-m", "tunnelwatch.isp.provsign"]
+    kg = subprocess.run([*py, "keygen", "--out", str(pem)], capture_output=True, text=True, timeout=60,
+                        check=True)
+    (root / "usr/lib/tunnelwatch/provisioning.pub").write_text(kg.stdout)
+    assert pem.stat().st_mode & 0o777 == 0o600
+    subprocess.run([*py, "sign", "--key", str(pem), str(src)], capture_output=True, timeout=60, check=True)
+    vf = subprocess.run([*py, "verify", "--public-key", kg.stdout.strip(), str(src)], capture_output=True,
+                        text=True, timeout=60, check=False)
+    assert vf.returncode == 0, vf.stderr
+    res = run(root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the tool refuses to sign what no box would accept
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    sg = subprocess.run([*py, "sign", "--key", str(pem), str(bad)], capture_output=True, text=True,
+                        timeout=60, check=False)
+    assert sg.returncode == 78 and not bad.with_name("bad.yaml.sig").exists()

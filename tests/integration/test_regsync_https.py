@@ -1,5 +1,6 @@
 """Registry sync against a real HTTPS server on 127.0.0.1 (test CA made with openssl): good documents are
-applied; tampered, replayed, truncated, oversized, failing and untrusted ones never replace the registry."""
+applied; tampered, replayed, truncated, oversized, failing and untrusted ones, and documents for another
+box or group, unscoped or expired, never replace the registry."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import http.server
 import json
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.netns import require_tools
 from support.pki import make_pki
+from tunnelwatch.policy.regdoc import rfc3339
 from tunnelwatch.policy.registry import Registry
 from tunnelwatch.policy.regsync import RegistrySync, sign_document
 
@@ -110,13 +114,16 @@ def isp() -> Ed25519PrivateKey:
 
 
 def make_sync(tmp: Path, server: Server, isp: Ed25519PrivateKey, path: str, *, ca: Path | None,
-              host: str = "127.0.0.1") -> RegistrySync:
+              host: str = "127.0.0.1", **scope: Any) -> RegistrySync:
     if not (tmp / "registry.yaml").exists():
         (tmp / "registry.yaml").write_text(REG_V1)
     raw = isp.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return RegistrySync(url=f"https://{host}:{server.port}{path}", public_key=base64.b64encode(raw).decode(),
                         ca_file=str(ca) if ca else None, state_dir=str(tmp / "state"),
-                        registry_path=str(tmp / "registry.yaml"), max_bytes=MAX, timeout=5)
+                        registry_path=str(tmp / "registry.yaml"), max_bytes=MAX, timeout=5,
+                        # transport faults are what most tests here are about: unscoped documents
+                        # unless a test passes the box's scope (test_scope_and_expiry_over_https)
+                        **(scope or {"accept_unscoped": True}))
 
 
 def test_good_document_over_https_is_applied(tmp_path: Path, server: Server, pki: dict[str, Path],
@@ -186,3 +193,28 @@ def test_bad_documents_never_replace_the_registry(tmp_path: Path, server: Server
     assert json.loads((tmp_path / "state" / "registry-sync.json").read_text())["version"] == 3
     if case == "oversized_stream":
         assert server.written.get("/r", 0) < 50_000_000, "the client stopped reading"
+
+
+@pytest.mark.parametrize(("doc_scope", "box_scope", "expect"), [
+    ({}, {"device_id": "box-1"}, "names no device and no group"),
+    ({"device": "box-2"}, {"device_id": "box-1"}, "is for device 'box-2'"),
+    ({"group": "north"}, {"device_id": "box-1", "group": "south"}, "is for group 'north'"),
+    ({"device": "box-1", "expires": "EXPIRED"}, {"device_id": "box-1"}, "expired at"),
+    ({"device": "box-1"}, {"device_id": "box-1"}, None),
+    ({"group": "north"}, {"device_id": "box-1", "group": "north"}, None),
+])
+def test_scope_and_expiry_over_https(tmp_path: Path, server: Server, pki: dict[str, Path],
+                                     isp: Ed25519PrivateKey, doc_scope: dict[str, str],
+                                     box_scope: dict[str, str], expect: str | None) -> None:
+    if doc_scope.get("expires") == "EXPIRED":
+        doc_scope = {**doc_scope, "issued": rfc3339(time.time() - 7200), "expires": rfc3339(time.time() - 60)}
+    server.serve("/box.json", sign_document(isp, 4, REG_V2, **doc_scope))
+    sync = make_sync(tmp_path, server, isp, "/box.json", ca=pki["ca"], **box_scope)
+    res = sync.sync_once()
+    if expect is None:
+        assert res.ok and res.changed, res.message
+        assert (tmp_path / "registry.yaml").read_text() == REG_V2
+    else:
+        assert not res.ok and expect in res.message, res.message
+        assert (tmp_path / "registry.yaml").read_text() == REG_V1
+        assert sync.current_version() == 0

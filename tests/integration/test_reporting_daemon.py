@@ -25,9 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.netns import SERVER_IP, Lab, lab, require_tools
 from support.pki import Pki, leaf, make_pki
 from support.spool import spool_events
+from tunnelwatch.config.runconfig import load_config
 from tunnelwatch.lab.peers import HTTPS_PORT, fetch, openvpn_pair, start_openvpn, start_web, tunnel_ping
 from tunnelwatch.policy.regsync import sign_document
 from tunnelwatch.report.events import make_event
+from tunnelwatch.report.heartbeat import config_digest
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +138,9 @@ def test_events_reach_the_collector_once_across_sigterm_and_kill9(tmp_path: Path
         evs = _wait_stored(tmp_path, lambda e: any(x["kind"] == "daemon_started" for x in e), "started")
         started = next(e for e in evs if e["kind"] == "daemon_started")
         assert started["device_id"] == DEVICE and started["mode"] == "nfqueue"
+        # the configuration in force, as the ISP sees it: its digest and the modes (enforce from the file)
+        assert started["config_digest"] == config_digest(load_config(cfg))
+        assert started["policy_modes"]["vpn_tunnel"] == "enforce" and started["policy_default"] == "monitor"
 
         # benign HTTPS passes and is not reported as a flow; the unregistered OpenVPN tunnel is blocked
         r = fetch(lb, f"https://{SERVER_IP}:{HTTPS_PORT}/index.html", insecure=True)
@@ -152,6 +157,8 @@ def test_events_reach_the_collector_once_across_sigterm_and_kill9(tmp_path: Path
         _wait_stored(tmp_path, lambda e: sum(x["kind"] == "heartbeat" for x in e) >= 2, "two heartbeats")
         beat = [e for e in _stored(tmp_path) if e["kind"] == "heartbeat"][-1]
         assert beat["flows_by_klass"].get("vpn_tunnel", 0) >= 1 and beat["packets_queued"] > 0
+        assert beat["config_digest"] == started["config_digest"]
+        assert beat["policy_modes"] == started["policy_modes"]
         lat = beat["verdict_latency_ms"]  # userspace time per verdict, single queue
         assert 0 < lat["p50"] <= lat["p99"] <= lat["max"], lat
 
@@ -208,7 +215,7 @@ def test_registry_sync_applies_a_signed_registry_and_the_tunnel_passes(tmp_path:
     docs.mkdir()
     reg = ("registrations:\n  - id: PTA-SYNC-1\n    customer: lab\n    protocols: [openvpn]\n"
            f"    servers: [{SERVER_IP}]\n")
-    (docs / "box.json").write_bytes(sign_document(isp, 1, reg))
+    (docs / "box.json").write_bytes(sign_document(isp, 1, reg, device=DEVICE))
     cfg = _config(tmp_path, pki, "  registry_sync:\n"
                                  f"    url: https://{SERVER_IP}:8445/box.json\n"
                                  f"    public_key: {base64.b64encode(pub).decode()}\n"

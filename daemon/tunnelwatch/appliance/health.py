@@ -54,6 +54,9 @@ class Health:
         sync = snap.get("registry_sync_error")
         if isinstance(sync, str) and sync:
             reasons.append(f"registry sync: {sync}")
+        stale = snap.get("registry_stale")  # policy/syncer.py: the registry's document near or past expiry
+        if isinstance(stale, str) and stale:
+            reasons.append(stale)
         return ("degraded" if reasons else "ok"), reasons
 
     def _rose(self, key: str, value: int | None, now: float) -> int:

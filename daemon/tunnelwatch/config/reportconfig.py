@@ -72,6 +72,10 @@ class RegistrySyncConfig:
     public_key: str | None = None
     ca_file: Path | None = None
     interval: int = 900
+    #: the group a document may name instead of this box's device id (docs/registry-sync.md)
+    group: str | None = None
+    #: accept documents naming neither device nor group (signed before scoping existed); off by default
+    accept_unscoped: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,8 @@ def _ipfix(r: YamlReader, node: Node) -> IpfixConfig:
 
 
 def _sync(r: YamlReader, node: Node, path: str) -> RegistrySyncConfig:
-    f = r.mapping(node, ("url", "public_key", "ca_file", "interval"), "report.registry_sync")
+    f = r.mapping(node, ("url", "public_key", "ca_file", "interval", "group", "accept_unscoped"),
+                  "report.registry_sync")
     b = RegistrySyncConfig()
     url = _https(r, f, "report.registry_sync.url")
     key: str | None = None
@@ -249,7 +254,11 @@ def _sync(r: YamlReader, node: Node, path: str) -> RegistrySyncConfig:
     return RegistrySyncConfig(
         url, key, _path(r, f, "ca_file", "report.registry_sync.ca_file", path, None),
         r.opt(f, "interval", lambda n: r.integer(n, "report.registry_sync.interval", 10, 604_800),
-              b.interval))
+              b.interval),
+        r.string(f["group"], "report.registry_sync.group") if "group" in f and not _null(r, f["group"])
+        else b.group,
+        r.opt(f, "accept_unscoped", lambda n: r.boolean(n, "report.registry_sync.accept_unscoped"),
+              b.accept_unscoped))
 
 
 def _privacy(r: YamlReader, node: Node, path: str, state: Path) -> PrivacyConfig:

@@ -1,19 +1,17 @@
 """Registry sync: fetch the ISP-signed registry document over HTTPS, verify it, and apply it atomically.
 
-Document (docs/registry-sync.md): JSON {"format": FORMAT, "payload": base64(payload JSON), "signature":
-base64(Ed25519 over SIG_CONTEXT + payload bytes)}; the payload is {"version": int, "issued": RFC 3339,
-"registry": registry YAML text, "device": optional device id}. Nothing inside the payload is trusted before
-the signature checks. The registry file is replaced only when the document is authentic, newer than the
-applied version (kept in state_dir), and parses with the same loader the daemon uses; otherwise the
-current file stays and the SyncResult says why. Also a CLI for ISPs: keygen, sign, verify.
+The document (format, signature, scope, validity window) is regdoc.py's; its names are re-exported here.
+The registry file is replaced only when the document is authentic, unexpired, for this box (its device
+id or configured group), newer than the applied version (kept in state_dir), and parses with the same
+loader the daemon uses; otherwise the current file stays and the SyncResult says why. The applied
+document's expiry is kept too, so a registry the ISP stopped renewing is reported stale. Also a CLI for
+ISPs: keygen, sign, verify.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import binascii
-import datetime as dt
 import fcntl
 import hashlib
 import http.client
@@ -27,17 +25,27 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tunnelwatch.config.runconfig import ConfigError
+from tunnelwatch.policy.regdoc import (
+    FORMAT,
+    SIG_CONTEXT,
+    Rejected,
+    check_scope,
+    parse_time,
+    public_key_from_b64,
+    rfc3339,
+    sign_document,
+    staleness,
+    verify_document,
+)
 from tunnelwatch.policy.registry import parse_registry
 from tunnelwatch.text import clean_text
 
-FORMAT = "tunnelwatch-registry/1"
-#: Domain separation: a signature made for anything else the ISP signs cannot pass as a registry.
-SIG_CONTEXT = b"tunnelwatch registry v1\x00"
+__all__ = ["FORMAT", "SIG_CONTEXT", "STATE_FILE", "RegistrySync", "Rejected", "SyncResult", "main",
+           "public_key_from_b64", "sign_document", "verify_document"]
 STATE_FILE = "registry-sync.json"
 _CHUNK = 65536
 
@@ -55,68 +63,6 @@ class SyncResult:
         # the message quotes what a server sent (HTTP reason phrase, TLS errors): control characters
         # would forge log lines and fail the registry_rejected event's validation, losing the event
         object.__setattr__(self, "message", clean_text(self.message))
-
-
-class Rejected(Exception):
-    """A document or download that must not be applied."""
-
-
-def public_key_from_b64(text: str) -> Ed25519PublicKey:
-    """The ISP public key from its config form: base64 of the 32 raw bytes."""
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("registry public key must be base64 of 32 raw Ed25519 bytes") from exc
-
-
-def sign_document(key: Ed25519PrivateKey, version: int, registry_text: str, *, issued: str | None = None,
-                  device: str | None = None) -> bytes:
-    """The signed JSON document for this registry text and version."""
-    payload: dict[str, object] = {
-        "version": version, "registry": registry_text,
-        "issued": issued or dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
-    if device:
-        payload["device"] = device
-    raw = json.dumps(payload, sort_keys=True).encode()
-    sig = key.sign(SIG_CONTEXT + raw)
-    return json.dumps({"format": FORMAT, "payload": base64.b64encode(raw).decode(),
-                       "signature": base64.b64encode(sig).decode()}, indent=1).encode() + b"\n"
-
-
-def verify_document(body: bytes, key: Ed25519PublicKey) -> dict[str, object]:
-    """The verified payload; raise Rejected on malformed, truncated or badly signed documents."""
-    try:
-        env = json.loads(body)
-    # ValueError also covers numbers past the int-digits limit; RecursionError, absurdly deep nesting:
-    # this runs before the signature check, so anyone on the path can send either
-    except (ValueError, RecursionError) as exc:
-        raise Rejected(f"document is not complete JSON (truncated?): {str(exc)[:200]}") from exc
-    if not isinstance(env, dict) or env.get("format") != FORMAT:
-        raise Rejected(f"document is not a {FORMAT} envelope")
-    try:
-        raw = base64.b64decode(str(env.get("payload", "")), validate=True)
-        sig = base64.b64decode(str(env.get("signature", "")), validate=True)
-    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII text
-        raise Rejected("payload or signature is not valid base64") from exc
-    try:
-        key.verify(sig, SIG_CONTEXT + raw)
-    except InvalidSignature:
-        raise Rejected("bad signature: not signed by the configured ISP key (tampered?)") from None
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise Rejected(f"signed payload is not JSON: {str(exc)[:200]}") from exc
-    if not isinstance(payload, dict):
-        raise Rejected("signed payload is not an object")
-    v, reg = payload.get("version"), payload.get("registry")
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1 or not isinstance(reg, str):
-        raise Rejected("signed payload needs version (integer >= 1) and registry (text)")
-    try:
-        reg.encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate from a "\ud800" escape cannot be written out
-        raise Rejected("signed registry text is not valid Unicode") from exc
-    return payload
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -142,7 +88,8 @@ class RegistrySync:
     """Fetches, verifies and applies the box's signed registry document."""
 
     def __init__(self, *, url: str, public_key: str, ca_file: str | None, state_dir: str, registry_path: str,
-                 max_bytes: int = 1_000_000, device_id: str | None = None, timeout: float = 30.0) -> None:
+                 max_bytes: int = 1_000_000, device_id: str | None = None, timeout: float = 30.0,
+                 group: str | None = None, accept_unscoped: bool = False) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"registry URL must be https://host/...: {url!r}")
@@ -154,6 +101,9 @@ class RegistrySync:
         self.max_bytes = max_bytes
         self.device_id = device_id
         self.timeout = timeout
+        self.group = group
+        # a document naming no box could be replayed onto any box signed for the same key: opt-in only
+        self.accept_unscoped = accept_unscoped
 
     def state(self) -> dict[str, object]:
         """The applied version record ({} before the first sync)."""
@@ -167,6 +117,16 @@ class RegistrySync:
         """The version last applied (0 = none)."""
         v = self.state().get("version", 0)
         return v if isinstance(v, int) else 0
+
+    def expires(self) -> float | None:
+        """When the registry in force expires (unix seconds; None: its document set no expiry)."""
+        return parse_time(self.state().get("expires"))
+
+    def stale(self, now: float | None = None) -> str | None:
+        """Why the synced registry in force is stale (expired or near expiry), or None."""
+        st = self.state()
+        return staleness(parse_time(st.get("expires")), parse_time(st.get("issued")),
+                         time.time() if now is None else now)
 
     def sync_once(self) -> SyncResult:
         """Fetch, verify and apply; never replaces the registry on any error."""
@@ -223,21 +183,29 @@ class RegistrySync:
         version, text = payload["version"], payload["registry"]
         if not isinstance(version, int) or not isinstance(text, str):  # verify_document checked; for mypy
             return SyncResult(False, False, None, "registry sync: malformed payload")
-        device = payload.get("device")
-        if device is not None and self.device_id is not None and device != self.device_id:
-            return SyncResult(False, False, version, f"registry sync: document is for device {device!r}, "
-                                                     f"not this one ({self.device_id!r})")
+        try:
+            check_scope(payload, device_id=self.device_id, group=self.group,
+                        accept_unscoped=self.accept_unscoped)
+        except Rejected as exc:
+            return SyncResult(False, False, version, f"registry sync: {exc}")
+        window = {k: payload[k] for k in ("issued", "expires") if isinstance(payload.get(k), str)}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.state_dir / ".registry-sync.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two workers syncing at once must not interleave
-            return self._apply_locked(version, text)
+            return self._apply_locked(version, text, window)
 
-    def _apply_locked(self, version: int, text: str) -> SyncResult:
+    def _apply_locked(self, version: int, text: str, window: dict[str, object]) -> SyncResult:
         st = self.state()
         current = st.get("version", 0)
         current = current if isinstance(current, int) else 0
         digest = hashlib.sha256(text.encode()).hexdigest()
         if version == current and st.get("sha256") == digest:
+            # the ISP may re-sign the same version to extend its validity: keep the later expiry
+            new_exp, old_exp = parse_time(window.get("expires")), parse_time(st.get("expires"))
+            if new_exp is not None and old_exp is not None and new_exp > old_exp:
+                _atomic_write(self.state_dir / STATE_FILE, json.dumps({**st, **window}).encode())
+                return SyncResult(True, False, version, f"registry sync: version {version} is current, "
+                                  f"now valid until {window['expires']}")
             return SyncResult(True, False, version, f"registry sync: version {version} is current")
         if version <= current:
             return SyncResult(False, False, version, f"registry sync: version {version} is not newer than "
@@ -250,7 +218,7 @@ class RegistrySync:
         self._keep_last_good()
         _atomic_write(self.registry_path, text.encode())
         _atomic_write(self.state_dir / STATE_FILE, json.dumps(
-            {"version": version, "sha256": digest, "applied": time.time()}).encode())
+            {"version": version, "sha256": digest, "applied": time.time(), **window}).encode())
         return SyncResult(True, True, version, f"registry sync: applied version {version} "
                           f"({len(entries)} registrations, previously {current})")
 
@@ -280,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     sg = sub.add_parser("sign", help="print the signed document for a registry file")
     sg.add_argument("--key", required=True)
     sg.add_argument("--version", type=int, required=True)
-    sg.add_argument("--device")
+    scope = sg.add_mutually_exclusive_group()
+    scope.add_argument("--device", help="the one box this document is for")
+    scope.add_argument("--group", help="the boxes configured with report.registry_sync.group GROUP")
+    sg.add_argument("--valid-days", type=float, default=30.0,
+                    help="expires this many days after signing (default 30; 0: no expiry)")
     sg.add_argument("registry")
     vf = sub.add_parser("verify", help="check a document against a public key; print its version")
     vf.add_argument("--public-key", required=True)
@@ -306,14 +278,20 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print("\n".join(exc.problems), file=sys.stderr)
             return 78
-        sys.stdout.buffer.write(sign_document(_load_private(a.key), a.version, text, device=a.device))
+        if not (a.device or a.group):
+            print("warning: neither --device nor --group: boxes refuse this document unless configured "
+                  "with report.registry_sync.accept_unscoped: true", file=sys.stderr)
+        expires = rfc3339(time.time() + a.valid_days * 86_400) if a.valid_days > 0 else None
+        sys.stdout.buffer.write(sign_document(_load_private(a.key), a.version, text, device=a.device,
+                                              group=a.group, expires=expires))
         return 0
     try:
         payload = verify_document(Path(a.document).read_bytes(), public_key_from_b64(a.public_key))
     except (Rejected, ValueError) as exc:
         print(f"rejected: {exc}", file=sys.stderr)
         return 1
-    print(f"version {payload['version']} issued {payload.get('issued')} device {payload.get('device')}")
+    print(f"version {payload['version']} issued {payload.get('issued')} expires {payload.get('expires')} "
+          f"device {payload.get('device')} group {payload.get('group')}")
     return 0
 
 

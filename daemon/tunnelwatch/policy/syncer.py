@@ -3,7 +3,9 @@
 Every `report.registry_sync.interval` seconds a thread fetches the signed registry (regsync.py). A new
 verified version is written to the registry file and handed to the main thread once (`take`), which
 re-reads and applies it between packets; a refused document is logged and reported as
-`registry_rejected`, and the current registry stays. The status state shows the last outcome.
+`registry_rejected`, and the current registry stays. The status state shows the last outcome, and
+whether the registry in force is near or past the expiry its document set (`registry_stale`, reported
+once per change as a `registry_stale` event; health reads it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RegistrySyncer:
         self._result: SyncResult | None = None
         self._stop = threading.Event()
         self._cfg: RunConfig | None = None
+        self._stale: str | None = None  # the staleness last reported (reported again when it changes)
 
     def start(self, cfg: RunConfig) -> None:
         """Start syncing when the config names a sync URL, a key and a registry file (never raises)."""
@@ -48,7 +51,8 @@ class RegistrySyncer:
         try:
             self.sync = RegistrySync(url=sc.url, public_key=sc.public_key, ca_file=_s(sc.ca_file),
                                      state_dir=str(cfg.report.state_dir), registry_path=str(cfg.registry),
-                                     device_id=self.device_id)
+                                     device_id=self.device_id, group=sc.group,
+                                     accept_unscoped=sc.accept_unscoped)
         except ValueError as exc:
             log.error("registry sync: %s", exc)
             return
@@ -99,7 +103,22 @@ class RegistrySyncer:
                     log.error("registry sync: %s; keeping the current registry", res.message)
                     self.report("registry_rejected", source="sync", reason=res.message[:256],
                                 version=res.version, current_version=sync.current_version())
+            self.check_stale(sync)
             stop.wait(interval)
+
+    def check_stale(self, sync: RegistrySync, now: float | None = None) -> str | None:
+        """Record (status, event on change) whether the registry in force is near or past its expiry."""
+        why = sync.stale(now)
+        self.state.set(registry_stale=why)
+        # "expires ... (5.2 h left)" changes every poll: report the state change, not the countdown
+        kind = None if why is None else why.split(" ", 2)[1]
+        expires = sync.expires()
+        if kind != (None if self._stale is None else self._stale.split(" ", 2)[1]) and why and expires:
+            log.warning("registry sync: %s", why)
+            self.report("registry_stale", reason=why[:256], version=sync.current_version() or None,
+                        expires=expires)
+        self._stale = why
+        return why
 
 
 def _s(p: Path | None) -> str | None:

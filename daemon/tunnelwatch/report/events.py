@@ -24,13 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from tunnelwatch.config.runconfig import MODES
 from tunnelwatch.verdict import CONFIDENCES, KLASSES
 
 SCHEMA_VERSION: Final = 1
 KINDS: Final[tuple[str, ...]] = (
     "flow_tagged", "flow_blocked", "registered_tunnel_used", "policy_changed", "config_changed",
     "config_rejected", "registry_changed", "registry_rejected", "daemon_started", "daemon_stopped",
-    "heartbeat", "new_flow_limit",
+    "heartbeat", "new_flow_limit", "registry_stale",
 )
 ACTIONS: Final[tuple[str, ...]] = ("allow", "report", "block")
 MAX_INT: Final = 2**63 - 1
@@ -50,7 +51,8 @@ class EventError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One field's type and bounds; `type` is one of str, int, num, bool, time, strs, counts, nums."""
+    """One field's type and bounds; `type` is one of str, int, num, bool, time, strs, counts, nums, modes
+    (a map of short names to one of `enum`)."""
 
     type: str
     doc: str
@@ -114,6 +116,7 @@ FIELD_SPECS: Final[dict[str, Field]] = {
     "version": Field("int", "registry document version"),
     "current_version": Field("int", "registry version kept in force"),
     "entries": _count("registrations in force"),
+    "expires": Field("time", "when the registry in force stops being valid (its signed document says)"),
     # daemon life
     "software": Field("str", "tunnelwatch version", max_len=64, pattern=_TOKEN),
     "mode": Field("str", "capture mode (nfqueue, pcap ...)", max_len=32, pattern=_NAME),
@@ -121,6 +124,14 @@ FIELD_SPECS: Final[dict[str, Field]] = {
     "warnings": Field("strs", "conditions met at start (e.g. a corrupt spool moved aside)", max_len=256,
                        pattern=_TEXT, items=16),
     "uptime_s": Field("num", "seconds since the daemon started"),
+    # the configuration in force (daemon_started, heartbeat): the ISP sees a box switched to monitor
+    "config_digest": Field("str", "sha256 (hex) of the effective configuration after drop-ins, canonical "
+                           "JSON; secrets enter it only hashed", max_len=64, pattern="^[0-9a-f]{64}$"),
+    "policy_default": Field("str", "policy mode of a klass or protocol without a rule of its own",
+                            enum=MODES),
+    "policy_modes": Field("modes", "policy mode in force per klass", enum=MODES, items=16),
+    "protocol_modes": Field("modes", "policy mode per protocol that has a rule of its own", enum=MODES,
+                            items=64),
     # heartbeat: cumulative since start, so a lost heartbeat loses no counts
     "flows_by_klass": Field("counts", "decided flows per klass", items=16),
     "flows_by_action": Field("counts", "decided flows per action", items=8),
@@ -148,6 +159,8 @@ _FLOW_REQ: Final = ("sport", "dport", "transport", "klass", "protocol", "confide
 _FLOW_OPT: Final = ("src", "dst", "evidence", "reason", "bulk", "packets", "bytes", "registration_id",
                     "first_seen", "last_seen")
 
+_CONFIG_OPT: Final = ("config_digest", "policy_default", "policy_modes", "protocol_modes")
+
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
@@ -170,14 +183,17 @@ KIND_SPECS: Final[dict[str, _Kind]] = {
     "registry_changed": _Kind("a new registry was applied", ("source", "entries"), ("version", "digest")),
     "registry_rejected": _Kind("a registry was refused; the previous one stays", ("source", "reason"),
                                ("version", "current_version", "digest")),
-    "daemon_started": _Kind("the daemon started", ("software", "mode"), ("queues", "warnings")),
+    "daemon_started": _Kind("the daemon started", ("software", "mode"),
+                            ("queues", "warnings", *_CONFIG_OPT)),
     "daemon_stopped": _Kind("the daemon stopped", ("reason", "uptime_s"), ()),
     "heartbeat": _Kind("periodic counters", ("uptime_s", "flows_by_klass", "packets_queued", "queue_drops"),
                        ("flows_by_action", "verdict_latency_ms", "backlog", "spool_dropped", "spool_expired",
                         "classifier_errors", "bypassed_packets", "bypassed_flows", "flood_dropped",
-                        "flows_evicted", "flows_unreported")),
+                        "flows_evicted", "flows_unreported", *_CONFIG_OPT)),
     "new_flow_limit": _Kind("one LAN host opened new connections faster than the limit: the excess was "
                             "dropped before the queue", ("dropped", "limit"), ("src", "hosts")),
+    "registry_stale": _Kind("the synced registry in force is near or past the expiry its document set: "
+                            "the ISP has not sent a newer one", ("reason", "expires"), ("version",)),
 }
 
 
@@ -292,6 +308,17 @@ def _check(name: str, f: Field, v: object) -> object:
                 _check_int(f"{name}.{k}", FIELD_SPECS["packets"], x)
             else:
                 _check_num(f"{name}.{k}", x)
+        return dict(v)
+    if t == "modes":
+        if not isinstance(v, Mapping):
+            raise EventError(f"{name}: expected a map, got {type(v).__name__}")
+        if len(v) > f.items:
+            raise EventError(f"{name}: {len(v)} entries, at most {f.items}")
+        for k, x in v.items():
+            if not isinstance(k, str) or re.fullmatch(KEY_PATTERN, k) is None:
+                raise EventError(f"{name}: key {k!r:.40} is not a short lowercase name")
+            if x not in f.enum:
+                raise EventError(f"{name}.{k}: {str(x)[:40]!r} is not one of {', '.join(f.enum)}")
         return dict(v)
     raise AssertionError(f"unknown field type {t}")  # pragma: no cover - the table is static
 

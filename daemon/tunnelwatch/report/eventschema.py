@@ -22,6 +22,10 @@ from tunnelwatch.report.events import (
 
 def _field_schema(f: Field, enum: tuple[str, ...] | None = None) -> dict[str, object]:
     d: dict[str, object] = {"description": f.doc}
+    if f.type == "modes":
+        d.update(type="object", maxProperties=f.items, propertyNames={"pattern": KEY_PATTERN},
+                 additionalProperties={"enum": list(f.enum)})
+        return d
     if enum or f.enum:
         d["enum"] = list(enum or f.enum)
         return d

@@ -28,7 +28,7 @@ from tunnelwatch import __version__
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.record import FlowRecord
 from tunnelwatch.report.events import EventError, make_event
-from tunnelwatch.report.heartbeat import fail_open_fields, queue_counters
+from tunnelwatch.report.heartbeat import config_fields, fail_open_fields, queue_counters
 from tunnelwatch.report.privacy import DEFAULT_SUBSCRIBER_NETS, Pseudonymizer, load_or_create_key
 from tunnelwatch.text import clean_text
 from tunnelwatch.verdict import confidence_at_least
@@ -92,7 +92,7 @@ class Reporter:
         self._spawn(self._exporter, "tunnelwatch-ipfix")
         q = self.cfg.queue_count
         self.event("daemon_started", software=__version__, mode="nfqueue", queues=q,
-                   warnings=self.warnings[:16] or None)
+                   warnings=self.warnings[:16] or None, **config_fields(self.cfg))
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -343,6 +343,7 @@ class Reporter:
                 hb["verdict_latency_ms"] = latency
             drops, self._drops = self._drops, 0
         hb.update(fail_open_fields(self.state.snapshot()))
+        hb.update(config_fields(self.cfg))  # self.cfg follows reloads: a switch to monitor shows here
         if drops:
             log.warning("report: %d events dropped (reporting queue full or spool write failed)", drops)
         if self.spool is not None:

@@ -76,3 +76,10 @@ def test_hostile_snapshot_values_never_raise() -> None:
     odd = _snap(kernel="x", flows={"evicted": "many", "classifier_errors": True}, uplink_backlog="1",
                 spool_max_events=0, health_reasons=None)
     assert Health().assess(odd, T0) == ("ok", [])
+
+
+def test_a_stale_registry_degrades_health_until_renewed() -> None:
+    h = Health()
+    why = "registry expired at 2027-01-15T08:00:00Z: the ISP has not sent a newer one"
+    assert h.assess(_snap(registry_stale=why), T0) == ("degraded", [why])
+    assert h.assess(_snap(registry_stale=None), T0 + 60) == ("ok", [])

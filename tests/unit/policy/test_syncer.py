@@ -34,7 +34,15 @@ class _FakeSync:
         self.stop = stop
         self.calls = threading.Event()
         self.version = 7
+        self.stale_reason: str | None = None
+        self.expiry: float | None = None
         _FakeSync.made.append(self)
+
+    def stale(self, now: float | None = None) -> str | None:
+        return self.stale_reason
+
+    def expires(self) -> float | None:
+        return self.expiry
 
     def current_version(self) -> int:
         return self.version
@@ -147,3 +155,37 @@ def test_start_runs_a_thread_and_reload_restarts_only_on_change(tmp_path: Path) 
         assert s.sync is None and s.current_version() == 0
     finally:
         s.stop()
+
+
+def test_scope_settings_reach_the_sync(tmp_path: Path) -> None:
+    text = (f"report:\n  state_dir: {tmp_path}\n  registry_sync: {{url: 'https://isp.example/r', "
+            f"public_key: '{KEY}', group: north-1, accept_unscoped: true}}\n"
+            f"registry: {tmp_path / 'registry.yaml'}\n")
+    (tmp_path / "registry.yaml").write_text("[]\n")
+    s = _syncer()
+    s.start(parse_config(text))
+    s.stop()
+    kw = _FakeSync.made[0].kw
+    assert kw["group"] == "north-1" and kw["accept_unscoped"] is True and kw["device_id"] == "cpe-1"
+
+
+def test_a_stale_registry_is_reported_once_per_change_and_shown() -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+    s = _syncer(events)
+    fake = _FakeSync()
+    assert s.check_stale(fake) is None and events == []  # type: ignore[arg-type]
+    fake.expiry = 1_800_000_000.0
+    fake.stale_reason = "registry expires at 2027-01-15T08:00:00Z (5.0 h left)"
+    s.check_stale(fake)  # type: ignore[arg-type]
+    assert s.state.snapshot()["registry_stale"] == fake.stale_reason
+    fake.stale_reason = "registry expires at 2027-01-15T08:00:00Z (4.0 h left)"  # the countdown: no event
+    s.check_stale(fake)  # type: ignore[arg-type]
+    assert [k for k, _ in events] == ["registry_stale"]
+    assert events[0][1]["expires"] == 1_800_000_000.0 and events[0][1]["version"] == 7
+    fake.stale_reason = "registry expired at 2027-01-15T08:00:00Z: the ISP has not sent a newer one"
+    s.check_stale(fake)  # type: ignore[arg-type]
+    assert [k for k, _ in events] == ["registry_stale", "registry_stale"]
+    assert "expired" in str(events[1][1]["reason"])
+    fake.stale_reason = None  # a renewed document: shown fresh again, nothing to report
+    s.check_stale(fake)  # type: ignore[arg-type]
+    assert s.state.snapshot().get("registry_stale") is None and len(events) == 2

@@ -32,13 +32,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "registry_changed": {"source": "sync", "entries": 12, "version": 41, "digest": "cd" * 32},
     "registry_rejected": {"source": "sync", "reason": "bad signature", "version": 40, "current_version": 41},
     "daemon_started": {"software": "0.1.0", "mode": "nfqueue", "queues": 2,
-                       "warnings": ["spool was corrupt: moved aside"]},
+                       "warnings": ["spool was corrupt: moved aside"], "config_digest": "ef" * 32,
+                       "policy_default": "monitor",
+                       "policy_modes": {"vpn_tunnel": "enforce", "voip": "grace", "benign": "monitor"},
+                       "protocol_modes": {"wireguard": "monitor"}},
     "daemon_stopped": {"reason": "SIGTERM", "uptime_s": 3600.5},
     "heartbeat": {"uptime_s": 60.0, "flows_by_klass": {"vpn_tunnel": 3, "benign": 120},
                   "packets_queued": 9000, "queue_drops": 0,
                   "verdict_latency_ms": {"p50": 0.04, "p99": 0.3, "max": 2.5}, "backlog": 7,
                   "spool_dropped": 0, "bypassed_packets": 24, "bypassed_flows": 24, "flood_dropped": 0,
-                  "flows_evicted": 0},
+                  "flows_evicted": 0, "config_digest": "ef" * 32, "policy_default": "monitor",
+                  "policy_modes": {"vpn_tunnel": "monitor"}, "protocol_modes": {}},
+    "registry_stale": {"reason": "registry expires at 2027-01-15T08:00:00Z (5.0 h left)",
+                       "expires": "2027-01-15T08:00:00.000000Z", "version": 41},
     "new_flow_limit": {"dropped": 4210, "limit": 500, "src": "198.51.100.7", "hosts": 1},
 }
 
@@ -123,6 +129,14 @@ BAD_FIELDS: list[tuple[str, str, object]] = [
     ("heartbeat", "flows_by_klass", {"Bad Key": 1}),
     ("heartbeat", "flows_by_klass", {"vpn_tunnel": -1}),
     ("heartbeat", "verdict_latency_ms", {"p50": "fast"}),
+    ("heartbeat", "config_digest", "EF" * 32),
+    ("heartbeat", "policy_modes", {"vpn_tunnel": "off"}),  # not a mode the daemon has
+    ("heartbeat", "policy_modes", {"VPN": "monitor"}),
+    ("heartbeat", "policy_modes", ["vpn_tunnel", "monitor"]),
+    ("daemon_started", "policy_default", "block"),
+    ("daemon_started", "protocol_modes", {f"p{i}": "monitor" for i in range(65)}),
+    ("daemon_started", "policy_modes", {"voip": 1}),
+    ("registry_stale", "expires", "tomorrow"),
 ]
 
 

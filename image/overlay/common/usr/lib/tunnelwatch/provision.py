@@ -1,10 +1,13 @@
 """First-boot provisioning of a tunnelwatch appliance from a file on the boot (FAT) partition.
 
-Owns tunnelwatch-provision.yaml (format: image/README.md): validates it completely (its own keys, then
-the resulting daemon configuration with `tunnelwatch check-config` on a staged copy of /etc/tunnelwatch),
-and only then applies it: the drop-in tunnelwatch.yaml.d/50-provision.yaml, private files, hostname, and
-ssh key-only access. The file is removed from the card afterwards (it may hold secrets) and a result
-file without secrets is left in its place, so a technician reading the card in a PC sees what happened.
+Owns tunnelwatch-provision.yaml (format: image/README.md): accepts it only with a detached Ed25519
+signature (tunnelwatch-provision.yaml.sig) by a provisioning key baked into the image
+(/usr/lib/tunnelwatch/provisioning.pub), and only on an unprovisioned box or for this box's own device
+id; validates it completely (its own keys, then the resulting daemon configuration with `tunnelwatch
+check-config` on a staged copy of /etc/tunnelwatch), and only then applies it: the drop-in
+tunnelwatch.yaml.d/50-provision.yaml, private files, hostname, and ssh key-only access. The file is
+removed from the card afterwards (it may hold secrets) and a result file without secrets is left in its
+place, so a technician reading the card in a PC sees what happened.
 Runs as tunnelwatch-provision.service before tunnelwatch.service; every line it prints reaches the
 console and the journal prefixed "tunnelwatch-provision:".
 """
@@ -12,6 +15,8 @@ console and the journal prefixed "tunnelwatch-provision:".
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -26,9 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 FILENAME = "tunnelwatch-provision.yaml"
+SIGNATURE = FILENAME + ".sig"
 RESULT = "tunnelwatch-provision.result"
+#: the ISP's provisioning public keys, one base64 (32 raw bytes) per line; written by the image build
+PUBKEY = "usr/lib/tunnelwatch/provisioning.pub"
+#: domain separation: a signature the ISP made for anything else (a registry document) cannot pass here
+SIG_CONTEXT = b"tunnelwatch provision v1\x00"
+MAX_BYTES = 1 << 20  # a provisioning file is a few kB; a card with a huge file is refused, not read
 DROPIN = "50-provision.yaml"
 KEYS = {"version", "device_id", "hostname", "config", "files", "ssh_authorized_keys"}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -87,6 +100,66 @@ def validate(doc: object) -> dict[str, Any]:
         raise Rejected("; ".join(errs))
     return {"device_id": did, "hostname": host, "config": cfg if isinstance(cfg, dict) else {},
             "files": files, "ssh_keys": [k.strip() for k in keys]}
+
+
+def trusted_keys(root: Path) -> list[Ed25519PublicKey]:
+    """The image's provisioning keys; Rejected when the image has none or the key file is broken."""
+    path = root / PUBKEY
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()[:64]
+    except FileNotFoundError:
+        raise Rejected(f"this image has no provisioning key (/{PUBKEY}): it was built without "
+                       "PROVISION_PUBKEY and accepts no provisioning file; use an image built for your ISP")\
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Rejected(f"cannot read the provisioning key /{PUBKEY}: {exc}") from exc
+    keys: list[Ed25519PublicKey] = []
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            keys.append(Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True)))
+        except (binascii.Error, ValueError):
+            raise Rejected(f"/{PUBKEY}:{n}: not base64 of a 32-byte Ed25519 public key") from None
+    if not keys:
+        raise Rejected(f"/{PUBKEY} lists no key: this image accepts no provisioning file")
+    return keys
+
+
+def check_signature(raw: bytes, sig_path: Path, keys: list[Ed25519PublicKey]) -> None:
+    """Rejected unless sig_path holds a valid signature of exactly these bytes by one of the keys."""
+    if not sig_path.is_file():
+        raise Rejected(f"unsigned: no {sig_path.name} beside the file (the ISP signs provisioning files: "
+                       "python -m tunnelwatch.isp.provsign sign)")
+    try:
+        text = sig_path.read_bytes()[:4096].decode("ascii").strip()
+        sig = base64.b64decode(text, validate=True)
+    except (OSError, UnicodeDecodeError, binascii.Error, ValueError):
+        raise Rejected(f"{sig_path.name}: not a base64 signature") from None
+    if len(sig) != 64:
+        raise Rejected(f"{sig_path.name}: an Ed25519 signature is 64 bytes (got {len(sig)})")
+    for key in keys:
+        try:
+            key.verify(sig, SIG_CONTEXT + raw)
+            return
+        except InvalidSignature:
+            continue
+    raise Rejected("bad signature: the file was changed after signing, or signed by a key this image does "
+                   "not trust")
+
+
+def provisioned_id(root: Path) -> str | None:
+    """The device id this box was provisioned with (None: a factory-fresh box)."""
+    try:
+        rec = json.loads((root / "var/lib/tunnelwatch-provision/applied.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError):
+        # a record that exists but is unreadable is not a factory box: no id can match it
+        return ""
+    did = rec.get("device_id") if isinstance(rec, dict) else None
+    return did if isinstance(did, str) else ""
 
 
 PATH_KEYS = {"registry", "client_cert", "client_key", "lists", "path"}
@@ -189,18 +262,29 @@ def main(argv: list[str] | None = None) -> int:
         say("no provisioning file on the boot partition: keeping the current settings")
         return 0
     src = found[0]
-    raw = src.read_bytes()
+    with src.open("rb") as f:
+        raw = f.read(MAX_BYTES + 1)
     digest = hashlib.sha256(raw).hexdigest()
     say(f"reading {src} (sha256 {digest[:16]})")
     etc = root / "etc/tunnelwatch"
     state = root / "var/lib/tunnelwatch-provision"
     result = src.with_name(RESULT)
     try:
+        if len(raw) > MAX_BYTES:
+            raise Rejected(f"file larger than {MAX_BYTES} bytes")
+        # authenticity first: nothing in an unsigned file is parsed, let alone trusted
+        check_signature(raw, src.with_name(SIGNATURE), trusted_keys(root))
+        say("signature ok")
         try:
             doc = yaml.safe_load(raw.decode("utf-8"))
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
             raise Rejected(f"not valid YAML: {exc}".replace("\n", " ")) from exc
         p = validate(doc)
+        had = provisioned_id(root)
+        if had is not None and had != p["device_id"]:
+            # a signed file for box A copied onto box B must not turn B into A
+            raise Rejected(f"device_id: this box is already provisioned as {had!r}; a file for "
+                           f"{p['device_id']!r} is refused (re-provisioning keeps the device id)")
         check_config(etc, p, args.tunnelwatch)
     except Rejected as exc:
         say(f"REJECTED {src}: {exc}")
@@ -218,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     # the card may leave the box: secrets must not stay on it, so the file goes and a summary stays
     result.write_text("APPLIED " + json.dumps(record) + "\n")
     src.unlink()
+    src.with_name(SIGNATURE).unlink(missing_ok=True)
     os.sync()  # an appliance may lose power right after its first boot
     say(f"applied: device_id={p['device_id']} hostname={p['hostname']} files={len(p['files'])} "
         f"ssh={'key-only' if p['ssh_keys'] else 'off'} forwarding=on")
