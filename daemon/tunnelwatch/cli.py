@@ -205,6 +205,8 @@ _ISP_TOOLS = {
     "registry": ("tunnelwatch.policy.regsync",
                  "ISP side: sign and check registry documents (keygen, sign, verify)"),
     "collector": ("tunnelwatch.isp.collector", "ISP side: run the reference event collector"),
+    "provision": ("tunnelwatch.isp.provsign",
+                  "ISP side: sign and check a box's provisioning file (keygen, sign, verify)"),
 }
 
 

@@ -98,9 +98,12 @@ def test_isp_tools_are_subcommands_and_entry_points(tmp_path: Path) -> None:
     usage = run("collector", "--help")
     assert usage.returncode == 0 and "--listen" in usage.stdout
     assert run("collector").returncode == 2  # its own usage error, passed through
+    usage = run("provision", "--help")
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: tunnelwatch provision"), usage.stderr
     scripts = tomllib.loads(Path(__file__).parents[2].joinpath("pyproject.toml").read_text())["project"][
         "scripts"]
-    assert {"tunnelwatch", "tunnelwatch-registry", "tunnelwatch-collector"} <= set(scripts)
+    assert {"tunnelwatch", "tunnelwatch-registry", "tunnelwatch-collector", "tunnelwatch-provision"} \
+        <= set(scripts)
     for target in scripts.values():
         module, _, func = target.partition(":")
         assert callable(getattr(importlib.import_module(module), func)), target

@@ -302,7 +302,7 @@ def _listen(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tunnelwatch.isp.collector`: run the reference collector until SIGTERM/SIGINT."""
-    p = argparse.ArgumentParser(prog="python -m tunnelwatch.isp.collector",
+    p = argparse.ArgumentParser(prog="tunnelwatch collector",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--listen", type=_listen, required=True, help="ADDR:PORT to bind")
     p.add_argument("--cert", required=True, help="server certificate chain (PEM)")

@@ -5,7 +5,7 @@ base64 of the Ed25519 signature over SIG_CONTEXT + the exact file bytes, by a ke
 /usr/lib/tunnelwatch/provisioning.pub (image/README.md "Provisioning file"). The box-side check lives in
 image/overlay/common/usr/lib/tunnelwatch/provision.py, which runs before tunnelwatch is configured and
 so does not import this module; tests/image/test_provision.py holds the two to the same format.
-`python -m tunnelwatch.isp.provsign keygen|sign|verify`.
+`tunnelwatch provision keygen|sign|verify` (also `tunnelwatch-provision`).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def _load_private(path: str) -> Ed25519PrivateKey:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tunnelwatch.isp.provsign keygen|sign|verify`."""
-    ap = argparse.ArgumentParser(prog="python -m tunnelwatch.isp.provsign",
+    """`tunnelwatch provision keygen|sign|verify` (also `tunnelwatch-provision`)."""
+    ap = argparse.ArgumentParser(prog="tunnelwatch provision",
                                  description="Sign and check tunnelwatch provisioning files.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     kg = sub.add_parser("keygen", help="write a private key (PEM, 0600); print the public key for the image")

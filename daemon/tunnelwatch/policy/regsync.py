@@ -240,7 +240,7 @@ def _load_private(path: str) -> Ed25519PrivateKey:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tunnelwatch.policy.regsync keygen|sign|verify`: the ISP side of registry signing."""
-    ap = argparse.ArgumentParser(prog="python -m tunnelwatch.policy.regsync",
+    ap = argparse.ArgumentParser(prog="tunnelwatch registry",
                                  description="Sign and check tunnelwatch registry documents.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     kg = sub.add_parser("keygen", help="write a private key (PEM, 0600); print the public key")
