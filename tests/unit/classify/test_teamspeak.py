@@ -14,12 +14,13 @@ from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.teamspeak import client_init, server_init
 
 C, S = "192.0.2.10", "198.51.100.7"
+_R = random.Random(14)  # module constants: fixed bytes, whatever the import order
 VERSION = struct.pack("!I", 0x5F5916E0)
 # client Init1 step 0: MAC, packet id 101, client id 0, type 0x88, version, step 0, time, random, 8 zeros
 INIT0 = (b"TS3INIT1" + b"\x00\x65\x00\x00\x88" + VERSION + b"\x00" + bytes.fromhex("5f5916e0ade76b61")
          + bytes(8))
 # server Init1 step 1: MAC, packet id 101, type 0x88, step 1, 16 random bytes, the client's 4 reversed
-INIT1 = b"TS3INIT1" + b"\x00\x65\x88" + b"\x01" + os.urandom(16) + b"\x61\x6b\xe7\xad"
+INIT1 = b"TS3INIT1" + b"\x00\x65\x88" + b"\x01" + _R.randbytes(16) + b"\x61\x6b\xe7\xad"
 LIST_REQ = bytes.fromhex("01808401")
 LIST_ANS = LIST_REQ + bytes.fromhex("7c65d9a7")
 LIST_STEP2 = bytes.fromhex("018184027c65d9a70327200000000000")

@@ -13,12 +13,13 @@ from support import feed_raw, mutate, one_verdict, verdicts
 from tunnelwatch.classify.zoom import p2p_address
 
 C, S, P = "192.0.2.10", "198.51.100.7", "10.78.14.178"
+_R = random.Random(14)  # module constants: fixed bytes, whatever the import order
 TOKEN = bytes.fromhex("7d464d35fffda234495d0d6d3b51e896")
-JOIN = b"\x01\x00\x02" + TOKEN + bytes(8) + os.urandom(80)
-JOINED = b"\x02\x00\x01" + TOKEN + os.urandom(16)
-TID = os.urandom(16)
+JOIN = b"\x01\x00\x02" + TOKEN + bytes(8) + _R.randbytes(80)
+JOINED = b"\x02\x00\x01" + TOKEN + _R.randbytes(16)
+TID = _R.randbytes(16)
 PROBE = b"\x00\x01\x00\x18" + TID + b"\x01\x01\x00\x14" + b"12345678901234567890"
-PROBE_ANS = b"\x00\x02\x00\x0c" + TID + b"\x01\x03\x00\x08" + os.urandom(8)
+PROBE_ANS = b"\x00\x02\x00\x0c" + TID + b"\x01\x03\x00\x08" + _R.randbytes(8)
 
 
 def hello(addr: str) -> bytes:
