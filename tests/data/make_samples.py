@@ -774,6 +774,18 @@ def teredo_nm(cap: Capture) -> None:
     cap.udp(40001, 41000, [(0, t.BUBBLE)], s=GW2)  # bare IPv6-in-UDP, unanswered, no Teredo port
 
 
+
+@sample("stun-teams")
+def stun_teams(cap: Capture) -> None:
+    s = t_stun
+    tid = rnd(12)
+    ms = s.attr(0x8055, b"\x00\x01\x00\x02") + s.attr(0x8070, b"\x00\x00\x00\x03")
+    cap.udp(50020, 3478, [(0, s.stun(0x0001, tid, ms)), (1, s.stun(0x0101, tid, s.XOR_MAPPED))])
+    tid = rnd(12)  # ordinary ICE: ICE-CONTROLLING + PRIORITY, no Microsoft attribute
+    ice = s.attr(0x802A, rnd(8)) + s.attr(0x0024, b"\x6e\x00\x1e\xff")
+    cap.udp(50021, 3478, [(0, s.stun(0x0001, tid, ice)), (1, s.stun(0x0101, tid, s.XOR_MAPPED))])
+
+
 def write_crafted() -> None:
     for n, (name, build) in enumerate(SAMPLES.items()):
         _seed(1000 + n)
