@@ -786,6 +786,15 @@ def stun_teams(cap: Capture) -> None:
     cap.udp(50021, 3478, [(0, s.stun(0x0001, tid, ice)), (1, s.stun(0x0101, tid, s.XOR_MAPPED))])
 
 
+
+@sample("ip-protocol-one-packet")
+def ip_protocol_one_packet(cap: Capture) -> None:
+    i = t_ipsec
+    cap.ip(50, [(0, i.esp(0x4A3B2C1D, 1))])  # a lone ESP packet (a probe, a capture cut short)
+    cap.ip(51, [(0, i.ah(0x51525354, 7))], c="198.51.100.3")
+    cap.ip(47, [(0, b"\x00\x00\x00\x00")], c="198.51.100.4")  # a GRE keepalive: payload type 0
+
+
 def write_crafted() -> None:
     for n, (name, build) in enumerate(SAMPLES.items()):
         _seed(1000 + n)
