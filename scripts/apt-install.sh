@@ -31,14 +31,22 @@ enabled_units() {
         -printf '%f\n' 2>/dev/null | sort -u
 }
 
-before=$(mktemp); after=$(mktemp)
+sysv_started() {
+    # SysV-only services (no systemd unit, e.g. mumble-server): enabled = an S link in a runlevel 2-5
+    # directory; systemd's sysv generator starts those at boot.
+    find /etc/rc2.d /etc/rc3.d /etc/rc4.d /etc/rc5.d -maxdepth 1 -type l -name 'S*' -printf '%f\n' \
+        2>/dev/null | sed 's/^S[0-9]*//' | sort -u
+}
+
+before=$(mktemp); after=$(mktemp); sysv_before=$(mktemp)
 made_policy=0
 cleanup() {
     if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-    rm -f "$before" "$after"
+    rm -f "$before" "$after" "$sysv_before"
 }
 trap cleanup EXIT
 enabled_units >"$before"
+sysv_started >"$sysv_before"
 if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\n# tunnelwatch set-up: no service starts while packages install\nexit 101\n' \
         >/usr/sbin/policy-rc.d
@@ -82,5 +90,12 @@ if [ -n "$new" ]; then
             find /etc/systemd/system -mindepth 2 -maxdepth 2 -type l -name "$u" -delete
         done
     fi
+fi
+sysv_new=$(comm -13 "$sysv_before" <(sysv_started) | tr "\n" " ")
+if [ -n "${sysv_new// /}" ]; then
+    echo "== disabling the SysV init scripts these packages enabled:" $sysv_new
+    for n in $sysv_new; do
+        update-rc.d "$n" disable >/dev/null 2>&1 || true
+    done
 fi
 echo "== system packages installed; no service left enabled by this install"

@@ -44,14 +44,19 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "unit" / "classify")]
 
 # the unit tests' message builders (each written from the protocol's specification or description)
 import test_anyconnect as t_anyconnect  # noqa: E402
+import test_discord as t_discord  # noqa: E402
 import test_dnstunnel as t_dns  # noqa: E402
 import test_fastd as t_fastd  # noqa: E402
 import test_h323 as t_h323  # noqa: E402
 import test_iax2 as t_iax2  # noqa: E402
 import test_icmptunnel as t_icmp  # noqa: E402
+import test_imo as t_imo  # noqa: E402
 import test_ipsec as t_ipsec  # noqa: E402
 import test_l2tp as t_l2tp  # noqa: E402
+import test_linecall as t_line  # noqa: E402
+import test_megaco as t_megaco  # noqa: E402
 import test_mgcp as t_mgcp  # noqa: E402
+import test_mumble as t_mumble  # noqa: E402
 import test_n2n as t_n2n  # noqa: E402
 import test_openvpn as t_openvpn  # noqa: E402
 import test_openvpn_obfs as t_obfs  # noqa: E402
@@ -63,12 +68,17 @@ import test_softether as t_softether  # noqa: E402
 import test_sstp as t_sstp  # noqa: E402
 import test_stun as t_stun  # noqa: E402
 import test_tailscale as t_tailscale  # noqa: E402
+import test_teamspeak as t_ts  # noqa: E402
+import test_telegram as t_tg  # noqa: E402
+import test_teredo as t_teredo  # noqa: E402
 import test_tinc as t_tinc  # noqa: E402
 import test_tor as t_tor  # noqa: E402
 import test_trojan as t_trojan  # noqa: E402
+import test_viber as t_viber  # noqa: E402
 import test_warp as t_warp  # noqa: E402
 import test_wireguard as t_wg  # noqa: E402
 import test_zerotier as t_zt  # noqa: E402
+import test_zoom as t_zoom  # noqa: E402
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Packet, Raw  # noqa: E402
@@ -625,6 +635,164 @@ def common(cap: Capture) -> None:
 def common_nm(cap: Capture) -> None:
     cap.udp(40000, 53, [(i % 2, rnd(60)) for i in range(4)])  # random bytes to the DNS port
     cap.udp(40001, 123, [(0, rnd(48)), (1, rnd(48))])  # 48 random bytes to the NTP port
+
+
+
+# ------------------------------------------------------------------- voice apps and Teredo (issue 14)
+@sample("teamspeak")
+def teamspeak(cap: Capture) -> None:
+    t = t_ts
+    cap.udp(53187, 9987, [(0, t.INIT0), (1, t.INIT1)])
+    done = bytes.fromhex("0181840200")
+    cap.udp(2011, 2010, [(0, t.LIST_REQ), (1, t.LIST_ANS), (0, t.LIST_STEP2), (1, done)])
+
+
+@sample("teamspeak-near-miss")
+def teamspeak_nm(cap: Capture) -> None:
+    t = t_ts
+    cap.udp(40000, 9987, [(0, rnd(34)), (1, rnd(40))])  # random datagrams to the voice port
+    cap.udp(40001, 41000, [(0, t.INIT0[:17] + b"\x01" + t.INIT0[18:]), (1, t.INIT1)])  # client sends step 1
+    cap.udp(2011, 2010, [(0, t.LIST_REQ)], c="198.51.100.3")  # a list request nobody answers
+
+
+@sample("mumble")
+def mumble(cap: Capture) -> None:
+    cap.udp(50085, 64738, [(0, t_mumble.PING), (1, t_mumble.PONG)])
+
+
+@sample("mumble-near-miss")
+def mumble_nm(cap: Capture) -> None:
+    m = t_mumble
+    cap.udp(50085, 41000, [(0, m.PING), (1, m.PONG[:4] + rnd(8) + m.PONG[12:])])  # identifier not echoed
+    cap.udp(50086, 41000, [(0, bytes(12)), (1, bytes(24))])  # all zeros
+
+
+@sample("discord")
+def discord(cap: Capture) -> None:
+    d = t_discord
+    cap.udp(56271, 50004, [(0, d.KEEPALIVE), (1, d.KEEPALIVE)])
+    cap.udp(56272, 50001, [(0, d.DISCOVERY), (1, d.ANSWER)])
+
+
+@sample("discord-near-miss")
+def discord_nm(cap: Capture) -> None:
+    d = t_discord
+    cap.udp(56271, 50004, [(0, d.KEEPALIVE + b"\x00"), (1, d.KEEPALIVE + b"\x00")])  # 9 bytes
+    cap.udp(56272, 50001, [(0, b"\x00\x01\x00\x45" + d.DISCOVERY[4:]), (1, d.ANSWER)])  # length 69
+
+
+@sample("zoom")
+def zoom(cap: Capture) -> None:
+    z = t_zoom
+    cap.udp(58327, 8801, [(0, z.JOIN), (1, z.JOINED)])
+    cap.udp(23903, 3479, [(0, z.PROBE), (1, z.PROBE_ANS)])
+    cap.udp(49579, 49586, [(0, z.hello(GW2)), (1, z.hello("192.168.1.128"))], s=GW2)
+
+
+@sample("zoom-near-miss")
+def zoom_nm(cap: Capture) -> None:
+    z = t_zoom
+    cap.udp(58327, 8801, [(0, z.JOIN), (1, b"\x02\x00\x01" + rnd(32))])  # token not echoed
+    cap.udp(23903, 41000, [(0, z.PROBE[:20] + b"\x00\x06\x00\x14" + z.PROBE[24:]), (1, z.PROBE_ANS)])
+    cap.udp(49579, 49586, [(0, z.hello("10.9.9.9"))], s=GW2)  # a hello naming another address
+
+
+@sample("telegram")
+def telegram(cap: Capture) -> None:
+    cap.udp(23174, 521, [(0, t_tg.PING), (1, t_tg.PONG), (1, t_tg.MEDIA)])
+
+
+@sample("telegram-near-miss")
+def telegram_nm(cap: Capture) -> None:
+    cap.udp(23174, 521, [(0, t_tg.TAG + b"\xff" * 11 + b"\x00" + rnd(12)), (1, rnd(64))])
+    cap.udp(23175, 521, [(0, b"\xff" * 40), (1, b"\xff" * 40)])
+
+
+@sample("viber")
+def viber(cap: Capture) -> None:
+    v = t_viber
+    cap.udp(47171, 7985, [(0, v.JOIN), (1, v.JOINED)])
+    cap.udp(47171, 7987, [(0, v.PROBE), (1, v.PROBED)])
+
+
+@sample("viber-near-miss")
+def viber_nm(cap: Capture) -> None:
+    v = t_viber
+    cap.udp(47171, 7985, [(0, v.JOIN), (1, v.JOINED[:6] + rnd(8) + v.JOINED[14:])])  # other session id
+    cap.udp(47171, 7987, [(0, v.PROBE), (1, b"\x05\xb8" + v.PROBED[2:])])  # other prefix
+
+
+@sample("linecall")
+def linecall(cap: Capture) -> None:
+    cap.udp(50835, 20610, [(0, t_line.UP), (1, t_line.DOWN)])
+
+
+@sample("linecall-near-miss")
+def linecall_nm(cap: Capture) -> None:
+    up = t_line.UP
+    cap.udp(50835, 20610, [(0, up[:4] + b"\x06\x03" + up[6:]), (1, t_line.DOWN)])
+    cap.udp(50836, 20610, [(0, up[:120])])  # the framing, but too short
+
+
+@sample("imo")
+def imo(cap: Capture) -> None:
+    cap.udp(49207, 57604, [(0, b"\x07"), (1, b"\x76"), (1, rnd(107)), (0, t_imo.KA10)])
+
+
+@sample("imo-near-miss")
+def imo_nm(cap: Capture) -> None:
+    cap.udp(49207, 57604, [(0, b"\x07"), (1, b"\x07"), (0, b"\x07")])  # single bytes only
+    cap.udp(49208, 57604, [(0, rnd(200)), (1, t_imo.KA11)])  # the first datagram is long
+
+
+@sample("megaco")
+def megaco(cap: Capture) -> None:
+    m = t_megaco
+    cap.udp(2944, 2944, [(0, m.REQ), (1, m.REPLY)])
+    cap.udp(40000, 40000, [(0, m.SHORT_REQ), (1, m.SHORT_REPLY)])
+
+
+@sample("megaco-near-miss")
+def megaco_nm(cap: Capture) -> None:
+    m = t_megaco
+    cap.udp(40001, 40002, [(1, m.REPLY)])  # a reply alone
+    cap.udp(40003, 40004, [(0, b"MEGA/1 [192.0.2.1] T=1{C=-{}}"), (1, m.SHORT_REPLY)])
+
+
+@sample("teredo")
+def teredo(cap: Capture) -> None:
+    t = t_teredo
+    cap.udp(52513, 3544, [(0, t.SOLICIT), (1, t.ADVERT)])
+    cap.udp(40000, 41000, [(0, t.BUBBLE), (1, t.BUBBLE)], s=GW2)
+
+
+@sample("teredo-near-miss")
+def teredo_nm(cap: Capture) -> None:
+    t = t_teredo
+    bad_len = t.RS[:4] + b"\x00\x63" + t.RS[6:]
+    cap.udp(40000, 3544, [(0, bad_len), (1, rnd(60))])  # IPv6 header whose length disagrees
+    cap.udp(40001, 41000, [(0, t.BUBBLE)], s=GW2)  # bare IPv6-in-UDP, unanswered, no Teredo port
+
+
+
+@sample("stun-teams")
+def stun_teams(cap: Capture) -> None:
+    s = t_stun
+    tid = rnd(12)
+    ms = s.attr(0x8055, b"\x00\x01\x00\x02") + s.attr(0x8070, b"\x00\x00\x00\x03")
+    cap.udp(50020, 3478, [(0, s.stun(0x0001, tid, ms)), (1, s.stun(0x0101, tid, s.XOR_MAPPED))])
+    tid = rnd(12)  # ordinary ICE: ICE-CONTROLLING + PRIORITY, no Microsoft attribute
+    ice = s.attr(0x802A, rnd(8)) + s.attr(0x0024, b"\x6e\x00\x1e\xff")
+    cap.udp(50021, 3478, [(0, s.stun(0x0001, tid, ice)), (1, s.stun(0x0101, tid, s.XOR_MAPPED))])
+
+
+
+@sample("ip-protocol-one-packet")
+def ip_protocol_one_packet(cap: Capture) -> None:
+    i = t_ipsec
+    cap.ip(50, [(0, i.esp(0x4A3B2C1D, 1))])  # a lone ESP packet (a probe, a capture cut short)
+    cap.ip(51, [(0, i.ah(0x51525354, 7))], c="198.51.100.3")
+    cap.ip(47, [(0, b"\x00\x00\x00\x00")], c="198.51.100.4")  # a GRE keepalive: payload type 0
 
 
 def write_crafted() -> None:

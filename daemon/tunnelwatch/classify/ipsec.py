@@ -4,8 +4,15 @@ IKE is recognised by its fixed 28-byte header: a non-zero initiator SPI, a known
 type, legal flags, a length field equal to the datagram, and a well-formed first payload header. A
 flow is confirmed when the other side answers with the same initiator SPI and a non-zero responder
 SPI. ESP and AH (IP protocols 50/51, or ESP-in-UDP on 4500) carry an SPI and a sequence number in
-clear: a flow is confirmed when both directions show their own stable SPI with rising sequence
+clear. ESP-in-UDP is confirmed when both directions show their own stable SPI with rising sequence
 numbers. NAT-T keepalives (a single 0xff byte) are ignored.
+
+On IP protocols 50 and 51 the packet needs no guessing: the IP header itself says ESP or AH (IANA
+assignments that nothing else uses), so a single packet with a valid SPI (not 1-255) and a non-zero
+sequence number is confirmed, and both directions name their SPIs in the evidence. A packet on those
+protocols whose header is not valid (reserved SPI, sequence 0, malformed AH) is still reported, as
+heuristic: the protocol number claims IPsec, the header does not back the claim. Single-packet flows
+(a probe, a capture cut short) are therefore tagged, never left unknown.
 """
 
 from __future__ import annotations
@@ -129,7 +136,7 @@ class IPsec(Classifier):
         if pkt.proto == AH:
             body = _ah_body(p)
             if body is None:
-                return None if st.sa_pkts[0] + st.sa_pkts[1] else REJECT
+                return None if st.sa_pkts[0] + st.sa_pkts[1] else self._claim("ah", "malformed AH header")
             return self._sa(st, "ah", body, direction, over_udp=False)
         if p == b"\xff":
             return None  # NAT-T keepalive
@@ -170,10 +177,14 @@ class IPsec(Classifier):
         """ESP or AH: SPI + sequence number per direction."""
         seen = st.sa_pkts[0] + st.sa_pkts[1]
         if len(p) < (16 if over_udp else 8):
-            return None if seen else REJECT
+            if seen or over_udp:
+                return None if seen else REJECT
+            return self._claim(proto, "too short for SPI and sequence")
         spi, seq = unpack_from("!II", p, 0)
         if spi < 256 or seq == 0:  # SPIs 1-255 are reserved; sequence numbers start at 1
-            return None if seen and not over_udp else REJECT
+            if over_udp:
+                return REJECT
+            return None if seen else self._claim(proto, "reserved SPI or sequence number 0")
         sas = st.sa[direction]
         last = sas.get(spi)
         if last is None:
@@ -202,7 +213,14 @@ class IPsec(Classifier):
         if both:
             return self.verdict(proto, "confirmed", f"{name} {where}",
                                 "distinct SPI per direction, valid sequence numbers")
-        return self.verdict(proto, "heuristic", f"{name} {where}", "valid SPI and sequence number")
+        # The IP protocol number is the protocol: one valid header is enough (module docstring).
+        return self.verdict(proto, "confirmed", f"{name} {where}", "valid SPI and sequence number")
+
+    def _claim(self, proto: str, why: str) -> InspectResult:
+        """ESP/AH by IP protocol number whose header does not parse: reported, but only heuristic."""
+        number = 50 if proto == "esp" else 51
+        return self.verdict(proto, "heuristic", f"IP protocol {number} ({proto.upper()})",
+                            f"header not valid: {why}")
 
 
 _AH_NEXT: Final = frozenset({0, 1, 2, 4, 6, 17, 41, 43, 44, 47, 50, 58, 59, 60, 132, 135, 136, 137})

@@ -7,6 +7,12 @@ named in the evidence); a single valid message is heuristic. GRE: PPTP's enhance
 protocol 0x880B, key = payload length + call id) and plain GRE (version 0) with a known payload type.
 A GRE flow is confirmed when both directions are seen or when the encapsulated packet's own header
 agrees with the GRE framing (e.g. the inner IPv4 total length fills the rest of the packet).
+
+Any other packet on IP protocol 47 is still reported as GRE, heuristic, from its first packet: the
+protocol number is GRE by IANA assignment, and GRE is encapsulation by definition (whatever it carries,
+WCCP redirection, keepalives, a payload type we do not list, it is a tunnel between two routers or
+hosts), so leaving it unknown would hide a tunnel. It stays heuristic because the header did not parse
+as a GRE we know: the operator decides whether that is enough to act on (policy's min_confidence).
 """
 
 from __future__ import annotations
@@ -112,7 +118,13 @@ class PPTP(Classifier):
     def _gre(self, st: _State, p: bytes, direction: int) -> InspectResult:
         parsed = parse_gre(p)
         if parsed is None:
-            return None if any(st.gre_dirs) else REJECT
+            if any(st.gre_dirs):
+                return None
+            # Protocol 47 is GRE whatever the header says (module docstring): tagged, heuristic only.
+            what = (f"GRE version {p[1] & 7}, payload type 0x{unpack_from('!H', p, 2)[0]:04x}"
+                    if len(p) >= 4 else "GRE packet too short for a header")
+            return self.verdict("gre", "heuristic", f"IP protocol 47 (GRE): {what}",
+                                "header not one we parse further")
         desc, inner_ok = parsed
         st.gre_dirs[direction] = True
         ev = [desc]

@@ -15,7 +15,11 @@ exchange itself (confirmed once a transaction is cross-checked) and the fingerpr
 - "whatsapp_call": attribute types 0x4000-0x4007 or methods 0x200-0x2FF, both unassigned by IANA and
   seen only in WhatsApp's relay and peer traffic (nDPI uses the same attribute range);
 - "signal_call": a REALM of signal.org or whispersystems.org (Signal's TURN servers name it);
-- "telegram_call": a REALM of telegram.org (Telegram's TURN relays).
+- "telegram_call": a REALM of telegram.org (Telegram's TURN relays);
+- "teams_call": an attribute of Microsoft's STUN/TURN extensions ([MS-TURN], [MS-ICE2]) that only
+  Skype for Business / Skype / Teams clients and relays send: CANDIDATE-IDENTIFIER 0x8054,
+  MS-SERVICE-QUALITY 0x8055, MS-IMPLEMENTATION-VERSION 0x8070, MS-MULTIPLEXED-TURN-SESSION-ID 0x8095
+  (nDPI names the same ones for its Skype_TeamsCall).
 The REALM is chosen by the server and echoed by the client, so it names the service, not a guess from
 addresses. Once seen, the application sticks to the flow. Without a fingerprint the flow stays stun/turn.
 """
@@ -54,7 +58,11 @@ REALM: Final = 0x0014
 WHATSAPP: Final = "whatsapp_call"
 SIGNAL: Final = "signal_call"
 TELEGRAM: Final = "telegram_call"
-APPS: Final = (WHATSAPP, SIGNAL, TELEGRAM)
+TEAMS: Final = "teams_call"
+APPS: Final = (WHATSAPP, SIGNAL, TELEGRAM, TEAMS)
+# Microsoft's comprehension-optional attributes (MS-TURN / MS-ICE2), sent by Skype and Teams
+_MS_ATTRS: Final = {0x8054: "CANDIDATE-IDENTIFIER", 0x8055: "MS-SERVICE-QUALITY",
+                    0x8070: "MS-IMPLEMENTATION-VERSION", 0x8095: "MS-MULTIPLEXED-TURN-SESSION-ID"}
 # realm suffix -> (application, evidence); values are compared, never copied into evidence
 _REALMS: Final = ((b"signal.org", SIGNAL, "REALM is signal.org (Signal's TURN servers)"),
                   (b"whispersystems.org", SIGNAL, "REALM is whispersystems.org (Signal's TURN servers)"),
@@ -120,6 +128,8 @@ def parse_message(p: bytes, off: int = 0) -> Message | None:
                     if realm == suffix or realm.endswith(b"." + suffix):
                         app, why = name, text
                         break
+        elif at in _MS_ATTRS and not app:
+            app, why = TEAMS, f"attribute {_MS_ATTRS[at]} (0x{at:04x}: Microsoft's STUN extension)"
         padded = pos + 4 + ((al + 3) & ~3)
         # Some clients (seen from WhatsApp) leave the last attribute unpadded.
         pos = padded if padded <= end else nxt

@@ -47,7 +47,7 @@ PACKAGES: Final = {
     "iodine": "iodine", "iodined": "iodine", "ptunnel": "ptunnel", "ocserv": "ocserv",
     "openconnect": "openconnect", "stdbuf": "coreutils",
     "kamailio": "kamailio", "baresip": "baresip", "turnserver": "coturn", "turnutils_uclient": "coturn",
-    "turnutils_peer": "coturn", "conntrack": "conntrack",
+    "turnutils_peer": "coturn", "conntrack": "conntrack", "murmurd": "mumble-server",
 }
 
 

@@ -32,10 +32,12 @@ NDPI_FAMILY = {
     "TINC": "tinc", "Tailscale": "tailscale", "CloudflareWarp": "warp",
     "Softether": "softether", "IAX": "iax2", "H323": "h323", "MGCP": "mgcp", "CiscoSkinny": "sccp",
     "WhatsAppCall": "whatsapp_call", "SignalVoip": "signal_call", "TelegramVoip": "telegram_call",
+    "TeamSpeak": "teamspeak", "Mumble": "mumble", "Discord": "discord", "Zoom": "zoom", "Viber": "viber",
+    "LineCall": "line_call", "IMO": "imo", "Megaco": "megaco", "Teredo": "teredo", "TeamsCall": "teams_call",
 }
 #: STUN/TURN relays carry the media of every messenger: one group when comparing protocols
 MEDIA: frozenset[str] = frozenset({"rtp", "rtcp", "stun", "turn", "whatsapp_call", "signal_call",
-                                   "telegram_call"})
+                                   "telegram_call", "teams_call", "zoom", "discord"})
 # protocols we report -> family (so ike/esp/ah all count as ipsec)
 OUR_FAMILY = {"ike": "ipsec", "esp": "ipsec", "ah": "ipsec"}
 

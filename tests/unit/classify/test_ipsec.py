@@ -125,9 +125,14 @@ def test_esp_ip_protocol_50() -> None:
     pair = [ipproto(C, S, 50, esp(0x2360B0E3, 1)), ipproto(S, C, 50, esp(0xF0092CB5, 1))]
     v = one_verdict(pair)
     assert (v.klass, v.protocol, v.confidence) == ("vpn_tunnel", "esp", "confirmed")
+    # one packet: IP protocol 50 is ESP by assignment, a valid header is enough
     v = one_verdict(pair[:1])
-    assert (v.protocol, v.confidence) == ("esp", "heuristic")
-    assert one_verdict([ipproto(C, S, 50, esp(7, 1))]).protocol == "unknown"  # reserved SPI
+    assert (v.protocol, v.confidence) == ("esp", "confirmed")
+    # reserved SPI, sequence 0, too short: still ESP by protocol number, but only heuristic
+    for bad in (esp(7, 1), esp(0x2360B0E3, 0), b"\x00\x01"):
+        v = one_verdict([ipproto(C, S, 50, bad)])
+        assert (v.klass, v.protocol, v.confidence) == ("vpn_tunnel", "esp", "heuristic")
+        assert "header not valid" in v.evidence[1]
 
 
 def ah(spi: int, seq: int, nh: int = 1, icv: int = 12, reserved: int = 0) -> bytes:
@@ -138,9 +143,11 @@ def ah(spi: int, seq: int, nh: int = 1, icv: int = 12, reserved: int = 0) -> byt
 def test_ah_ip_protocol_51() -> None:
     v = one_verdict([ipproto(C, S, 51, ah(0x604816F6, 1)), ipproto(S, C, 51, ah(0xAF8683EF, 1))])
     assert (v.protocol, v.confidence) == ("ah", "confirmed")
-    assert one_verdict([ipproto(C, S, 51, ah(0x604816F6, 1, reserved=1))]).protocol == "unknown"
+    assert one_verdict([ipproto(C, S, 51, ah(0x604816F6, 1))]).confidence == "confirmed"  # one packet
     too_long = struct.pack("!BBHII", 1, 200, 0, 0x604816F6, 1) + os.urandom(40)  # header beyond the packet
-    assert one_verdict([ipproto(C, S, 51, too_long)]).protocol == "unknown"
+    for bad in (ah(0x604816F6, 1, reserved=1), too_long):
+        v = one_verdict([ipproto(C, S, 51, bad)])
+        assert (v.protocol, v.confidence) == ("ah", "heuristic") and "malformed AH" in v.evidence[1]
 
 
 def test_fuzz_never_raises() -> None:

@@ -94,8 +94,12 @@ def test_gre_near_misses() -> None:
     unknown_type = IP(src=C, dst=S, proto=47) / Raw(struct.pack("!HH", 0, 0x883E) + os.urandom(40))  # WCCP
     bad_len = IP(src=C, dst=S, proto=47) / Raw(pptp_gre(1, b"\xff\x03\xc0\x21")[:-1])
     reserved = IP(src=C, dst=S, proto=47) / Raw(struct.pack("!HH", 0x0040, 0x0800) + os.urandom(40))
+    # IP protocol 47 is GRE whatever the header: tagged from one packet, but only heuristic
     for p in (unknown_type, bad_len, reserved):
-        assert one_verdict([p]).protocol == "unknown"
+        v = one_verdict([p])
+        assert (v.klass, v.protocol, v.confidence) == ("vpn_tunnel", "gre", "heuristic")
+        assert v.evidence[0].startswith("IP protocol 47")
+    assert "payload type 0x883e" in one_verdict([unknown_type]).evidence[0]
     # GRE v0 whose inner IPv4 length disagrees is only heuristic
     broken = IP(src=C, dst=S) / GRE(proto=0x0800) / Raw(bytes(IP(dst="10.0.0.1"))[:-4] + b"zzzzzzzz")
     assert one_verdict([broken]).confidence == "heuristic"

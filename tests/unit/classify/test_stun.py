@@ -179,3 +179,14 @@ def test_a_messenger_socket_names_its_other_flows() -> None:
     assert got[(40000, 51000)].protocol == "whatsapp_call"
     assert "same UDP socket" in got[(40000, 51000)].evidence[1]
     assert got[(40002, 51000)].protocol == "stun"
+
+
+def test_microsoft_attributes_name_teams_and_ordinary_ice_does_not() -> None:
+    for at, name in ((0x8054, "CANDIDATE-IDENTIFIER"), (0x8055, "MS-SERVICE-QUALITY"),
+                     (0x8070, "MS-IMPLEMENTATION-VERSION"), (0x8095, "MS-MULTIPLEXED-TURN-SESSION-ID")):
+        v = one_verdict(_app_call(attr(at, os.urandom(4)), method=0x0001))
+        assert (v.klass, v.protocol, v.confidence) == ("voip", "teams_call", "confirmed"), hex(at)
+        assert any(name in e and "Microsoft" in e for e in v.evidence)
+    # ICE attributes every WebRTC client sends (ICE-CONTROLLING, PRIORITY, SOFTWARE) stay plain STUN
+    ice = attr(0x802A, os.urandom(8)) + attr(0x0024, b"\x6e\x00\x1e\xff") + SOFTWARE
+    assert one_verdict(_app_call(ice, method=0x0001)).protocol == "stun"
