@@ -23,6 +23,7 @@ from tunnelwatch.classify import (
     l2tp,
     mgcp,
     n2n,
+    names,
     openvpn,
     openvpn_obfs,
     pptp,
@@ -72,6 +73,7 @@ REGISTRY: tuple[type[Classifier], ...] = (
     sshfwd.SshForward,
     fep.FullyEncrypted,
     common.Common,
+    names.Names,
 )
 
 

@@ -152,11 +152,11 @@ def _index(text: str = GOOD) -> EndpointIndex:
 def test_lookup_longest_prefix_with_ports_and_transport() -> None:
     idx = _index()
     hit = idx.lookup(SERVER, 1194, UDP)
-    assert hit is not None and hit[2] == "openvpn" and str(hit[4]) == "203.0.113.2/32"
+    assert hit is not None and hit[2] == "openvpn" and str(hit[4].net) == "203.0.113.2/32"
     # the /32 entry is UDP 1194 only: other ports and TCP fall back to the /24 (any port)
     for port, proto in ((1194, TCP), (443, UDP)):
         hit = idx.lookup(SERVER, port, proto)
-        assert hit is not None and hit[2] == "vpn_provider" and str(hit[4]) == "203.0.113.0/24"
+        assert hit is not None and hit[2] == "vpn_provider" and str(hit[4].net) == "203.0.113.0/24"
     assert idx.lookup(bytes([203, 0, 114, 2]), 1194, UDP) is None
     assert idx.lookup(bytes([192, 0, 2, 1]), 1194, UDP) is None
 
