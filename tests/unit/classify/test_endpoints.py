@@ -369,3 +369,46 @@ def test_enforcer_uses_reloads_and_watches_the_lists(tmp_path: Path) -> None:
     assert enf.engine.endpoints.lookup(OTHER, 1, TCP) is not None
     enf.apply(parse_config("log: {level: info}\n"), Registry())  # lists removed from the config
     assert enf.engine.endpoints is None
+
+
+# ---------------------------------------------------------------- domain entries
+
+DOMAINS = """provider: Apps
+klass: vpn_tunnel
+protocol: vpn_app
+entries:
+  - {domain: "*.vpn.example", provider: ExampleVPN, source: "https://example.org/list"}
+  - {domain: api.other.example, klass: proxy_obfuscated, protocol: other_proxy, ports: [443], transport: tcp}
+"""
+
+
+def test_domain_entries_parse_with_their_labels() -> None:
+    lst = parse_yaml_list(DOMAINS, "apps.yaml")
+    a, b = lst.entries
+    assert (a.net, a.domain, a.wildcard, a.provider) == (None, "vpn.example", True, "ExampleVPN")
+    assert (b.domain, b.wildcard, b.klass, b.protocol, b.ports, b.transport) == (
+        "api.other.example", False, "proxy_obfuscated", "other_proxy", frozenset({443}), TCP)
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ('{domain: "vpn.*.example"}', "l.yaml:5:14: domain 'vpn.*.example': a wildcard may only be a leading"),
+    ("{domain: com}", "l.yaml:5:14: domain 'com': 'com' is a top-level domain alone"),
+    ("{domain: -bad.example}", "l.yaml:5:14: domain '-bad.example': label '-bad' is not a valid DNS label"),
+    ("{domain: 192.0.2.1}", "l.yaml:5:14: domain '192.0.2.1': an IP address is an `address:` entry"),
+    ("{domain: a.example, address: 192.0.2.1}", "l.yaml:5:5: entry needs address: IP or CIDR, or domain"),
+    ("{domain: a.example, klass: benign}", "l.yaml:5:32: entry klass must be one of"),
+    ("{domain: a.example, colour: red}", "l.yaml:5:25: unknown key 'colour'"),
+])
+def test_bad_domain_entries_are_located(entry: str, expected: str) -> None:
+    problems = _problems(f"provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n  - {entry}\n")
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_domain_index_matches_names_most_specific_first() -> None:
+    idx = EndpointIndex([parse_yaml_list(DOMAINS + '  - {domain: "*.eu.vpn.example", provider: EU}\n',
+                                         "apps.yaml")])
+    got = [(p, t[5]) for p, t in idx.domains.candidates("a.eu.vpn.example")]
+    assert got == [("*.eu.vpn.example", "EU"), ("*.vpn.example", "ExampleVPN")]
+    assert [p for p, _ in idx.domains.candidates("vpn.example")] == ["*.vpn.example"]  # the apex too
+    assert list(idx.domains.candidates("vpn.example.evil")) == []
+    assert list(idx.domains.candidates("xvpn.example")) == []
