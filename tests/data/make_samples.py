@@ -44,6 +44,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "unit" / "classify")]
 
 # the unit tests' message builders (each written from the protocol's specification or description)
 import test_anyconnect as t_anyconnect  # noqa: E402
+import test_dnsname as t_dnsname  # noqa: E402
 import test_dnstunnel as t_dns  # noqa: E402
 import test_fastd as t_fastd  # noqa: E402
 import test_h323 as t_h323  # noqa: E402
@@ -56,6 +57,7 @@ import test_n2n as t_n2n  # noqa: E402
 import test_openvpn as t_openvpn  # noqa: E402
 import test_openvpn_obfs as t_obfs  # noqa: E402
 import test_pptp as t_pptp  # noqa: E402
+import test_quicname as t_quic  # noqa: E402
 import test_rtp as t_rtp  # noqa: E402
 import test_sccp as t_sccp  # noqa: E402
 import test_sip as t_sip  # noqa: E402
@@ -64,6 +66,7 @@ import test_sstp as t_sstp  # noqa: E402
 import test_stun as t_stun  # noqa: E402
 import test_tailscale as t_tailscale  # noqa: E402
 import test_tinc as t_tinc  # noqa: E402
+import test_tlsname as t_tls  # noqa: E402
 import test_tor as t_tor  # noqa: E402
 import test_trojan as t_trojan  # noqa: E402
 import test_warp as t_warp  # noqa: E402
@@ -625,6 +628,36 @@ def common(cap: Capture) -> None:
 def common_nm(cap: Capture) -> None:
     cap.udp(40000, 53, [(i % 2, rnd(60)) for i in range(4)])  # random bytes to the DNS port
     cap.udp(40001, 123, [(0, rnd(48)), (1, rnd(48))])  # 48 random bytes to the NTP port
+
+
+
+def _quic_initial(sni: bytes, dcid: bytes) -> bytes:
+    """A QUIC v1 client Initial (RFC 9001 keys from dcid) carrying a ClientHello for sni, padded to 1200."""
+    hello = t_tls.hello_msg(sni, alpn=(b"h3",))
+    frame = b"\x06\x00" + (0x4000 | len(hello)).to_bytes(2, "big") + hello
+    return t_quic.initial(t_quic.V1, dcid, frame + bytes(1162 - len(frame)))
+
+
+@sample("names")
+def names(cap: Capture) -> None:
+    cap.tcp(40000, 443, [(0, t_tls.client_hello(b"eu0.sec-tunnel.com")), (1, rnd(1200))])
+    cap.udp(40001, 443, [(0, _quic_initial(b"api.cloudflareclient.com", bytes.fromhex("8394c8f03e515708"))),
+                         (1, b"\xc0\x00\x00\x00\x01" + rnd(1195))])
+    answer = t_dnsname.response("api.polargrizzly.com", [(1, bytes([203, 0, 113, 7]), 300)])
+    question = t_dnsname.qname("api.polargrizzly.com") + b"\x00\x01\x00\x01"
+    query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + question
+    cap.udp(40002, 53, [(0, query), (1, answer)])
+    cap.tcp(40003, 443, [(0, t_tls.client_hello(None)), (1, rnd(1200))], s="203.0.113.7")
+
+
+@sample("names-near-miss")
+def names_nm(cap: Capture) -> None:
+    for i, sni in enumerate((b"www.example.org", b"sec-tunnel.com.example.net", b"notsec-tunnel.com")):
+        cap.tcp(40000 + i, 443, [(0, t_tls.client_hello(sni)), (1, rnd(1200))])
+    good = bytearray(_quic_initial(b"api.cloudflareclient.com", bytes.fromhex("0011223344556677")))
+    good[600] ^= 0xFF  # the AEAD tag no longer fits: a datagram shaped as an Initial, not one
+    cap.udp(40010, 443, [(0, bytes(good)), (1, rnd(1200))])
+    cap.udp(40011, 443, [(0, b"\xc3\x0a\x0a\x0a\x0a" + rnd(1195)), (1, rnd(80))])  # unknown (grease) version
 
 
 def write_crafted() -> None:

@@ -412,3 +412,18 @@ def test_domain_index_matches_names_most_specific_first() -> None:
     assert [p for p, _ in idx.domains.candidates("vpn.example")] == ["*.vpn.example"]  # the apex too
     assert list(idx.domains.candidates("vpn.example.evil")) == []
     assert list(idx.domains.candidates("xvpn.example")) == []
+
+
+def test_shipped_vpn_app_catalogue_is_sourced_and_off_by_default() -> None:
+    import yaml
+
+    path = EXAMPLES / "vpn-apps.yaml"
+    lst = load_list(ListSource(path))
+    providers = {e.provider for e in lst.entries}
+    assert len(providers) >= 30 and all(e.domain and e.net is None for e in lst.entries)
+    raw = yaml.safe_load(path.read_text())
+    assert all(str(e.get("source", "")).strip() for e in raw["entries"]), "every entry names its source"
+    shared = {"opera.com", "proton.me", "cloudflare.com", "google.com", "apple.com", "microsoft.com"}
+    assert not shared & {e.domain for e in lst.entries}, "shared platforms must not be listed"
+    cfg = parse_config((EXAMPLES.parent / "tunnelwatch.yaml").read_text(), "tunnelwatch.yaml")
+    assert cfg.endpoints.lists == ()  # off by default, like every list

@@ -133,3 +133,19 @@ def test_hostile_packets_never_raise() -> None:
         engine.process(pkt)
     engine.flush()
     assert engine.classifier_errors == 0
+
+
+def test_a_name_match_never_blocks_unless_min_confidence_is_lowered() -> None:
+    import datetime as dt
+
+    from tunnelwatch.config.runconfig import Rule
+    from tunnelwatch.policy.policy import Policy
+    from tunnelwatch.policy.registry import Registry
+
+    [(flow, v)] = run(tls(b"eu0.sec-tunnel.com"))
+    assert v.confidence == "list"
+    now = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
+    enforce = Policy(Rule(mode="enforce"))  # the default min_confidence: confirmed
+    assert enforce.decide(flow, v, Registry(), now).action == "report"
+    lowered = Policy(Rule(mode="enforce", min_confidence="list"))
+    assert lowered.decide(flow, v, Registry(), now).action == "block"
