@@ -66,6 +66,7 @@ import test_sstp as t_sstp  # noqa: E402
 import test_stun as t_stun  # noqa: E402
 import test_tailscale as t_tailscale  # noqa: E402
 import test_tinc as t_tinc  # noqa: E402
+import test_tlscert as t_cert  # noqa: E402
 import test_tlsname as t_tls  # noqa: E402
 import test_tor as t_tor  # noqa: E402
 import test_trojan as t_trojan  # noqa: E402
@@ -648,6 +649,8 @@ def names(cap: Capture) -> None:
     query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + question
     cap.udp(40002, 53, [(0, query), (1, answer)])
     cap.tcp(40003, 443, [(0, t_tls.client_hello(None)), (1, rnd(1200))], s="203.0.113.7")
+    # TLS 1.2 without SNI: the server's certificate names its organisation (PIA's servers do)
+    cap.tcp(40004, 443, [(0, t_tls.client_hello(None)), (1, t_cert.flight("Private Internet Access"))])
 
 
 @sample("names-near-miss")
@@ -658,6 +661,7 @@ def names_nm(cap: Capture) -> None:
     good[600] ^= 0xFF  # the AEAD tag no longer fits: a datagram shaped as an Initial, not one
     cap.udp(40010, 443, [(0, bytes(good)), (1, rnd(1200))])
     cap.udp(40011, 443, [(0, b"\xc3\x0a\x0a\x0a\x0a" + rnd(1195)), (1, rnd(80))])  # unknown (grease) version
+    cap.tcp(40012, 443, [(0, t_tls.client_hello(None)), (1, t_cert.flight("Example Hosting Ltd"))])
 
 
 def write_crafted() -> None:

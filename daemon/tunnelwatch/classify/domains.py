@@ -1,4 +1,5 @@
-"""Domain patterns of endpoint lists: their syntax check and a most-specific-first name index.
+"""Domain and organisation entries of endpoint lists: their checks (located problems) and a
+most-specific-first name index.
 
 A pattern is an exact host name (`vpn.example.com`: that name only) or a wildcard (`*.example.com`:
 example.com itself and every name below it). Names are compared lowercase without a trailing dot.
@@ -11,6 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import Final, Generic, TypeVar
+
+from yaml.nodes import Node
+
+from tunnelwatch.config.yamlcheck import YamlReader
 
 T = TypeVar("T")
 _LABEL: Final = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -35,6 +40,30 @@ def check_domain(text: str) -> tuple[str, bool] | str:
     if all(lb.isdigit() for lb in labels):
         return "an IP address is an `address:` entry, not a domain"
     return name, wild
+
+
+def domain_field(r: YamlReader, node: Node) -> tuple[str, bool] | None:
+    """The `domain:` of an entry, checked; a problem is recorded at the node."""
+    text = r.string(node, "domain")
+    if text is None:
+        return None
+    checked = check_domain(text)
+    if isinstance(checked, str):
+        r.err(node, f"domain {text!r}: {checked}")
+        return None
+    return checked
+
+
+def organisation_field(r: YamlReader, node: Node) -> str:
+    """The `organisation:` of an entry (a server certificate's subject O=), or "" after a problem."""
+    text = r.string(node, "organisation")
+    if text is None:
+        return ""  # r.string said what is wrong
+    org = text.strip()
+    if not org or len(org) > 128:
+        r.err(node, "organisation must be 1-128 characters: a server certificate's subject O=")
+        return ""
+    return org
 
 
 class DomainIndex(Generic[T]):

@@ -22,7 +22,7 @@ from typing import Final, cast
 from yaml.nodes import MappingNode, Node
 
 from tunnelwatch.classify.base import NAME_RE
-from tunnelwatch.classify.domains import DomainIndex, check_domain
+from tunnelwatch.classify.domains import DomainIndex, domain_field, organisation_field
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import ICMP, ICMPV6, TCP, UDP, addr_text
 from tunnelwatch.config.yamlcheck import ConfigError, YamlReader, kind, relative_path
@@ -35,7 +35,8 @@ TRANSPORTS: Final = {"any": 0, "tcp": TCP, "udp": UDP}
 FORMATS: Final = ("yaml", "text")
 MAX_BYTES: Final = 64 * 1024 * 1024  # a list bigger than this is a mistake (or an attack on the box)
 _TOP: Final = ("name", "provider", "klass", "protocol", "description", "entries")
-_ENTRY: Final = ("address", "domain", "ports", "transport", "protocol", "provider", "klass", "source")
+_ENTRY: Final = ("address", "domain", "organisation", "ports", "transport", "protocol", "provider", "klass",
+                 "source")
 _LABELS: Final = ("provider", "klass", "protocol")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,6 +74,8 @@ class Entry:
     wildcard: bool = False
     provider: str = ""
     klass: str = ""
+    #: an organisation entry: the subject O= of a server certificate (compared case-insensitively)
+    organisation: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,15 +155,19 @@ def _entry(r: YamlReader, node: Node) -> Entry | None:
         bare = _net(r, node, r.value(node))
         return Entry(bare) if bare is not None else None
     f = r.mapping(node, _ENTRY, "entry")
-    if ("address" in f) == ("domain" in f):
-        r.err(node, "entry needs address: IP or CIDR, or domain: NAME or \"*.SUFFIX\" (one of them)")
+    if sum(k in f for k in ("address", "domain", "organisation")) != 1:
+        r.err(node, "entry needs address: IP or CIDR, or domain: NAME or \"*.SUFFIX\", or organisation: "
+                    "CERTIFICATE O= (one of them)")
         return None
     net: Network | None = None
     domain: tuple[str, bool] | None = None
+    org = ""
     if "address" in f:
         net = _net(r, f["address"], r.value(f["address"]))
+    elif "domain" in f:
+        domain = domain_field(r, f["domain"])
     else:
-        domain = _domain(r, f["domain"])
+        org = organisation_field(r, f["organisation"])
     ports = [r.integer(n, "port", 1, 65535) for n in r.seq(f["ports"], "ports")] if "ports" in f else []
     tr = r.opt(f, "transport", lambda n: r.string(n, "transport", tuple(TRANSPORTS)), "any")
     proto = r.opt(f, "protocol", lambda n: r.string(n, "entry protocol"), "")
@@ -169,21 +176,11 @@ def _entry(r: YamlReader, node: Node) -> Entry | None:
     provider = r.opt(f, "provider", lambda n: r.string(n, "entry provider"), "")
     klass = r.opt(f, "klass", lambda n: r.string(n, "entry klass", LIST_KLASSES), "")
     r.opt(f, "source", lambda n: r.string(n, "entry source"), "")  # where the facts come from: for people
-    if (net is None and domain is None) or None in ports:
+    if (net is None and domain is None and not org) or None in ports:
         return None
     return Entry(net, frozenset(p for p in ports if p is not None), TRANSPORTS[tr], proto,
-                 domain[0] if domain else "", domain[1] if domain else False, provider or "", klass or "")
-
-
-def _domain(r: YamlReader, node: Node) -> tuple[str, bool] | None:
-    text = r.string(node, "domain")
-    if text is None:
-        return None
-    checked = check_domain(text)
-    if isinstance(checked, str):
-        r.err(node, f"domain {text!r}: {checked}")
-        return None
-    return checked
+                 domain[0] if domain else "", domain[1] if domain else False, provider or "", klass or "",
+                 org)
 
 
 def parse_yaml_list(text: str, path: str) -> EndpointList:
@@ -262,7 +259,8 @@ def load_list(src: ListSource) -> EndpointList:
 #: (ports, transport, protocol, list, entry, provider): what an index lookup finds
 Target = tuple[frozenset[int], int, str, EndpointList, Entry, str]
 #: how a flow's name was seen (names.py), as evidence says it
-_HOW: Final = {"sni": "TLS SNI", "quic-sni": "QUIC SNI", "dns": "learned from DNS"}
+_HOW: Final = {"sni": "TLS SNI", "quic-sni": "QUIC SNI", "dns": "learned from DNS",
+               "cert-org": "server certificate organisation"}
 
 
 class EndpointIndex:
@@ -271,11 +269,15 @@ class EndpointIndex:
     def __init__(self, lists: list[EndpointList]) -> None:
         self.count = sum(len(lst.entries) for lst in lists)
         self.domains: DomainIndex[Target] = DomainIndex()
+        self.orgs: dict[str, list[Target]] = {}
         tables: dict[tuple[int, int], dict[int, list[Target]]] = {}
         for lst in lists:
             for e in lst.entries:
                 target = (e.ports, e.transport, e.protocol or lst.protocol, lst, e,
                           e.provider or lst.provider)
+                if e.organisation:
+                    self.orgs.setdefault(e.organisation.casefold(), []).append(target)
+                    continue
                 if e.net is None:
                     self.domains.add(e.domain, e.wildcard, target)
                     continue
@@ -315,14 +317,17 @@ class EndpointIndex:
                 who = f" ({provider})" if provider else ""
                 return Verdict(cast(Klass, e.klass or lst.klass), protocol, "list",
                                (f"{addr_text(addr)} is on endpoint list {lst.name}{who}, entry {e.net}",))
-        if flow.name is not None and self.domains.count:
+        if flow.name is not None and (self.domains.count or self.orgs):
             return self._name_match(flow, *flow.name)
         return None
 
     def _name_match(self, flow: Flow, name: str, how: str) -> Verdict | None:
-        """A "list" verdict when the flow's host name (SNI, QUIC SNI, DNS-learned) is on a list."""
+        """A "list" verdict when the flow's host name (SNI, QUIC SNI, DNS-learned) or its server
+        certificate's organisation is on a list."""
         port = flow.dport
-        for pattern, t in self.domains.candidates(name):
+        found = ((f"organisation {name}", t) for t in self.orgs.get(name.casefold(), ())) \
+            if how == "cert-org" else self.domains.candidates(name)
+        for pattern, t in found:
             if (not t[0] or port in t[0]) and (not t[1] or t[1] == flow.proto):
                 _, _, protocol, lst, e, provider = t
                 who = f" ({provider})" if provider else ""

@@ -5,7 +5,9 @@ endpoints.py); it only sets `flow.name = (name, how)`, with how one of:
 - "sni": the server name of the client's TLS ClientHello (first client packets on TCP, up to 3
   segments joined for a hello larger than one segment);
 - "quic-sni": the same, read from the decrypted QUIC Initial packets (quicname.py, up to 3 datagrams);
-- "dns": the name a DNS answer, seen earlier by this engine, resolved to the flow's server address.
+- "dns": the name a DNS answer, seen earlier by this engine, resolved to the flow's server address;
+- "cert-org": for TLS without any of those, the organisation (O=) in the subject of the server's leaf
+  certificate, in clear before TLS 1.3 (tlscert.py; up to 3 server packets, 4 KiB, read).
 A name from the flow's own handshake replaces a DNS-learned one. DNS answers are learned from UDP
 responses from port 53 (the first reply of each query flow) into a bounded, TTL-respecting cache
 held by this classifier instance: the cross-flow state belongs to the only code that writes and reads it.
@@ -20,17 +22,32 @@ from tunnelwatch.classify.dnsname import NameCache
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import TCP, UDP, Packet
 from tunnelwatch.classify.quicname import InitialState, initial_hello, initial_version
+from tunnelwatch.classify.tlscert import MORE, Subject, server_subject
 from tunnelwatch.classify.tlsname import record_hello
 
 SNI: Final = "sni"
 QUIC_SNI: Final = "quic-sni"
 DNS: Final = "dns"
+CERT_ORG: Final = "cert-org"
 #: client packets joined to read one ClientHello (TCP segments, or QUIC Initial datagrams)
 MAX_HELLO_PKTS: Final = 3
 #: bytes of a TCP ClientHello kept while waiting for its next segment
 MAX_HELLO_BYTES: Final = 8192
 #: payload packets of a DNS flow looked at before giving up on its answer
 MAX_DNS_PKTS: Final = 4
+#: server packets, and bytes of them, read for the certificate of a TLS flow without a name
+MAX_CERT_PKTS: Final = 3
+MAX_CERT_BYTES: Final = 4096
+
+
+class _CertWait:
+    """A nameless TLS flow waiting for the server's certificate: the server bytes so far."""
+
+    __slots__ = ("buf", "pkts")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pkts = 0
 
 
 class Names(Classifier):
@@ -58,6 +75,8 @@ class Names(Classifier):
                 flow.name = (h.sni, QUIC_SNI)
                 return DONE
             return DONE if st.packets >= MAX_HELLO_PKTS or (h is not None and h.complete) else None
+        if isinstance(st, _CertWait):
+            return self._cert(flow, st, pkt.payload) if direction == 1 else None
         if isinstance(st, bytes):  # a TCP ClientHello continued in the next client segment
             if direction != 0:
                 return None
@@ -107,6 +126,21 @@ class Names(Classifier):
             flow.name = (h.sni, SNI)
             return DONE
         if h.complete or flow.payload_pkts[0] >= MAX_HELLO_PKTS or len(data) >= MAX_HELLO_BYTES:
-            return DONE
+            if flow.name is not None:
+                return DONE
+            flow.state["names"] = _CertWait()  # no name: perhaps the server's certificate has one
+            return None
         flow.state["names"] = data  # the hello's tail is in the next segment (kept until then only)
+        return None
+
+    def _cert(self, flow: Flow, st: _CertWait, p: bytes) -> InspectResult:
+        st.pkts += 1
+        st.buf = (st.buf + p)[:MAX_CERT_BYTES]
+        got = server_subject(st.buf)
+        if isinstance(got, Subject):
+            if got.organisation:
+                flow.name = (got.organisation, CERT_ORG)
+            return DONE
+        if got != MORE or st.pkts >= MAX_CERT_PKTS or len(st.buf) >= MAX_CERT_BYTES:
+            return DONE
         return None

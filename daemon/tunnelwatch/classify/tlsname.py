@@ -40,6 +40,8 @@ def clean_name(raw: bytes) -> str | None:
     name = raw.lower().rstrip(b".")
     if not name or len(name) > MAX_NAME or not _NAME_BYTES.issuperset(name):
         return None
+    if name.replace(b".", b"").isdigit():
+        return None  # an IPv4 literal (RFC 6066 forbids them in SNI, some clients send them): not a name
     return name.decode("ascii")
 
 

@@ -420,10 +420,21 @@ def test_shipped_vpn_app_catalogue_is_sourced_and_off_by_default() -> None:
     path = EXAMPLES / "vpn-apps.yaml"
     lst = load_list(ListSource(path))
     providers = {e.provider for e in lst.entries}
-    assert len(providers) >= 30 and all(e.domain and e.net is None for e in lst.entries)
+    assert len(providers) >= 30 and all((e.domain or e.organisation) and e.net is None for e in lst.entries)
     raw = yaml.safe_load(path.read_text())
     assert all(str(e.get("source", "")).strip() for e in raw["entries"]), "every entry names its source"
     shared = {"opera.com", "proton.me", "cloudflare.com", "google.com", "apple.com", "microsoft.com"}
     assert not shared & {e.domain for e in lst.entries}, "shared platforms must not be listed"
     cfg = parse_config((EXAMPLES.parent / "tunnelwatch.yaml").read_text(), "tunnelwatch.yaml")
     assert cfg.endpoints.lists == ()  # off by default, like every list
+
+
+def test_organisation_entries() -> None:
+    lst = parse_yaml_list("provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n"
+                          "  - {organisation: Windscribe, provider: W}\n", "l.yaml")
+    assert lst.entries[0].organisation == "Windscribe" and lst.entries[0].net is None
+    problems = _problems("provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n  - {organisation: ''}\n")
+    assert problems == ["l.yaml:5:20: organisation must be a non-empty string (got '')"], problems
+    head = "provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n"
+    problems = _problems(head + "  - {organisation: " + "x" * 200 + "}\n")
+    assert any(p.startswith("l.yaml:5:20: organisation must be 1-128 characters") for p in problems), problems

@@ -149,3 +149,22 @@ def test_a_name_match_never_blocks_unless_min_confidence_is_lowered() -> None:
     assert enforce.decide(flow, v, Registry(), now).action == "report"
     lowered = Policy(Rule(mode="enforce", min_confidence="list"))
     assert lowered.decide(flow, v, Registry(), now).action == "block"
+
+
+def test_nameless_tls_gets_the_server_certificate_organisation() -> None:
+    from test_tlscert import flight
+
+    lists = LIST + "  - {organisation: Private Internet Access, provider: PIA, protocol: pia}\n"
+    pkts = tls(None)
+    fl = flight("Private Internet Access")
+    pkts[-1] = IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="PA", seq=1) / Raw(fl[:1000])
+    pkts.append(IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="PA", seq=1001) / Raw(fl[1000:]))
+    [(flow, v)] = run(pkts, lists=lists)
+    assert flow.name == ("Private Internet Access", "cert-org")
+    assert (v.protocol, v.confidence) == ("pia", "list")
+    assert "(server certificate organisation)" in v.evidence[0]
+    # with an SNI the handshake name stays the flow's name: the certificate is not read
+    pkts = tls(b"www.example.org")
+    pkts[-1] = IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="PA", seq=1) / Raw(fl)
+    [(flow, v)] = run(pkts, lists=lists)
+    assert flow.name == ("www.example.org", "sni") and v.klass == "benign"
