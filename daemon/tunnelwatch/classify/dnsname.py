@@ -3,13 +3,16 @@
 A flow to an address carries no name when the client sends none (a VPN app's tunnel on a bare
 address, or TLS without SNI), yet the DNS answer the client got just before says which name led
 there. `parse_answers` reads a DNS response (question name, A/AAAA records and their TTLs; compression
-pointers followed at most 16 times per name, at most 32 records); `NameCache` remembers address -> name
-in a bounded LRU that respects each record's TTL (capped, with a short floor: clients connect right
-after resolving, even on TTL 0). No payload is kept, only the name and the address.
+pointers followed at most 16 times per name, at most 32 records); `NameCache` remembers (client, address)
+-> name in a bounded LRU that respects each record's TTL (capped, with a short floor: clients connect
+right after resolving, even on TTL 0). Keyed by the client too: a name holds only for the host that
+resolved it, so one LAN host's forged "answers" cannot name another host's flows. No payload is kept,
+only the name and the two addresses.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from typing import Final
 
@@ -90,7 +93,8 @@ def parse_answers(p: bytes) -> tuple[str, list[tuple[bytes, int]]] | None:
 
 
 class NameCache:
-    """Address -> the name a client resolved to reach it; bounded LRU with per-entry expiry."""
+    """(client, address) -> the name that client resolved to reach the address; bounded LRU with
+    per-entry expiry. Keys are the two packed addresses joined."""
 
     __slots__ = ("_map", "max_entries")
 
@@ -98,33 +102,35 @@ class NameCache:
         self.max_entries = max_entries
         self._map: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
-    def learn(self, name: str, addr: bytes, ttl: int, now: float) -> None:
-        """Remember that `name` resolved to `addr` at `now` for `ttl` seconds (capped and floored)."""
+    def learn(self, name: str, client: bytes, addr: bytes, ttl: int, now: float) -> None:
+        """Remember that `name` resolved to `addr` for `client` at `now`, for `ttl` s (capped and floored)."""
         m = self._map
-        m.pop(addr, None)
+        key = client + addr
+        m.pop(key, None)
         if len(m) >= self.max_entries:
             m.popitem(last=False)
-        m[addr] = (name, now + max(MIN_TTL, min(ttl, MAX_TTL)))
+        m[key] = (name, now + max(MIN_TTL, min(ttl, MAX_TTL)))
 
-    def lookup(self, addr: bytes, now: float) -> str | None:
-        """The name last resolved to addr, if its answer has not expired."""
-        e = self._map.get(addr)
+    def lookup(self, client: bytes, addr: bytes, now: float) -> str | None:
+        """The name `client` last resolved to addr, if its answer has not expired."""
+        key = client + addr
+        e = self._map.get(key)
         if e is None:
             return None
         if e[1] < now:
-            del self._map[addr]
+            del self._map[key]
             return None
         return e[0]
 
-    def learn_response(self, p: bytes, now: float) -> int:
-        """Learn every address of a DNS response; returns how many."""
+    def learn_response(self, p: bytes, client: bytes, now: float) -> int:
+        """Learn every address of a DNS response sent to `client`; returns how many."""
         parsed = parse_answers(p)
         if parsed is None:
             return 0
-        name, answers = parsed
-        for addr, ttl in answers:
-            self.learn(name, addr, ttl, now)
-        return len(answers)
+        name = sys.intern(parsed[0])  # many flows go to one name: share the string
+        for addr, ttl in parsed[1]:
+            self.learn(name, client, addr, ttl, now)
+        return len(parsed[1])
 
     def __len__(self) -> int:
         return len(self._map)

@@ -9,12 +9,14 @@ endpoints.py); it only sets `flow.name = (name, how)`, with how one of:
 - "cert-org": for TLS without any of those, the organisation (O=) in the subject of the server's leaf
   certificate, in clear before TLS 1.3 (tlscert.py; up to 3 server packets, 4 KiB, read).
 A name from the flow's own handshake replaces a DNS-learned one. DNS answers are learned from UDP
-responses from port 53 (the first reply of each query flow) into a bounded, TTL-respecting cache
-held by this classifier instance: the cross-flow state belongs to the only code that writes and reads it.
+responses from port 53 (the first reply of each query flow) into a bounded, TTL-respecting cache keyed
+by client and address, held by this classifier instance: the cross-flow state belongs to the only code
+that writes and reads it. Names are interned: many flows to one host share one string.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, Classifier, Context, InspectResult, Klass
@@ -72,7 +74,7 @@ class Names(Classifier):
                 return None  # the server's Initial: its keys differ, and the hello is the client's
             h = initial_hello(pkt.payload, st)
             if h is not None and h.sni is not None:
-                flow.name = (h.sni, QUIC_SNI)
+                flow.name = (sys.intern(h.sni), QUIC_SNI)
                 return DONE
             return DONE if st.packets >= MAX_HELLO_PKTS or (h is not None and h.complete) else None
         if isinstance(st, _CertWait):
@@ -83,15 +85,15 @@ class Names(Classifier):
             return self._tls(flow, st + pkt.payload)
         # a DNS query flow waiting for its answer
         if direction == 1 and (pkt.sport == 53 or pkt.dport == 53):
-            self.dns.learn_response(pkt.payload, pkt.ts)
+            self.dns.learn_response(pkt.payload, pkt.dst, pkt.ts)
             return DONE
         return DONE if flow.payload_pkts[0] + flow.payload_pkts[1] >= MAX_DNS_PKTS else None
 
     def _first(self, flow: Flow, pkt: Packet, direction: int) -> InspectResult:
         if flow.name is None and len(self.dns):
             # the server is the responder, or the initiator of a capture that started mid-flow
-            for addr in (flow.dst, flow.src):
-                n = self.dns.lookup(addr, pkt.ts)
+            for client, addr in ((flow.src, flow.dst), (flow.dst, flow.src)):
+                n = self.dns.lookup(client, addr, pkt.ts)
                 if n is not None:
                     flow.name = (n, DNS)
                     break
@@ -102,7 +104,7 @@ class Names(Classifier):
             return DONE
         if pkt.sport == 53 or pkt.dport == 53:
             if direction == 1:  # the first packet seen is the answer (the query went unseen)
-                self.dns.learn_response(p, pkt.ts)
+                self.dns.learn_response(p, pkt.dst, pkt.ts)
                 return DONE
             flow.state["names"] = 0
             return None
@@ -110,7 +112,7 @@ class Names(Classifier):
             st = InitialState()
             h = initial_hello(p, st)
             if h is not None and h.sni is not None:
-                flow.name = (h.sni, QUIC_SNI)
+                flow.name = (sys.intern(h.sni), QUIC_SNI)
                 return DONE
             if st.keys is None or (h is not None and h.complete):
                 return DONE  # not decryptable as a client Initial: nothing to wait for
@@ -123,7 +125,7 @@ class Names(Classifier):
         if h is None:
             return DONE
         if h.sni is not None:
-            flow.name = (h.sni, SNI)
+            flow.name = (sys.intern(h.sni), SNI)
             return DONE
         if h.complete or flow.payload_pkts[0] >= MAX_HELLO_PKTS or len(data) >= MAX_HELLO_BYTES:
             if flow.name is not None:
@@ -139,7 +141,7 @@ class Names(Classifier):
         got = server_subject(st.buf)
         if isinstance(got, Subject):
             if got.organisation:
-                flow.name = (got.organisation, CERT_ORG)
+                flow.name = (sys.intern(got.organisation), CERT_ORG)
             return DONE
         if got != MORE or st.pkts >= MAX_CERT_PKTS or len(st.buf) >= MAX_CERT_BYTES:
             return DONE

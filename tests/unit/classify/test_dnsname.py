@@ -44,30 +44,40 @@ def test_pointer_loop_is_refused() -> None:
     assert parse_answers(p) is None
 
 
+CL = bytes([10, 0, 0, 2])
+
+
 def test_cache_respects_ttl_with_cap_and_floor() -> None:
     c = NameCache()
-    c.learn("a.example", b"\x01\x01\x01\x01", 100, now=1000.0)
-    assert c.lookup(b"\x01\x01\x01\x01", 1099.0) == "a.example"
-    assert c.lookup(b"\x01\x01\x01\x01", 1101.0) is None and len(c) == 0
-    c.learn("b.example", b"\x02\x02\x02\x02", 0, now=0.0)
-    assert c.lookup(b"\x02\x02\x02\x02", MIN_TTL - 1) == "b.example"
-    c.learn("c.example", b"\x03\x03\x03\x03", 10**6, now=0.0)
-    assert c.lookup(b"\x03\x03\x03\x03", MAX_TTL + 1) is None
+    c.learn("a.example", CL, b"\x01\x01\x01\x01", 100, now=1000.0)
+    assert c.lookup(CL, b"\x01\x01\x01\x01", 1099.0) == "a.example"
+    assert c.lookup(CL, b"\x01\x01\x01\x01", 1101.0) is None and len(c) == 0
+    c.learn("b.example", CL, b"\x02\x02\x02\x02", 0, now=0.0)
+    assert c.lookup(CL, b"\x02\x02\x02\x02", MIN_TTL - 1) == "b.example"
+    c.learn("c.example", CL, b"\x03\x03\x03\x03", 10**6, now=0.0)
+    assert c.lookup(CL, b"\x03\x03\x03\x03", MAX_TTL + 1) is None
+
+
+def test_a_name_holds_only_for_the_client_that_resolved_it() -> None:
+    c = NameCache()
+    c.learn("a.example", CL, b"\x01\x01\x01\x01", 100, now=0.0)
+    assert c.lookup(bytes([10, 0, 0, 3]), b"\x01\x01\x01\x01", 1.0) is None
 
 
 def test_cache_is_bounded_lru() -> None:
     c = NameCache(max_entries=3)
     for i in range(5):
-        c.learn(f"n{i}.example", bytes([10, 0, 0, i]), 60, now=0.0)
+        c.learn(f"n{i}.example", CL, bytes([10, 0, 1, i]), 60, now=0.0)
     assert len(c) == 3
-    assert c.lookup(bytes([10, 0, 0, 0]), 1.0) is None and c.lookup(bytes([10, 0, 0, 4]), 1.0) == "n4.example"
+    assert c.lookup(CL, bytes([10, 0, 1, 0]), 1.0) is None
+    assert c.lookup(CL, bytes([10, 0, 1, 4]), 1.0) == "n4.example"
 
 
 def test_learn_response() -> None:
     c = NameCache()
-    assert c.learn_response(response("eu0.sec-tunnel.com", [(1, bytes([203, 0, 113, 5]), 120)]), 0.0) == 1
-    assert c.lookup(bytes([203, 0, 113, 5]), 1.0) == "eu0.sec-tunnel.com"
-    assert c.learn_response(b"\x00" * 11, 0.0) == 0
+    assert c.learn_response(response("eu0.sec-tunnel.com", [(1, bytes([203, 0, 113, 5]), 120)]), CL, 0.0) == 1
+    assert c.lookup(CL, bytes([203, 0, 113, 5]), 1.0) == "eu0.sec-tunnel.com"
+    assert c.learn_response(b"\x00" * 11, CL, 0.0) == 0
 
 
 def test_hostile_input_never_raises() -> None:
@@ -79,5 +89,5 @@ def test_hostile_input_never_raises() -> None:
         for _ in range(rng.randrange(0, 6)):
             if data:
                 data[rng.randrange(len(data))] = rng.randrange(256)
-        c.learn_response(bytes(data), 0.0)
+        c.learn_response(bytes(data), CL, 0.0)
     assert len(c) <= 16

@@ -168,3 +168,19 @@ def test_nameless_tls_gets_the_server_certificate_organisation() -> None:
     pkts[-1] = IP(src=S, dst=C) / TCP(sport=443, dport=40000, flags="PA", seq=1) / Raw(fl)
     [(flow, v)] = run(pkts, lists=lists)
     assert flow.name == ("www.example.org", "sni") and v.klass == "benign"
+
+
+def test_a_dns_answer_names_only_the_flows_of_the_host_that_asked() -> None:
+    ans = response("eu3.sec-tunnel.com", [(1, bytes([198, 51, 100, 20]), 300)])
+    other = "10.0.0.3"
+    pkts = [IP(src=C, dst=R) / UDP(sport=5354, dport=53) / Raw(ans[:12]),
+            IP(src=R, dst=C) / UDP(sport=53, dport=5354) / Raw(ans),
+            *tls(None, dst="198.51.100.20")]
+    for p in pkts[2:]:  # the same connection, but from another LAN host
+        if p[IP].src == C:
+            p[IP].src = other
+        else:
+            p[IP].dst = other
+    res = run(pkts)
+    (flow, v), = [(f, v) for f, v in res if f.proto == 6]
+    assert flow.name is None and v.klass == "benign"
