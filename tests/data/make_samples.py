@@ -696,6 +696,7 @@ REAL: dict[str, tuple[Any, ...]] = {
     "ptunnel": ("test_ptunnel_icmp_tunnel--wan0.pcap", [("icmp", 0)], 10),
     "openconnect-dtls": ("test_ocserv_openconnect_1_--wan0.pcap", [("udp", 443)], 11),
     "openssl-dtls": ("dtls--wan0.pcap", [("udp", 443)], 16),
+    "openssl-tls-names": ("tls-names--wan0.pcap", [("tcp", 443), ("tcp", 4443), ("tcp", 8443)], 12),
     "coturn-stun-binding": ("stun--wan0.pcap", [("udp", 3478)], 4),
     "coturn-turn": ("test_coturn_relay_is_turn_and_a_signal_realm_names_the_app_"
                     "tunnelwatch.test-turn_--turn.pcap", [("udp", 3478)], 4),
@@ -855,6 +856,39 @@ def record_dtls(raw_dir: Path) -> None:
         print(r.stdout[-800:])
 
 
+
+def record_tls_names(raw_dir: Path) -> None:
+    """OpenSSL's s_client against three s_server instances with throw-away certificates: TLS 1.3 with SNI
+    eu0.sec-tunnel.com (a catalogue name) on 443, with SNI www.example.org (the near miss) on 4443, and
+    TLS 1.2 without SNI on 8443 to a server whose certificate says O=Windscribe (the certificate-organisation
+    path). Records RAW_DIR/tls-names--wan0.pcap for `real`."""
+    import subprocess
+    import tempfile
+
+    from tunnelwatch.lab.netlab import SERVER_IP, lab
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name, subj in (("plain", "/CN=tls.lab.example"), ("org", "/O=Windscribe/CN=198.51.100.80")):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-days", "2", "-subj", subj, "-keyout", str(work / f"{name}.key"),
+                            "-out", str(work / f"{name}.pem")], check=True, capture_output=True, timeout=30)
+        with lab(work, ipv6=False) as lb:
+            for port, cert in ((443, "plain"), (4443, "plain"), (8443, "org")):
+                lb.spawn(lb.server, ["openssl", "s_server", "-accept", f"{SERVER_IP}:{port}", "-www",
+                                     "-cert", str(work / f"{cert}.pem"), "-key", str(work / f"{cert}.key")],
+                         f"s_server-{port}", stdin=subprocess.PIPE)
+                lb.wait_until(lb.server, ["sh", "-c", f"ss -ltn | grep -q '{SERVER_IP}:{port} '"])
+            with lb.capture(lb.router, "wan0", raw_dir / "tls-names--wan0.pcap"):
+                for port, extra in ((443, ["-servername", "eu0.sec-tunnel.com"]),
+                                    (4443, ["-servername", "www.example.org"]),
+                                    (8443, ["-tls1_2", "-noservername"])):
+                    r = lb.run(lb.client, "openssl", "s_client", "-connect", f"{SERVER_IP}:{port}", *extra,
+                               "-ign_eof", input="GET / HTTP/1.0\r\n\r\n", check=False, timeout=30)
+                    print(port, r.returncode, r.stdout[-300:])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["crafted"]:
         write_crafted()
@@ -864,6 +898,8 @@ if __name__ == "__main__":
         record_stun(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["record-dtls"] and len(sys.argv) == 3:
         record_dtls(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["record-tls-names"] and len(sys.argv) == 3:
+        record_tls_names(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["real"] and len(sys.argv) == 3:
         write_real(Path(sys.argv[2]))
     else:
