@@ -697,6 +697,7 @@ REAL: dict[str, tuple[Any, ...]] = {
     "openconnect-dtls": ("test_ocserv_openconnect_1_--wan0.pcap", [("udp", 443)], 11),
     "openssl-dtls": ("dtls--wan0.pcap", [("udp", 443)], 16),
     "openssl-tls-names": ("tls-names--wan0.pcap", [("tcp", 443), ("tcp", 4443), ("tcp", 8443)], 12),
+    "chromium-quic-names": ("quic-names--wan0.pcap", [("udp", 443), ("udp", 8443)], 4),
     "coturn-stun-binding": ("stun--wan0.pcap", [("udp", 3478)], 4),
     "coturn-turn": ("test_coturn_relay_is_turn_and_a_signal_realm_names_the_app_"
                     "tunnelwatch.test-turn_--turn.pcap", [("udp", 3478)], 4),
@@ -889,6 +890,45 @@ def record_tls_names(raw_dir: Path) -> None:
                     print(port, r.returncode, r.stdout[-300:])
 
 
+
+def record_quic_names(raw_dir: Path) -> None:
+    """Debian's chromium forced onto QUIC (HTTP/3) for api.cloudflareclient.com:443 (a catalogue name) and
+    www.example.org:8443 (the near miss), both names mapped to the lab server, where a socket swallows the
+    datagrams without answering (an ICMP port unreachable would stop chromium after its first Initial):
+    the client's Initial packets (v1, the ClientHello with its post-quantum key share spread over two of
+    them) are what matters. Records RAW_DIR/quic-names--wan0.pcap for `real`."""
+    import tempfile
+
+    from tunnelwatch.lab.netlab import SERVER_IP, lab
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sink = ("import socket, time\n"
+                f"socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]\n"
+                f"[s.bind(('{SERVER_IP}', p)) for s, p in zip(socks, (443, 8443))]\n"
+                "print('bound', flush=True)\n"
+                "time.sleep(300)\n")
+        with lab(work, ipv6=False) as lb:
+            lb.spawn(lb.server, [sys.executable, "-c", sink], "udp-sink")
+            lb.wait_for_log("udp-sink", "bound", timeout=20)
+            with lb.capture(lb.router, "wan0", raw_dir / "quic-names--wan0.pcap"):
+                _chromium_quic(lb, SERVER_IP, work)
+
+
+def _chromium_quic(lb: Any, server_ip: str, work: Path) -> None:
+    for host, port in (("api.cloudflareclient.com", 443), ("www.example.org", 8443)):
+        profile = work / f"profile-{port}"
+        r = lb.run(lb.client, "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                   "--disable-sync", "--no-proxy-server", "--enable-quic",
+                   f"--origin-to-force-quic-on={host}:{port}",
+                   f"--host-resolver-rules=MAP {host} {server_ip}, MAP * ~NOTFOUND",
+                   f"--user-data-dir={profile}", "--timeout=4000", "--dump-dom",
+                   f"https://{host}:{port}/", check=False, timeout=60)
+        print(host, r.returncode, r.stderr[-200:])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["crafted"]:
         write_crafted()
@@ -900,6 +940,8 @@ if __name__ == "__main__":
         record_dtls(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["record-tls-names"] and len(sys.argv) == 3:
         record_tls_names(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["record-quic-names"] and len(sys.argv) == 3:
+        record_quic_names(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["real"] and len(sys.argv) == 3:
         write_real(Path(sys.argv[2]))
     else:

@@ -7,9 +7,11 @@ HKDF-Expand-Label(secret, "client in"), and from it the AES-128-GCM key, IV and 
 type 1 for Initial). Header protection is removed with AES-ECB over a 16-byte sample of the ciphertext.
 Versions: 1, 2 and drafts 29-32 (the draft-29 salt; still sent by some stacks).
 
-Bounded: at most 3 coalesced packets per datagram, CRYPTO data only from offsets below 8 KiB, at most 16
-fragments per flow; the keys derive from the first Initial's DCID and are kept for the flow's next
-Initial (a large hello spans two). Hostile input gives None, never an exception.
+Bounded: at most 3 coalesced packets per datagram, CRYPTO data only from offsets below 8 KiB, at most 96
+fragments per flow (Chromium scatters its hello over dozens of CRYPTO frames mixed with PING and PADDING).
+The keys derive from the first Initial's DCID and are kept for the flow's next Initial (a large hello
+spans two); an SNI beyond a gap, its start still missing, is found by scanning the contiguous runs
+(tlsname.scan_sni). Hostile input gives None, never an exception.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tunnelwatch.classify.tlsname import Hello, parse_hello
+from tunnelwatch.classify.tlsname import Hello, parse_hello, scan_sni
 
 V1: Final = 0x00000001
 V2: Final = 0x6B3343CF
@@ -38,9 +40,11 @@ VERSIONS: Final[dict[int, tuple[bytes, bytes, int]]] = {
 }
 #: CRYPTO stream bytes kept per flow: a ClientHello with post-quantum key shares is about 2 KB
 MAX_CRYPTO: Final = 8192
-MAX_FRAGMENTS: Final = 16
+#: Chromium spreads its hello over dozens of small CRYPTO frames among PING and PADDING ("chaos protection")
+MAX_FRAGMENTS: Final = 96
 _MAX_COALESCED: Final = 3
-_MAX_FRAMES: Final = 64
+#: frames other than PADDING read per packet (a run of PADDING bytes is skipped in one step)
+_MAX_FRAMES: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +174,11 @@ def _frames(plain: bytes, st: InitialState) -> None:
         if pos >= len(plain):
             return
         ftype = plain[pos]
-        if ftype in (0x00, 0x01):  # PADDING, PING
+        if ftype == 0x00:  # PADDING: skip the whole run at once
+            nxt = len(plain) - len(plain[pos:].lstrip(b"\x00"))
+            pos = nxt
+            continue
+        if ftype == 0x01:  # PING
             pos += 1
             continue
         if ftype in (0x02, 0x03):  # ACK: largest, delay, range count, first range, ranges (+ ECN counts)
@@ -201,16 +209,27 @@ def _frames(plain: bytes, st: InitialState) -> None:
         pos += ln
 
 
+def crypto_runs(st: InitialState) -> list[bytes]:
+    """The CRYPTO stream as its contiguous runs, in offset order (the first starts at 0 if any does)."""
+    runs: list[bytes] = []
+    parts: list[bytes] = []
+    have = -1
+    for o, d in sorted(st.fragments.items()):  # at most MAX_FRAGMENTS: one pass in offset order
+        if o > have:
+            if parts:
+                runs.append(b"".join(parts))
+            parts, have = [], o
+        if o + len(d) > have:
+            parts.append(d[have - o:])
+            have = o + len(d)
+    if parts:
+        runs.append(b"".join(parts))
+    return runs
+
+
 def crypto_prefix(st: InitialState) -> bytes:
     """The CRYPTO stream from offset 0 as far as it is contiguous."""
-    out = b""
-    for _ in range(MAX_FRAGMENTS):
-        more = [(o, d) for o, d in st.fragments.items() if o <= len(out) < o + len(d)]
-        if not more:
-            break
-        o, d = max(more, key=lambda od: od[0] + len(od[1]))
-        out += d[len(out) - o:]
-    return out
+    return crypto_runs(st)[0] if 0 in st.fragments else b""
 
 
 def initial_hello(p: bytes, st: InitialState) -> Hello | None:
@@ -218,4 +237,13 @@ def initial_hello(p: bytes, st: InitialState) -> Hello | None:
     st.packets += 1
     if not decrypt_initials(p, st):
         return None
-    return parse_hello(crypto_prefix(st))
+    runs = crypto_runs(st)
+    h = parse_hello(runs[0]) if 0 in st.fragments else None
+    if h is not None and (h.sni is not None or h.complete):
+        return h
+    # the SNI may sit beyond a gap (the hello's middle is still in a later Initial): look for it there
+    for data in runs:
+        sni = scan_sni(data)
+        if sni is not None:
+            return Hello(sni, h.alpn if h is not None else (), False, sni.encode("ascii"))
+    return h

@@ -104,6 +104,28 @@ def _alpn(body: bytes) -> tuple[str, ...]:
     return tuple(out)
 
 
+def scan_sni(data: bytes) -> str | None:
+    """Find a server_name extension in a piece of a ClientHello whose start is missing (a QUIC CRYPTO
+    fragment beyond a gap): its type 0 and three nested lengths must agree and the name must be a plausible
+    host name with a dot. At most 512 candidate positions are tried."""
+    pos, n = 0, len(data)
+    for _ in range(512):
+        i = data.find(b"\x00\x00", pos)
+        if i < 0 or i + 9 > n:
+            return None
+        elen = (data[i + 2] << 8) | data[i + 3]
+        if (elen >= 8 and ((data[i + 4] << 8) | data[i + 5]) == elen - 2 and data[i + 6] == 0
+                and ((data[i + 7] << 8) | data[i + 8]) == elen - 5):
+            raw = data[i + 9:i + 4 + elen]
+            name = clean_name(raw) if len(raw) == elen - 5 and b"." in raw else None
+            if name is not None:
+                return name
+        # a run of zero bytes holds one candidate only at its end: jump there
+        run = n - i - len(data[i:].lstrip(b"\x00"))
+        pos = max(i + 1, i + run - 3)
+    return None
+
+
 def handshake_bytes(p: bytes) -> bytes:
     """The handshake bytes carried by the TLS records at the start of p (bounded; may be cut short)."""
     if len(p) >= 5 and p[0] == 0x16 and p[1] == 3 and (len(p) < 5 + ((p[3] << 8) | p[4])):

@@ -154,3 +154,23 @@ def test_hostile_input_never_raises() -> None:
         st = InitialState()
         initial_hello(bytes(data), st)
         assert len(st.fragments) <= 16
+
+
+def test_hello_scattered_over_many_small_crypto_frames() -> None:
+    """Chromium-style: dozens of CRYPTO frames, out of order, among PING and long PADDING runs; the SNI
+    beyond a gap is still found (the hello's middle only comes in the next Initial)."""
+    from test_tlsname import hello_msg
+
+    hello = hello_msg(b"api.cloudflareclient.com", pad=900, sni_last=True)
+    pieces = [(off, hello[off:off + 23]) for off in range(0, len(hello), 23)]
+    rng = random.Random(7)
+    first = [p for p in pieces if p[0] < 60 or p[0] >= 700]  # the middle goes in the second Initial
+    rng.shuffle(first)
+    payload = b"".join(b"\x01" + bytes(rng.randrange(0, 9)) + _crypto(o, d) for o, d in first)
+    st = InitialState()
+    h = initial_hello(initial(V1, DCID, payload + bytes(max(0, 1162 - len(payload)))), st)
+    assert h is not None and h.sni == "api.cloudflareclient.com" and not h.complete
+    rest = b"".join(_crypto(o, d) for o, d in pieces if 60 <= o < 700)
+    h = initial_hello(initial(V1, DCID, rest + bytes(max(0, 1162 - len(rest))), pn=1), st)
+    assert h is not None and h.complete and h.sni == "api.cloudflareclient.com"
+    assert crypto_prefix(st) == hello

@@ -99,3 +99,16 @@ def test_hostile_input_never_raises() -> None:
         h = record_hello(bytes(data))
         assert h is None or h.sni is None or len(h.sni) <= 253
         parse_hello(bytes(data[5:]))
+
+
+def test_scan_sni_in_a_piece_of_a_hello() -> None:
+    from tunnelwatch.classify.tlsname import scan_sni
+
+    m = hello_msg(b"api.cloudflareclient.com", pad=300, sni_last=True)
+    i = m.index(b"api.cloudflareclient.com")
+    assert scan_sni(m[i - 40:]) == "api.cloudflareclient.com"  # the start of the hello is missing
+    assert scan_sni(bytes(400) + m[i - 9:i + 30]) == "api.cloudflareclient.com"  # after a run of zeros
+    assert scan_sni(m[i - 40:i + 5]) is None  # the name is cut
+    assert scan_sni(bytes(5000)) is None
+    rng = random.Random(5)
+    assert all(scan_sni(rng.randbytes(2000)) is None for _ in range(200))  # random bytes: no false names
