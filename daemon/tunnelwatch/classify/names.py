@@ -37,6 +37,8 @@ MAX_HELLO_PKTS: Final = 3
 MAX_HELLO_BYTES: Final = 8192
 #: payload packets of a DNS flow looked at before giving up on its answer
 MAX_DNS_PKTS: Final = 4
+#: payload packets (both ways) of any flow after which the name is no longer looked for
+MAX_NAME_PKTS: Final = 8
 #: server packets, and bytes of them, read for the certificate of a TLS flow without a name
 MAX_CERT_PKTS: Final = 3
 MAX_CERT_BYTES: Final = 4096
@@ -53,7 +55,8 @@ class _CertWait:
 
 
 class Names(Classifier):
-    """Sets flow.name from TLS SNI, QUIC Initial SNI or a DNS answer; never a verdict."""
+    """Sets flow.name from TLS SNI, QUIC Initial SNI, a DNS answer or the server certificate's O=; never
+    a verdict."""
 
     name: ClassVar[str] = "names"
     klass: ClassVar[Klass] = "benign"
@@ -61,7 +64,7 @@ class Names(Classifier):
     protocols: ClassVar[tuple[str, ...]] = ("tls", "quic", "dns")
 
     def __init__(self) -> None:
-        #: address -> name, from the DNS answers this engine saw
+        #: (client, address) -> name, from the DNS answers this engine saw
         self.dns = NameCache()
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
@@ -69,6 +72,8 @@ class Names(Classifier):
         st = flow.state.get("names")
         if st is None:
             return self._first(flow, pkt, direction)
+        if flow.payload_pkts[0] + flow.payload_pkts[1] > MAX_NAME_PKTS:
+            return DONE  # what was awaited (the rest of a hello, a certificate, an answer) did not come
         if isinstance(st, InitialState):
             if direction != 0:
                 return None  # the server's Initial: its keys differ, and the hello is the client's

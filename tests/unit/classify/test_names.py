@@ -184,3 +184,22 @@ def test_a_dns_answer_names_only_the_flows_of_the_host_that_asked() -> None:
     res = run(pkts)
     (flow, v), = [(f, v) for f, v in res if f.proto == 6]
     assert flow.name is None and v.klass == "benign"
+
+
+def test_waiting_for_the_rest_of_a_name_is_bounded() -> None:
+    """A QUIC hello whose second half never comes: the classifier gives up after a few packets, so the
+    flow is not kept undecided for it."""
+    from test_quicname import CRYPTO_FRAME
+
+    first = b"\x06\x00\x40\x3c" + CRYPTO_FRAME[4:64]  # offset 0, 60 bytes of the hello: no SNI yet
+    pkts = [IP(src=C, dst=S) / UDP(sport=50000, dport=443) / Raw(initial(V1, DCID, first + bytes(1100)))]
+    pkts += [IP(src=S, dst=C) / UDP(sport=443, dport=50000) / Raw(b"\xc0" + bytes(40)) for _ in range(12)]
+    engine = Engine(load_classifiers(["names"]), budget=100)
+    decided_at = 0
+    for i, p in enumerate(pkts, 1):
+        pkt = parse_ip(bytes(p), 1000.0 + i * 0.01)
+        assert pkt is not None
+        flow = engine.process(pkt)
+        if flow.done and not decided_at:
+            decided_at = i
+    assert 0 < decided_at <= 10 and flow.name is None
