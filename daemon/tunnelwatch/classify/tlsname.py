@@ -10,6 +10,7 @@ exception.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +22,7 @@ _MAX_RECORDS: Final = 8
 #: bytes of a host name a name can have (RFC 1035: 253 characters in text form)
 MAX_NAME: Final = 253
 _NAME_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-._")
+_NONZERO: Final = re.compile(rb"[^\x00]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,9 @@ def scan_sni(data: bytes) -> str | None:
             name = clean_name(raw) if len(raw) == elen - 5 and b"." in raw else None
             if name is not None:
                 return name
-        # a run of zero bytes holds one candidate only at its end: jump there
-        run = n - i - len(data[i:].lstrip(b"\x00"))
+        # a run of zero bytes holds candidates only at its end: jump there (cost: the run's length)
+        m = _NONZERO.search(data, i)
+        run = (m.start() if m is not None else n) - i
         pos = max(i + 1, i + run - 3)
     return None
 
