@@ -141,3 +141,26 @@ def test_cloudflare_warp() -> None:
     """In repo: crafted-wireguard.pcap (the WARP flow)."""
     udp = [r for r in classify_file(str(CORPUS / "cloudflare-warp.pcap")) if r["transport"] == "udp"]
     assert [(r["dport"], r["protocol"], r["confidence"]) for r in udp] == [(2408, "warp", "confirmed")]
+
+
+def test_vpn_app_names_with_the_catalogue() -> None:
+    """In repo: crafted-names.pcap, real-openssl-tls-names.pcap, real-chromium-quic-names.pcap (and their
+    near misses). nDPI names these flows by TLS SNI or by the server certificate; with the shipped catalogue
+    they are `list` flows of the right provider, and the benign captures gain none."""
+    from tunnelwatch.classify.endpoints import EndpointIndex, ListSource, load_list
+
+    catalogue = Path(__file__).resolve().parents[2] / "config" / "endpoints" / "vpn-apps.yaml"
+    idx = EndpointIndex([load_list(ListSource(catalogue))])
+
+    def listed(name: str) -> list[tuple[str, str]]:
+        return [(r["protocol"], r["evidence"][0].split(" is on ")[0]) for r in
+                classify_file(str(CORPUS / name), endpoints=idx) if r["confidence"] == "list"]
+
+    opera = listed("opera-vpn.pcapng")
+    assert len(opera) >= 61 and set(opera) == {("opera_vpn", "eu0.sec-tunnel.com (TLS SNI)")}
+    assert ("tunnelbear", "api.polargrizzly.com (TLS SNI)") in listed("tunnelbear.pcap")
+    assert ("vpn_app", "Private Internet Access (server certificate organisation)") in listed("pia.pcap")
+    assert ("vpn_app", "Windscribe (server certificate organisation)") in listed("windscribe.pcapng")
+    assert {p for p, _ in listed("forticlient.pcap")} == {"fortinet_sslvpn"}
+    for name in ("443-chrome.pcap", "443-firefox.pcap", "443-curl.pcap", "443-safari.pcap"):
+        assert listed(name) == [], name

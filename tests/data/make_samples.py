@@ -45,6 +45,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "unit" / "classify")]
 # the unit tests' message builders (each written from the protocol's specification or description)
 import test_anyconnect as t_anyconnect  # noqa: E402
 import test_discord as t_discord  # noqa: E402
+import test_dnsname as t_dnsname  # noqa: E402
 import test_dnstunnel as t_dns  # noqa: E402
 import test_fastd as t_fastd  # noqa: E402
 import test_h323 as t_h323  # noqa: E402
@@ -61,6 +62,7 @@ import test_n2n as t_n2n  # noqa: E402
 import test_openvpn as t_openvpn  # noqa: E402
 import test_openvpn_obfs as t_obfs  # noqa: E402
 import test_pptp as t_pptp  # noqa: E402
+import test_quicname as t_quic  # noqa: E402
 import test_rtp as t_rtp  # noqa: E402
 import test_sccp as t_sccp  # noqa: E402
 import test_sip as t_sip  # noqa: E402
@@ -72,6 +74,8 @@ import test_teamspeak as t_ts  # noqa: E402
 import test_telegram as t_tg  # noqa: E402
 import test_teredo as t_teredo  # noqa: E402
 import test_tinc as t_tinc  # noqa: E402
+import test_tlscert as t_cert  # noqa: E402
+import test_tlsname as t_tls  # noqa: E402
 import test_tor as t_tor  # noqa: E402
 import test_trojan as t_trojan  # noqa: E402
 import test_viber as t_viber  # noqa: E402
@@ -795,6 +799,38 @@ def ip_protocol_one_packet(cap: Capture) -> None:
     cap.ip(47, [(0, b"\x00\x00\x00\x00")], c="198.51.100.4")  # a GRE keepalive: payload type 0
 
 
+def _quic_initial(sni: bytes, dcid: bytes) -> bytes:
+    """A QUIC v1 client Initial (RFC 9001 keys from dcid) carrying a ClientHello for sni, padded to 1200."""
+    hello = t_tls.hello_msg(sni, alpn=(b"h3",))
+    frame = b"\x06\x00" + (0x4000 | len(hello)).to_bytes(2, "big") + hello
+    return t_quic.initial(t_quic.V1, dcid, frame + bytes(1162 - len(frame)))
+
+
+@sample("names")
+def names(cap: Capture) -> None:
+    cap.tcp(40000, 443, [(0, t_tls.client_hello(b"eu0.sec-tunnel.com")), (1, rnd(1200))])
+    cap.udp(40001, 443, [(0, _quic_initial(b"api.cloudflareclient.com", bytes.fromhex("8394c8f03e515708"))),
+                         (1, b"\xc0\x00\x00\x00\x01" + rnd(1195))])
+    answer = t_dnsname.response("api.polargrizzly.com", [(1, bytes([203, 0, 113, 7]), 300)])
+    question = t_dnsname.qname("api.polargrizzly.com") + b"\x00\x01\x00\x01"
+    query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + question
+    cap.udp(40002, 53, [(0, query), (1, answer)])
+    cap.tcp(40003, 443, [(0, t_tls.client_hello(None)), (1, rnd(1200))], s="203.0.113.7")
+    # TLS 1.2 without SNI: the server's certificate names its organisation (PIA's servers do)
+    cap.tcp(40004, 443, [(0, t_tls.client_hello(None)), (1, t_cert.flight("Private Internet Access"))])
+
+
+@sample("names-near-miss")
+def names_nm(cap: Capture) -> None:
+    for i, sni in enumerate((b"www.example.org", b"sec-tunnel.com.example.net", b"notsec-tunnel.com")):
+        cap.tcp(40000 + i, 443, [(0, t_tls.client_hello(sni)), (1, rnd(1200))])
+    good = bytearray(_quic_initial(b"api.cloudflareclient.com", bytes.fromhex("0011223344556677")))
+    good[600] ^= 0xFF  # the AEAD tag no longer fits: a datagram shaped as an Initial, not one
+    cap.udp(40010, 443, [(0, bytes(good)), (1, rnd(1200))])
+    cap.udp(40011, 443, [(0, b"\xc3\x0a\x0a\x0a\x0a" + rnd(1195)), (1, rnd(80))])  # unknown (grease) version
+    cap.tcp(40012, 443, [(0, t_tls.client_hello(None)), (1, t_cert.flight("Example Hosting Ltd"))])
+
+
 def write_crafted() -> None:
     for n, (name, build) in enumerate(SAMPLES.items()):
         _seed(1000 + n)
@@ -827,6 +863,8 @@ REAL: dict[str, tuple[Any, ...]] = {
     "ptunnel": ("test_ptunnel_icmp_tunnel--wan0.pcap", [("icmp", 0)], 10),
     "openconnect-dtls": ("test_ocserv_openconnect_1_--wan0.pcap", [("udp", 443)], 11),
     "openssl-dtls": ("dtls--wan0.pcap", [("udp", 443)], 16),
+    "openssl-tls-names": ("tls-names--wan0.pcap", [("tcp", 443), ("tcp", 4443), ("tcp", 8443)], 12),
+    "chromium-quic-names": ("quic-names--wan0.pcap", [("udp", 443), ("udp", 8443)], 4),
     "coturn-stun-binding": ("stun--wan0.pcap", [("udp", 3478)], 4),
     "coturn-turn": ("test_coturn_relay_is_turn_and_a_signal_realm_names_the_app_"
                     "tunnelwatch.test-turn_--turn.pcap", [("udp", 3478)], 4),
@@ -986,6 +1024,78 @@ def record_dtls(raw_dir: Path) -> None:
         print(r.stdout[-800:])
 
 
+
+def record_tls_names(raw_dir: Path) -> None:
+    """OpenSSL's s_client against three s_server instances with throw-away certificates: TLS 1.3 with SNI
+    eu0.sec-tunnel.com (a catalogue name) on 443, with SNI www.example.org (the near miss) on 4443, and
+    TLS 1.2 without SNI on 8443 to a server whose certificate says O=Windscribe (the certificate-organisation
+    path). Records RAW_DIR/tls-names--wan0.pcap for `real`."""
+    import subprocess
+    import tempfile
+
+    from tunnelwatch.lab.netlab import SERVER_IP, lab
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name, subj in (("plain", "/CN=tls.lab.example"), ("org", "/O=Windscribe/CN=198.51.100.80")):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-days", "2", "-subj", subj, "-keyout", str(work / f"{name}.key"),
+                            "-out", str(work / f"{name}.pem")], check=True, capture_output=True, timeout=30)
+        with lab(work, ipv6=False) as lb:
+            for port, cert in ((443, "plain"), (4443, "plain"), (8443, "org")):
+                lb.spawn(lb.server, ["openssl", "s_server", "-accept", f"{SERVER_IP}:{port}", "-www",
+                                     "-cert", str(work / f"{cert}.pem"), "-key", str(work / f"{cert}.key")],
+                         f"s_server-{port}", stdin=subprocess.PIPE)
+                lb.wait_until(lb.server, ["sh", "-c", f"ss -ltn | grep -q '{SERVER_IP}:{port} '"])
+            with lb.capture(lb.router, "wan0", raw_dir / "tls-names--wan0.pcap"):
+                for port, extra in ((443, ["-servername", "eu0.sec-tunnel.com"]),
+                                    (4443, ["-servername", "www.example.org"]),
+                                    (8443, ["-tls1_2", "-noservername"])):
+                    r = lb.run(lb.client, "openssl", "s_client", "-connect", f"{SERVER_IP}:{port}", *extra,
+                               "-ign_eof", input="GET / HTTP/1.0\r\n\r\n", check=False, timeout=30)
+                    print(port, r.returncode, r.stdout[-300:])
+
+
+
+def record_quic_names(raw_dir: Path) -> None:
+    """Debian's chromium forced onto QUIC (HTTP/3) for api.cloudflareclient.com:443 (a catalogue name) and
+    www.example.org:8443 (the near miss), both names mapped to the lab server, where a socket swallows the
+    datagrams without answering (an ICMP port unreachable would stop chromium after its first Initial):
+    the client's Initial packets (v1, the ClientHello with its post-quantum key share spread over two of
+    them) are what matters. Records RAW_DIR/quic-names--wan0.pcap for `real`."""
+    import tempfile
+
+    from tunnelwatch.lab.netlab import SERVER_IP, lab
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sink = ("import socket, time\n"
+                f"socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]\n"
+                f"[s.bind(('{SERVER_IP}', p)) for s, p in zip(socks, (443, 8443))]\n"
+                "print('bound', flush=True)\n"
+                "time.sleep(300)\n")
+        with lab(work, ipv6=False) as lb:
+            lb.spawn(lb.server, [sys.executable, "-c", sink], "udp-sink")
+            lb.wait_for_log("udp-sink", "bound", timeout=20)
+            with lb.capture(lb.router, "wan0", raw_dir / "quic-names--wan0.pcap"):
+                _chromium_quic(lb, SERVER_IP, work)
+
+
+def _chromium_quic(lb: Any, server_ip: str, work: Path) -> None:
+    for host, port in (("api.cloudflareclient.com", 443), ("www.example.org", 8443)):
+        profile = work / f"profile-{port}"
+        r = lb.run(lb.client, "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                   "--disable-sync", "--no-proxy-server", "--enable-quic",
+                   f"--origin-to-force-quic-on={host}:{port}",
+                   f"--host-resolver-rules=MAP {host} {server_ip}, MAP * ~NOTFOUND",
+                   f"--user-data-dir={profile}", "--timeout=4000", "--dump-dom",
+                   f"https://{host}:{port}/", check=False, timeout=60)
+        print(host, r.returncode, r.stderr[-200:])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["crafted"]:
         write_crafted()
@@ -995,6 +1105,10 @@ if __name__ == "__main__":
         record_stun(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["record-dtls"] and len(sys.argv) == 3:
         record_dtls(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["record-tls-names"] and len(sys.argv) == 3:
+        record_tls_names(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["record-quic-names"] and len(sys.argv) == 3:
+        record_quic_names(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["real"] and len(sys.argv) == 3:
         write_real(Path(sys.argv[2]))
     else:

@@ -28,6 +28,7 @@ from tunnelwatch.classify import (  # voice apps and Teredo (issue 14)
     mgcp,
     mumble,
     n2n,
+    names,
     openvpn,
     openvpn_obfs,
     pptp,
@@ -92,6 +93,7 @@ REGISTRY: tuple[type[Classifier], ...] = (
     sshfwd.SshForward,
     fep.FullyEncrypted,
     common.Common,
+    names.Names,
 )
 
 

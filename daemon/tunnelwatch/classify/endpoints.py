@@ -1,6 +1,8 @@
-"""Endpoint intelligence: operator-supplied lists of known VPN provider, Tor relay and proxy addresses.
+"""Endpoint intelligence: operator-supplied lists of known VPN provider, Tor relay and proxy addresses
+and domains.
 
-Owns the list file formats (a YAML list with provider/klass/protocol and CIDR entries, or a plain text
+Owns the list file formats (a YAML list with provider/klass/protocol and CIDR or domain entries (matched
+against the flow's name: TLS SNI, QUIC SNI or DNS-learned, see names.py), or a plain text
 file of one address or CIDR per line whose labels come from the config), their strict loading with
 `file:line:col` problems, the `endpoints:` config section, a fast per-prefix-length index and the live,
 hot-reloadable set the daemon holds. A match is only ever a "list" verdict: the address is on a list,
@@ -20,6 +22,7 @@ from typing import Final, cast
 from yaml.nodes import MappingNode, Node
 
 from tunnelwatch.classify.base import NAME_RE
+from tunnelwatch.classify.domains import DomainIndex, domain_field, organisation_field
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import ICMP, ICMPV6, TCP, UDP, addr_text
 from tunnelwatch.config.yamlcheck import ConfigError, YamlReader, kind, relative_path
@@ -32,7 +35,8 @@ TRANSPORTS: Final = {"any": 0, "tcp": TCP, "udp": UDP}
 FORMATS: Final = ("yaml", "text")
 MAX_BYTES: Final = 64 * 1024 * 1024  # a list bigger than this is a mistake (or an attack on the box)
 _TOP: Final = ("name", "provider", "klass", "protocol", "description", "entries")
-_ENTRY: Final = ("address", "ports", "transport", "protocol")
+_ENTRY: Final = ("address", "domain", "organisation", "ports", "transport", "protocol", "provider", "klass",
+                 "source")
 _LABELS: Final = ("provider", "klass", "protocol")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -58,12 +62,20 @@ class EndpointsConfig:
 
 @dataclass(frozen=True)
 class Entry:
-    """One block of addresses, optionally limited to ports and a transport (0 = any)."""
+    """One block of addresses (or one domain pattern), optionally limited to ports and a transport (0 = any);
+    provider/klass/protocol, when set, override the list's for this entry."""
 
-    net: Network
+    net: Network | None
     ports: frozenset[int] = frozenset()
     transport: int = 0
     protocol: str = ""
+    #: a domain entry: the name (without "*.") and whether it covers the names below it
+    domain: str = ""
+    wildcard: bool = False
+    provider: str = ""
+    klass: str = ""
+    #: an organisation entry: the subject O= of a server certificate (compared case-insensitively)
+    organisation: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,21 +152,35 @@ def _net(r: YamlReader, node: Node, text: object) -> Network | None:
 
 def _entry(r: YamlReader, node: Node) -> Entry | None:
     if not isinstance(node, MappingNode):
-        net = _net(r, node, r.value(node))
-        return Entry(net) if net is not None else None
+        bare = _net(r, node, r.value(node))
+        return Entry(bare) if bare is not None else None
     f = r.mapping(node, _ENTRY, "entry")
-    if "address" not in f:
-        r.err(node, "entry needs address: IP or CIDR")
+    if sum(k in f for k in ("address", "domain", "organisation")) != 1:
+        r.err(node, "entry needs address: IP or CIDR, or domain: NAME or \"*.SUFFIX\", or organisation: "
+                    "CERTIFICATE O= (one of them)")
         return None
-    net = _net(r, f["address"], r.value(f["address"]))
+    net: Network | None = None
+    domain: tuple[str, bool] | None = None
+    org = ""
+    if "address" in f:
+        net = _net(r, f["address"], r.value(f["address"]))
+    elif "domain" in f:
+        domain = domain_field(r, f["domain"])
+    else:
+        org = organisation_field(r, f["organisation"])
     ports = [r.integer(n, "port", 1, 65535) for n in r.seq(f["ports"], "ports")] if "ports" in f else []
     tr = r.opt(f, "transport", lambda n: r.string(n, "transport", tuple(TRANSPORTS)), "any")
     proto = r.opt(f, "protocol", lambda n: r.string(n, "entry protocol"), "")
     if proto and not NAME_RE.match(proto):
         r.err(f["protocol"], f"protocol must match {NAME_RE.pattern}")
-    if net is None or None in ports:
+    provider = r.opt(f, "provider", lambda n: r.string(n, "entry provider"), "")
+    klass = r.opt(f, "klass", lambda n: r.string(n, "entry klass", LIST_KLASSES), "")
+    r.opt(f, "source", lambda n: r.string(n, "entry source"), "")  # where the facts come from: for people
+    if (net is None and domain is None and not org) or None in ports:
         return None
-    return Entry(net, frozenset(p for p in ports if p is not None), TRANSPORTS[tr], proto)
+    return Entry(net, frozenset(p for p in ports if p is not None), TRANSPORTS[tr], proto,
+                 domain[0] if domain else "", domain[1] if domain else False, provider or "", klass or "",
+                 org)
 
 
 def parse_yaml_list(text: str, path: str) -> EndpointList:
@@ -230,7 +256,11 @@ def load_list(src: ListSource) -> EndpointList:
     return parse_yaml_list(text, str(src.path)) if src.format == "yaml" else parse_text_list(text, src)
 
 
-Target = tuple[frozenset[int], int, str, EndpointList, Network]
+#: (ports, transport, protocol, list, entry, provider): what an index lookup finds
+Target = tuple[frozenset[int], int, str, EndpointList, Entry, str]
+#: how a flow's name was seen (names.py), as evidence says it
+_HOW: Final = {"sni": "TLS SNI", "quic-sni": "QUIC SNI", "dns": "learned from DNS",
+               "cert-org": "server certificate organisation"}
 
 
 class EndpointIndex:
@@ -238,13 +268,22 @@ class EndpointIndex:
 
     def __init__(self, lists: list[EndpointList]) -> None:
         self.count = sum(len(lst.entries) for lst in lists)
+        self.domains: DomainIndex[Target] = DomainIndex()
+        self.orgs: dict[str, list[Target]] = {}
         tables: dict[tuple[int, int], dict[int, list[Target]]] = {}
         for lst in lists:
             for e in lst.entries:
+                target = (e.ports, e.transport, e.protocol or lst.protocol, lst, e,
+                          e.provider or lst.provider)
+                if e.organisation:
+                    self.orgs.setdefault(e.organisation.casefold(), []).append(target)
+                    continue
+                if e.net is None:
+                    self.domains.add(e.domain, e.wildcard, target)
+                    continue
                 fam = e.net.version
                 t = tables.setdefault((fam, e.net.prefixlen), {})
-                t.setdefault(int(e.net.network_address), []).append(
-                    (e.ports, e.transport, e.protocol or lst.protocol, lst, e.net))
+                t.setdefault(int(e.net.network_address), []).append(target)
         self._fam: dict[int, tuple[tuple[int, dict[int, list[Target]]], ...]] = {}
         for fam, bits in ((4, 32), (6, 128)):
             lens = sorted((plen for f, plen in tables if f == fam), reverse=True)
@@ -274,10 +313,27 @@ class EndpointIndex:
         for addr, port in ((flow.dst, flow.dport), (flow.src, flow.sport)):
             t = self.lookup(addr, port, flow.proto)
             if t is not None:
-                _, _, protocol, lst, net = t
-                who = f" ({lst.provider})" if lst.provider else ""
-                return Verdict(lst.klass, protocol, "list",
-                               (f"{addr_text(addr)} is on endpoint list {lst.name}{who}, entry {net}",))
+                _, _, protocol, lst, e, provider = t
+                who = f" ({provider})" if provider else ""
+                return Verdict(cast(Klass, e.klass or lst.klass), protocol, "list",
+                               (f"{addr_text(addr)} is on endpoint list {lst.name}{who}, entry {e.net}",))
+        if flow.name is not None and (self.domains.count or self.orgs):
+            return self._name_match(flow, *flow.name)
+        return None
+
+    def _name_match(self, flow: Flow, name: str, how: str) -> Verdict | None:
+        """A "list" verdict when the flow's host name (SNI, QUIC SNI, DNS-learned) or its server
+        certificate's organisation is on a list."""
+        port = flow.dport
+        found = ((f"organisation {name}", t) for t in self.orgs.get(name.casefold(), ())) \
+            if how == "cert-org" else self.domains.candidates(name)
+        for pattern, t in found:
+            if (not t[0] or port in t[0]) and (not t[1] or t[1] == flow.proto):
+                _, _, protocol, lst, e, provider = t
+                who = f" ({provider})" if provider else ""
+                return Verdict(cast(Klass, e.klass or lst.klass), protocol, "list",
+                               (f"{name} ({_HOW.get(how, how)}) is on endpoint list {lst.name}{who}, "
+                                f"entry {pattern}",))
         return None
 
 

@@ -41,6 +41,7 @@ class Flow:
         "key",
         "last_ts",
         "limit",
+        "name",
         "packets",
         "payload_pkts",
         "pkts_dir",
@@ -94,6 +95,8 @@ class Flow:
         self.reopens = 0
         #: the last decision reported for it (the daemon reports a re-decision only when it changed)
         self.decided_as: tuple[str, ...] | None = None
+        #: the host name the flow goes to and how it was seen ("sni", "quic-sni", "dns"); see names.py
+        self.name: tuple[str, str] | None = None
 
     def direction(self, pkt: Packet) -> int:
         """0 for packets from the initiator, 1 for replies."""

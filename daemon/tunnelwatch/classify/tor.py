@@ -16,6 +16,7 @@ from typing import ClassVar, Final
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import TCP, Packet
+from tunnelwatch.classify.tlsname import client_hello_sni
 
 _SNI_RE: Final = re.compile(rb"www\.[a-z2-7]{4,25}\.com")
 _CERT_RE: Final = re.compile(rb"www\.[a-z2-7]{4,25}\.net")
@@ -43,39 +44,6 @@ def _cell_sizes() -> frozenset[int]:
 
 #: TCP payload sizes of packets that carry exactly k (1-3) Tor cells in TLS application-data records
 CELL_PACKET_SIZES: Final = _cell_sizes()
-
-
-def client_hello_sni(p: bytes) -> bytes | None:
-    """The server name in a TLS ClientHello record (first record of the packet), or None."""
-    n = len(p)
-    if n < 48 or p[0] != 0x16 or p[1] != 3 or p[5] != 1:
-        return None
-    pos = 5 + 4 + 2 + 32
-    pos += 1 + p[pos]  # session id
-    if pos + 2 > n:
-        return None
-    pos += 2 + ((p[pos] << 8) | p[pos + 1])  # cipher suites
-    if pos + 1 > n:
-        return None
-    pos += 1 + p[pos]  # compression methods
-    if pos + 2 > n:
-        return None
-    end = min(n, pos + 2 + ((p[pos] << 8) | p[pos + 1]))
-    pos += 2
-    for _ in range(64):  # bounded: a hostile hello cannot make us loop
-        if pos + 4 > end:
-            return None
-        etype = (p[pos] << 8) | p[pos + 1]
-        elen = (p[pos + 2] << 8) | p[pos + 3]
-        pos += 4
-        if etype == 0:
-            if pos + 5 > end or p[pos + 2] != 0:
-                return None
-            ln = (p[pos + 3] << 8) | p[pos + 4]
-            name = p[pos + 5:pos + 5 + ln]
-            return name if len(name) == ln else None
-        pos += elen
-    return None
 
 
 class Tor(Classifier):

@@ -16,9 +16,12 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from tunnelwatch.classify.endpoints import EndpointIndex, ListSource, load_list
 from tunnelwatch.classify.engine import DEFAULT_BUDGET, INLINE_BUDGET
+from tunnelwatch.config.yamlcheck import ConfigError
 from tunnelwatch.offline.classify import classify_file
 from tunnelwatch.offline.pcapfile import PcapError
 from tunnelwatch.verdict import FLAGGED, KLASSES
@@ -79,7 +82,7 @@ def ndpi_family(app: str) -> str:
 
 
 def evaluate(corpus: str, pcaps: Iterable[str] | None = None, progress: bool = True,
-             inline: bool = False) -> dict[str, Any]:
+             inline: bool = False, endpoints: EndpointIndex | None = None) -> dict[str, Any]:
     """Classify the corpus and compute agreement figures; `inline`: the daemon's view (kernelview.py)."""
     labels, groups = load_labels(os.path.join(corpus, "labels.tsv"))
     pcap_dir = os.path.join(corpus, "pcap")
@@ -94,7 +97,7 @@ def evaluate(corpus: str, pcaps: Iterable[str] | None = None, progress: bool = T
         try:
             budget = INLINE_BUDGET if inline else DEFAULT_BUDGET
             for r in classify_file(os.path.join(pcap_dir, name), progress=False, inline=inline,
-                                   budget=budget):
+                                   budget=budget, endpoints=endpoints):
                 packets += r["packets"]
                 k = _key(name, r["src"], r["sport"], r["dst"], r["dport"], _PROTO_NUM.get(r["transport"], -1))
                 prev = ours.get(k)
@@ -241,15 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="machine-readable result")
     ap.add_argument("--view", choices=("both", "offline", "inline"), default="both",
                     help="both (default): offline and inline side by side; or one view in full")
+    ap.add_argument("--endpoints", action="append", default=[], metavar="LIST.yaml",
+                    help="apply this YAML endpoint list (repeatable), e.g. config/endpoints/vpn-apps.yaml")
     ap.add_argument("pcaps", nargs="*", help="only these pcap names")
     a = ap.parse_args(argv)
     if not os.path.exists(os.path.join(a.corpus, "labels.tsv")):
         print(f"tunnelwatch-eval: no corpus at {a.corpus} (labels.tsv missing); nothing to evaluate",
               file=sys.stderr)
         return 0
+    try:
+        index = EndpointIndex([load_list(ListSource(Path(f))) for f in a.endpoints]) if a.endpoints else None
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 78
     tty = sys.stderr.isatty()
     views = ("offline", "inline") if a.view == "both" else (a.view,)
-    res = {v: evaluate(a.corpus, a.pcaps or None, progress=tty, inline=v == "inline") for v in views}
+    res = {v: evaluate(a.corpus, a.pcaps or None, progress=tty, inline=v == "inline",
+                          endpoints=index) for v in views}
     if a.json:
         json.dump(res if a.view == "both" else res[a.view], sys.stdout, indent=1)
         print()

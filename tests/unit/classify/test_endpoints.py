@@ -152,11 +152,11 @@ def _index(text: str = GOOD) -> EndpointIndex:
 def test_lookup_longest_prefix_with_ports_and_transport() -> None:
     idx = _index()
     hit = idx.lookup(SERVER, 1194, UDP)
-    assert hit is not None and hit[2] == "openvpn" and str(hit[4]) == "203.0.113.2/32"
+    assert hit is not None and hit[2] == "openvpn" and str(hit[4].net) == "203.0.113.2/32"
     # the /32 entry is UDP 1194 only: other ports and TCP fall back to the /24 (any port)
     for port, proto in ((1194, TCP), (443, UDP)):
         hit = idx.lookup(SERVER, port, proto)
-        assert hit is not None and hit[2] == "vpn_provider" and str(hit[4]) == "203.0.113.0/24"
+        assert hit is not None and hit[2] == "vpn_provider" and str(hit[4].net) == "203.0.113.0/24"
     assert idx.lookup(bytes([203, 0, 114, 2]), 1194, UDP) is None
     assert idx.lookup(bytes([192, 0, 2, 1]), 1194, UDP) is None
 
@@ -369,3 +369,72 @@ def test_enforcer_uses_reloads_and_watches_the_lists(tmp_path: Path) -> None:
     assert enf.engine.endpoints.lookup(OTHER, 1, TCP) is not None
     enf.apply(parse_config("log: {level: info}\n"), Registry())  # lists removed from the config
     assert enf.engine.endpoints is None
+
+
+# ---------------------------------------------------------------- domain entries
+
+DOMAINS = """provider: Apps
+klass: vpn_tunnel
+protocol: vpn_app
+entries:
+  - {domain: "*.vpn.example", provider: ExampleVPN, source: "https://example.org/list"}
+  - {domain: api.other.example, klass: proxy_obfuscated, protocol: other_proxy, ports: [443], transport: tcp}
+"""
+
+
+def test_domain_entries_parse_with_their_labels() -> None:
+    lst = parse_yaml_list(DOMAINS, "apps.yaml")
+    a, b = lst.entries
+    assert (a.net, a.domain, a.wildcard, a.provider) == (None, "vpn.example", True, "ExampleVPN")
+    assert (b.domain, b.wildcard, b.klass, b.protocol, b.ports, b.transport) == (
+        "api.other.example", False, "proxy_obfuscated", "other_proxy", frozenset({443}), TCP)
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ('{domain: "vpn.*.example"}', "l.yaml:5:14: domain 'vpn.*.example': a wildcard may only be a leading"),
+    ("{domain: com}", "l.yaml:5:14: domain 'com': 'com' is a top-level domain alone"),
+    ("{domain: -bad.example}", "l.yaml:5:14: domain '-bad.example': label '-bad' is not a valid DNS label"),
+    ("{domain: 192.0.2.1}", "l.yaml:5:14: domain '192.0.2.1': an IP address is an `address:` entry"),
+    ("{domain: a.example, address: 192.0.2.1}", "l.yaml:5:5: entry needs address: IP or CIDR, or domain"),
+    ("{domain: a.example, klass: benign}", "l.yaml:5:32: entry klass must be one of"),
+    ("{domain: a.example, colour: red}", "l.yaml:5:25: unknown key 'colour'"),
+])
+def test_bad_domain_entries_are_located(entry: str, expected: str) -> None:
+    problems = _problems(f"provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n  - {entry}\n")
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_domain_index_matches_names_most_specific_first() -> None:
+    idx = EndpointIndex([parse_yaml_list(DOMAINS + '  - {domain: "*.eu.vpn.example", provider: EU}\n',
+                                         "apps.yaml")])
+    got = [(p, t[5]) for p, t in idx.domains.candidates("a.eu.vpn.example")]
+    assert got == [("*.eu.vpn.example", "EU"), ("*.vpn.example", "ExampleVPN")]
+    assert [p for p, _ in idx.domains.candidates("vpn.example")] == ["*.vpn.example"]  # the apex too
+    assert list(idx.domains.candidates("vpn.example.evil")) == []
+    assert list(idx.domains.candidates("xvpn.example")) == []
+
+
+def test_shipped_vpn_app_catalogue_is_sourced_and_off_by_default() -> None:
+    import yaml
+
+    path = EXAMPLES / "vpn-apps.yaml"
+    lst = load_list(ListSource(path))
+    providers = {e.provider for e in lst.entries}
+    assert len(providers) >= 30 and all((e.domain or e.organisation) and e.net is None for e in lst.entries)
+    raw = yaml.safe_load(path.read_text())
+    assert all(str(e.get("source", "")).strip() for e in raw["entries"]), "every entry names its source"
+    shared = {"opera.com", "proton.me", "cloudflare.com", "google.com", "apple.com", "microsoft.com"}
+    assert not shared & {e.domain for e in lst.entries}, "shared platforms must not be listed"
+    cfg = parse_config((EXAMPLES.parent / "tunnelwatch.yaml").read_text(), "tunnelwatch.yaml")
+    assert cfg.endpoints.lists == ()  # off by default, like every list
+
+
+def test_organisation_entries() -> None:
+    lst = parse_yaml_list("provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n"
+                          "  - {organisation: Windscribe, provider: W}\n", "l.yaml")
+    assert lst.entries[0].organisation == "Windscribe" and lst.entries[0].net is None
+    problems = _problems("provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n  - {organisation: ''}\n")
+    assert problems == ["l.yaml:5:20: organisation must be a non-empty string (got '')"], problems
+    head = "provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n"
+    problems = _problems(head + "  - {organisation: " + "x" * 200 + "}\n")
+    assert any(p.startswith("l.yaml:5:20: organisation must be 1-128 characters") for p in problems), problems

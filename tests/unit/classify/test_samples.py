@@ -14,6 +14,7 @@ import pytest
 
 from tunnelwatch.classify import REGISTRY, classifier_names
 from tunnelwatch.classify.base import CONFIDENCES
+from tunnelwatch.classify.endpoints import EndpointIndex, ListSource, load_list
 from tunnelwatch.offline.classify import classify_file
 
 CAPTURES = Path(__file__).resolve().parents[2] / "data" / "captures"
@@ -21,7 +22,7 @@ INDEX = CAPTURES / "samples.toml"
 SAMPLES: list[dict[str, Any]] = tomllib.loads(INDEX.read_text())["sample"]
 PROTOCOLS = {c.name: set(c.protocols) for c in REGISTRY}
 KLASSES = {c.name: c.klass for c in REGISTRY}
-SAMPLE_KEYS = {"file", "positive", "near_miss", "made", "budget", "flows"}
+SAMPLE_KEYS = {"file", "positive", "near_miss", "made", "budget", "flows", "endpoints"}
 FLOW_KEYS = {"flow", "src", "sport", "count", "what", "expect", "evidence", "never", "at_most"}
 
 
@@ -80,7 +81,9 @@ def show(r: dict[str, Any]) -> str:
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s["file"] for s in SAMPLES])
 def test_sample_verdicts(sample: dict[str, Any], view: str) -> None:
     """`inline`: the daemon's view of the same capture (what the kernel rules would queue)."""
-    kw = {"budget": sample["budget"]} if "budget" in sample else {}
+    kw: dict[str, Any] = {"budget": sample["budget"]} if "budget" in sample else {}
+    if "endpoints" in sample:  # endpoint lists the sample is classified with (paths relative to this folder)
+        kw["endpoints"] = EndpointIndex([load_list(ListSource(CAPTURES / p)) for p in sample["endpoints"]])
     records = list(classify_file(str(CAPTURES / sample["file"]), progress=False, inline=view == "inline",
                                  **kw))
     specs = [FlowSpec.parse(f) for f in sample["flows"]]

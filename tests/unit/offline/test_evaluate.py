@@ -75,3 +75,21 @@ def test_offline_and_inline_side_by_side(corpus: Path, capsys: pytest.CaptureFix
     assert ipsec.split() == ["ipsec", "2", "2", "2", "2", "2"]  # the kernel's view keeps every IKE flow
     assert "flows of benign captures flagged: offline 1, inline 1" in out
     assert "flagged offline, not inline (the daemon would miss them): 0" in out
+
+
+def test_endpoint_lists_apply_and_a_bad_list_is_refused(corpus: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--endpoints`: the corpus is classified with the lists (make eval passes the VPN app catalogue)."""
+    from tunnelwatch.classify.endpoints import EndpointIndex, parse_yaml_list
+
+    lst = "provider: Lab\nklass: vpn_tunnel\nprotocol: lab_vpn\nentries:\n  - 203.0.113.2/32\n"
+    idx = EndpointIndex([parse_yaml_list(lst, "lab.yaml")])
+    res = evaluate(str(corpus), progress=False, endpoints=idx)
+    assert any(v.startswith("vpn_tunnel/") for v in res["flagged"].values())
+    assert res["confusion"].get("voip->vpn_tunnel", 0) == 0  # confirmed SIP keeps its own verdict
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("provider: P\nklass: vpn_tunnel\nprotocol: x1\nentries:\n  - {domain: com}\n")
+    assert main(["--corpus", str(corpus), "--endpoints", str(bad)]) == 78
+    assert "bad.yaml:5:14: domain 'com'" in capsys.readouterr().err
+    shipped = Path(__file__).resolve().parents[3] / "config" / "endpoints" / "vpn-apps.yaml"
+    assert main(["--corpus", str(corpus), "--view", "offline", "--endpoints", str(shipped)]) == 0
