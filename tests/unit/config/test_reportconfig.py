@@ -87,9 +87,10 @@ def test_uplink_client_key_readable_by_others_is_refused(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("url", "msg"), [
     ("http://collector.example", "tw.yaml:1:24: report.uplink.url must be https://host[:port][/path] "
-                                 "(got 'http://collector.example'); reports and registries only travel "
-                                 "over TLS"),
-    ("https://", "tw.yaml:1:24: report.uplink.url must be https://host[:port][/path] (got 'https://')"),
+                                 "or mqtts://host[:port] (MQTT 5 over TLS) (got 'http://collector.example'); "
+                                 "reports and registries only travel over TLS"),
+    ("https://", "tw.yaml:1:24: report.uplink.url must be https://host[:port][/path] or mqtts://host[:port] "
+                 "(MQTT 5 over TLS) (got 'https://')"),
     ("https://x:99999/", "tw.yaml:1:24: report.uplink.url has a bad port (got 'https://x:99999/')"),
 ])
 def test_the_uplink_url_must_be_https_with_a_host(url: str, msg: str) -> None:
