@@ -261,7 +261,7 @@ class MqttUplink(Uplink):
             self._acks[mid] = (rc.value, rc.getName())
 
     def _on_log(self, _c: mqtt.Client, _ud: Any, level: int, buf: str) -> None:
-        if level == mqtt.MQTT_LOG_ERR:
+        if level == mqtt.MQTT_LOG_ERR and not self._why:  # the first error says why; later ones echo it
             self._why = buf[:300]
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
