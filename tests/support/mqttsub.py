@@ -74,7 +74,8 @@ class Client:
         self.c.loop_stop()
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, timeout: float = 10.0) -> int:
-        """Publish at QoS 1 and wait for the PUBACK; its reason code (0 = accepted)."""
+        """Publish at QoS 1 and wait for the PUBACK; its reason code (below 0x80 = accepted; 0x10: accepted,
+        nobody subscribed)."""
         done = threading.Event()
         codes: list[int] = []
 

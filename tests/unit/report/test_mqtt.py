@@ -1,0 +1,117 @@
+"""The MQTT uplink without a broker: PUBACK reason codes to outcomes, topic-safe device ids, what the
+constructor refuses, the transport chosen from the config, check-config refusing a bad MQTT uplink, and
+hostile broker messages that never raise. (Against a real mosquitto: tests/integration/test_mqtt_*.py.)"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from support.pki import Pki, make_pki
+from tunnelwatch.cli import main
+from tunnelwatch.config.runconfig import parse_config
+from tunnelwatch.report.links import build_uplink
+from tunnelwatch.report.mqtt import MqttUplink, events_topic, judge_puback, registry_topic, topic_safe
+from tunnelwatch.report.spool import Spool
+from tunnelwatch.report.uplink import Uplink
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    sp = Spool(str(tmp_path / "spool.db"))
+    try:
+        yield sp
+    finally:
+        sp.close()
+
+
+@pytest.mark.parametrize(("code", "kind"), [
+    (0x00, "ok"), (0x10, "ok"),  # success; no matching subscribers (the broker still took it)
+    (0x87, "permanent"), (0x90, "permanent"),  # not authorized, topic name invalid: configuration
+    (0x95, "smaller"), (0x99, "reject"),  # packet too large; payload format invalid
+    (0x80, "retry"), (0x83, "retry"), (0x97, "retry"),  # unspecified, implementation specific, quota
+])
+def test_puback_reason_codes(code: int, kind: str) -> None:
+    out = judge_puback(code, "name", "tunnelwatch/v1/x/events")
+    assert out.kind == kind
+    if kind == "permanent":
+        assert "tunnelwatch/v1/x/events" in out.message and f"0x{code:02x}" in out.message
+
+
+def test_topics_and_device_ids() -> None:
+    assert events_topic("cpe-1") == "tunnelwatch/v1/cpe-1/events"
+    assert registry_topic("cpe-1") == "tunnelwatch/v1/cpe-1/registry"
+    assert topic_safe("cpe-1") and topic_safe("0123456789abcdef")
+    for bad in ("", "a/b", "+", "a#", "x\0", "line\nbreak", "x" * 129):
+        assert not topic_safe(bad), bad
+
+
+def test_constructor_refusals(pki: Pki, spool: Spool) -> None:
+    ok = {"url": "mqtts://127.0.0.1:8883", "ca_file": str(pki.ca), "client_cert": str(pki.client_cert),
+          "client_key": str(pki.client_key), "device_id": "cpe-1"}
+    assert isinstance(MqttUplink(spool, **ok), Uplink)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs client_cert and client_key"):
+        MqttUplink(spool, **{**ok, "client_cert": None, "client_key": None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot be an MQTT topic level"):
+        MqttUplink(spool, **{**ok, "device_id": "a/+"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be mqtts://"):
+        MqttUplink(spool, **{**ok, "url": "https://127.0.0.1/"})  # type: ignore[arg-type]
+
+
+def test_the_config_chooses_the_transport(pki: Pki, spool: Spool) -> None:
+    pki.client_key.chmod(0o600)
+    mq = parse_config(f"report: {{uplink: {{url: 'mqtts://127.0.0.1', ca_file: '{pki.ca}', "
+                      f"client_cert: '{pki.client_cert}', client_key: '{pki.client_key}'}}}}\n").report.uplink
+    https = parse_config("report: {uplink: {url: 'https://127.0.0.1'}}\n").report.uplink
+    assert type(build_uplink(spool, mq, "cpe-1")) is MqttUplink
+    assert type(build_uplink(spool, https, "cpe-1")) is Uplink
+
+
+def test_check_config_refuses_a_bad_mqtt_uplink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tunnelwatch.yaml"
+    cfg.write_text("report:\n  uplink:\n    url: 'mqtts://broker.example'\n    keepalive: 1\n")
+    assert main(["check-config", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert f"{cfg}:3:10: report.uplink.url mqtts:// needs client_cert and client_key" in err
+    assert f"{cfg}:4:16: report.uplink.keepalive must be" in err
+
+
+def _message(topic: str, payload: bytes) -> mqtt.MQTTMessage:
+    m = mqtt.MQTTMessage(topic=topic.encode())
+    m.payload = payload
+    return m
+
+
+def test_hostile_broker_messages_never_raise(pki: Pki, spool: Spool, caplog: pytest.LogCaptureFixture
+                                             ) -> None:
+    got: list[bytes] = []
+
+    def sink(body: bytes) -> None:
+        got.append(body)
+        if body == b"boom":
+            raise RuntimeError("a bug in the sink")
+
+    up = MqttUplink(spool, url="mqtts://127.0.0.1", ca_file=str(pki.ca), client_cert=str(pki.client_cert),
+                    client_key=str(pki.client_key), device_id="cpe-1", registry_sink=sink)
+    on_message = up._on_message
+    with caplog.at_level(logging.ERROR):
+        on_message(None, None, _message("tunnelwatch/v1/cpe-2/registry", b"other box"))  # type: ignore[arg-type]
+        on_message(None, None, _message("tunnelwatch/v1/cpe-1/events", b"\x00" * 10))  # type: ignore[arg-type]
+        on_message(None, None, _message("tunnelwatch/v1/cpe-1/registry", b""))  # type: ignore[arg-type]
+        on_message(None, None, _message("tunnelwatch/v1/cpe-1/registry", b"boom"))  # type: ignore[arg-type]
+        on_message(None, None, _message("tunnelwatch/v1/cpe-1/registry", b"\xff" * 5000))  # type: ignore[arg-type]
+        broken = _message("tunnelwatch/v1/cpe-1/registry", b"x")
+        broken.payload = None  # type: ignore[assignment]  # whatever paho hands over, nothing escapes
+        on_message(None, None, broken)  # type: ignore[arg-type]
+    assert got == [b"boom", b"\xff" * 5000]  # only this box's registry topic, not the empty clear
+    assert "registry message from the MQTT broker not handled" in caplog.text
+    assert up.stats()["registry_messages"] == 4
