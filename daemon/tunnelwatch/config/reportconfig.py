@@ -226,7 +226,7 @@ def _mqtt_checks(r: YamlReader, f: dict[str, Node], url: str | None, cert: Path 
                                    "authenticates the box by its client certificate")
         return
     for k in ("keepalive", "session_expiry"):
-        if k in f:
+        if k in f and url is not None:  # with no url at all they wait, harmless, for an mqtts:// one
             r.err(f[k], f"report.uplink.{k} only applies to an mqtts:// uplink url")
 
 

@@ -64,7 +64,8 @@ def test_report_defaults_are_off_and_in_the_state_dir() -> None:
 def test_the_shipped_example_lists_every_report_option() -> None:
     text = EXAMPLE.read_text()
     for key in ("state_dir", "heartbeat", "spool", "path", "max_events", "max_bytes", "retention_days",
-                "uplink", "url", "ca_file", "client_cert", "client_key", "batch_size", "max_rate", "ipfix",
+                "uplink", "url", "ca_file", "client_cert", "client_key", "batch_size", "max_rate",
+                "keepalive", "session_expiry", "ipfix",
                 "collector",
                 "transport", "enterprise", "registry_sync", "public_key", "interval", "privacy",
                 "subscriber_addresses", "key_file", "subscriber_nets"):
