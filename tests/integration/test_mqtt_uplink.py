@@ -6,6 +6,7 @@ documents over MQTT: tests/integration/test_mqtt_registry.py."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -44,7 +45,7 @@ path, url, ca, cert, key, device, batch, rate = sys.argv[1:9]
 sp = Spool(path)
 up = MqttUplink(sp, url=url, ca_file=ca, client_cert=cert, client_key=key, device_id=device,
                 batch_size=int(batch), max_rate=float(rate), timeout=5.0, backoff_max=0.2, backoff_base=0.02,
-                idle_poll=0.05)
+                idle_poll=0.05, cut_file=path + ".cut")
 up.start()
 ok = up.wait_for(lambda s: s["backlog"] == 0, 60)
 up.stop()
@@ -273,15 +274,23 @@ def test_another_boxs_certificate_cannot_publish_on_this_boxs_topic(mq: Mosquitt
         own_spool.close()
 
 
-def test_a_certificate_from_another_ca_is_refused_at_the_handshake(mq: Mosquitto, spool: Spool) -> None:
+def test_a_certificate_from_another_ca_is_refused_at_the_handshake(mq: Mosquitto, spool: Spool,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     spool.put_many(_flows(2))
     up = MqttUplink(spool, url=mq.url, ca_file=str(mq.ca), client_cert=str(mq.pki.rogue_cert),
                     client_key=str(mq.pki.rogue_key), device_id=DEVICE, **FAST)
-    up.start()
-    try:
-        assert up.wait_for(lambda s: s["failures"] >= 2, 20), up.stats()
-    finally:
-        up.stop()
-    err = up.stats()["last_error"]
-    assert "refused our client certificate: TLSV1_ALERT_UNKNOWN_CA" in err, err
-    assert spool.backlog() == 2
+    with caplog.at_level(logging.WARNING):
+        up.start()
+        try:
+            assert up.wait_for(lambda s: s["failures"] >= 5, 20), up.stats()
+        finally:
+            up.stop()
+    assert spool.backlog() == 2 and up.stats()["sent_events"] == 0
+    assert "certificate verify failed" in mq.log_text()
+    # TLS 1.3 sends the alert after the handshake: now and then the socket is gone before it is read,
+    # and the line then says so instead of naming the alert
+    for line in caplog.messages:
+        assert ("MQTT broker refused our client certificate: TLSV1_ALERT_UNKNOWN_CA" in line
+                or "MQTT broker closed the connection before CONNACK (our client certificate refused?" in line
+                ), line
+    assert caplog.messages

@@ -13,9 +13,11 @@ from tunnelwatch.report.uplink import SpoolLike, Uplink
 
 
 def build_uplink(spool: SpoolLike, up: UplinkConfig, device_id: str,
-                 registry_sink: Callable[[bytes], None] | None = None) -> Uplink:
+                 registry_sink: Callable[[bytes], None] | None = None, cut_file: Path | None = None
+                 ) -> Uplink:
     """The configured uplink (not started); raise ValueError/OSError on a bad url, CA or client key.
-    registry_sink receives registry documents the MQTT broker pushes (ignored over HTTPS)."""
+    MQTT only: registry_sink receives the registry documents the broker pushes; cut_file keeps the cut
+    of the batch in flight so that a restarted box re-sends it under the same batch id."""
     if up.url is None:
         raise ValueError("no report.uplink.url")
     if up.transport == "mqtt":
@@ -24,7 +26,7 @@ def build_uplink(spool: SpoolLike, up: UplinkConfig, device_id: str,
         return MqttUplink(spool, url=up.url, ca_file=_s(up.ca_file), client_cert=_s(up.client_cert),
                           client_key=_s(up.client_key), device_id=device_id, batch_size=up.batch_size,
                           max_rate=up.max_rate, keepalive=up.keepalive, session_expiry=up.session_expiry,
-                          registry_sink=registry_sink)
+                          registry_sink=registry_sink, cut_file=_s(cut_file))
     return Uplink(spool, url=up.url, ca_file=_s(up.ca_file), client_cert=_s(up.client_cert),
                   client_key=_s(up.client_key), token=up.token, batch_size=up.batch_size,
                   max_rate=up.max_rate, device_id=device_id)

@@ -18,9 +18,11 @@ sends can raise out of a callback.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
@@ -38,7 +40,7 @@ from tunnelwatch.report.uplink import (
     backoff_delay,
     describe_error,
 )
-from tunnelwatch.report.wire import WIRE_SCHEMA, Outcome
+from tunnelwatch.report.wire import WIRE_SCHEMA, Outcome, batch_id_for, encode_batch
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,8 @@ class MqttUplink(Uplink):
                  client_key: str | None, device_id: str, batch_size: int = 500, max_rate: float = 50.0,
                  timeout: float = 30.0, backoff_max: float = 300.0, backoff_base: float = 1.0,
                  idle_poll: float = 1.0, keepalive: int = KEEPALIVE, session_expiry: int = SESSION_EXPIRY,
-                 registry_sink: RegistrySink | None = None, rng: random.Random | None = None) -> None:
+                 registry_sink: RegistrySink | None = None, cut_file: str | None = None,
+                 rng: random.Random | None = None) -> None:
         if not client_cert or not client_key:
             raise ValueError("the MQTT uplink needs client_cert and client_key: the broker knows a box by "
                              "its certificate (mutual TLS)")
@@ -113,6 +116,7 @@ class MqttUplink(Uplink):
         self._pending: tuple[str, int] | None = None  # (batch id, mid) published and not acknowledged
         self._idle_attempt = 0
         self._next_idle_connect = 0.0
+        self._cut_file = cut_file
         self._stats.update(connected=False, registry_messages=0)
 
     # -- the Uplink hooks ----------------------------------------------------------------------------------
@@ -157,7 +161,30 @@ class MqttUplink(Uplink):
                 self._next_idle_connect = time.monotonic() + backoff_delay(
                     self._idle_attempt, base=self._backoff_base, cap=self._backoff_max, rng=self._rng)
                 self._idle_attempt += 1
-        return super()._next_batch()
+        batch = super()._next_batch()
+        return self._same_cut(batch) if batch is not None and self._cut_file else batch
+
+    def _same_cut(self, batch: _Batch) -> _Batch:
+        """Cut the batch where the one in flight when the process died ended, so that a batch re-sent
+        after a kill -9 carries its old batch id even when events were spooled since; then record the
+        cut of this batch before it is published (a page-cache write: it must outlive the process)."""
+        assert self._cut_file is not None
+        try:
+            last = int(Path(self._cut_file).read_text().strip() or "0")
+        except (OSError, ValueError):
+            last = 0
+        if batch.rowids[0] <= last < batch.rowids[-1]:
+            n = sum(1 for r in batch.rowids if r <= last)
+            events = batch.events[:n]
+            bid = batch_id_for(self._device, events)
+            batch = _Batch(batch.rowids[:n], events, bid, encode_batch(bid, self._device, events))
+        try:
+            tmp = f"{self._cut_file}.tmp"
+            Path(tmp).write_text(f"{batch.rowids[-1]}\n")
+            os.replace(tmp, self._cut_file)
+        except OSError as exc:  # only the batch id of a re-send is at stake, never an event
+            log.debug("uplink: cannot record the batch cut in %s: %s", self._cut_file, exc)
+        return batch
 
     def _abort_connection(self) -> None:
         pass  # the thread polls in 0.1 s steps and sees the stop flag itself
@@ -190,7 +217,7 @@ class MqttUplink(Uplink):
                 return Outcome("retry", f"no CONNACK from the MQTT broker within {self._timeout:g}s")
             rc = client.loop(0.1)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not self._up and not self._why.startswith("refused"):
-                return Outcome("retry", self._lost())
+                return Outcome("retry", self._lost(before_connack=True))
         return None
 
     def _new_client(self) -> mqtt.Client:
@@ -228,11 +255,16 @@ class MqttUplink(Uplink):
             self._up = False
         return self._up
 
-    def _lost(self) -> str:
+    def _lost(self, before_connack: bool = False) -> str:
         why = self._why or "connection lost"
         alert = next((a for a in _CLIENT_CERT_ALERTS if a in why), None)
         if alert is not None:
             return f"MQTT broker refused our client certificate: {alert}"
+        if before_connack:
+            # TLS 1.3 verifies the client certificate after the handshake: the broker's alert and its
+            # close race our CONNECT, and often only the close is seen
+            return ("MQTT broker closed the connection before CONNACK (our client certificate refused? "
+                    f"the broker's log says): {why}")
         return f"MQTT broker: {why}"
 
     # -- paho callbacks (run inside client.loop(), in the uplink thread) -----------------------------------

@@ -142,7 +142,8 @@ class Reporter:
         assert up.url is not None
         try:
             sink = self.registry_sink if self.cfg.report.registry_sync.public_key else None
-            self.uplink = build_uplink(self.spool, up, self.device_id, sink)
+            self.uplink = build_uplink(self.spool, up, self.device_id, sink,
+                                       sc.path.with_name(sc.path.name + ".cut"))
             self.uplink.start()
         except (OSError, ValueError) as exc:  # e.g. an unreadable CA or client key
             log.error("report uplink: %s; events stay in the spool", exc)

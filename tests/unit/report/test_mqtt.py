@@ -14,10 +14,12 @@ import pytest
 from support.pki import Pki, make_pki
 from tunnelwatch.cli import main
 from tunnelwatch.config.runconfig import parse_config
+from tunnelwatch.report.events import make_event
 from tunnelwatch.report.links import build_uplink
 from tunnelwatch.report.mqtt import MqttUplink, events_topic, judge_puback, registry_topic, topic_safe
 from tunnelwatch.report.spool import Spool
 from tunnelwatch.report.uplink import Uplink
+from tunnelwatch.report.wire import batch_id_for
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +117,31 @@ def test_hostile_broker_messages_never_raise(pki: Pki, spool: Spool, caplog: pyt
     assert got == [b"boom", b"\xff" * 5000]  # only this box's registry topic, not the empty clear
     assert "registry message from the MQTT broker not handled" in caplog.text
     assert up.stats()["registry_messages"] == 4
+
+
+
+def test_a_restarted_sender_cuts_its_first_batch_where_the_lost_one_ended(pki: Pki, spool: Spool,
+                                                                          tmp_path: Path) -> None:
+    events = [make_event("daemon_stopped", device_id="cpe-1", reason=f"r{i}", uptime_s=1.0)
+              for i in range(10)]
+    spool.put_many(events[:4])
+    cut = tmp_path / "spool.db.cut"
+
+    def sender() -> MqttUplink:
+        return MqttUplink(spool, url="mqtts://127.0.0.1", ca_file=str(pki.ca),
+                          client_cert=str(pki.client_cert), client_key=str(pki.client_key),
+                          device_id="cpe-1", cut_file=str(cut))
+
+    first = sender()
+    b1 = first._same_cut(Uplink._next_batch(first))  # type: ignore[arg-type]
+    assert len(b1.events) == 4 and cut.read_text() == f"{b1.rowids[-1]}\n"
+    # the process dies before the PUBACK; six more events are spooled before the restart
+    spool.put_many(events[4:])
+    again = sender()
+    b2 = again._same_cut(Uplink._next_batch(again))  # type: ignore[arg-type]
+    assert b2.batch_id == b1.batch_id == batch_id_for("cpe-1", events[:4]) and b2.body == b1.body
+    spool.ack(b2.rowids)
+    b3 = again._same_cut(Uplink._next_batch(again))  # type: ignore[arg-type]
+    assert b3.events == events[4:]  # past the old cut: the whole rest
+    cut.write_text("garbage")  # a damaged cut file costs nothing but the cut
+    assert again._same_cut(Uplink._next_batch(again)).events == events[4:]  # type: ignore[arg-type]
