@@ -61,13 +61,24 @@ def _acl() -> str:
 class Mosquitto:
     """One mosquitto instance with its config, PKI, ACL, persistence and log under `d`."""
 
-    def __init__(self, d: Path, port: int | None = None, autosave_interval: int = 1) -> None:
+    def __init__(self, d: Path, port: int | None = None, autosave_interval: int = 1, host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
+        """`host`/`netns`: listen on another address inside a network namespace (the lab's server side);
+        the broker's certificate then names that address."""
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is needed for the MQTT tests (apt-get install mosquitto)")
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
         self.dir = d
+        self.host = host
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.port = port if port is not None else free_port()
         self.pki = make_pki(d)
         self.ca = self.pki.ca
+        server_cert, server_key = self.pki.server_cert, self.pki.server_key
+        if host != "127.0.0.1":
+            server_cert, server_key = leaf(d, "ca", "broker", f"subjectAltName=IP:{host}\n"
+                                           "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
         self.log = d / "mosquitto.log"
         self.conf = d / "mosquitto.conf"
         (d / "persist").mkdir(exist_ok=True)
@@ -84,11 +95,11 @@ class Mosquitto:
             f"allow_anonymous false\n"
             f"acl_file {d / 'acl'}\n"
             f"max_queued_messages 100000\n"
-            f"listener {self.port} 127.0.0.1\n"
+            f"listener {self.port} {host}\n"
             f"protocol mqtt\n"
             f"cafile {self.pki.ca}\n"
-            f"certfile {self.pki.server_cert}\n"
-            f"keyfile {self.pki.server_key}\n"
+            f"certfile {server_cert}\n"
+            f"keyfile {server_key}\n"
             f"require_certificate true\n"
             f"use_identity_as_username true\n")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,7 +108,7 @@ class Mosquitto:
     @property
     def url(self) -> str:
         """The broker's address as the box config spells it."""
-        return f"mqtts://127.0.0.1:{self.port}"
+        return f"mqtts://{self.host}:{self.port}"
 
     def device(self, name: str) -> tuple[Path, Path]:
         """(certificate, key) of a client whose CN (and so MQTT username) is `name`, signed by the CA."""
@@ -111,17 +122,19 @@ class Mosquitto:
         return self._devices[name]
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start mosquitto (same port and persistence as before) and wait until it accepts TCP."""
+        """Start mosquitto (same port and persistence as before) and wait until it says it is running
+        (it logs that once its listener is open)."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        runs = self.log_text().count(" running")
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([*self.prefix, "mosquitto", "-c", str(self.conf)], stdout=log,
+                                         stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited {self.proc.returncode}: {self.log_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            if self.log_text().count(" running") > runs:
                 return
             time.sleep(0.05)
         self.stop(kill=True)
@@ -163,8 +176,6 @@ class Mosquitto:
 @contextlib.contextmanager
 def broker(d: Path, port: int | None = None) -> Iterator[Mosquitto]:
     """A started Mosquitto in d (created if missing), stopped on exit even when the body fails."""
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
     b = Mosquitto(d, port)
     try:
         b.start()
