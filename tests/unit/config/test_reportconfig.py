@@ -203,3 +203,13 @@ def test_an_mqtt_uplink_takes_no_bearer_token(tmp_path: Path) -> None:
                          f"    client_key: b\n    token_file: '{tok}'\n")
     assert any(p.startswith("tw.yaml:6:17: report.uplink.token_file is for an https:// collector")
                for p in problems), problems
+
+
+def test_check_config_summary_says_the_registry_also_comes_over_mqtt() -> None:
+    from tunnelwatch.config.runconfig import report_summary
+
+    text = (f"report: {{uplink: {{url: 'mqtts://b.example', client_cert: a, client_key: b}}, "
+            f"registry_sync: {{public_key: '{KEY}'}}}}\n")
+    lines = report_summary(parse_config(text).report)
+    assert "report uplink: mqtts://b.example (mTLS)" in lines and "registry sync: pushed over MQTT" in lines
+    assert "registry sync: off" in report_summary(parse_config("report: {}\n").report)
