@@ -215,7 +215,7 @@ class MqttUplink(Uplink):
                 return Outcome("retry", "stopping")
             if time.monotonic() > deadline:
                 return Outcome("retry", f"no CONNACK from the MQTT broker within {self._timeout:g}s")
-            rc = client.loop(0.1)
+            rc = _loop(client, 0.1, self)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not self._up and not self._why.startswith("refused"):
                 return Outcome("retry", self._lost(before_connack=True))
         return None
@@ -251,7 +251,7 @@ class MqttUplink(Uplink):
         c = self._client
         if c is None:
             return False
-        if c.loop(timeout) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if _loop(c, timeout, self) != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._up = False
         return self._up
 
@@ -298,7 +298,12 @@ class MqttUplink(Uplink):
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            if msg.topic != self._reg_topic or self._sink is None:
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a broker that breaks it is ignored
+                log.warning("uplink: the MQTT broker sent a message with a topic that is not UTF-8; ignored")
+                return
+            if topic != self._reg_topic or self._sink is None:
                 return
             self._update(registry_messages=self._stats["registry_messages"] + 1)
             if not msg.payload:
@@ -306,6 +311,19 @@ class MqttUplink(Uplink):
             self._sink(bytes(msg.payload))
         except Exception:  # a broker's message, or a bug in the sink, must not end the uplink
             log.exception("uplink: registry message from the MQTT broker not handled")
+
+
+def _loop(client: mqtt.Client, timeout: float, up: MqttUplink) -> MQTTErrorCode:
+    """client.loop(), with whatever a malformed packet makes paho raise turned into a lost connection."""
+    try:
+        return client.loop(timeout)
+    except Exception as exc:  # hostile or broken broker bytes: drop the connection, keep the thread
+        up._why = up._why or f"malformed packet from the MQTT broker: {type(exc).__name__}: {str(exc)[:200]}"
+        try:
+            client.disconnect()
+        except Exception:
+            log.debug("uplink: MQTT disconnect after a malformed packet failed", exc_info=True)
+        return MQTTErrorCode.MQTT_ERR_PROTOCOL
 
 
 def _publish_props(batch_id: str) -> Properties:
