@@ -1,11 +1,13 @@
 """The real daemon in the lab router reporting over MQTT: mosquitto (TLS, client certificates, per-device
 ACL) and an ingest subscriber in the server namespace, reached through the WAN. The daemon's events arrive
-on its topic; then kill -9 of the daemon while a PUBLISH waits for its PUBACK (the broker frozen with
-SIGSTOP), broker resumed, daemon restarted: every spooled event arrives, duplicates only as a repeated
-batch id, and the spool ends empty after SIGTERM."""
+on its topic and the ISP's retained signed registry (published with mosquitto_pub) is applied; then kill -9
+of the daemon while a PUBLISH waits for its PUBACK (the broker frozen with SIGSTOP), broker resumed,
+daemon restarted: every spooled event arrives, duplicates only as a repeated batch id, and the spool ends
+empty after SIGTERM."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -16,17 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.mosquitto import INGEST_IDENTITY, Mosquitto
 from support.netns import SERVER_IP, Lab, lab, require_tools
 from support.spool import spool_events
+from tunnelwatch.policy.regsync import sign_document
 
 pytestmark = pytest.mark.integration
 
-TOOLS = ("iptables", "ip6tables", "iptables-save", "iptables-restore", "openssl", "mosquitto", "ss")
+TOOLS = ("iptables", "ip6tables", "iptables-save", "iptables-restore", "openssl", "mosquitto",
+         "mosquitto_pub", "ss")
 QUEUE = 9
 DEVICE = "tw-lab-mqtt"
 PORT = 8883
+REG = "registrations:\n  - id: PTA-1\n    servers: [203.0.113.10]\n"
 # The ISP's ingest in the server namespace: a persistent shared subscription; one JSON line per batch.
 INGEST = """
 import gzip, json, ssl, sys
@@ -56,9 +63,21 @@ c.loop_forever()
 """
 
 
-def _config(tmp: Path, mq: Mosquitto) -> Path:
-    cert, key = mq.device(DEVICE)
-    key.chmod(0o600)
+def _publish_registry(lb: Lab, tmp: Path, mq: Mosquitto, key: Ed25519PrivateKey) -> None:
+    """The ISP publishes the box's signed registry, retained, with mosquitto_pub from the server side."""
+    doc = tmp / "registry-v1.json"
+    doc.write_bytes(sign_document(key, 1, REG, device=DEVICE))
+    cert, ckey = mq.device(INGEST_IDENTITY)
+    lb.run(lb.server, "mosquitto_pub", "-h", SERVER_IP, "-p", str(PORT), "--cafile", str(mq.ca), "--cert",
+           str(cert), "--key", str(ckey), "-V", "mqttv5", "-q", "1", "-r",
+           "-t", f"tunnelwatch/v1/{DEVICE}/registry", "-f", str(doc))
+
+
+def _config(tmp: Path, mq: Mosquitto, key: Ed25519PrivateKey) -> Path:
+    cert, ckey = mq.device(DEVICE)
+    ckey.chmod(0o600)
+    pub = base64.b64encode(key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                         serialization.PublicFormat.Raw)).decode()
     cfg = tmp / "tunnelwatch.yaml"
     (tmp / "registry.yaml").write_text("registrations: []\n")
     cfg.write_text(f"queue: {{num: {QUEUE}, packets: 16}}\n"
@@ -72,7 +91,8 @@ def _config(tmp: Path, mq: Mosquitto) -> Path:
                    "  state_dir: state\n"
                    "  heartbeat: 1\n"
                    f"  uplink: {{url: '{mq.url}', ca_file: {mq.ca},\n"
-                   f"           client_cert: {cert}, client_key: {key}}}\n")
+                   f"           client_cert: {cert}, client_key: {ckey}}}\n"
+                   f"  registry_sync: {{public_key: '{pub}'}}\n")
     return cfg
 
 
@@ -117,10 +137,16 @@ def test_daemon_over_mqtt_survives_kill9_mid_publish(tmp_path: Path) -> None:
             lb.spawn(lb.server, [sys.executable, "-c", INGEST, SERVER_IP, str(PORT), str(mq.ca), str(icert),
                                  str(ikey)], "ingest")
             lb.wait_for_log("ingest", "subscribed [1]", timeout=15)
-            cfg = _config(tmp_path, mq)
+            key = Ed25519PrivateKey.generate()
+            _publish_registry(lb, tmp_path, mq, key)  # before the box connects: it is retained
+            cfg = _config(tmp_path, mq, key)
             _start_daemon(lb, cfg, "daemon")
             got = _wait_batches(lb, lambda b: "daemon_started" in _kinds(b)
                                 and _kinds(b).count("heartbeat") >= 2, "daemon_started and two heartbeats")
+            # the retained registry came down the same connection and the daemon applied it
+            got = _wait_batches(lb, lambda b: "registry_changed" in _kinds(b), "registry_changed")
+            assert (tmp_path / "registry.yaml").read_text() == REG
+            lb.wait_for_log("daemon", "registry sync: version 1 applied")
             assert all(b["topic"] == f"tunnelwatch/v1/{DEVICE}/events" and b["device_id"] == DEVICE
                        for b in got)
 
