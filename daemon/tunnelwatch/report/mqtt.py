@@ -117,7 +117,8 @@ class MqttUplink(Uplink):
         self._idle_attempt = 0
         self._next_idle_connect = 0.0
         self._cut_file = cut_file
-        self._stats.update(connected=False, registry_messages=0)
+        self._unrouted_run = False
+        self._stats.update(connected=False, registry_messages=0, unrouted_batches=0)
 
     # -- the Uplink hooks ----------------------------------------------------------------------------------
     def _post(self, batch: _Batch) -> Outcome:
@@ -148,7 +149,21 @@ class MqttUplink(Uplink):
                 return Outcome("retry", self._lost())
         code, name = self._acks.pop(mid)
         self._pending = None
+        self._note_unrouted(code == 0x10)
         return judge_puback(code, name, self._topic)
+
+    def _note_unrouted(self, unrouted: bool) -> None:
+        # 0x10 "no matching subscribers": the broker took the batch and will give it to nobody. It counts as
+        # sent (a broker feeding a rule engine or bridge says 0x10 too), but the ISP has to hear of it once
+        if unrouted:
+            if not self._unrouted_run:
+                log.warning("uplink: the MQTT broker took batches but no subscriber matched %s (PUBACK "
+                            "0x10): they are lost unless something else consumes them; the ingest needs a "
+                            "persistent subscription", self._topic)
+            self._unrouted_run = True
+            self._update(unrouted_batches=self._stats["unrouted_batches"] + 1)
+        else:
+            self._unrouted_run = False
 
     def _next_batch(self) -> _Batch | None:
         # the idle loop also keeps the session alive: PINGs, the registry subscription, a reconnect
