@@ -19,6 +19,11 @@ every box's registry topic. Mosquitto denies a publish the ACL forbids silently 
 
 Persistence (`persistence true`) sits in the dir and is written on a clean stop (SIGTERM) and every
 `autosave_interval` seconds, so a stop()/start() keeps persistent sessions and their queued messages.
+Caveat measured with Debian's mosquitto 2.0.11: a plain subscription of a persistent session survives a
+restart, a `$share/...` one does NOT (it is back only once the client subscribes again); what is
+published before that gets PUBACK 0x10 "no matching subscribers" and is dropped. An ingest must
+subscribe again on every (re)connect, and a restart test must let it do so before boxes publish.
+`Mosquitto(d, host=..., netns=...)` runs it inside a network namespace (the lab's server side).
 """
 
 from __future__ import annotations
