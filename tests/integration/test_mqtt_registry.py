@@ -22,7 +22,8 @@ from tunnelwatch.appliance.state import StatusState
 from tunnelwatch.config.runconfig import parse_config
 from tunnelwatch.policy.regsync import sign_document
 from tunnelwatch.policy.syncer import RegistrySyncer
-from tunnelwatch.report.mqtt import MqttUplink, registry_topic
+from tunnelwatch.report.mqtt import MqttUplink
+from tunnelwatch.report.mqttwire import registry_topic
 from tunnelwatch.report.reporter import Reporter
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,8 @@ from tunnelwatch.cli import main
 from tunnelwatch.config.runconfig import parse_config
 from tunnelwatch.report.events import make_event
 from tunnelwatch.report.links import build_uplink
-from tunnelwatch.report.mqtt import MqttUplink, events_topic, judge_puback, registry_topic, topic_safe
+from tunnelwatch.report.mqtt import MqttUplink
+from tunnelwatch.report.mqttwire import events_topic, judge_puback, registry_topic, topic_safe
 from tunnelwatch.report.spool import Spool
 from tunnelwatch.report.uplink import Uplink
 from tunnelwatch.report.wire import batch_id_for
