@@ -17,6 +17,8 @@ TEST_PKGS := systemd iperf3 nfdump tshark tcpdump strongswan strongswan-swanctl 
 	pptpd pptp-linux baresip psmisc chromium kamailio kamailio-tls-modules coturn tinc n2n fastd iodine \
 	ptunnel ocserv openconnect shadowsocks-libev v2ray obfs4proxy openssh-server openssh-client faketime \
 	prometheus mumble-server
+# MQTT uplink tests: a real broker and its CLI clients
+TEST_PKGS += mosquitto mosquitto-clients
 APT_PKGS := $(BASE_PKGS) $(DEMO_PKGS) $(TEST_PKGS)
 # Kernel modules the rules need (a stock Debian kernel loads most on demand; a container may have them built
 # in or not be allowed to load them: then the daemon's own start-up check says what is missing).

@@ -53,6 +53,13 @@ class UplinkConfig:
     token: str | None = field(default=None, repr=False)  # the secret itself: never logged
     batch_size: int = 500
     max_rate: float = 50.0
+    keepalive: int = 60  # MQTT only: seconds between PINGs on an idle connection
+    session_expiry: int = 7 * 86_400  # MQTT only: how long the broker keeps the box's session offline
+
+    @property
+    def transport(self) -> str:
+        """"mqtt" for an mqtts:// url (report/mqtt.py), else "https" (report/uplink.py)."""
+        return "mqtt" if (self.url or "").startswith("mqtts://") else "https"
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def _path(r: YamlReader, f: dict[str, Node], key: str, what: str, path: str, def
     return relative_path(f[key], s, path) if s is not None else default
 
 
-def _https(r: YamlReader, f: dict[str, Node], what: str) -> str | None:
+def _https(r: YamlReader, f: dict[str, Node], what: str, mqtt: bool = False) -> str | None:
     if "url" not in f or _null(r, f["url"]):
         return None
     s = r.string(f["url"], what)
@@ -126,9 +133,14 @@ def _https(r: YamlReader, f: dict[str, Node], what: str) -> str | None:
         parts = urlsplit(s)
     except ValueError:  # e.g. "https://[]/" or "https://[x]/": urlsplit checks bracketed hosts itself
         parts = urlsplit("")
-    if parts.scheme != "https" or not parts.hostname:
-        r.err(f["url"], f"{what} must be https://host[:port][/path] (got {kind(f['url'])}); reports and "
-                        "registries only travel over TLS")
+    if mqtt and parts.scheme == "mqtts" and parts.hostname and parts.path.strip("/"):
+        r.err(f["url"], f"{what} is mqtts://host[:port] with no path: the topics are fixed "
+                        f"(tunnelwatch/v1/<device id>/...) (got {kind(f['url'])})")
+        return None
+    if parts.scheme not in (("https", "mqtts") if mqtt else ("https",)) or not parts.hostname:
+        alt = " or mqtts://host[:port] (MQTT 5 over TLS)" if mqtt else ""
+        r.err(f["url"], f"{what} must be https://host[:port][/path]{alt} (got {kind(f['url'])}); reports "
+                        "and registries only travel over TLS")
         return None
     try:
         parts.port  # noqa: B018 - raises on a bad port
@@ -170,9 +182,9 @@ def _key_exposed(key: Path) -> str:
 
 def _uplink(r: YamlReader, node: Node, path: str) -> UplinkConfig:
     f = r.mapping(node, ("url", "ca_file", "client_cert", "client_key", "token_file", "batch_size",
-                         "max_rate"), "report.uplink")
+                         "max_rate", "keepalive", "session_expiry"), "report.uplink")
     b = UplinkConfig()
-    url = _https(r, f, "report.uplink.url")
+    url = _https(r, f, "report.uplink.url", mqtt=True)
     cert = _path(r, f, "client_cert", "report.uplink.client_cert", path, None)
     key = _path(r, f, "client_key", "report.uplink.client_key", path, None)
     if key is not None and "client_key" in f:
@@ -197,10 +209,29 @@ def _uplink(r: YamlReader, node: Node, path: str) -> UplinkConfig:
         else:
             r.err(f["max_rate"], f"report.uplink.max_rate must be a number of batches per second between "
                                  f"0.01 and 10000 (got {kind(f['max_rate'])})")
+    _mqtt_checks(r, f, url, cert)
     return UplinkConfig(
         url, _path(r, f, "ca_file", "report.uplink.ca_file", path, None), cert, key, token_file, token,
         r.opt(f, "batch_size", lambda n: r.integer(n, "report.uplink.batch_size", 1, 10_000), b.batch_size),
-        rate)
+        rate,
+        r.opt(f, "keepalive", lambda n: r.integer(n, "report.uplink.keepalive", 5, 3600), b.keepalive),
+        r.opt(f, "session_expiry", lambda n: r.integer(n, "report.uplink.session_expiry", 60, 2**32 - 2),
+              b.session_expiry))
+
+
+def _mqtt_checks(r: YamlReader, f: dict[str, Node], url: str | None, cert: Path | None) -> None:
+    """What an mqtts:// uplink needs (a client certificate) and what only it takes (keepalive, ...)."""
+    if url is not None and url.startswith("mqtts://"):
+        if cert is None and "client_cert" not in f and "client_key" not in f:
+            r.err(f["url"], "report.uplink.url mqtts:// needs client_cert and client_key: the broker "
+                            "knows a box by its certificate (its CN is the device id)")
+        if "token_file" in f and not _null(r, f["token_file"]):
+            r.err(f["token_file"], "report.uplink.token_file is for an https:// collector; an MQTT broker "
+                                   "authenticates the box by its client certificate")
+        return
+    for k in ("keepalive", "session_expiry"):
+        if k in f and url is not None:  # with no url at all they wait, harmless, for an mqtts:// one
+            r.err(f[k], f"report.uplink.{k} only applies to an mqtts:// uplink url")
 
 
 def _collector(r: YamlReader, node: Node) -> tuple[str, int] | None:

@@ -354,6 +354,8 @@ def report_summary(rep: ReportConfig) -> list[str]:
         "report uplink: " + (f"{up.url} ({auth})" if up.url else "off (report.uplink.url is null)"),
         "report ipfix: " + (f"{ipf.collector[0]}:{ipf.collector[1]}/{ipf.transport}, PEN {ipf.enterprise}"
                             if ipf.collector else "off"),
-        "registry sync: " + (f"{sync.url} every {sync.interval} s" if sync.url else "off"),
+        "registry sync: " + ", ".join(
+            [f"{sync.url} every {sync.interval} s"] * bool(sync.url)
+            + ["pushed over MQTT"] * bool(sync.public_key and up.transport == "mqtt") or ["off"]),
         f"privacy: subscriber addresses {priv.subscriber_addresses}{nets}",
     ]

@@ -76,6 +76,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
     device_id = str(app.state.snapshot()["device_id"])
     reporter = Reporter(cfg, app.state, device_id, qstats.summary_ms)
     syncer = RegistrySyncer(app.state, device_id, reporter.event, lambda: _poke(sig.wfd))
+    reporter.registry_sink = syncer.offer  # registry documents an MQTT broker pushes, verified by the syncer
     sup = Supervisor(cfg, registry, path, rules, app, notifier, enforcer.apply, reporter=reporter,
                      syncer=syncer, verbose=verbose)
     kstats = KernelStats(rules, app.state, sup.event)  # fail-open and flood counters, off the packet path

@@ -6,8 +6,9 @@ packet path never waits); a writer thread builds the events (privacy applied fir
 spool in batches (`put_many`: one fsync per batch) and kicks the uplink. IPFIX gets its own queue and
 thread because a TCP collector may stall. Registry sync is the policy side's (policy/syncer.py).
 
-Without report.uplink.url the spool is not opened at all: nobody would ever drain it, and an SD card
-should not be written for nothing. A spool that cannot be opened leaves the daemon enforcing, health
+The uplink is HTTPS or MQTT by report.uplink.url's scheme (report/links.py). Without report.uplink.url
+the spool is not opened at all: nobody would ever drain it, and an SD card should not be written for
+nothing. A spool that cannot be opened leaves the daemon enforcing, health
 "degraded", reporting off. IPFIX is exported when the flow is decided, with the packets/bytes the daemon
 had seen by then (only the first queue.packets packets reach userspace, so the counters are partial).
 """
@@ -21,7 +22,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from tunnelwatch import __version__
@@ -80,6 +80,8 @@ class Reporter:
         self.warnings: list[str] = []
         self.stop_wait = STOP_WAIT
         self.degraded: str | None = None  # why reporting is impaired (None = fine or off by config)
+        #: where registry documents pushed over the MQTT uplink go (the policy side's RegistrySyncer.offer)
+        self.registry_sink: Callable[[bytes], None] | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -118,8 +120,8 @@ class Reporter:
             self.privacy = Pseudonymizer("omit", None, subscriber_nets=nets)
 
     def _open_spool(self) -> None:
+        from tunnelwatch.report.links import build_uplink
         from tunnelwatch.report.spool import Spool, SpoolError
-        from tunnelwatch.report.uplink import Uplink
 
         sc, up = self.cfg.report.spool, self.cfg.report.uplink
         try:
@@ -139,10 +141,9 @@ class Reporter:
             log.warning("report: the spool was corrupt; moved aside to %s", self.spool.recovered)
         assert up.url is not None
         try:
-            self.uplink = Uplink(self.spool, url=up.url, ca_file=_s(up.ca_file),
-                                 client_cert=_s(up.client_cert), client_key=_s(up.client_key),
-                                 token=up.token, batch_size=up.batch_size,
-                                 max_rate=up.max_rate, device_id=self.device_id)
+            sink = self.registry_sink if self.cfg.report.registry_sync.public_key else None
+            self.uplink = build_uplink(self.spool, up, self.device_id, sink,
+                                       sc.path.with_name(sc.path.name + ".cut"))
             self.uplink.start()
         except (OSError, ValueError) as exc:  # e.g. an unreadable CA or client key
             log.error("report uplink: %s; events stay in the spool", exc)
@@ -385,7 +386,3 @@ class Reporter:
 
 def _attempted_after(n: int) -> Callable[[dict[str, Any]], bool]:
     return lambda s: bool(s["attempts"] > n)
-
-
-def _s(p: Path | None) -> str | None:
-    return str(p) if p is not None else None

@@ -101,18 +101,22 @@ class _Batch:
 class Uplink:
     """A background thread draining a Spool to the ISP's collector over HTTPS."""
 
+    #: the URL scheme and default port this sender speaks (report/mqtt.py's subclass: mqtts, 8883)
+    SCHEME = "https"
+    DEFAULT_PORT = 443
+
     def __init__(self, spool: SpoolLike, *, url: str, ca_file: str | None, client_cert: str | None,
                  client_key: str | None, token: str | None, batch_size: int = 500, max_rate: float = 50.0,
                  timeout: float = 30.0, backoff_max: float = 300.0, device_id: str,
                  backoff_base: float = 1.0, idle_poll: float = 2.0, rng: random.Random | None = None) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"uplink url must be https://host[:port][/prefix], got {url!r}")
+        if parts.scheme != self.SCHEME or not parts.hostname:
+            raise ValueError(f"uplink url must be {self.SCHEME}://host[:port][/prefix], got {url!r}")
         if batch_size < 1 or max_rate <= 0 or timeout <= 0 or backoff_max < 0:
             raise ValueError("batch_size >= 1, max_rate > 0, timeout > 0, backoff_max >= 0 required")
         self._spool = spool
         self._host = parts.hostname
-        self._port = parts.port or 443
+        self._port = parts.port or self.DEFAULT_PORT
         self._path = parts.path.rstrip("/") + EVENTS_PATH
         self._ctx = client_context(ca_file, client_cert, client_key)
         self._has_cert = bool(client_cert)

@@ -64,7 +64,8 @@ def test_report_defaults_are_off_and_in_the_state_dir() -> None:
 def test_the_shipped_example_lists_every_report_option() -> None:
     text = EXAMPLE.read_text()
     for key in ("state_dir", "heartbeat", "spool", "path", "max_events", "max_bytes", "retention_days",
-                "uplink", "url", "ca_file", "client_cert", "client_key", "batch_size", "max_rate", "ipfix",
+                "uplink", "url", "ca_file", "client_cert", "client_key", "batch_size", "max_rate",
+                "keepalive", "session_expiry", "ipfix",
                 "collector",
                 "transport", "enterprise", "registry_sync", "public_key", "interval", "privacy",
                 "subscriber_addresses", "key_file", "subscriber_nets"):
@@ -87,9 +88,10 @@ def test_uplink_client_key_readable_by_others_is_refused(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("url", "msg"), [
     ("http://collector.example", "tw.yaml:1:24: report.uplink.url must be https://host[:port][/path] "
-                                 "(got 'http://collector.example'); reports and registries only travel "
-                                 "over TLS"),
-    ("https://", "tw.yaml:1:24: report.uplink.url must be https://host[:port][/path] (got 'https://')"),
+                                 "or mqtts://host[:port] (MQTT 5 over TLS) (got 'http://collector.example'); "
+                                 "reports and registries only travel over TLS"),
+    ("https://", "tw.yaml:1:24: report.uplink.url must be https://host[:port][/path] or mqtts://host[:port] "
+                 "(MQTT 5 over TLS) (got 'https://')"),
     ("https://x:99999/", "tw.yaml:1:24: report.uplink.url has a bad port (got 'https://x:99999/')"),
 ])
 def test_the_uplink_url_must_be_https_with_a_host(url: str, msg: str) -> None:
@@ -156,3 +158,58 @@ def test_a_relative_spool_path_follows_the_config_file(tmp_path: Path) -> None:
     cfg.write_text("report: {spool: {path: spool/events.db}, min_confidence: list}\n")
     rep = load_config(cfg).report
     assert rep.spool.path == tmp_path / "spool" / "events.db" and rep.min_confidence == "list"
+
+
+def test_an_mqtts_uplink_with_its_certificate_and_session_settings(tmp_path: Path) -> None:
+    key = tmp_path / "box.key"
+    key.write_text("k")
+    key.chmod(0o600)
+    text = (f"report: {{uplink: {{url: 'mqtts://broker.isp.example:8883', client_cert: c.pem, "
+            f"client_key: '{key}', keepalive: 30, session_expiry: 3600}}}}\n")
+    up = parse_config(text, "tw.yaml").report.uplink
+    assert up.transport == "mqtt" and up.url == "mqtts://broker.isp.example:8883"
+    assert (up.keepalive, up.session_expiry, up.client_key) == (30, 3600, key)
+    https = parse_config("report: {uplink: {url: 'https://c.example'}}\n").report.uplink
+    assert https.transport == "https" and (https.keepalive, https.session_expiry) == (60, 7 * 86_400)
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ("report: {uplink: {url: 'mqtt://b.example'}}\n",
+     "tw.yaml:1:24: report.uplink.url must be https://host[:port][/path] or mqtts://host[:port]"),
+    ("report: {uplink: {url: 'mqtts://b.example'}}\n",
+     "tw.yaml:1:24: report.uplink.url mqtts:// needs client_cert and client_key: the broker knows a box by "
+     "its certificate"),
+    ("report: {uplink: {url: 'mqtts://b.example/topic', client_cert: a, client_key: b}}\n",
+     "tw.yaml:1:24: report.uplink.url is mqtts://host[:port] with no path"),
+    ("report: {uplink: {url: 'mqtts://b.example:70000', client_cert: a, client_key: b}}\n",
+     "tw.yaml:1:24: report.uplink.url has a bad port"),
+    ("report: {uplink: {url: 'https://c.example', keepalive: 30}}\n",
+     "tw.yaml:1:56: report.uplink.keepalive only applies to an mqtts:// uplink url"),
+    ("report: {uplink: {url: 'mqtts://b.example', client_cert: a, client_key: b, session_expiry: 5}}\n",
+     "tw.yaml:1:92: report.uplink.session_expiry must be"),
+    ("report: {uplink: {url: 'mqtts://b.example', client_cert: a, client_key: b, keepalive: 'x'}}\n",
+     "tw.yaml:1:87: report.uplink.keepalive must be"),
+])
+def test_a_bad_mqtt_uplink_is_refused_with_its_location(text: str, msg: str) -> None:
+    problems = _problems(text)
+    assert any(p.startswith(msg) for p in problems), problems
+
+
+def test_an_mqtt_uplink_takes_no_bearer_token(tmp_path: Path) -> None:
+    tok = tmp_path / "t.token"
+    tok.write_text("secret\n")
+    tok.chmod(0o600)
+    problems = _problems(f"report:\n  uplink:\n    url: 'mqtts://b.example'\n    client_cert: a\n"
+                         f"    client_key: b\n    token_file: '{tok}'\n")
+    assert any(p.startswith("tw.yaml:6:17: report.uplink.token_file is for an https:// collector")
+               for p in problems), problems
+
+
+def test_check_config_summary_says_the_registry_also_comes_over_mqtt() -> None:
+    from tunnelwatch.config.runconfig import report_summary
+
+    text = (f"report: {{uplink: {{url: 'mqtts://b.example', client_cert: a, client_key: b}}, "
+            f"registry_sync: {{public_key: '{KEY}'}}}}\n")
+    lines = report_summary(parse_config(text).report)
+    assert "report uplink: mqtts://b.example (mTLS)" in lines and "registry sync: pushed over MQTT" in lines
+    assert "registry sync: off" in report_summary(parse_config("report: {}\n").report)

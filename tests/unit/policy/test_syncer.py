@@ -47,6 +47,11 @@ class _FakeSync:
     def current_version(self) -> int:
         return self.version
 
+    def apply(self, body: bytes) -> SyncResult | None:
+        """A pushed document (offer): the next scripted result, whatever the body."""
+        self.kw.setdefault("bodies", []).append(body)
+        return self.sync_once()
+
     def sync_once(self) -> SyncResult | None:
         self.calls.set()
         if not self.results:
@@ -189,3 +194,49 @@ def test_a_stale_registry_is_reported_once_per_change_and_shown() -> None:
     fake.stale_reason = None  # a renewed document: shown fresh again, nothing to report
     s.check_stale(fake)  # type: ignore[arg-type]
     assert s.state.snapshot().get("registry_stale") is None and len(events) == 2
+
+
+def _push_cfg(tmp: Path) -> RunConfig:
+    (tmp / "registry.yaml").write_text("[]\n")
+    return parse_config(f"report:\n  state_dir: {tmp}\n  registry_sync: {{public_key: '{KEY}'}}\n"
+                        f"registry: {tmp / 'registry.yaml'}\n")
+
+
+def test_push_only_sync_has_no_thread_and_takes_offered_documents(tmp_path: Path) -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+    woken = threading.Event()
+    s = _syncer(events, wake=woken.set)
+    before = len(_regsync_threads())
+    try:
+        s.start(_push_cfg(tmp_path))
+        (fake,) = _FakeSync.made
+        assert fake.kw["url"] == syncer_mod.PUSH_ONLY and len(_regsync_threads()) == before
+        good = SyncResult(True, True, 8, "applied version 8")
+        bad = SyncResult(False, False, 9, "bad signature")
+        fake.results = [good, bad]
+        s.offer(b"doc-8")
+        assert woken.is_set() and s.take() is good
+        s.offer(b"doc-9")
+        assert s.take() is None and events == [("registry_rejected", {
+            "source": "sync", "reason": "bad signature", "version": 9, "current_version": 7})]
+        assert fake.kw["bodies"] == [b"doc-8", b"doc-9"]
+    finally:
+        s.stop()
+
+
+def test_a_document_offered_before_start_is_handled_by_start(tmp_path: Path) -> None:
+    s = _syncer()
+    s.offer(b"early")  # the MQTT uplink may connect before the syncer starts
+    _FakeSync.made.clear()
+    s.start(_push_cfg(tmp_path))
+    (fake,) = _FakeSync.made
+    assert fake.kw["bodies"] == [b"early"]
+    s.stop()
+
+
+def test_an_offer_without_sync_configured_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                     ) -> None:
+    s = _syncer()
+    s.start(_cfg(tmp_path, url=None))
+    s.offer(b"doc")
+    assert s.take() is None and _FakeSync.made == [] and "ignored" in caplog.text
