@@ -132,11 +132,15 @@ def test_bad_requests_do_not_kill_the_server(served: tuple[StatusState, StatusSe
                 b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello", b"\x16\x03\x01\x00\xff" * 20, b"",
                 b"GET /%00%ff?token=%zz HTTP/1.0\r\nAuthorization: Bearer\r\n\r\n"):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(raw)
-            s.shutdown(socket.SHUT_WR)
             reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
+            try:
+                s.sendall(raw)
+                s.shutdown(socket.SHUT_WR)
+                while chunk := s.recv(65536):
+                    reply += chunk
+            except (ConnectionResetError, BrokenPipeError, OSError) as exc:
+                # the server may refuse an oversized request and close before we finish writing it
+                assert len(raw) > 8192, f"{raw[:20]!r}: {exc}"
         # HTTP/0.9-style garbage gets a bare error page, as http.server does
         assert reply == b"" or reply.startswith((b"HTTP/1.0 ", b"<!DOCTYPE HTML>")), raw[:20]
         assert b"cpe-42" not in reply
