@@ -93,7 +93,7 @@ fresh-check:
 	tests/fresh/run.sh
 
 eval: $(VENV)/.stamp
-	$(BIN)/python -m tunnelwatch.offline.evaluate --corpus $(CORPUS) --endpoints config/endpoints/vpn-apps.yaml
+	$(BIN)/python -m tunnelwatch.offline.evaluate --corpus $(CORPUS) --endpoints config/endpoints/vpn-apps.yaml --endpoints config/endpoints/voice-apps.yaml
 
 bench: $(VENV)/.stamp
 	$(BIN)/pip install -q 'nfstream==6.6.0' 'py-spy==0.4.3'

@@ -831,6 +831,17 @@ def names_nm(cap: Capture) -> None:
     cap.tcp(40012, 443, [(0, t_tls.client_hello(None)), (1, t_cert.flight("Example Hosting Ltd"))])
 
 
+@sample("voice-names")
+def voice_names(cap: Capture) -> None:
+    # a Webex client's TLS to its media/signalling host (the SNI nDPI's webex.pcap shows)
+    cap.tcp(40000, 443, [(0, t_tls.client_hello(b"radcom.webex.com")), (1, rnd(1200))])
+    # Webex media to an address of Cisco's published Webex subnet 62.109.192.0/18, no name on the wire
+    cap.udp(40001, 9000, [(0, rnd(160)), (1, rnd(160)), (0, rnd(160))], s="62.109.229.158")
+    # near misses: the catalogue's suffix inside another domain, and Signal's chat (only its calls are listed)
+    cap.tcp(40002, 443, [(0, t_tls.client_hello(b"webex.com.example.net")), (1, rnd(1200))])
+    cap.tcp(40003, 443, [(0, t_tls.client_hello(b"chat.signal.org")), (1, rnd(1200))])
+
+
 def write_crafted() -> None:
     for n, (name, build) in enumerate(SAMPLES.items()):
         _seed(1000 + n)
