@@ -101,7 +101,10 @@ class IngestProc:
 
 @contextlib.contextmanager
 def ingests(d: Path, broker: Mosquitto, conninfo: str, n: int = 2) -> Any:
-    """n started ingest processes; always stopped on exit."""
+    """n started ingest processes `ingest-0` ...; always stopped on exit. The ids are the same in every
+    test on purpose: mosquitto keeps an offline instance's persistent session in the shared group and
+    queues its share of the messages there, so each test must bring back every instance a previous test
+    used on that broker (as an operator restarts instances under their ids)."""
     procs = [IngestProc(d, broker, conninfo, f"ingest-{i}") for i in range(n)]
     try:
         for p in procs:

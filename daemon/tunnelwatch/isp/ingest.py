@@ -150,13 +150,26 @@ class Ingest:
         self._client.ack(msg.mid, msg.qos)
 
     def _work(self) -> None:
+        next_probe = 0.0
         while not self.stop_event.is_set():
             try:
                 generation, msg = self._queue.get(timeout=0.2)
             except queue.Empty:
+                if not self.stats.db_up and time.monotonic() > next_probe:
+                    # idle and the database was down: find out whether it is back (for the stats)
+                    next_probe = time.monotonic() + self.opts.retry_max
+                    self._probe()
                 continue
             if self._handle(msg):
                 self._ack(generation, msg)
+
+    def _probe(self) -> None:
+        try:
+            self.store.ensure_schema()
+        except DatabaseDown:
+            return
+        log.info("database available")
+        self._set(db_up=True)
 
     def _handle(self, msg: mqtt.MQTTMessage) -> bool:
         """Process one message until it is stored or refused (True: acknowledge), or until stop (False)."""
@@ -197,19 +210,15 @@ class Ingest:
         return False
 
     def run(self) -> int:
-        """Prepare the database, connect, and consume until stop_event is set."""
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.store.ensure_schema()
-                break
-            except DatabaseDown as exc:
-                if time.monotonic() > deadline or self.stop_event.is_set():
-                    log.error("database unavailable at start: %s", exc)
-                    return 1
-                self.stop_event.wait(1)
+        """Prepare the database (if it is up), connect, and consume until stop_event is set."""
+        try:
+            self.store.ensure_schema()
+            self._set(db_up=True)
+        except DatabaseDown as exc:
+            # consume anyway: the worker keeps each batch un-acknowledged until the database is back
+            log.error("database unavailable at start, will retry with the first batch: %s", exc)
+            self._set(db_errors=1, last_error=str(exc))
         self._prune()
-        self._set(db_up=True)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # unannotated in paho
         props.SessionExpiryInterval = self.opts.session_expiry
         props.ReceiveMaximum = self.opts.inflight

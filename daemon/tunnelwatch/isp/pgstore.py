@@ -51,6 +51,7 @@ class PgStore:
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._days: set[date] = set()
+        self._schema_ok = False
         self._lock = threading.Lock()
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -87,6 +88,7 @@ class PgStore:
         if row is None or row[0] != str(pgschema.SCHEMA_VERSION):
             raise RuntimeError(f"database schema version {row[0] if row else None}, "
                                f"this ingest writes {pgschema.SCHEMA_VERSION}")
+        self._schema_ok = True
         today = datetime.now(UTC).date()
         self._ensure_days(conn, {today + timedelta(days=i) for i in range(self.days_ahead + 1)})
 
@@ -106,6 +108,8 @@ class PgStore:
             return self._run(lambda conn: self._store(conn, rows, device_id))
 
     def _store(self, conn: psycopg.Connection[Any], rows: Sequence[Row], device_id: str) -> Stored:
+        if not self._schema_ok:  # the database was down when the ingest started
+            self._ensure_schema(conn)
         self._ensure_days(conn, {pgschema.utc_day(r.ts) for r in rows})
         stored = 0
         try:
