@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inflight", type=int, default=100,
                    help="unacknowledged messages at most (Receive Maximum)")
     p.add_argument("--keep-days", type=int, default=90, help="retention: partitions older are dropped")
+    p.add_argument("--session-expiry", type=int, default=7 * 86400,
+                   help="seconds the broker keeps this instance's session (and its share) while it is away")
     p.add_argument("--retry-max", type=float, default=5.0, help="longest wait between database retries (s)")
     p.add_argument("--stats-file", help="write the counters here as JSON after every batch")
     p.add_argument("--log-level", default="info")
@@ -278,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         host, port, tls = broker_address(a.broker)
     except ValueError as exc:
         p.error(str(exc))
-    if not 1 <= a.inflight <= 65535 or a.keep_days < 1:
-        p.error("--inflight must be 1..65535 and --keep-days at least 1")
+    if not 1 <= a.inflight <= 65535 or a.keep_days < 1 or not 0 <= a.session_expiry <= 0xFFFFFFFF:
+        p.error("--inflight must be 1..65535, --keep-days at least 1, --session-expiry 0..4294967295")
     ing = Ingest(Options(host, port, tls, a.ca, a.cert, a.key,
-                         a.client_id, a.db, inflight=a.inflight, keep_days=a.keep_days, retry_max=a.retry_max,
+                         a.client_id, a.db, inflight=a.inflight, session_expiry=a.session_expiry,
+                         keep_days=a.keep_days, retry_max=a.retry_max,
                          stats_file=a.stats_file))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: ing.stop_event.set())
