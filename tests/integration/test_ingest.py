@@ -340,3 +340,25 @@ def test_retention_drops_whole_old_days(pg: Postgres) -> None:
     finally:
         store.close()
 
+
+
+def test_the_collector_stores_into_the_same_database_and_asks_for_a_retry_when_it_is_down(
+        pg: Postgres, mq: Mosquitto, tmp_path: Path) -> None:
+    pki = mq.pki
+    cert, key = mq.device("https-a")
+    c = Collector("", cert=str(pki.server_cert), key=str(pki.server_key), client_ca=str(pki.ca),
+                  bind_device=True, database=pg.conninfo)
+    c.start()
+    try:
+        assert _post(c, pki.ca, cert, key, "https-a") == 200
+        assert _post(c, pki.ca, cert, key, "https-b") == 403
+        assert len(_ids(pg, ["https-a"])) == 1 and _ids(pg, ["https-b"]) == []
+        pg.stop()
+        try:
+            assert _post(c, pki.ca, cert, key, "https-a") == 503
+        finally:
+            pg.start()
+        assert _post(c, pki.ca, cert, key, "https-a") == 200
+        assert len(_ids(pg, ["https-a"])) == 2
+    finally:
+        c.stop()

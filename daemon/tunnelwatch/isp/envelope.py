@@ -35,6 +35,10 @@ class BatchError(ValueError):
     """A batch refused as a whole (bad encoding, shape or identity)."""
 
 
+class StoreDown(Exception):
+    """The store cannot take a batch now (its database is down): the sender must retry later."""
+
+
 @dataclass(frozen=True)
 class Row:
     """One event as stored: the columns the analyst queries plus the whole event as JSON."""

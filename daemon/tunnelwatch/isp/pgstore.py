@@ -20,17 +20,18 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from tunnelwatch.isp import pgschema
-from tunnelwatch.isp.envelope import Row
+from tunnelwatch.isp.envelope import BatchError, Row, StoreDown, check_batch
+from tunnelwatch.report.wire import WIRE_SCHEMA
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class DatabaseDown(Exception):
+class DatabaseDown(StoreDown):
     """The database could not be reached or lost the connection: retry later."""
 
 
-class BatchRefused(Exception):
+class BatchRefused(BatchError):
     """The database refused this batch's data (e.g. a value jsonb cannot hold)."""
 
 
@@ -162,3 +163,23 @@ class PgStore:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
+
+
+class PgBatches:
+    """The reference collector's store interface over PgStore: the HTTPS uplink into the same database
+    and the same checks as the MQTT path (a batch naming another device raises BatchError)."""
+
+    def __init__(self, conninfo: str, *, keep_days: int = 90) -> None:
+        self.pg = PgStore(conninfo)
+        self.max_age = timedelta(days=keep_days)
+
+    def add(self, device: str, batch_id: str, events: list[dict[str, Any]]) -> tuple[int, int, bool]:
+        """Store a batch once: (events stored, events not stored, batch already fully stored); raises
+        BatchError, DatabaseDown or BatchRefused."""
+        doc = {"schema": WIRE_SCHEMA, "batch_id": batch_id, "device_id": device, "events": events}
+        batch = check_batch(doc, device, max_age=self.max_age)
+        if batch.refused:
+            log.warning("batch %s of %s: %d event(s) refused, first: %s", batch_id, device, batch.refused,
+                        batch.reasons[0])
+        res = self.pg.store(batch.rows, device)
+        return res.stored, res.duplicates + batch.refused, bool(batch.rows) and res.stored == 0
