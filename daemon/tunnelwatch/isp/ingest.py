@@ -36,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from tunnelwatch.isp.envelope import SHARED_EVENTS, BatchError, check_batch, decode, topic_device
+from tunnelwatch.isp.envelope import SHARED_EVENTS, Batch, BatchError, check_batch, decode, topic_device
 from tunnelwatch.isp.pgstore import BatchRefused, DatabaseDown, PgStore
 
 log = logging.getLogger("tunnelwatch.ingest")
@@ -77,6 +77,7 @@ class Options:
     client_id: str
     db: str
     inflight: int = 100
+    group: int = 50
     session_expiry: int = 7 * 86400
     keep_days: int = 90
     retry_max: float = 5.0
@@ -153,14 +154,19 @@ class Ingest:
         next_probe = 0.0
         while not self.stop_event.is_set():
             try:
-                generation, msg = self._queue.get(timeout=0.2)
+                group = [self._queue.get(timeout=0.2)]
             except queue.Empty:
                 if not self.stats.db_up and time.monotonic() > next_probe:
                     # idle and the database was down: find out whether it is back (for the stats)
                     next_probe = time.monotonic() + self.opts.retry_max
                     self._probe()
                 continue
-            if self._handle(msg):
+            while len(group) < self.opts.group:  # what else is already here goes into the same COMMIT
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for generation, msg in self._handle(group):
                 self._ack(generation, msg)
 
     def _probe(self) -> None:
@@ -171,8 +177,8 @@ class Ingest:
         log.info("database available")
         self._set(db_up=True)
 
-    def _handle(self, msg: mqtt.MQTTMessage) -> bool:
-        """Process one message until it is stored or refused (True: acknowledge), or until stop (False)."""
+    def _check(self, msg: mqtt.MQTTMessage) -> Batch | None:
+        """The message's checked batch, or None when it is refused (logged and counted)."""
         self._add(messages=1)
         try:
             device = topic_device(msg.topic)
@@ -181,31 +187,56 @@ class Ingest:
         except BatchError as exc:
             log.warning("refused a batch on %.120s: %s", msg.topic, exc)
             self._add(batches_refused=1)
-            return True
+            return None
         if batch.refused:
             log.warning("batch %s of %s: %d event(s) refused, first: %s", batch.batch_id, device,
                         batch.refused, batch.reasons[0])
             self._add(events_refused=batch.refused)
+        return batch
+
+    def _handle(self, group: list[tuple[int, mqtt.MQTTMessage]]) -> list[tuple[int, mqtt.MQTTMessage]]:
+        """Process messages until stored or refused; return those to acknowledge (not the ones left
+        un-stored because the ingest is stopping)."""
+        done: list[tuple[int, mqtt.MQTTMessage]] = []
+        todo: list[tuple[int, mqtt.MQTTMessage, Batch]] = []
+        for generation, msg in group:
+            batch = self._check(msg)
+            if batch is None:
+                done.append((generation, msg))
+            else:
+                todo.append((generation, msg, batch))
+        if todo and self._store([b for _, _, b in todo]):
+            done += [(g, m) for g, m, _ in todo]
+        return done
+
+    def _store(self, batches: list[Batch]) -> bool:
+        """Store batches in one transaction, retrying while the database is down; True once committed
+        (or refused by the database), False when stopping first."""
         delay = 0.2
         while not self.stop_event.is_set():
             try:
-                result = self.store.store(batch.rows, device)
+                results = self.store.store_many([(b.device_id, b.rows) for b in batches])
             except DatabaseDown as exc:
                 if self.stats.db_up or not self.stats.db_errors:
-                    log.error("database unavailable, batch %s kept un-acknowledged: %s", batch.batch_id, exc)
+                    log.error("database unavailable, %d batch(es) kept un-acknowledged: %s", len(batches),
+                              exc)
                 self._add(db_errors=1)
                 self._set(db_up=False, last_error=str(exc))
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, self.opts.retry_max)
                 continue
             except BatchRefused as exc:
-                log.warning("database refused batch %s of %s: %s", batch.batch_id, device, exc)
+                if len(batches) > 1:  # one of them holds what the database refuses: find it alone
+                    return all([self._store([b]) for b in batches])
+                log.warning("database refused batch %s of %s: %s", batches[0].batch_id, batches[0].device_id,
+                            exc)
                 self._add(batches_refused=1)
                 return True
             if not self.stats.db_up:
                 log.info("database available")
                 self._set(db_up=True)
-            self._add(batches_stored=1, events_stored=result.stored, events_duplicate=result.duplicates)
+            self._add(batches_stored=len(batches), events_stored=sum(r.stored for r in results),
+                      events_duplicate=sum(r.duplicates for r in results))
             return True
         return False
 
@@ -268,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", required=True, help="libpq connection string of the database")
     p.add_argument("--inflight", type=int, default=100,
                    help="unacknowledged messages at most (Receive Maximum)")
+    p.add_argument("--group", type=int, default=50,
+                   help="messages at most stored in one transaction (those already received)")
     p.add_argument("--keep-days", type=int, default=90, help="retention: partitions older are dropped")
     p.add_argument("--session-expiry", type=int, default=7 * 86400,
                    help="seconds the broker keeps this instance's session (and its share) while it is away")
@@ -280,10 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         host, port, tls = broker_address(a.broker)
     except ValueError as exc:
         p.error(str(exc))
-    if not 1 <= a.inflight <= 65535 or a.keep_days < 1 or not 0 <= a.session_expiry <= 0xFFFFFFFF:
-        p.error("--inflight must be 1..65535, --keep-days at least 1, --session-expiry 0..4294967295")
+    if not 1 <= a.inflight <= 65535 or not 1 <= a.group <= 1000 or a.keep_days < 1 \
+            or not 0 <= a.session_expiry <= 0xFFFFFFFF:
+        p.error("--inflight must be 1..65535, --group 1..1000, --keep-days at least 1, "
+                "--session-expiry 0..4294967295")
     ing = Ingest(Options(host, port, tls, a.ca, a.cert, a.key,
-                         a.client_id, a.db, inflight=a.inflight, session_expiry=a.session_expiry,
+                         a.client_id, a.db, inflight=a.inflight, group=a.group,
+                         session_expiry=a.session_expiry,
                          keep_days=a.keep_days, retry_max=a.retry_max,
                          stats_file=a.stats_file))
     for sig in (signal.SIGTERM, signal.SIGINT):

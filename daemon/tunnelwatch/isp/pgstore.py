@@ -104,30 +104,42 @@ class PgStore:
         self._days.update(missing)
 
     def store(self, rows: Sequence[Row], device_id: str) -> Stored:
-        """Store a batch's rows in one transaction; return counts once it is committed."""
-        with self._lock:
-            return self._run(lambda conn: self._store(conn, rows, device_id))
+        """Store one batch's rows in one transaction; return counts once it is committed."""
+        return self.store_many([(device_id, rows)])[0]
 
-    def _store(self, conn: psycopg.Connection[Any], rows: Sequence[Row], device_id: str) -> Stored:
+    def store_many(self, batches: Sequence[tuple[str, Sequence[Row]]]) -> list[Stored]:
+        """Store several batches (device id, rows) in one transaction: one COMMIT for all of them,
+        since a transaction costs far more than a row; counts per batch once it is committed."""
+        with self._lock:
+            return self._run(lambda conn: self._store_many(conn, batches))
+
+    def _store_many(self, conn: psycopg.Connection[Any],
+                    batches: Sequence[tuple[str, Sequence[Row]]]) -> list[Stored]:
         if not self._schema_ok:  # the database was down when the ingest started
             self._ensure_schema(conn)
-        self._ensure_days(conn, {pgschema.utc_day(r.ts) for r in rows})
-        stored = 0
+        self._ensure_days(conn, {pgschema.utc_day(r.ts) for _, rows in batches for r in rows})
+        out: list[Stored] = []
+        devices: dict[str, tuple[datetime, datetime | None, int]] = {}
         try:
             with conn.transaction():
-                for part in pgschema.chunks(rows):
-                    cur = conn.execute(pgschema.insert_sql(len(part)).encode(), pgschema.insert_params(part))
-                    stored += len(cur.fetchall())
-                if rows:
-                    last = max(r.ts for r in rows)
-                    beats = [r.ts for r in rows if r.kind == "heartbeat"]
-                    conn.execute(pgschema.DEVICE_UPSERT.encode(),
-                                 (device_id, last, max(beats) if beats else None, stored))
+                for device_id, rows in batches:
+                    stored = 0
+                    for part in pgschema.chunks(rows):
+                        cur = conn.execute(pgschema.insert_sql(len(part)).encode(),
+                                           pgschema.insert_params(part))
+                        stored += len(cur.fetchall())
+                    out.append(Stored(stored, len(rows) - stored))
+                    if rows:
+                        devices[device_id] = _summary(devices.get(device_id), rows, stored)
+                # one upsert per device, in a fixed order: two instances never wait on each other in a circle
+                for device_id in sorted(devices):
+                    last, beat, stored = devices[device_id]
+                    conn.execute(pgschema.DEVICE_UPSERT.encode(), (device_id, last, beat, stored))
         except pgerrors.CheckViolation:
             # "no partition of relation found": another instance's retention dropped one we had cached
             self._days.clear()
             raise DatabaseDown("partition missing; recreating") from None
-        return Stored(stored, len(rows) - stored)
+        return out
 
     def prune(self, keep_days: int) -> list[date]:
         """Drop the partitions of days older than keep_days (UTC); return the days dropped."""
@@ -158,6 +170,18 @@ class PgStore:
             # anything else (a server shutting down mid-statement, an admin's lock timeout): retry
             self.close()
             raise DatabaseDown(_short(exc)) from None
+
+
+def _summary(prev: tuple[datetime, datetime | None, int] | None, rows: Sequence[Row],
+             stored: int) -> tuple[datetime, datetime | None, int]:
+    """A device's (newest event time, newest heartbeat time, events stored), merged with prev."""
+    last = max(r.ts for r in rows)
+    beats = [r.ts for r in rows if r.kind == "heartbeat"]
+    beat = max(beats) if beats else None
+    if prev is None:
+        return last, beat, stored
+    pbeat = prev[1]
+    return max(prev[0], last), max(pbeat, beat) if pbeat and beat else pbeat or beat, prev[2] + stored
 
 
 def _short(exc: BaseException) -> str:
