@@ -26,7 +26,7 @@ from support.pki import leaf
 from support.postgres import Postgres, postgres
 from tunnelwatch.isp.collector import Collector
 from tunnelwatch.isp.envelope import Row
-from tunnelwatch.isp.pgstore import PgStore
+from tunnelwatch.isp.pgstore import BatchRefused, PgStore
 from tunnelwatch.report.events import make_event
 from tunnelwatch.report.wire import BATCH_HEADER, DEVICE_HEADER, EVENTS_PATH, batch_id_for, encode_batch
 
@@ -362,3 +362,18 @@ def test_the_collector_stores_into_the_same_database_and_asks_for_a_retry_when_i
         assert len(_ids(pg, ["https-a"])) == 2
     finally:
         c.stop()
+
+
+def test_data_the_database_refuses_is_a_refused_batch_and_rolls_back_its_group(pg: Postgres) -> None:
+    store = PgStore(pg.conninfo)
+    try:
+        now = datetime.now(UTC)
+        good = [Row("refuse-1", f"{i:032x}", now, "heartbeat", None, None, None, None, "b-ok", "{}")
+                for i in range(2)]
+        bad = [Row("refuse-2", f"{9:032x}", now, "heartbeat", None, None, None, None, "b-bad", "{not json")]
+        with pytest.raises(BatchRefused):
+            store.store_many([("refuse-1", good), ("refuse-2", bad)])
+        assert _ids(pg, ["refuse-1", "refuse-2"]) == []  # one transaction: nothing of the group stays
+        assert [r.stored for r in store.store_many([("refuse-1", good)])] == [2]
+    finally:
+        store.close()

@@ -122,6 +122,16 @@ def parse_ts(value: object) -> datetime:
     return when.astimezone(UTC)
 
 
+def _has_nul(v: object) -> bool:
+    if isinstance(v, str):
+        return "\x00" in v
+    if isinstance(v, dict):
+        return any(_has_nul(k) or _has_nul(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(_has_nul(x) for x in v)
+    return False
+
+
 def _opt(ev: dict[str, Any], key: str) -> str | None:
     v = ev.get(key)
     return v if isinstance(v, str) and _NAME_RE.match(v) else None
@@ -142,9 +152,9 @@ def _row(ev: Any, device: str, batch_id: str, oldest: datetime, newest: datetime
     if not oldest <= ts <= newest:
         raise ValueError(f"event {eid}: ts {ts.isoformat()} outside the accepted window")
     bulk = ev.get("bulk")
-    doc = json.dumps(ev, separators=(",", ":"), ensure_ascii=False)
-    if "\x00" in doc:  # jsonb cannot hold U+0000 (json.dumps escapes it, but jsonb still refuses \u0000)
+    if _has_nul(ev):  # jsonb refuses U+0000 (escaped or not) and would refuse the whole transaction
         raise ValueError(f"event {eid}: NUL character")
+    doc = json.dumps(ev, separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # jsonb has no NaN
     return Row(device, eid, ts, kind, _opt(ev, "klass"), _opt(ev, "protocol"), _opt(ev, "action"),
                bulk if isinstance(bulk, bool) else None, batch_id, doc)
 

@@ -104,6 +104,15 @@ def test_malformed_or_out_of_window_events_are_refused_one_by_one() -> None:
     assert (len(b.rows), b.refused) == (1, 5), b.reasons
 
 
+def test_values_jsonb_cannot_hold_refuse_their_event_only() -> None:
+    doc = _batch("box-1", n=4)
+    doc["events"][0]["reason"] = "a\x00b"
+    doc["events"][1]["evidence"] = [{"k\x00": 1}]
+    doc["events"][2]["packets"] = float("inf")  # json.loads gives inf for 1e400
+    b = check_batch(doc, "box-1", max_age=AGE, now=NOW)
+    assert (len(b.rows), b.refused) == (1, 3), b.reasons
+
+
 def test_the_same_event_twice_in_a_batch_is_one_row() -> None:
     doc = _batch("box-1", n=2)
     doc["events"].append(dict(doc["events"][0]))
