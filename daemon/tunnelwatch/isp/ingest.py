@@ -103,6 +103,9 @@ class Ingest:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._worker = threading.Thread(target=self._work, name="ingest-db", daemon=True)
+        self._stats_write = threading.Lock()
+        self._stats_written = 0.0
+        self._stats_dirty = False
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -125,7 +128,7 @@ class Ingest:
         with self.stats.lock:
             for k, v in values.items():
                 setattr(self.stats, k, v)
-        self._write_stats()
+        self._write_stats(force=True)  # a state change is written at once
 
     def _add(self, **deltas: int) -> None:
         with self.stats.lock:
@@ -133,16 +136,23 @@ class Ingest:
                 setattr(self.stats, k, getattr(self.stats, k) + v)
         self._write_stats()
 
-    def _write_stats(self) -> None:
+    def _write_stats(self, force: bool = False) -> None:
+        """Write the counters, at most every 50 ms unless forced (the idle worker writes what is left)."""
         if not self.opts.stats_file:
             return
-        path = Path(self.opts.stats_file)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self.stats.doc()))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.debug("cannot write %s: %s", path, exc)
+        with self._stats_write:  # both threads write: one temp file at a time
+            now = time.monotonic()
+            if not force and now - self._stats_written < 0.05:
+                self._stats_dirty = True
+                return
+            self._stats_written, self._stats_dirty = now, False
+            path = Path(self.opts.stats_file)
+            tmp = path.with_name(path.name + ".tmp")
+            try:
+                tmp.write_text(json.dumps(self.stats.doc()))
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.debug("cannot write %s: %s", path, exc)
 
     def _ack(self, generation: int, msg: mqtt.MQTTMessage) -> None:
         if generation != self._generation:
@@ -156,6 +166,8 @@ class Ingest:
             try:
                 group = [self._queue.get(timeout=0.2)]
             except queue.Empty:
+                if self._stats_dirty:
+                    self._write_stats(force=True)
                 if not self.stats.db_up and time.monotonic() > next_probe:
                     # idle and the database was down: find out whether it is back (for the stats)
                     next_probe = time.monotonic() + self.opts.retry_max
