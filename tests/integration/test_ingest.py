@@ -210,6 +210,51 @@ def test_database_down_for_30_s_loses_and_duplicates_nothing(
                 box.close()
 
 
+def _subacks(mq: Mosquitto) -> int:
+    return mq.log_text().count("Sending SUBACK to ingest-")
+
+
+def test_broker_restart_keeps_what_the_ingest_had_not_acknowledged(
+        pg: Postgres, mq: Mosquitto, tmp_path: Path) -> None:
+    """Batches delivered but un-acknowledged (database down) when the broker restarts are stored once:
+    the worker still holds them (their PUBACK, due on a dead connection, is not sent) and the broker
+    delivers them again from the persistent session (stored as duplicates: nothing new). The instances
+    subscribe again on reconnect (mosquitto 2.0.11 does not restore a $share subscription), so what is
+    published after the restart is stored too."""
+    devices = [f"brk-{i:02d}" for i in range(3)]
+    with ingests(tmp_path, mq, pg.conninfo) as procs:
+        boxes = [Box(mq, d) for d in devices]
+        try:
+            pg.stop()
+            try:
+                held, _ = _publish(boxes, 5, 10, time.time() - 30)
+                assert _wait_sum(procs, "db_errors", 2, 25) >= 2
+            finally:
+                for box in boxes:
+                    box.close()
+                subacks = _subacks(mq)
+                mq.stop()  # SIGTERM: mosquitto saves its sessions
+                mq.start()
+                pg.start()
+            # both instances subscribed again before the boxes publish (else: 0x10, no subscribers)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _subacks(mq) < subacks + 2:
+                time.sleep(0.05)
+            assert _subacks(mq) >= subacks + 2, mq.log_text()[-2000:]
+            boxes = [Box(mq, d) for d in devices]
+            after, _ = _publish(boxes, 5, 10, time.time() - 20)
+            sent = held | after
+            assert _wait_rows(pg, devices, len(sent), 60) == len(sent)
+            _assert_exactly_once(pg, devices, sent)
+            dups = _wait_sum(procs, "events_duplicate", len(held), 10)
+            assert dups >= len(held), "the broker's sessions did not deliver the held batches again"
+            print(f"broker restart: {len(held)} events un-acknowledged across it, {dups} delivered again, "
+                  f"{len(sent)} stored once")
+        finally:
+            for box in boxes:
+                box.close()
+
+
 def test_another_device_s_batch_is_refused_at_the_broker_and_at_the_ingest(
         pg: Postgres, mq: Mosquitto, tmp_path: Path) -> None:
     with ingests(tmp_path, mq, pg.conninfo) as procs:
