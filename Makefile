@@ -19,6 +19,8 @@ TEST_PKGS := systemd iperf3 nfdump tshark tcpdump strongswan strongswan-swanctl 
 	prometheus mumble-server
 # MQTT uplink tests: a real broker and its CLI clients
 TEST_PKGS += mosquitto mosquitto-clients
+# ingest tests: a private PostgreSQL 15 cluster (initdb in a temp dir; Debian's main cluster unused)
+TEST_PKGS += postgresql
 APT_PKGS := $(BASE_PKGS) $(DEMO_PKGS) $(TEST_PKGS)
 # Kernel modules the rules need (a stock Debian kernel loads most on demand; a container may have them built
 # in or not be allowed to load them: then the daemon's own start-up check says what is missing).

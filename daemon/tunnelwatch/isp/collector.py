@@ -7,7 +7,13 @@ retried after a lost reply, after a sender restart or after a collector restart 
 written and fsync'd before the batch id is, and both before the 2xx goes out.
 
     python -m tunnelwatch.isp.collector --listen 127.0.0.1:8443 --cert srv.pem --key srv.key \
-        [--client-ca ca.pem] [--token-file FILE] --store DIR
+        [--client-ca ca.pem [--bind-device]] [--token-file FILE] (--store DIR | --database CONNINFO)
+
+With --database the events go into the ingest's PostgreSQL schema (docs/ingest.md) instead of JSONL,
+with the ingest's checks; the database being down is a 503 with Retry-After (the box retries).
+
+With --bind-device (mutual TLS), a batch is stored only when its device id is the client certificate's
+subject CN or one of its DNS/URI subjectAltNames: a box cannot post for another box (403 otherwise).
 
 Importable for tests, with fault injection (Faults): fail the next N requests with 500/503/429 (with a
 Retry-After), answer slowly, hang mid-response after storing, or call a hook between storing and replying.
@@ -30,9 +36,13 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from tunnelwatch.isp.envelope import BatchError, StoreDown, cert_identities
 from tunnelwatch.isp.store import Store
+
+if TYPE_CHECKING:
+    from tunnelwatch.isp.pgstore import PgBatches
 
 # one definition of the wire contract (docs/uplink.md), shared with the sender
 from tunnelwatch.report.wire import BATCH_HEADER, DEVICE_HEADER, EVENTS_PATH, WIRE_SCHEMA
@@ -143,7 +153,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except ValueError as exc:
             self._reply(400, {"error": str(exc)})
             return
-        stored, dups, known = c.store.add(device, batch_id, events)
+        if c.bind_device and device not in cert_identities(self.connection.getpeercert()):
+            log.warning("collector: refused batch %s: device %s is not the client certificate's identity",
+                        batch_id, device)
+            c.counters(identity_refused=1)
+            self._reply(403, {"error": "device id is not this client certificate's identity"})
+            return
+        try:
+            stored, dups, known = c.store.add(device, batch_id, events)
+        except BatchError as exc:
+            self._reply(400, {"error": str(exc)})
+            return
+        except (StoreDown, OSError) as exc:  # the database is down, the disk is full: the box retries
+            log.warning("collector: batch %s not stored: %s", batch_id, exc)
+            self._reply(503, {"error": "store unavailable"}, {"Retry-After": "5"})
+            return
         c.after_store(batch_id)
         c.counters(requests=1, stored=stored, duplicates=dups, duplicate_batches=int(known))
         reply = {"status": "stored" if stored or not dups else "duplicate", "batch_id": batch_id,
@@ -204,8 +228,18 @@ class Collector:
 
     def __init__(self, store_dir: str, *, cert: str, key: str, client_ca: str | None = None,
                  token: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 faults: Faults | None = None) -> None:
-        self.store = Store(store_dir)
+                 faults: Faults | None = None, bind_device: bool = False,
+                 database: str | None = None) -> None:
+        if bind_device and not client_ca:
+            raise ValueError("bind_device needs client certificates (client_ca)")
+        self.store: Store | PgBatches
+        if database:
+            from tunnelwatch.isp.pgstore import PgBatches  # psycopg only for this mode
+
+            self.store = PgBatches(database)
+        else:
+            self.store = Store(store_dir)
+        self.bind_device = bind_device
         self.token = token
         self.faults = faults or Faults()
         self.released = threading.Event()
@@ -216,7 +250,8 @@ class Collector:
             self.tls.load_verify_locations(client_ca)
             self.tls.verify_mode = ssl.CERT_REQUIRED
         self._lock = threading.Lock()
-        self._counters = {"requests": 0, "stored": 0, "duplicates": 0, "duplicate_batches": 0, "faults": 0}
+        self._counters = {"requests": 0, "stored": 0, "duplicates": 0, "duplicate_batches": 0, "faults": 0,
+                          "identity_refused": 0}
         self.request_times: list[float] = []
         self._httpd = _Server((host, port), _Handler, bind_and_activate=True)
         self._httpd.collector = self
@@ -257,7 +292,8 @@ class Collector:
         threading.Thread(target=self._httpd.shutdown, daemon=True).start()
 
     def counters(self, **add: int) -> dict[str, int]:
-        """Add to and return the counters: requests, stored, duplicates, duplicate_batches, faults."""
+        """Add to and return the counters: requests, stored, duplicates, duplicate_batches, faults,
+        identity_refused."""
         with self._lock:
             for k, v in add.items():
                 self._counters[k] += v
@@ -308,9 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert", required=True, help="server certificate chain (PEM)")
     p.add_argument("--key", required=True, help="server private key (PEM)")
     p.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--bind-device", action="store_true",
+                   help="with --client-ca: store a batch only when its device id is the certificate's CN/SAN")
     p.add_argument("--token", help="require this bearer token (prefer --token-file: argv is visible)")
     p.add_argument("--token-file", help="file holding the bearer token")
-    p.add_argument("--store", required=True, help="directory for <device>.jsonl and batches.log")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", help="directory for <device>.jsonl and batches.log")
+    where.add_argument("--database", help="libpq connection string: store into the ingest's PostgreSQL")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="collector: %(levelname)s: %(message)s")
@@ -320,10 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     host, port = a.listen
     if ":" in host:
         _Server.address_family = socket.AF_INET6
-    c = Collector(a.store, cert=a.cert, key=a.key, client_ca=a.client_ca, token=token, host=host, port=port)
+    if a.bind_device and not a.client_ca:
+        p.error("--bind-device needs --client-ca")
+    c = Collector(a.store or "", cert=a.cert, key=a.key, client_ca=a.client_ca, token=token, host=host,
+                  port=port, bind_device=a.bind_device, database=a.database)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: c.shutdown())
-    log.info("listening on %s (store %s, mTLS %s, token %s)", c.url, a.store, bool(a.client_ca), bool(token))
+    log.info("listening on %s (store %s, mTLS %s, device bound to certificate %s, token %s)", c.url,
+             a.store or "PostgreSQL", bool(a.client_ca), a.bind_device, bool(token))
     c.serve_forever()
     c.released.set()
     return 0
