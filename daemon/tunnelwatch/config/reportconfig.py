@@ -229,9 +229,8 @@ def _mqtt_checks(r: YamlReader, f: dict[str, Node], url: str | None, cert: Path 
             r.err(f["token_file"], "report.uplink.token_file is for an https:// collector; an MQTT broker "
                                    "authenticates the box by its client certificate")
         return
-    for k in ("keepalive", "session_expiry"):
-        if k in f and url is not None:  # with no url at all they wait, harmless, for an mqtts:// one
-            r.err(f[k], f"report.uplink.{k} only applies to an mqtts:// uplink url")
+    # keepalive/session_expiry with an https:// url are ignored, not refused: the shipped tunnelwatch.yaml
+    # spells out every default, so a technician who only sets `url: https://...` must get a valid config
 
 
 def _collector(r: YamlReader, node: Node) -> tuple[str, int] | None:

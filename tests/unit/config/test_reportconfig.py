@@ -171,6 +171,10 @@ def test_an_mqtts_uplink_with_its_certificate_and_session_settings(tmp_path: Pat
     assert (up.keepalive, up.session_expiry, up.client_key) == (30, 3600, key)
     https = parse_config("report: {uplink: {url: 'https://c.example'}}\n").report.uplink
     assert https.transport == "https" and (https.keepalive, https.session_expiry) == (60, 7 * 86_400)
+    # the shipped config spells out the MQTT defaults: with an https:// url they are ignored, not refused
+    shipped = parse_config("report: {uplink: {url: 'https://c.example', keepalive: 60, "
+                           "session_expiry: 604800}}\n")
+    assert shipped.report.uplink.transport == "https"
 
 
 @pytest.mark.parametrize(("text", "msg"), [
@@ -183,8 +187,6 @@ def test_an_mqtts_uplink_with_its_certificate_and_session_settings(tmp_path: Pat
      "tw.yaml:1:24: report.uplink.url is mqtts://host[:port] with no path"),
     ("report: {uplink: {url: 'mqtts://b.example:70000', client_cert: a, client_key: b}}\n",
      "tw.yaml:1:24: report.uplink.url has a bad port"),
-    ("report: {uplink: {url: 'https://c.example', keepalive: 30}}\n",
-     "tw.yaml:1:56: report.uplink.keepalive only applies to an mqtts:// uplink url"),
     ("report: {uplink: {url: 'mqtts://b.example', client_cert: a, client_key: b, session_expiry: 5}}\n",
      "tw.yaml:1:92: report.uplink.session_expiry must be"),
     ("report: {uplink: {url: 'mqtts://b.example', client_cert: a, client_key: b, keepalive: 'x'}}\n",
