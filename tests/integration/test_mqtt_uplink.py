@@ -168,18 +168,46 @@ def test_broker_down_keeps_events_then_restart_delivers_all(mq: Mosquitto, spool
     assert up.stats()["unrouted_batches"] == 0
 
 
-def test_batches_nobody_subscribes_to_are_counted_and_logged(mq: Mosquitto, spool: Spool,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
-    # mosquitto 2.0.11 does not restore a $share subscription from persistence: after a restart, until
-    # the ingest subscribes again, the broker answers PUBACK 0x10 (no matching subscribers) and drops
-    # the batch. The box cannot tell a lost batch from one a rule engine consumes, so it counts as sent,
-    # but the box says so (the ingest must re-subscribe before boxes reconnect, or not use mosquitto's $share)
+def _restarted_without_subscriber(mq: Mosquitto) -> None:
+    # mosquitto 2.0.11 does not restore a $share subscription from persistence: after a restart, until the
+    # ingest subscribes again, the broker answers PUBACK 0x10 (no matching subscribers) and drops the batch
     ing = Client(mq, topics=(f"$share/ingest/{EVENTS}",), client_id="ingest-shared").start()
     ing.stop()
     mq.stop()
     mq.start()
+
+
+def test_batches_nobody_subscribes_to_stay_in_the_spool_until_the_ingest_is_back(
+        mq: Mosquitto, spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    _restarted_without_subscriber(mq)
     spool.put_many(_flows(30))
     up = _uplink(mq, spool, batch_size=10)
+    with caplog.at_level(logging.WARNING):
+        up.start()
+        try:
+            # the default (report.uplink.unrouted: retry): the 0x10 batch is kept and sent again
+            assert up.wait_for(lambda s: s["unrouted_batches"] >= 3, 20), up.stats()
+            assert up.stats()["backlog"] == 30 and up.stats()["sent_batches"] == 0
+            ing = Client(mq, topics=(f"$share/ingest/{EVENTS}",), client_id="ingest-shared").start()
+            try:
+                assert up.wait_for(lambda s: s["backlog"] == 0, 20), up.stats()
+                assert ing.wait(lambda ms: sum(len(m.doc()["events"]) for m in ms) >= 30, 20)
+            finally:
+                ing.stop()
+        finally:
+            up.stop()
+    got = {ev["id"] for d in ing.docs() for ev in d["events"]}
+    assert len(got) == 30 and up.stats()["sent_batches"] == 3, (len(got), up.stats())
+    assert caplog.text.count("no subscriber matched tunnelwatch/v1/cpe-mqtt-1/events (PUBACK 0x10)") == 1
+    assert "kept in the spool" in caplog.text
+
+
+def test_with_unrouted_accept_a_0x10_batch_counts_as_sent(mq: Mosquitto, spool: Spool,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    # a broker feeding a rule engine or a bridge answers 0x10 for every batch: the operator says so
+    _restarted_without_subscriber(mq)
+    spool.put_many(_flows(30))
+    up = _uplink(mq, spool, batch_size=10, unrouted="accept")
     with caplog.at_level(logging.WARNING):
         up.start()
         try:

@@ -28,6 +28,8 @@ from tunnelwatch.verdict import CONFIDENCES
 STATE_DIR: Final = Path("/var/lib/tunnelwatch")
 PRIVACY_MODES: Final = ("clear", "hash", "omit")
 TRANSPORTS: Final = ("udp", "tcp")
+#: what an MQTT uplink does with PUBACK 0x10 "no matching subscribers" (docs/uplink.md)
+UNROUTED: Final = ("retry", "accept")
 _MB: Final = 1024 * 1024
 
 
@@ -55,6 +57,7 @@ class UplinkConfig:
     max_rate: float = 50.0
     keepalive: int = 60  # MQTT only: seconds between PINGs on an idle connection
     session_expiry: int = 7 * 86_400  # MQTT only: how long the broker keeps the box's session offline
+    unrouted: str = "retry"  # MQTT only: a PUBACK 0x10 (no subscriber matched) keeps the batch, or "accept"
 
     @property
     def transport(self) -> str:
@@ -182,7 +185,7 @@ def _key_exposed(key: Path) -> str:
 
 def _uplink(r: YamlReader, node: Node, path: str) -> UplinkConfig:
     f = r.mapping(node, ("url", "ca_file", "client_cert", "client_key", "token_file", "batch_size",
-                         "max_rate", "keepalive", "session_expiry"), "report.uplink")
+                         "max_rate", "keepalive", "session_expiry", "unrouted"), "report.uplink")
     b = UplinkConfig()
     url = _https(r, f, "report.uplink.url", mqtt=True)
     cert = _path(r, f, "client_cert", "report.uplink.client_cert", path, None)
@@ -216,7 +219,8 @@ def _uplink(r: YamlReader, node: Node, path: str) -> UplinkConfig:
         rate,
         r.opt(f, "keepalive", lambda n: r.integer(n, "report.uplink.keepalive", 5, 3600), b.keepalive),
         r.opt(f, "session_expiry", lambda n: r.integer(n, "report.uplink.session_expiry", 60, 2**32 - 2),
-              b.session_expiry))
+              b.session_expiry),
+        r.opt(f, "unrouted", lambda n: r.string(n, "report.uplink.unrouted", UNROUTED), b.unrouted))
 
 
 def _mqtt_checks(r: YamlReader, f: dict[str, Node], url: str | None, cert: Path | None) -> None:

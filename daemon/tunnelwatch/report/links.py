@@ -26,7 +26,7 @@ def build_uplink(spool: SpoolLike, up: UplinkConfig, device_id: str,
         return MqttUplink(spool, url=up.url, ca_file=_s(up.ca_file), client_cert=_s(up.client_cert),
                           client_key=_s(up.client_key), device_id=device_id, batch_size=up.batch_size,
                           max_rate=up.max_rate, keepalive=up.keepalive, session_expiry=up.session_expiry,
-                          registry_sink=registry_sink, cut_file=_s(cut_file))
+                          unrouted=up.unrouted, registry_sink=registry_sink, cut_file=_s(cut_file))
     return Uplink(spool, url=up.url, ca_file=_s(up.ca_file), client_cert=_s(up.client_cert),
                   client_key=_s(up.client_key), token=up.token, batch_size=up.batch_size,
                   max_rate=up.max_rate, device_id=device_id)

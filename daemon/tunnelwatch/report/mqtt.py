@@ -60,8 +60,8 @@ class MqttUplink(Uplink):
                  client_key: str | None, device_id: str, batch_size: int = 500, max_rate: float = 50.0,
                  timeout: float = 30.0, backoff_max: float = 300.0, backoff_base: float = 1.0,
                  idle_poll: float = 1.0, keepalive: int = KEEPALIVE, session_expiry: int = SESSION_EXPIRY,
-                 registry_sink: RegistrySink | None = None, cut_file: str | None = None,
-                 rng: random.Random | None = None) -> None:
+                 unrouted: str = "retry", registry_sink: RegistrySink | None = None,
+                 cut_file: str | None = None, rng: random.Random | None = None) -> None:
         if not client_cert or not client_key:
             raise ValueError("the MQTT uplink needs client_cert and client_key: the broker knows a box by "
                              "its certificate (mutual TLS)")
@@ -75,6 +75,7 @@ class MqttUplink(Uplink):
         self._reg_topic = registry_topic(device_id)
         self._keepalive = keepalive
         self._expiry = session_expiry
+        self._keep_unrouted = unrouted != "accept"
         self._sink = registry_sink
         self._client: mqtt.Client | None = None
         self._up = False                          # CONNACK success seen, connection not lost since
@@ -117,16 +118,24 @@ class MqttUplink(Uplink):
         code, name = self._acks.pop(mid)
         self._pending = None
         self._note_unrouted(code == 0x10)
+        if code == 0x10 and self._keep_unrouted:
+            # nobody got it (after a broker restart mosquitto has not restored the ingest's shared
+            # subscription yet): send it again later under the same batch id; the ingest stores it once
+            return Outcome("retry", f"PUBACK 0x10 {name}: no subscriber matched {self._topic}; "
+                                    "keeping the batch")
         return judge_puback(code, name, self._topic)
 
     def _note_unrouted(self, unrouted: bool) -> None:
-        # 0x10 "no matching subscribers": the broker took the batch and will give it to nobody. It counts as
-        # sent (a broker feeding a rule engine or bridge says 0x10 too), but the ISP has to hear of it once
+        # 0x10 "no matching subscribers": the broker took the batch and will give it to nobody. By default
+        # (unrouted: retry) the batch stays in the spool and goes again; a broker feeding a rule engine or a
+        # bridge says 0x10 for every batch, so there the operator sets unrouted: accept (counted as sent)
         if unrouted:
             if not self._unrouted_run:
+                what = ("kept in the spool and sent again (report.uplink.unrouted: retry)"
+                        if self._keep_unrouted else "lost unless something else consumes them "
+                        "(report.uplink.unrouted: accept)")
                 log.warning("uplink: the MQTT broker took batches but no subscriber matched %s (PUBACK "
-                            "0x10): they are lost unless something else consumes them; the ingest needs a "
-                            "persistent subscription", self._topic)
+                            "0x10): %s; the ingest needs a persistent subscription", self._topic, what)
             self._unrouted_run = True
             self._update(unrouted_batches=self._stats["unrouted_batches"] + 1)
         else:
