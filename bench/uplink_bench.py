@@ -50,7 +50,7 @@ def _free_port() -> int:
 def _start_collector(pki: Pki, store: Path, port: int) -> subprocess.Popen[bytes]:
     p = subprocess.Popen([sys.executable, "-m", "tunnelwatch.isp.collector", "--listen", f"127.0.0.1:{port}",
                           "--cert", str(pki.server_cert), "--key", str(pki.server_key), "--client-ca",
-                          str(pki.ca), "--store", str(store), "--log-level", "warning"])
+                          str(pki.ca), "--any-device", "--store", str(store), "--log-level", "warning"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

@@ -89,7 +89,7 @@ def _start_collector(lb: Lab, tmp: Path, pki: Pki, name: str) -> None:
     lb.spawn(lb.server, [sys.executable, "-m", "tunnelwatch.isp.collector",
                          "--listen", f"{SERVER_IP}:{COLLECTOR_PORT}",
                          "--cert", str(d / "collector.pem"), "--key", str(d / "collector.key"),
-                         "--client-ca", str(pki.ca), "--store", str(tmp / "store")], name)
+                         "--client-ca", str(pki.ca), "--any-device", "--store", str(tmp / "store")], name)
     lb.wait_for_log(name, "listening on", timeout=15)
 
 

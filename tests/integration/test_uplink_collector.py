@@ -87,7 +87,7 @@ def _collector(pki: Pki, store: Path, *, port: int = 0, faults: Faults | None = 
     cert, key = (pki.rogue_server_cert, pki.rogue_server_key) if server_rogue else (pki.server_cert,
                                                                                     pki.server_key)
     c = Collector(str(store), cert=str(cert), key=str(key), client_ca=str(pki.ca) if mtls else None,
-                  port=port, faults=faults)
+                  port=port, faults=faults, bind_device=False)  # the lab's one client cert, several devices
     c.start()
     return c
 

@@ -6,14 +6,15 @@ De-duplication is by batch id and, beneath it, by event id, both rebuilt from di
 retried after a lost reply, after a sender restart or after a collector restart is stored once. Events are
 written and fsync'd before the batch id is, and both before the 2xx goes out.
 
-    python -m tunnelwatch.isp.collector --listen 127.0.0.1:8443 --cert srv.pem --key srv.key \
-        [--client-ca ca.pem [--bind-device]] [--token-file FILE] (--store DIR | --database CONNINFO)
+    tunnelwatch collector --listen 127.0.0.1:8443 --cert srv.pem --key srv.key \
+        [--client-ca ca.pem [--any-device]] [--token-file FILE] (--store DIR | --database CONNINFO)
 
 With --database the events go into the ingest's PostgreSQL schema (docs/ingest.md) instead of JSONL,
 with the ingest's checks; the database being down is a 503 with Retry-After (the box retries).
 
-With --bind-device (mutual TLS), a batch is stored only when its device id is the client certificate's
-subject CN or one of its DNS/URI subjectAltNames: a box cannot post for another box (403 otherwise).
+With client certificates (--client-ca), a batch is stored only when its device id is the client
+certificate's subject CN or one of its DNS/URI subjectAltNames: a box cannot post for another box (403
+otherwise). --any-device turns that off, for boxes that share one certificate.
 
 Importable for tests, with fault injection (Faults): fail the next N requests with 500/503/429 (with a
 Retry-After), answer slowly, hang mid-response after storing, or call a hook between storing and replying.
@@ -228,7 +229,7 @@ class Collector:
 
     def __init__(self, store_dir: str, *, cert: str, key: str, client_ca: str | None = None,
                  token: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 faults: Faults | None = None, bind_device: bool = False,
+                 faults: Faults | None = None, bind_device: bool | None = None,
                  database: str | None = None) -> None:
         if bind_device and not client_ca:
             raise ValueError("bind_device needs client certificates (client_ca)")
@@ -239,7 +240,7 @@ class Collector:
             self.store = PgBatches(database)
         else:
             self.store = Store(store_dir)
-        self.bind_device = bind_device
+        self.bind_device = bool(client_ca) if bind_device is None else bind_device  # on with mTLS
         self.token = token
         self.faults = faults or Faults()
         self.released = threading.Event()
@@ -344,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert", required=True, help="server certificate chain (PEM)")
     p.add_argument("--key", required=True, help="server private key (PEM)")
     p.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
-    p.add_argument("--bind-device", action="store_true",
-                   help="with --client-ca: store a batch only when its device id is the certificate's CN/SAN")
+    p.add_argument("--any-device", action="store_true",
+                   help="with --client-ca: accept a batch for any device id (boxes sharing one certificate); "
+                        "by default its device id must be the certificate's CN or a SAN")
     p.add_argument("--token", help="require this bearer token (prefer --token-file: argv is visible)")
     p.add_argument("--token-file", help="file holding the bearer token")
     where = p.add_mutually_exclusive_group(required=True)
@@ -360,14 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     host, port = a.listen
     if ":" in host:
         _Server.address_family = socket.AF_INET6
-    if a.bind_device and not a.client_ca:
-        p.error("--bind-device needs --client-ca")
+    if a.any_device and not a.client_ca:
+        p.error("--any-device only applies with --client-ca")
     c = Collector(a.store or "", cert=a.cert, key=a.key, client_ca=a.client_ca, token=token, host=host,
-                  port=port, bind_device=a.bind_device, database=a.database)
+                  port=port, bind_device=bool(a.client_ca) and not a.any_device, database=a.database)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: c.shutdown())
     log.info("listening on %s (store %s, mTLS %s, device bound to certificate %s, token %s)", c.url,
-             a.store or "PostgreSQL", bool(a.client_ca), a.bind_device, bool(token))
+             a.store or "PostgreSQL", bool(a.client_ca), c.bind_device, bool(token))
     c.serve_forever()
     c.released.set()
     return 0

@@ -31,7 +31,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 def collector(pki: Pki, tmp_path: Path) -> Iterator[Collector]:
     c = Collector(str(tmp_path / "store"), cert=str(pki.server_cert), key=str(pki.server_key),
-                  client_ca=str(pki.ca), token="tok-1", faults=Faults())
+                  client_ca=str(pki.ca), token="tok-1", faults=Faults(), bind_device=False)
     c.start()
     try:
         yield c
@@ -131,3 +131,14 @@ def test_listen_address_parsing() -> None:
     for bad in ("8443", "host:port"):
         with pytest.raises(argparse.ArgumentTypeError):
             _listen(bad)
+
+
+def test_client_certificates_bind_the_device_id_by_default(pki: Pki, tmp_path: Path) -> None:
+    common = {"cert": str(pki.server_cert), "key": str(pki.server_key)}
+    for name, kw, bound in (("a", {"client_ca": str(pki.ca)}, True),
+                            ("b", {"client_ca": str(pki.ca), "bind_device": False}, False),
+                            ("c", {}, False)):  # no client certificates: nothing to bind to
+        c = Collector(str(tmp_path / name), **common, **kw)  # type: ignore[arg-type]
+        c.start()
+        c.stop()
+        assert c.bind_device is bound, name
