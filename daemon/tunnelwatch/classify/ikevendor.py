@@ -19,9 +19,9 @@ Not here: Palo Alto Networks (no published Vendor ID value found; PAN-OS gateway
 their GlobalProtect ESP-in-UDP, see ipsec.py) and the generic capability IDs (NAT-T, DPD, XAUTH,
 fragmentation), which name a feature, not a vendor.
 
-Why the protocol stays `ike`: a Vendor ID is the sender's own claim, set or left out by configuration
-(strongSwan sends none by default, FortiGate and Check Point gateways can be told to hide theirs) and
-trivially forged, so a policy keyed on it would be bypassed by one config line. The wire protocol is IKE
+Why the protocol stays `ike`: a Vendor ID is the sender's own claim, sent or not as the implementation
+chooses (strongSwan sends none unless charon.send_vendor_id = yes) and any value can be sent, so a policy
+keyed on it would be bypassed by one config line. The wire protocol is IKE
 whichever box speaks it, and a registration of `ike`/`esp` keeps covering every vendor; the vendor is put
 in the evidence ("vendor ID: Check Point (responder)") so the ISP report and the customer's registration
 ("Check Point VPN") can be matched by a person, not silently by the policy.
