@@ -17,12 +17,14 @@ heuristic: the protocol number claims IPsec, the header does not back the claim.
 Vendor IDs in clear IKE messages (ikevendor.py) name the gateway's or client's vendor in the evidence;
 the protocol stays `ike` (ikevendor.py says why).
 
-Palo Alto GlobalProtect's IPsec mode is ESP-in-UDP to the gateway's UDP 4501, with no IKE: the SPIs and
-keys come in the gateway's reply to POST /ssl-vpn/getconfig.esp over HTTPS (OpenConnect's GlobalProtect
-notes, infradead.org/openconnect/globalprotect.html, and its gpst.c/esp.c), and its probes and keepalives
-are themselves ESP packets (an encrypted ICMP echo), so nothing but the ESP header is in clear. The same
-SPI+sequence checks as on 4500 apply there and report `globalprotect`: confirmed only when both
-directions show their own stable SPI with rising sequence numbers.
+Palo Alto GlobalProtect's IPsec mode is ESP-in-UDP with no IKE: the gateway's reply to POST
+/ssl-vpn/getconfig.esp over HTTPS carries <ipsec><udp-port>4501</udp-port><ipsec-mode>esp-tunnel</...>
+and a different SPI and key per direction (c2s-spi, s2c-spi); the client starts with three ESP-wrapped
+ICMP echoes ("monitor\0\0pan ha ...") and repeats them as keepalives (OpenConnect's PAN GlobalProtect
+protocol notes; infradead.org/openconnect/globalprotect.html). So nothing but the ESP header is in clear.
+The same SPI+sequence checks as on 4500 apply on 4501 and report `globalprotect`: confirmed only when
+both directions show their own stable SPI with rising sequence numbers (the pings and their replies
+give that within the first packets). A gateway that hands out another port is plain unknown ESP-in-UDP.
 """
 
 from __future__ import annotations
