@@ -10,7 +10,8 @@ and Wireshark's packet-isakmp.c), checked here where the value is an MD5 of a kn
   b4f01ca9..., MD5("Forticlient EAP Extension") c1dc4350... (FortiClient's IKE_SA_INIT, as FortiOS logs it).
 - Cisco: Unity (MD5("CISCO-UNITY") with its last two bytes 01 00), VPN 3000 (truncated MD5 of "ALTIGA
   GATEWAY" + version), IOS (prefix 3e984048), and the ASCII IDs CISCO-DELETE-REASON, CISCO-DYNAMIC-ROUTE,
-  FLEXVPN-SUPPORTED (FlexVPN / AnyConnect IKEv2 headends) and CISCOVPN-REV-02.
+  FLEXVPN-SUPPORTED (FlexVPN / AnyConnect IKEv2 headends), CISCOVPN-REV-02, and "CISCO(COPYRIGHT)&Copyright
+  (c) 2009 Cisco Systems, Inc." (IOS IKEv2; also in strongSwan's own libcharon ike_vendor.c table).
 - SonicWall: 404bf439522ca3f6 (Libreswan: "Sonicwall 1"; also seen from 3Com SuperStack).
 - Juniper/NetScreen: the sixteen 20-byte "Netscreen-NN" values (ScreenOS/SRX append version bytes).
 - Microsoft: "MS NT5 ISAKMPOAKLEY" 1e2b5169...e461 + a version word, and the KEY_MODS family 01528bbb...
@@ -62,6 +63,7 @@ _TABLE: Final[tuple[tuple[str, bytes, bool], ...]] = (
     ("Cisco", b"CISCO-DYNAMIC-ROUTE", False),
     ("Cisco FlexVPN", b"FLEXVPN-SUPPORTED", False),
     ("Cisco", b"CISCOVPN-REV-02", False),
+    ("Cisco", b"CISCO(COPYRIGHT)&Copyright (c) 2009 Cisco Systems, Inc.", False),
     ("SonicWall", bytes.fromhex("404bf439522ca3f6"), False),
     *(("Juniper NetScreen", bytes.fromhex(v), True) for v in _NETSCREEN),
     ("Microsoft", bytes.fromhex("1e2b516905991c7d7c96fcbfb587e461"), True),

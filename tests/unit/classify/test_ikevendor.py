@@ -49,6 +49,7 @@ def test_table_values_are_the_published_hashes() -> None:
     assert vendor_of(hashlib.md5(b"strongSwan").digest()) == "strongSwan"
     assert vendor_of(CHECKPOINT) == "Check Point"
     assert vendor_of(b"FLEXVPN-SUPPORTED") == "Cisco FlexVPN"
+    assert vendor_of(b"CISCO(COPYRIGHT)&Copyright (c) 2009 Cisco Systems, Inc.") == "Cisco"
     assert vendor_of(bytes.fromhex("1e2b516905991c7d7c96fcbfb587e46100000009")) == "Microsoft"
     # the truncated Check Point prefix alone, the generic DPD id and a near value name nobody
     assert vendor_of(CHECKPOINT[:19]) is None
