@@ -51,6 +51,7 @@ import test_fastd as t_fastd  # noqa: E402
 import test_h323 as t_h323  # noqa: E402
 import test_iax2 as t_iax2  # noqa: E402
 import test_icmptunnel as t_icmp  # noqa: E402
+import test_ikevendor as t_vid  # noqa: E402
 import test_imo as t_imo  # noqa: E402
 import test_ipsec as t_ipsec  # noqa: E402
 import test_l2tp as t_l2tp  # noqa: E402
@@ -840,6 +841,34 @@ def voice_names(cap: Capture) -> None:
     # near misses: the catalogue's suffix inside another domain, and Signal's chat (only its calls are listed)
     cap.tcp(40002, 443, [(0, t_tls.client_hello(b"webex.com.example.net")), (1, rnd(1200))])
     cap.tcp(40003, 443, [(0, t_tls.client_hello(b"chat.signal.org")), (1, rnd(1200))])
+
+
+
+@sample("corp-vpn")
+def corp_vpn(cap: Capture) -> None:
+    v = t_vid
+    fc = [bytes.fromhex(h) for h in ("4c53427b6d465d1b337bb755a37a7fef", "b4f01ca951e9da8d0bafbbd34ad3044e",
+                                      "c1dc4350476b98a429b91781914ca43e")]
+    # FortiClient's IKEv2 IKE_SA_INIT with its three Vendor IDs, answered by a gateway that sends none
+    cap.udp(500, 500, [(0, v.ike_with(fc)), (1, v.ike_with([], rspi=v.RSPI, flags=0x20))])
+    # IKEv1 Main Mode answered by a Check Point gateway (its VID: 20 fixed bytes, then version bytes)
+    cap.udp(500, 500, [(0, v.ike_with([], version=1, flags=0, exch=2)),
+                       (1, v.ike_with([v.CHECKPOINT, v.DPD], version=1, rspi=v.RSPI, flags=0, exch=2))],
+            c="198.51.100.4")
+    # GlobalProtect's IPsec mode: ESP-in-UDP to the gateway's 4501, an own SPI each way
+    gp: list[tuple[int, bytes]] = []
+    for i in range(1, 4):
+        gp += [(0, t_ipsec.esp(0x5A1B2C3D, i, 96)), (1, t_ipsec.esp(0x0BADF00D, i, 96))]
+    cap.udp(51000, 4501, gp)
+    # near misses: IKE whose VIDs name only features (DPD) or nobody, opaque datagrams on 4501,
+    # and ESP-shaped datagrams echoing one SPI both ways
+    plain = v.ike_with([v.DPD, rnd(16)])
+    cap.udp(500, 500, [(0, plain), (1, v.ike_with([rnd(16)], rspi=v.RSPI, flags=0x20))], c="198.51.100.5")
+    cap.udp(51001, 4501, [(0, rnd(120)), (1, rnd(120)), (0, rnd(120)), (1, rnd(120))])
+    echo: list[tuple[int, bytes]] = []
+    for i in range(1, 4):
+        echo += [(0, t_ipsec.esp(0x0A0B0C0D, i, 64)), (1, t_ipsec.esp(0x0A0B0C0D, i, 64))]
+    cap.udp(51002, 4501, echo)
 
 
 def write_crafted() -> None:

@@ -49,7 +49,8 @@ class Charon:
                       check=check, timeout=timeout)
 
 
-def _charon_files(d: Path, name: str, me: str, peer: str, log: Path, userspace_esp: bool) -> Charon:
+def _charon_files(d: Path, name: str, me: str, peer: str, log: Path, userspace_esp: bool,
+                  vendor_id: bool = False) -> Charon:
     d.mkdir(parents=True, exist_ok=True)
     (d / "run").mkdir(exist_ok=True)
     uri = f"unix://{d}/run/charon.vici"
@@ -62,6 +63,7 @@ def _charon_files(d: Path, name: str, me: str, peer: str, log: Path, userspace_e
   load_modular = no
   load = {plugins}
   install_routes = {"yes" if userspace_esp else "no"}
+  send_vendor_id = {"yes" if vendor_id else "no"}
   filelog {{
     tw {{
       path = {log}
@@ -115,10 +117,10 @@ secrets {{
 
 
 def start_charon(lb: Lab, ns: str, d: Path, name: str, me: str, peer: str, *,
-                 userspace_esp: bool = False) -> Charon:
+                 userspace_esp: bool = False, vendor_id: bool = False) -> Charon:
     """Start charon in `ns` with its configuration loaded; returns once vici answered."""
     # charon buffers a stdout log until exit; a file log with flush_line is readable as it happens.
-    ch = _charon_files(d, name, me, peer, lb.workdir / f"{IKE_LOG}-{name}.log", userspace_esp)
+    ch = _charon_files(d, name, me, peer, lb.workdir / f"{IKE_LOG}-{name}.log", userspace_esp, vendor_id)
     # charon's pid file path is compiled in (/var/run/charon.pid): give each instance a private /run
     # in its own mount namespace so two of them (and the host's) never collide.
     lb.spawn(ns, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -130,15 +132,18 @@ def start_charon(lb: Lab, ns: str, d: Path, name: str, me: str, peer: str, *,
     return ch
 
 
-def ikev2_exchange(lb: Lab, d: Path, client_ip: str, server_ip: str, *, userspace_esp: bool = False) -> None:
+def ikev2_exchange(lb: Lab, d: Path, client_ip: str, server_ip: str, *, userspace_esp: bool = False,
+                   vendor_id: bool = False) -> None:
     """Client initiates IKEv2 to the server (and with userspace_esp pings through the tunnel), then
-    deletes the SA; returns once both daemons logged each step."""
+    deletes the SA; returns once both daemons logged each step. vendor_id: both send strongSwan's VID."""
     if userspace_esp:
         for ns, name in ((lb.client, "client"), (lb.server, "server")):
             lb.run(ns, "ip", "addr", "add", f"{INNER[name]}/32", "dev", "lo")
     esp = userspace_esp
-    srv = start_charon(lb, lb.server, d / "server", "server", server_ip, client_ip, userspace_esp=esp)
-    cli = start_charon(lb, lb.client, d / "client", "client", client_ip, server_ip, userspace_esp=esp)
+    srv = start_charon(lb, lb.server, d / "server", "server", server_ip, client_ip, userspace_esp=esp,
+                       vendor_id=vendor_id)
+    cli = start_charon(lb, lb.client, d / "client", "client", client_ip, server_ip, userspace_esp=esp,
+                       vendor_id=vendor_id)
     # Without userspace ESP the CHILD_SA cannot be installed (no kernel ESP) and --initiate reports
     # failure; the IKE SA is still established, and both daemons say so.
     r = cli.swanctl(lb, lb.client, "--initiate", "--child", "net", "--timeout", "15", check=userspace_esp)

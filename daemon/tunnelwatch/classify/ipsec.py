@@ -13,6 +13,18 @@ sequence number is confirmed, and both directions name their SPIs in the evidenc
 protocols whose header is not valid (reserved SPI, sequence 0, malformed AH) is still reported, as
 heuristic: the protocol number claims IPsec, the header does not back the claim. Single-packet flows
 (a probe, a capture cut short) are therefore tagged, never left unknown.
+
+Vendor IDs in clear IKE messages (ikevendor.py) name the gateway's or client's vendor in the evidence;
+the protocol stays `ike` (ikevendor.py says why).
+
+Palo Alto GlobalProtect's IPsec mode is ESP-in-UDP with no IKE: the gateway's reply to POST
+/ssl-vpn/getconfig.esp over HTTPS carries <ipsec><udp-port>4501</udp-port><ipsec-mode>esp-tunnel</...>
+and a different SPI and key per direction (c2s-spi, s2c-spi); the client starts with three ESP-wrapped
+ICMP echoes ("monitor\0\0pan ha ...") and repeats them as keepalives (OpenConnect's PAN GlobalProtect
+protocol notes; infradead.org/openconnect/globalprotect.html). So nothing but the ESP header is in clear.
+The same SPI+sequence checks as on 4500 apply on 4501 and report `globalprotect`: confirmed only when
+both directions show their own stable SPI with rising sequence numbers (the pings and their replies
+give that within the first packets). A gateway that hands out another port is plain unknown ESP-in-UDP.
 """
 
 from __future__ import annotations
@@ -23,9 +35,11 @@ from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.ikevendor import vendors
 from tunnelwatch.classify.packet import AH, ESP, UDP, Packet
 
 NAT_T_PORT: Final = 4500
+GP_PORT: Final = 4501
 IKE_HEADER: Final = 28
 _V1_EXCHANGES: Final = {1: "Base", 2: "Main Mode", 3: "Auth Only", 4: "Aggressive Mode", 5: "Informational",
                         6: "Transaction", 32: "Quick Mode", 33: "New Group Mode"}
@@ -109,6 +123,7 @@ class _State:
     rspi: bytes = b""
     ike_dirs: list[bool] = field(default_factory=lambda: [False, False])
     ike_first: str = ""
+    vendors: list[str] = field(default_factory=list)
     nat_t: bool = False
     bad: int = 0
     # per direction: SPI -> last sequence number
@@ -122,8 +137,9 @@ class IPsec(Classifier):
     name: ClassVar[str] = "ipsec"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP, ESP, AH})
-    protocols: ClassVar[tuple[str, ...]] = ("ike", "esp", "ah")
-    ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 500): "ike", (UDP, 4500): "ike"}
+    protocols: ClassVar[tuple[str, ...]] = ("ike", "esp", "ah", "globalprotect")
+    ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 500): "ike", (UDP, 4500): "ike",
+                                                   (UDP, GP_PORT): "globalprotect"}
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse IKE headers or ESP/AH SPI+sequence and cross-check them between the two directions."""
@@ -140,10 +156,15 @@ class IPsec(Classifier):
             return self._sa(st, "ah", body, direction, over_udp=False)
         if p == b"\xff":
             return None  # NAT-T keepalive
+        ends = (pkt.sport, pkt.dport)
+        if GP_PORT in ends and NAT_T_PORT not in ends and 500 not in ends:
+            return self._sa(st, "globalprotect", p, direction, over_udp=True)
         marker = len(p) >= 4 and p[:4] == b"\x00\x00\x00\x00"
-        hdr = parse_ike(p[4:] if marker else p)
+        msg = p[4:] if marker else p
+        hdr = parse_ike(msg)
         if hdr is not None:
             st.nat_t = st.nat_t or marker
+            self._vendors(st, msg, direction)
             return self._ike(st, hdr, direction)
         if not marker and NAT_T_PORT in (pkt.sport, pkt.dport) and not st.ike_first:
             return self._sa(st, "esp", p, direction, over_udp=True)
@@ -168,10 +189,20 @@ class IPsec(Classifier):
         ev = [st.ike_first]
         if st.nat_t:
             ev.append("NAT-T non-ESP marker")
+        ev.extend(st.vendors)
         if all(st.ike_dirs) and st.rspi:
             ev.append("reply carries the same initiator SPI and a non-zero responder SPI")
             return self.verdict("ike", "confirmed", *ev)
         return self.verdict("ike", "heuristic", *ev)
+
+    @staticmethod
+    def _vendors(st: _State, msg: bytes, direction: int) -> None:
+        """Note the vendors a clear IKE message declares (bounded: a few per side)."""
+        side = "responder" if direction else "initiator"
+        for v in vendors(msg):
+            note = f"vendor ID: {v} ({side})"
+            if note not in st.vendors and len(st.vendors) < _MAX_SPIS:
+                st.vendors.append(note)
 
     def _sa(self, st: _State, proto: str, p: bytes, direction: int, *, over_udp: bool) -> InspectResult:
         """ESP or AH: SPI + sequence number per direction."""
@@ -198,8 +229,9 @@ class IPsec(Classifier):
             return None  # replay or reordering: not counted
         sas[spi] = seq
         st.sa_pkts[direction] += 1
-        name = proto.upper()
-        where = "in UDP 4500" if over_udp else f"IP protocol {50 if proto == 'esp' else 51}"
+        name = "ESP" if proto == "globalprotect" else proto.upper()
+        where = (f"in UDP {GP_PORT} (GlobalProtect)" if proto == "globalprotect"
+                 else "in UDP 4500" if over_udp else f"IP protocol {50 if proto == 'esp' else 51}")
         other = st.sa[1 - direction]
         both = bool(other) and not (set(sas) & set(other))
         if over_udp:

@@ -169,3 +169,32 @@ def test_fuzz_never_raises() -> None:
 def test_engine_records_both_flows_separately() -> None:
     flows = run_engine([u(C, S, 500, 500, ike()), ipproto(C, S, 50, esp(0x2360B0E3, 1))])
     assert sorted(v.protocol for _, v in flows) == ["esp", "ike"]
+
+
+# ---------------------------------------------------------------- GlobalProtect: ESP-in-UDP on UDP 4501
+def test_globalprotect_esp_both_ways_confirmed_one_way_heuristic() -> None:
+    both = []
+    for i in range(1, 4):
+        both += [u(C, S, 51000, 4501, esp(0x5A1B2C3D, i)), u(S, C, 4501, 51000, esp(0x0BADF00D, i))]
+    v = one_verdict(both)
+    assert (v.klass, v.protocol, v.confidence) == ("vpn_tunnel", "globalprotect", "confirmed")
+    assert "ESP in UDP 4501 (GlobalProtect)" in v.evidence
+    one = [u(C, S, 51000, 4501, esp(0x5A1B2C3D, i)) for i in range(1, 4)]
+    assert (one_verdict(one).protocol, one_verdict(one).confidence) == ("globalprotect", "heuristic")
+
+
+def test_globalprotect_near_misses_are_only_a_port_hint() -> None:
+    # the same SPI both ways (an echo), a jumping SPI, and random datagrams on 4501
+    echo = []
+    for i in range(1, 4):
+        echo += [u(C, S, 51000, 4501, esp(0x5A1B2C3D, i)), u(S, C, 4501, 51000, esp(0x5A1B2C3D, i))]
+    jumping = [u(C, S, 51000, 4501, esp(0x10000 + i, 1)) for i in range(4)]
+    noise = [u(C, S, 51000, 4501, os.urandom(80)) for _ in range(4)]
+    assert one_verdict(echo).confidence == "heuristic"
+    for pkts in (jumping, noise):
+        assert one_verdict(pkts).confidence == "port"
+
+
+def test_ike_from_ephemeral_port_4501_is_still_ike() -> None:
+    v = one_verdict([u(C, S, 4501, 500, ike()), u(S, C, 500, 4501, ike(rspi=RSPI, flags=0x20))])
+    assert (v.protocol, v.confidence) == ("ike", "confirmed")
