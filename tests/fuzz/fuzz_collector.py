@@ -28,6 +28,7 @@ class Stub:
     def __init__(self, token: str | None) -> None:
         self.store = Store(str(_ROOT / "store"))
         self.token = token
+        self.bind_device = False  # no TLS here, so no client certificate to bind the device id to
 
     def take_fault(self) -> tuple[int, dict[str, str]]:
         """Never a fault."""
