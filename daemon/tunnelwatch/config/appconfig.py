@@ -32,6 +32,7 @@ class StatusConfig:
     port: int = 8787
     token_file: Path | None = None
     token: str | None = field(default=None, repr=False)  # the secret itself: never logged
+    uplink_grace: int = 600  # seconds the uplink may fail before health degrades (appliance/health.py)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _null(r: YamlReader, node: Node) -> bool:
 
 def status_section(r: YamlReader, node: Node, path: str) -> StatusConfig:
     """The status section (reads and checks the token file)."""
-    f = r.mapping(node, ("socket", "listen", "port", "token_file"), "status")
+    f = r.mapping(node, ("socket", "listen", "port", "token_file", "uplink_grace"), "status")
     base = StatusConfig()
     sock: str | None = base.socket
     if "socket" in f:
@@ -134,7 +135,9 @@ def status_section(r: YamlReader, node: Node, path: str) -> StatusConfig:
                 r.err(f["token_file"], f"status.token_file: {exc}")
     if listen and token_file is None:
         r.err(f["listen"], "status.listen needs status.token_file: the HTTP API is only served with a token")
-    return StatusConfig(sock, listen, port, token_file, token)
+    grace = r.opt(f, "uplink_grace", lambda n: r.integer(n, "status.uplink_grace", 1, 86_400),
+                  base.uplink_grace)
+    return StatusConfig(sock, listen, port, token_file, token, grace)
 
 
 def discovery_section(r: YamlReader, node: Node) -> DiscoveryConfig:

@@ -85,7 +85,7 @@ class Supervisor:
         self.rules, self.app, self.notifier, self.apply_path = rules, app, notifier, apply_path
         self.verbose = verbose
         self.reporter, self.syncer = reporter, syncer
-        self.health = Health()
+        self.health = Health(uplink_grace=float(cfg.status.uplink_grace))
         self.watch = RegistryWatch(registry)
         self.counts: Counter[str] = Counter()
         self.hup = False
@@ -231,6 +231,7 @@ class Supervisor:
             self._reject([f"installing the new rules failed: {exc}"], "firewall")
             return
         self.apply_path(new, reg)
+        self.health.uplink_grace = float(new.status.uplink_grace)
         if not self.verbose and (new.log_level, new.log_journal) != (old.log_level, old.log_journal):
             setup_logging(new.log_level, journal=new.log_journal)
         self.app.apply(new, reg)

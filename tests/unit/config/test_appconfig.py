@@ -137,3 +137,10 @@ def test_read_secret_refuses_a_file_of_another_user(tmp_path: Path) -> None:
     os.chown(tok, 65534, 65534)
     with pytest.raises(ValueError, match="owned by uid 65534"):
         read_secret(tok)
+
+
+def test_uplink_grace_defaults_to_600_s_and_is_checked() -> None:
+    assert parse_config("status: {socket: null}\n").status.uplink_grace == 600
+    assert parse_config("status: {uplink_grace: 5}\n").status.uplink_grace == 5
+    problems = _problems("status: {uplink_grace: 0}\n")
+    assert len(problems) == 1 and "status.uplink_grace" in problems[0], problems
