@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-UPLINK_GRACE: Final = 600.0  # seconds of continuous uplink failure before health degrades (2 heartbeats)
+UPLINK_GRACE: Final = 600.0  # default status.uplink_grace: seconds of uplink failure before health degrades
 WINDOW: Final = 600.0  # a counter that rose within this many seconds degrades health
 SPOOL_NEAR_FULL: Final = 0.8  # share of report.spool.max_events
 
@@ -81,7 +81,9 @@ class Health:
                 self._uplink_failing_since = now
             failing = now - self._uplink_failing_since
             if failing >= self.uplink_grace:
-                out.append(f"uplink failing for {failing / 60:.0f} min: {err}")
+                # a short configured grace (status.uplink_grace) would otherwise read "failing for 0 min"
+                since = f"{failing / 60:.0f} min" if failing >= 120 else f"{failing:.0f} s"
+                out.append(f"uplink failing for {since}: {err}")
         backlog, limit = snap.get("uplink_backlog"), snap.get("spool_max_events")
         near = isinstance(backlog, int) and isinstance(limit, int) and limit > 0 \
             and backlog >= SPOOL_NEAR_FULL * limit

@@ -44,6 +44,13 @@ def test_uplink_failing_degrades_only_after_the_grace_and_recovers() -> None:
     assert h.assess(failing, T0 + 710)[0] == "ok"  # a new outage starts a new grace
 
 
+def test_a_short_uplink_grace_reports_seconds() -> None:
+    h = Health(uplink_grace=3)
+    failing = _snap(uplink_last_error="refused")
+    assert h.assess(failing, T0) == ("ok", [])
+    assert h.assess(failing, T0 + 4) == ("degraded", ["uplink failing for 4 s: refused"])
+
+
 def test_spool_near_its_bound() -> None:
     state, why = Health().assess(_snap(uplink_backlog=850), T0)
     assert state == "degraded" and why[0].startswith("spool 85% full (850 of 1000 events waiting)")
