@@ -53,7 +53,8 @@ class Health:
         reasons.extend(self._uplink(snap, now))
         sync = snap.get("registry_sync_error")
         if isinstance(sync, str) and sync:
-            reasons.append(f"registry sync: {sync}")
+            # the syncer's messages may already name themselves (regsync.py): one prefix is enough
+            reasons.append(f"registry sync: {sync.removeprefix('registry sync: ')}")
         stale = snap.get("registry_stale")  # policy/syncer.py: the registry's document near or past expiry
         if isinstance(stale, str) and stale:
             reasons.append(stale)

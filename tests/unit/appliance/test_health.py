@@ -77,6 +77,9 @@ def test_rising_counters_degrade_for_a_window_then_are_history() -> None:
 def test_registry_sync_failure() -> None:
     state, why = Health().assess(_snap(registry_sync_error="signature does not verify"), T0)
     assert state == "degraded" and why == ["registry sync: signature does not verify"]
+    # the syncer's fetch errors already start with "registry sync: " (regsync.py): said once
+    _, why = Health().assess(_snap(registry_sync_error="registry sync: cannot fetch: refused"), T0)
+    assert why == ["registry sync: cannot fetch: refused"]
 
 
 def test_hostile_snapshot_values_never_raise() -> None:
