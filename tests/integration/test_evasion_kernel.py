@@ -75,6 +75,14 @@ def _wait(pred: Any, what: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _degraded_by(sock: str, prefix: str) -> bool:
+    """Health is degraded over the status socket with a reason starting with `prefix` (health.py)."""
+    snap = fetch_snapshot(sock)
+    reasons = snap.get("health_reasons")
+    return snap.get("health") == "degraded" and isinstance(reasons, list) \
+        and any(str(r).startswith(prefix) for r in reasons)
+
+
 def _pair_behind_relay(tmp: Path, proto: str) -> OpenVPNPair:
     """An OpenVPN pair with the test's relay in between. UDP: the server listens on the server
     namespace's loopback (port 1195) behind the relay on SERVER_IP:1194. TCP: the server listens on
@@ -223,6 +231,7 @@ def test_a_flooding_host_is_limited_reported_and_others_keep_working(tmp_path: P
         _daemon(lb, _config(tmp_path, extra=_report(tmp_path), queue=", new_flow_rate: 100, "
                                                                       "new_flow_burst: 200"))
         sock = str(tmp_path / "status.sock")
+        _wait(lambda: fetch_snapshot(sock).get("health") == "ok", "health ok before the flood")
         start_wireguard(lb, tmp_path / "wg")  # its traffic leaves from CLIENT_IP (the route's source)
         # as fast as it can, for 8 s at most (and 300,000 flows at most)
         lb.spawn(lb.client, [sys.executable, "-c", UDP_FLOOD, FLOODER, SERVER_IP, "300000", "8"], "flood")
@@ -247,6 +256,7 @@ def test_a_flooding_host_is_limited_reported_and_others_keep_working(tmp_path: P
         lb.wait_for_log("flood", "flood sent", timeout=40)
         _wait(lambda: kernel().get("flood_dropped", 0) > 0, "the status to show the drops")
         print(f"flood: {lb.log('flood').strip()}; kernel counters {kernel()}")
+        _wait(lambda: _degraded_by(sock, "flood: "), "health degraded by the flood")
         lb.wait_for_log("daemon", "new-connection limit (100/s per host) tripped")
         spool = tmp_path / "state" / "spool.db"
         _wait(lambda: any(e["kind"] == "new_flow_limit" for e in spool_events(spool)), "the event")
@@ -266,6 +276,7 @@ def test_fail_open_bypass_is_counted_in_the_kernel_and_shown(tmp_path: Path) -> 
     with lab(tmp_path, ipv6=False) as lb:
         p = _daemon(lb, _config(tmp_path, extra=_report(tmp_path), queue=", maxlen: 16"))
         sock = str(tmp_path / "status.sock")
+        _wait(lambda: fetch_snapshot(sock).get("health") == "ok", "health ok before the bypass")
         p.send_signal(signal.SIGSTOP)
         try:
             lb.run(lb.client, sys.executable, "-c", spray)  # 40 new flows: 16 wait, the rest pass unverdicted
@@ -280,6 +291,7 @@ def test_fail_open_bypass_is_counted_in_the_kernel_and_shown(tmp_path: Path) -> 
 
         _wait(lambda: kernel().get("bypassed_flows", 0) >= 20, "the status to show the bypass")
         print(f"fail-open: {kernel()}")
+        _wait(lambda: _degraded_by(sock, "fail-open: "), "health degraded by the bypass")
         status = subprocess.run([sys.executable, "-m", "tunnelwatch", "status", "--socket", sock],
                                 capture_output=True, text=True, timeout=20)
         assert "connections passed without a verdict" in status.stdout, status.stdout + status.stderr
