@@ -185,7 +185,8 @@ def test_registry_sync_failing_and_a_registry_near_expiry_degrade_health(tmp_pat
     pub = isp.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     docs = tmp_path / "regdocs"
     docs.mkdir()
-    reg = f"registrations:\n  - id: PTA-H-1\n    customer: lab\n    protocols: [openvpn]\n    servers: [{SERVER_IP}]\n"
+    reg = ("registrations:\n  - id: PTA-H-1\n    customer: lab\n    protocols: [openvpn]\n"
+           f"    servers: [{SERVER_IP}]\n")
     (docs / "box.json").write_bytes(sign_document(isp, 1, reg, device=DEVICE))
     cfg = _config(tmp_path, report="  registry_sync:\n"
                                    f"    url: https://{SERVER_IP}:{REGSYNC_PORT}/box.json\n"
@@ -205,13 +206,15 @@ def test_registry_sync_failing_and_a_registry_near_expiry_degrade_health(tmp_pat
         print(f"sync: {why}")
         # version 2, issued a day ago, expiring in an hour: within the last quarter of its validity
         now = time.time()
-        (docs / "box.json").write_bytes(sign_document(isp, 2, reg, device=DEVICE, issued=rfc3339(now - 86_400),
-                                                      expires=rfc3339(now + 3600)))
+        issued, expires = rfc3339(now - 86_400), rfc3339(now + 3600)
+        near = sign_document(isp, 2, reg, device=DEVICE, issued=issued, expires=expires)
+        (docs / "box.json").write_bytes(near)
         _regserver(lb, docs, pki, "regserver2")
         snap = _wait_snap(sock, lambda s: _degraded_by("registry expires at ")(s)
                           and not s.get("registry_sync_error"), "health degraded by the expiry", timeout=25)
         why = _reason(snap, "registry expires at ")
-        assert "h left" in why and not any(str(r).startswith("registry sync: ") for r in snap["health_reasons"])
+        assert "h left" in why, why
+        assert not any(str(r).startswith("registry sync: ") for r in snap["health_reasons"]), snap
         print(f"stale: {why}")
         assert p.poll() is None, lb.log("daemon")[-2000:]
 
@@ -225,7 +228,8 @@ def test_flow_table_evictions_degrade_health(tmp_path: Path) -> None:
     with lab(tmp_path, ipv6=False) as lb:
         p = _daemon(lb, cfg)
         _wait_snap(sock, _ok, "health ok")
-        r = lb.run(lb.client, sys.executable, "-c", UDP_BURST, SERVER_IP, "20000", "1500", "spread", timeout=60)
+        r = lb.run(lb.client, sys.executable, "-c", UDP_BURST, SERVER_IP, "20000", "1500", "spread",
+                   timeout=60)
         assert r.stdout.startswith("sent 1500")
         snap = _wait_snap(sock, _degraded_by("flow table full: "), "health degraded by evictions")
         why = _reason(snap, "flow table full: ")
