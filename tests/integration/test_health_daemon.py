@@ -75,8 +75,8 @@ def _config(tmp: Path, *, status: str = "", queue: str = "", report: str = "") -
     return cfg
 
 
-def _uplink(pki: Pki, port: int = COLLECTOR_PORT) -> str:
-    return (f"  uplink: {{url: 'https://{SERVER_IP}:{port}', ca_file: {pki.ca},\n"
+def _uplink(pki: Pki) -> str:
+    return (f"  uplink: {{url: 'https://{SERVER_IP}:{COLLECTOR_PORT}', ca_file: {pki.ca},\n"
             f"           client_cert: {pki.client_cert}, client_key: {pki.client_key}}}\n")
 
 
@@ -159,9 +159,8 @@ def test_the_spool_near_full_degrades_health(tmp_path: Path) -> None:
     """The collector is unreachable (nothing listens), so every event waits in a spool bounded at 100:
     real UDP flows to the OpenVPN port (reported: min_confidence port) fill it past 80 %."""
     require_tools(*TOOLS)
-    pki = _pki(tmp_path)
     cfg = _config(tmp_path, report="  spool: {max_events: 100}\n  min_confidence: port\n"
-                                   + _uplink(pki, port=9))
+                                   f"  uplink: {{url: 'https://{SERVER_IP}:9'}}\n")
     sock = str(tmp_path / "status.sock")
     with lab(tmp_path, ipv6=False) as lb:
         p = _daemon(lb, cfg)
