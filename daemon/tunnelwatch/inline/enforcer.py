@@ -44,6 +44,7 @@ SEQ_WINDOW: Final = 1 << 20
 REUSE_GAP_S: Final = 2.0
 #: UDP payload sizes of WireGuard's handshake initiation and response (rulespec.HANDSHAKE_LENGTHS)
 HANDSHAKE_PAYLOADS: Final = frozenset({148, 92})
+MAX_RENEWED: Final = 4096  # renewed decisions remembered at most (each is dropped at the next decision)
 Record = Callable[[FlowRecord], None]
 
 
@@ -79,6 +80,8 @@ class Enforcer:
         self.counts: dict[str, int] = {}
         self.late_blocks = 0  # blocks decided after a flow was first let through under WATCH
         self.reused = 0  # new connections on the 5-tuple of a finally decided flow: classified afresh
+        #: decisions of flows renewed by a handshake-sized datagram, until the new flow's first decision
+        self._renewed: dict[FlowKey, tuple[str, ...]] = {}
 
     def _use_lists(self) -> None:
         idx = self.endpoints.index
@@ -143,7 +146,13 @@ class Enforcer:
         if mark == firewall.MARK_ALLOW and pkt.proto == 17 and len(pkt.payload) in HANDSHAKE_PAYLOADS:
             # the kernel queues these on a UDP connection allowed for good only because of their size
             # (rulespec: a tunnel started on the 5-tuple of an allowed flow): look at them afresh at once,
-            # since the tunnel's packets may follow the old flow's without any gap
+            # since the tunnel's packets may follow the old flow's without any gap. A registered tunnel's
+            # own re-handshake (every 2 minutes) comes the same way: decided the same again, it is not
+            # logged or reported again (_decided)
+            if old.decided_as is not None:
+                if len(self._renewed) >= MAX_RENEWED:
+                    self._renewed.clear()
+                self._renewed[key] = old.decided_as
             self._renew(old, key)
             return
         ref = old.seq[old.direction(pkt)] if pkt.proto == 6 and old.seq is not None else -1
@@ -207,8 +216,10 @@ class Enforcer:
         self.marks[flow.key] = bits
         verb = "block(reject)" if d.reject else d.action
         what = (verdict.klass, verdict.protocol, verdict.confidence, verb)
+        if flow.decided_as is None and self._renewed.pop(flow.key, None) == what:
+            flow.decided_as = what  # the same decision as the flow its handshake-sized datagram renewed
         if flow.decided_as == what:
-            return  # re-decided the same after a re-open: already logged and reported
+            return  # re-decided the same after a re-open or a renewal: already logged and reported
         flow.decided_as = what
         if previous == firewall.MARK_WATCH and d.action == "block":
             self.late_blocks += 1

@@ -14,7 +14,7 @@ from tunnelwatch.config.runconfig import parse_config
 from tunnelwatch.inline import enforcer as enforcer_mod
 from tunnelwatch.inline import firewall
 from tunnelwatch.inline.enforcer import Enforcer
-from tunnelwatch.policy.registry import Registry
+from tunnelwatch.policy.registry import Registry, parse_registry
 
 C, S = "198.51.100.2", "203.0.113.2"
 SID_C, SID_S = bytes.fromhex("1122334455667788"), bytes.fromhex("99aabbccddeeff00")
@@ -70,3 +70,47 @@ def test_a_reused_udp_tuple_after_a_pause_is_classified_afresh(monkeypatch: pyte
     monkeypatch.setattr(enforcer_mod.time, "time", lambda: later)
     query = bytes(IP(src=C, dst=S) / UDP(sport=40001, dport=1194) / DNS(id=7, qd=DNSQR(qname="example.test")))
     assert enf.handle(query) != firewall.MARK_DROP and enf.reused == 1
+
+
+def _wg(rng_seed: int, sport: int = 40002, dport: int = 51820) -> tuple[bytes, bytes]:
+    """A WireGuard handshake initiation (148 bytes) and its response (92 bytes) on UDP sport -> dport."""
+    import random
+
+    rng = random.Random(rng_seed)
+    init = b"\x01\x00\x00\x00" + rng.randbytes(4) + rng.randbytes(140)
+    resp = b"\x02\x00\x00\x00" + rng.randbytes(4) + init[4:8] + rng.randbytes(80)
+    up = bytes(IP(src=C, dst=S) / UDP(sport=sport, dport=dport) / init)
+    down = bytes(IP(src=S, dst=C) / UDP(sport=dport, dport=sport) / resp)
+    return up, down
+
+
+def test_a_registered_tunnels_rehandshake_is_renewed_without_a_second_report() -> None:
+    records: list[object] = []
+    reg = Registry(parse_registry("registrations:\n  - id: R-1\n    customer: lab\n"
+                                  "    protocols: [wireguard]\n"
+                                  f"    servers:\n      - {{address: {S}, ports: [51820]}}\n", "reg.yaml"))
+    enf = Enforcer(parse_config("policy: {klass: {vpn_tunnel: enforce}}\n"), reg, records.append)
+    up, down = _wg(1)
+    enf.handle(up)
+    assert enf.handle(down) == firewall.MARK_ALLOW and len(records) == 1  # registered: allowed for good
+    # two minutes later wireguard-go re-handshakes: the kernel queues the handshake-sized datagrams of the
+    # allowed connection; they are looked at afresh (a tunnel could have replaced the old flow) ...
+    up2, down2 = _wg(2)
+    enf.handle(up2)
+    assert enf.handle(down2) == firewall.MARK_ALLOW and enf.reused == 1
+    # ... and the same decision is not logged or reported a second time
+    assert len(records) == 1
+
+
+def test_wireguard_after_dns_on_an_allowed_tuple_is_blocked_and_reported() -> None:
+    records: list[object] = []
+    enf = Enforcer(parse_config("policy: {klass: {vpn_tunnel: enforce}}\n"), Registry(), records.append)
+    for i in range(20):  # plain DNS from the port until the flow is decided and allowed
+        q = DNS(id=i, qd=DNSQR(qname="example.test"))
+        enf.handle(bytes(IP(src=C, dst=S) / UDP(sport=40002, dport=53) / q))
+        enf.handle(bytes(IP(src=S, dst=C) / UDP(sport=53, dport=40002) / DNS(id=i, qr=1, qd=q.qd)))
+    assert enf.marks[next(iter(enf.marks))] == firewall.MARK_ALLOW
+    up, down = _wg(3, dport=53)
+    enf.handle(up)
+    assert enf.handle(down) == firewall.MARK_DROP and enf.reused == 1
+    assert [getattr(r, "action", None) for r in records][-1] == "block"
