@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import os
 import sys
 from pathlib import Path
 
 import yaml
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tunnelwatch.policy.regdoc import load_private_key, new_private_key, public_b64
 
 #: must equal provision.py's SIG_CONTEXT: a registry signature (another context) cannot pass as this
 SIG_CONTEXT = b"tunnelwatch provision v1\x00"
@@ -41,12 +41,6 @@ def verify_bytes(raw: bytes, sig_text: bytes, key: Ed25519PublicKey) -> bool:
     return True
 
 
-def public_b64(key: Ed25519PrivateKey) -> str:
-    """The public key in provisioning.pub form: base64 of its 32 raw bytes."""
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
 def _precheck(raw: bytes) -> str | None:
     """A reason not to sign (the box would refuse the file anyway), or None."""
     try:
@@ -56,13 +50,6 @@ def _precheck(raw: bytes) -> str | None:
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("device_id"), str):
         return "not a provisioning file (needs version: 1 and device_id)"
     return None
-
-
-def _load_private(path: str) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SystemExit(f"{path}: not an Ed25519 private key")
-    return key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     vf.add_argument("file")
     a = ap.parse_args(argv)
     if a.cmd == "keygen":
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        fd = os.open(a.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        print(public_b64(key))
+        print(public_b64(new_private_key(a.out)))
         return 0
     raw = Path(a.file).read_bytes()
     if a.cmd == "sign":
@@ -94,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             print(f"{a.file}: {why}", file=sys.stderr)
             return 78
-        Path(a.file + SUFFIX).write_bytes(sign_bytes(_load_private(a.key), raw))
+        Path(a.file + SUFFIX).write_bytes(sign_bytes(load_private_key(a.key), raw))
         print(f"wrote {a.file}{SUFFIX}")
         return 0
     try:

@@ -13,9 +13,12 @@ import base64
 import binascii
 import datetime as dt
 import json
+import os
 import time
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 FORMAT = "tunnelwatch-registry/1"
@@ -37,6 +40,31 @@ def public_key_from_b64(text: str) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(raw)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("registry public key must be base64 of 32 raw Ed25519 bytes") from exc
+
+
+def new_private_key(path: str) -> Ed25519PrivateKey:
+    """A fresh Ed25519 signing key written to `path` (PKCS#8 PEM, 0600, never over an existing file)."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return key
+
+
+def load_private_key(path: str) -> Ed25519PrivateKey:
+    """The ISP's Ed25519 signing key from a PEM file (exits with a message if it is another kind)."""
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SystemExit(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def public_b64(key: Ed25519PrivateKey) -> str:
+    """The public key in its config form: base64 of the 32 raw bytes."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
 
 
 def rfc3339(ts: float) -> str:

@@ -11,7 +11,6 @@ ISPs: keygen, sign, verify.
 from __future__ import annotations
 
 import argparse
-import base64
 import fcntl
 import hashlib
 import http.client
@@ -25,16 +24,16 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from tunnelwatch.config.runconfig import ConfigError
 from tunnelwatch.policy.regdoc import (
     FORMAT,
     SIG_CONTEXT,
     Rejected,
     check_scope,
+    load_private_key,
+    new_private_key,
     parse_time,
+    public_b64,
     public_key_from_b64,
     rfc3339,
     sign_document,
@@ -231,13 +230,6 @@ class RegistrySync:
         _atomic_write(self.registry_path.with_name(self.registry_path.name + ".last-good"), old.encode())
 
 
-def _load_private(path: str) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SystemExit(f"{path}: not an Ed25519 private key")
-    return key
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m tunnelwatch.policy.regsync keygen|sign|verify`: the ISP side of registry signing."""
     ap = argparse.ArgumentParser(prog="tunnelwatch registry",
@@ -259,14 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     vf.add_argument("document")
     a = ap.parse_args(argv)
     if a.cmd == "keygen":
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        fd = os.open(a.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        print(base64.b64encode(raw).decode())
+        print(public_b64(new_private_key(a.out)))
         return 0
     if a.cmd == "sign":
         text = Path(a.registry).read_text(encoding="utf-8")
@@ -282,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             print("warning: neither --device nor --group: boxes refuse this document unless configured "
                   "with report.registry_sync.accept_unscoped: true", file=sys.stderr)
         expires = rfc3339(time.time() + a.valid_days * 86_400) if a.valid_days > 0 else None
-        sys.stdout.buffer.write(sign_document(_load_private(a.key), a.version, text, device=a.device,
+        sys.stdout.buffer.write(sign_document(load_private_key(a.key), a.version, text, device=a.device,
                                               group=a.group, expires=expires))
         return 0
     try:
