@@ -95,21 +95,26 @@ def decode(payload: bytes) -> Any:
     """The JSON document in a payload, gzip'd (the uplink's encoding) or plain; BatchError if neither."""
     if len(payload) > MAX_PAYLOAD:
         raise BatchError(f"payload over {MAX_PAYLOAD} bytes")
-    raw = payload
-    if payload[:2] == b"\x1f\x8b":
+    return inflate_json(payload, payload[:2] == b"\x1f\x8b", "payload")
+
+
+def inflate_json(raw: bytes, gzipped: bool, what: str) -> Any:
+    """JSON from bytes, gunzipped first when `gzipped`, bounded against a gzip bomb; BatchError naming
+    `what` (the MQTT payload, the HTTP body) when it is not."""
+    if gzipped:
         d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
-            raw = d.decompress(payload, MAX_INFLATED)
+            raw = d.decompress(raw, MAX_INFLATED)
         except zlib.error as exc:
-            raise BatchError(f"bad gzip payload: {exc}") from None
+            raise BatchError(f"bad gzip {what}: {exc}") from None
         if d.unconsumed_tail:
-            raise BatchError(f"payload inflates past {MAX_INFLATED} bytes")
+            raise BatchError(f"{what} inflates past {MAX_INFLATED} bytes")
         if not d.eof:
-            raise BatchError("truncated gzip payload")
+            raise BatchError(f"truncated gzip {what}")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise BatchError(f"payload is not JSON: {str(exc)[:80]}") from None
+        raise BatchError(f"{what} is not JSON: {str(exc)[:80]}") from None
 
 
 def parse_ts(value: object) -> datetime:
