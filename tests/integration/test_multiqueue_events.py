@@ -1,6 +1,7 @@
 """Several NFQUEUE workers, one event stream: the workers forward their decisions to the main process, which
-builds every event (docs/events.md). SIP OPTIONS exchanges from many client ports spread over two queues;
-every flow event in the spool must come from one stream with gapless sequence numbers."""
+builds every event (docs/events.md). SIP OPTIONS exchanges from two client addresses (the rules give each
+host one queue) reach both queues; every flow event in the spool must come from one stream with gapless
+sequence numbers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 QUEUE = 11
 FLOWS = 12
-# --queue-balance hashes the addresses (not the ports): flows to several server addresses spread over both
+HOSTS = ["198.51.100.2", "198.51.100.3"]  # the initiator's low address bits choose the queue
 SERVERS = [f"203.0.113.{20 + i}" for i in range(6)]
 SIP_PORT = 5060
 # A SIP responder: answers each OPTIONS with 200 OK echoing Via, From, To, Call-ID and CSeq.
@@ -39,8 +40,8 @@ while time.monotonic() < end and n < 1000:
         answer = b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\nContent-Length: 0\r\n\r\n"
         key.fileobj.sendto(answer, peer)
 """
-# FLOWS OPTIONS requests, each from its own socket (its own flow), round robin over the server addresses,
-# each waiting for its answer.
+# FLOWS OPTIONS requests, each from its own socket (its own flow), round robin over the client and the
+# server addresses, each waiting for its answer.
 CLIENT = r"""
 import socket, sys
 ok = 0
@@ -48,6 +49,7 @@ servers = sys.argv[1].split(",")
 for i in range(int(sys.argv[3])):
     server = servers[i % len(servers)]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[4].split(",")[i % 2], 0))
     s.settimeout(3)
     call = "mq-%d@lab" % i
     msg = ("OPTIONS sip:probe@%s SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.2;branch=z9hG4bK%d\r\n"
@@ -81,6 +83,7 @@ def test_two_workers_report_through_one_stream(tmp_path: Path) -> None:
     with lab(tmp_path) as lb:
         (tmp_path / "responder.py").write_text(RESPONDER)
         (tmp_path / "client.py").write_text(CLIENT)
+        lb.run(lb.client, "ip", "addr", "add", f"{HOSTS[1]}/24", "dev", "eth0")
         for addr in SERVERS:
             lb.run(lb.server, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
         responder = [sys.executable, str(tmp_path / "responder.py"), ",".join(SERVERS), str(SIP_PORT)]
@@ -89,7 +92,7 @@ def test_two_workers_report_through_one_stream(tmp_path: Path) -> None:
         lb.spawn(lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config", str(cfg)], "daemon")
         lb.wait_for_log("daemon", "ready:", timeout=30)
         r = lb.run(lb.client, sys.executable, str(tmp_path / "client.py"), ",".join(SERVERS), str(SIP_PORT),
-                   str(FLOWS), timeout=90)
+                   str(FLOWS), ",".join(HOSTS), timeout=90)
         assert int(r.stdout) == FLOWS, r.stdout + r.stderr
         seen = _queue_packets(lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout)
         assert seen.get(QUEUE, 0) > 0 and seen.get(QUEUE + 1, 0) > 0, seen  # both workers had flows

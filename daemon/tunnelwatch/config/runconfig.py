@@ -11,6 +11,7 @@ file that must be owned by root (or the daemon's user) and not readable by group
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -40,6 +41,16 @@ HOOKS: Final = ("forward", "input", "output")
 BACKENDS: Final = ("auto", "iptables", "nftables")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 BULK_ACTIONS: Final = ("report", "block")
+AUTO_QUEUES_MAX: Final = 8  # queue.count: auto never starts more workers (a CPE has 1-4 cores)
+
+
+def auto_queue_count() -> int:
+    """`queue.count: auto`: one queue and worker per CPU this process may run on, 1 to AUTO_QUEUES_MAX."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(AUTO_QUEUES_MAX, cpus))
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,9 @@ class RunConfig:
     """Everything `tunnelwatch run` needs."""
 
     queue_num: int = 0
-    queue_count: int = 1
+    #: resolved at load: `auto` (the default) is one queue per CPU (auto_queue_count)
+    queue_count: int = field(default_factory=auto_queue_count)
+    queue_auto: bool = True
     packets: int = INLINE_BUDGET
     maxlen: int = 4096
     flows: int = 65_536
@@ -189,6 +202,15 @@ def _policy_rules(r: YamlReader, pol: dict[str, Node], default: Rule) -> dict[st
     return per
 
 
+def _queue_count(r: YamlReader, node: Node) -> int | None:
+    if isinstance(node, ScalarNode) and node.value == "auto":
+        return auto_queue_count()
+    if isinstance(node, ScalarNode) and node.tag.endswith(":str") and not node.value.isdigit():
+        r.err(node, f"queue.count must be auto or an integer between 1 and 64 (got {node.value!r})")
+        return None
+    return r.integer(node, "queue.count", 1, 64)
+
+
 def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
     top = r.mapping(root, _TOP, "the configuration")
     q = r.mapping(top["queue"], ("num", "count", "packets", "maxlen", "flows", "deep", "fail_closed",
@@ -214,7 +236,8 @@ def _parse(r: YamlReader, root: Node, path: str) -> RunConfig:
     per = _policy_rules(r, pol, default)
     cfg = RunConfig(
         queue_num=r.opt(q, "num", lambda n: r.integer(n, "queue.num", 0, 65535), 0),
-        queue_count=r.opt(q, "count", lambda n: r.integer(n, "queue.count", 1, 64), 1),
+        queue_count=r.opt(q, "count", lambda n: _queue_count(r, n), auto_queue_count()),
+        queue_auto="count" not in q or (isinstance(q["count"], ScalarNode) and q["count"].value == "auto"),
         packets=r.opt(q, "packets", lambda n: r.integer(n, "queue.packets", 1, 1000), INLINE_BUDGET),
         maxlen=r.opt(q, "maxlen", lambda n: r.integer(n, "queue.maxlen", 16, 1_000_000), 4096),
         flows=r.opt(q, "flows", lambda n: r.integer(n, "queue.flows", 1000, 10_000_000), 65_536),
@@ -314,6 +337,8 @@ def summary(cfg: RunConfig) -> list[str]:
     """What a technician needs to see after `check-config`: the effective settings, one line per area."""
     last = cfg.queue_num + cfg.queue_count - 1
     queues = f"queue {cfg.queue_num}" if cfg.queue_count == 1 else f"queues {cfg.queue_num}-{last}"
+    if cfg.queue_auto:
+        queues += f" (count auto: {cfg.queue_count} of this machine's CPUs)"
     st, disc = cfg.status, cfg.discovery
     http = f"HTTP on {', '.join(st.listen)} port {st.port} (token from {st.token_file})" if st.listen \
         else "HTTP off (status.listen is empty)"

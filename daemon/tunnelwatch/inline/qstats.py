@@ -27,3 +27,11 @@ def summary_ms(queues: Iterable[int]) -> dict[str, float] | None:
     n = len(values)
     return {"p50": round(values[(n - 1) // 2] * 1e3, 4), "p99": round(values[(n - 1) * 99 // 100] * 1e3, 4),
             "max": round(values[-1] * 1e3, 4)}
+
+
+def load(queue_num: int, samples: list[float]) -> None:
+    """Replace one queue's samples with those its worker process sent (multi-queue: the heartbeat runs in
+    the main process, the recorders in the workers)."""
+    buf = recorder(queue_num)
+    buf.clear()
+    buf.extend(v for v in samples[-SAMPLES:] if isinstance(v, float))

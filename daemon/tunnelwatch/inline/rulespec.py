@@ -136,6 +136,37 @@ def last_packet(spec: Spec) -> int:
                 *(hi for _, hi in LATER_WINDOWS)])
 
 
+def host_slots(spec: Spec) -> list[int]:
+    """The queue of each value of the initiator address's low bits (see _steer): slot i -> queue."""
+    n = spec.queue_count
+    size = 1 << (n - 1).bit_length()
+    if size != n:
+        size *= 4  # 3 queues over 16 slots: 6/5/5 rather than 2/1/1 over 4
+    return [spec.queue_num + v % n for v in range(size)]
+
+
+def _steer(spec: Spec, version: int) -> list[str]:
+    """The NFQUEUE rules: with several queues, every connection of one host goes to the same queue.
+
+    The host is the connection's initiator (conntrack's original source), so its DNS answers, its calls
+    and its flows meet in one worker: per-host state (learned names, concurrent VoIP calls) needs no
+    sharing between workers. The queue is chosen by the low bits of that address (LAN addresses are
+    handed out in sequence, and the per-host new-connection limit keeps one host from loading a worker
+    beyond its share); --queue-balance would hash the address pair and split a host over workers.
+    """
+    bypass = "" if spec.fail_closed else " --queue-bypass"
+    last = [f"-A {QCHAIN} -j NFQUEUE --queue-num {spec.queue_num}{bypass}"]
+    if spec.queue_count == 1:
+        return last
+    slots = host_slots(spec)
+    # offsets of the last 32-bit word of the source / destination address in the IP header
+    where = {"ORIGINAL": 12 if version == 4 else 20, "REPLY": 16 if version == 4 else 36}
+    out = [f"-A {QCHAIN} -m conntrack --ctdir {d} -m u32 --u32 {off}&0x{len(slots) - 1:x}=0x{v:x} "
+           f"-j NFQUEUE --queue-num {q}{bypass}"
+           for v, q in enumerate(slots) for d, off in where.items()]
+    return out + last  # untracked packets never get here (connbytes needs conntrack): a safety net
+
+
 def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
     """The rules of our chains per table (`-A TUNNELWATCH ...` / `-A TUNNELWATCH_Q ...` lines) for IP
     version 4 or 6."""
@@ -165,12 +196,6 @@ def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
         mangle.append(f"-A {CHAIN} -m conntrack --ctstate NEW -m hashlimit --hashlimit-above "
                       f"{spec.new_flow_rate}/sec --hashlimit-burst {spec.new_flow_burst} --hashlimit-mode "
                       f"srcip --hashlimit-name tw_new{version} {_counted('flood_dropped')} -j DROP")
-    if spec.queue_count > 1:
-        target = f"NFQUEUE --queue-balance {spec.queue_num}:{spec.queue_num + spec.queue_count - 1}"
-    else:
-        target = f"NFQUEUE --queue-num {spec.queue_num}"
-    if not spec.fail_closed:
-        target += " --queue-bypass"
     # past the last window nothing more is learnt: the kernel allows the connection for good
     mangle.append(f"-A {CHAIN} -m connbytes --connbytes {last_packet(spec) + 1}: --connbytes-dir both "
                   f"--connbytes-mode packets -j CONNMARK --set-xmark 0x{MARK_ALLOW:x}/0x{MARK_MASK:x}")
@@ -180,8 +205,8 @@ def chain_rules(spec: Spec, version: int) -> dict[str, list[str]]:
     queue = [f"-A {QCHAIN} -p tcp --tcp-flags RST RST -j RETURN"]
     queue += [f"-A {QCHAIN} -p tcp -m u32 --u32 {_no_payload(version, off)} -j RETURN"
               for off in range(5, 16)]
-    queue += [f"-A {QCHAIN} -j MARK --set-xmark 0x{MARK_PENDING:x}/0x{MARK_PENDING:x}",
-              f"-A {QCHAIN} -j {target}"]
+    queue.append(f"-A {QCHAIN} -j MARK --set-xmark 0x{MARK_PENDING:x}/0x{MARK_PENDING:x}")
+    queue += _steer(spec, version)
     unreach = "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
     pending = f"-m mark --mark 0x{MARK_PENDING:x}/0x{MARK_PENDING:x}"
     filt = [
@@ -245,6 +270,21 @@ def _nft_handshakes(match: str, name: str) -> list[str]:
     return out
 
 
+def _nft_steer(spec: Spec) -> list[str]:
+    """The nft form of _steer: the initiator address's low bits choose the queue."""
+    flag = "" if spec.fail_closed else " bypass"
+    out = []
+    if spec.queue_count > 1:
+        slots = host_slots(spec)
+        for addr, fam, fmt in (("ip", "ipv4", "0.0.0.{}"), ("ip6", "ipv6", "::{:x}")):
+            for v, q in enumerate(slots):
+                for d, field in (("original", "saddr"), ("reply", "daddr")):
+                    mask, value = fmt.format(len(slots) - 1), fmt.format(v)
+                    out.append(f"meta nfproto {fam} ct direction {d} {addr} {field} & {mask} == {value} "
+                               f"queue num {q}{flag}")
+    return [*out, f"queue num {spec.queue_num}{flag}"]
+
+
 def nft_rules(spec: Spec) -> dict[str, list[str]]:
     """The rules of our nft chains: "queue" (mangle priority), "q" (the queue itself, jumped to per
     window) and "verdict" (filter priority); the same logic as chain_rules."""
@@ -263,13 +303,6 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
             queue.append(f"meta nfproto {fam} ct state new meter tw_new_{addr} {{ {addr} saddr limit rate "
                          f"over {spec.new_flow_rate}/second burst {spec.new_flow_burst} packets }} "
                          f'counter drop comment "tw:flood_dropped"')
-    flags = [] if spec.fail_closed else ["bypass"]
-    if spec.queue_count > 1:
-        nums = f"{spec.queue_num}-{spec.queue_num + spec.queue_count - 1}"
-        flags.append("fanout")
-    else:
-        nums = str(spec.queue_num)
-    flag_text = f" {','.join(flags)}" if flags else ""
     keep = _nft_mark(~MARK_MASK & 0xFFFFFFFF)
     queue.append(f"ct packets > {last_packet(spec)} ct mark set ct mark & {keep} | {_nft_mark(MARK_ALLOW)} "
                  "return")
@@ -284,7 +317,10 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
     # no payload: the IP length equals the headers (IPv4 without options, IPv6 without extension headers)
     q += [f"ip hdrlength 5 tcp doff {off} ip length {20 + 4 * off} return" for off in range(5, 16)]
     q += [f"ip6 nexthdr tcp tcp doff {off} ip6 length {4 * off} return" for off in range(5, 16)]
-    q.append(f"meta mark set meta mark | {_nft_mark(MARK_PENDING)} queue num {nums}{flag_text}")
+    steer = _nft_steer(spec)
+    alone = f" {steer.pop()}" if len(steer) == 1 else ""  # one queue: marked and queued by one rule
+    q.append(f"meta mark set meta mark | {_nft_mark(MARK_PENDING)}{alone}")
+    q += steer
     pending = f"meta mark & {_nft_mark(MARK_PENDING)} != 0"
     verdict = [
         f"{pending} ct mark & {_nft_mark(MARK_BYPASSED)} == 0 ct mark set ct mark | "

@@ -4,13 +4,17 @@ Owns the worker life cycle: start (the rules go in only once every worker has bo
 of a dead worker (--queue-bypass carries its share of traffic meanwhile), reloaded configs handed to the
 workers over a pipe each, and decisions sent back to the main process's status state over one bounded
 queue that never blocks the packet path: when it is full the worker drops the record and reports how many
-it dropped with the next one. The same queue carries each worker's flow-table figures once a second
-(STATS_EVERY), summed by the main process into the status (and so the heartbeat: evictions).
+it dropped with the next one. The same queue carries each worker's figures once a second (STATS_EVERY):
+its flow table's (summed by the main process into the status, and so the heartbeat: evictions), its
+active VoIP calls, and its recent verdict latency samples (merged for the heartbeat's latency figures).
+queue.flows bounds all workers together: each worker's table gets its share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import multiprocessing as mp
 import queue
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Final
 from tunnelwatch.appliance import privileges
 from tunnelwatch.appliance.appliance import Appliance
 from tunnelwatch.config.runconfig import RunConfig
+from tunnelwatch.inline import qstats
 from tunnelwatch.inline.enforcer import Enforcer, Record
 from tunnelwatch.inline.rules import Rules, log_ready
 from tunnelwatch.inline.serve import serve
@@ -46,6 +51,11 @@ STATS_EVERY: Final = 1.0  # seconds between a worker's flow-table figures
 _STATS: Final = "_flow_stats"  # the key that marks a figures record among decisions
 
 
+def worker_config(cfg: RunConfig) -> RunConfig:
+    """A worker's view of the config: its share of the flow-table bound (queue.flows is for all queues)."""
+    return dataclasses.replace(cfg, flows=max(1000, cfg.flows // max(1, cfg.queue_count)))
+
+
 def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue, control: Connection,
             decisions: DecisionQueue) -> None:
     sig = Signals()
@@ -59,7 +69,7 @@ def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue,
         except queue.Full:  # the main process is behind: the packet path never waits for status
             dropped += 1
 
-    enforcer = Enforcer(cfg, registry, record)
+    enforcer = Enforcer(worker_config(cfg), registry, record)
     next_stats = 0.0
 
     def ready(ok: bool | None) -> None:
@@ -72,14 +82,16 @@ def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue,
         if time.monotonic() >= next_stats:
             next_stats = time.monotonic() + STATS_EVERY
             with contextlib.suppress(queue.Full):  # figures only: the next ones come a second later
-                decisions.put_nowait(({_STATS: enforcer.flow_stats(), "queue": qnum}, 0))
+                calls = enforcer.policy.active_calls(dt.datetime.now(dt.UTC))
+                decisions.put_nowait(({_STATS: enforcer.flow_stats(), "queue": qnum, "calls": calls,
+                                       "latency": list(qstats.recorder(qnum))}, 0))
         if control.fileno() in ready_fds:
             try:
                 new_cfg, new_reg = control.recv()
             except (EOFError, OSError):
                 sig.stop = signal.SIGTERM  # the main process is gone
                 return
-            enforcer.apply(new_cfg, new_reg)
+            enforcer.apply(worker_config(new_cfg), new_reg)
 
     try:
         serve(enforcer, qnum, sig, ready, [control.fileno()], lambda: 5.0, wake)
@@ -117,7 +129,7 @@ class _Workers:
                 log.warning("queue %d worker: cannot send the new config: %s", q, exc)
 
     def drain(self, record: Record, dropped: Callable[[int], None],
-              stats: Callable[[int, dict[str, int]], None] = lambda q, f: None) -> None:
+              stats: Callable[[int, dict[str, object]], None] = lambda q, f: None) -> None:
         """Take the decisions (and flow-table figures) the workers sent (bounded per call)."""
         for _ in range(DECISIONS_MAX):
             try:
@@ -129,9 +141,9 @@ class _Workers:
             if isinstance(rec, FlowRecord):
                 record(rec)
                 continue
-            figures, q = rec.get(_STATS), rec.get("queue")
-            if isinstance(figures, dict):
-                stats(q if isinstance(q, int) else 0, figures)
+            q = rec.get("queue")
+            if isinstance(rec.get(_STATS), dict):
+                stats(q if isinstance(q, int) else 0, rec)
 
     def stop(self) -> None:
         """Terminate and reap every worker."""
@@ -150,14 +162,20 @@ def run_workers(cfg: RunConfig, sig: Signals, rules: Rules, sup: Supervisor, app
     w = _Workers(cfg, rules.registry)
     sup.apply_path = w.push
     per_queue: dict[int, dict[str, int]] = {}
+    calls: dict[int, int] = {}
 
-    def stats(q: int, figures: dict[str, int]) -> None:
-        per_queue[q] = figures  # a restarted worker starts from 0 again: its old figures are replaced
+    def stats(q: int, rec: dict[str, object]) -> None:
+        figures, latency, active = rec[_STATS], rec.get("latency"), rec.get("calls")
+        if isinstance(figures, dict):  # a restarted worker starts from 0 again: its old figures are replaced
+            per_queue[q] = {k: v for k, v in figures.items() if isinstance(v, int)}
+        if isinstance(latency, list):
+            qstats.load(q, latency)  # read by the heartbeat (Reporter's latency over every queue)
+        calls[q] = active if isinstance(active, int) else 0
         total: dict[str, int] = {}
         for f in per_queue.values():
             for k, v in f.items():
                 total[k] = total.get(k, 0) + v
-        app.state.set(flows=total)
+        app.state.set(flows=total, voip_calls=sum(calls.values()))
 
     try:
         for q in range(cfg.queue_num, cfg.queue_num + cfg.queue_count):

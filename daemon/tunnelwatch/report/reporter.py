@@ -337,8 +337,8 @@ class Reporter:
                                      "flows_by_action": dict(self._by_action),
                                      "flows_unreported": self._unreported,
                                      "packets_queued": queued, "queue_drops": qdrops}
-            # userspace time per verdict, {p50, p99, max} ms; only queues served by this process
-            # (single-queue mode): worker processes keep their own samples
+            # userspace time per verdict, {p50, p99, max} ms over every queue (worker processes send
+            # their recent samples to this one once a second, workers.py)
             latency = self.latency(qs)
             if latency is not None:
                 hb["verdict_latency_ms"] = latency

@@ -107,7 +107,8 @@ def test_http_addresses_resolve_interfaces_and_keep_addresses(tmp_path: Path,
 
 
 def test_the_txt_record_names_id_version_and_api_but_not_the_mode() -> None:
-    app = Appliance(parse_config("discovery: {device_id: cpe-42}\npolicy: {default: enforce}\n"), Registry())
+    app = Appliance(parse_config("discovery: {device_id: cpe-42}\npolicy: {default: enforce}\n"
+                                 "queue: {count: 1}\n"), Registry())
     assert app.properties() == {"id": "cpe-42", "version": __version__, "status": "/api/status"}
     snap = app.state.snapshot()
     assert (snap["device_id"], snap["mode"], snap["queues"]) == ("cpe-42", "enforce", [0])

@@ -98,11 +98,12 @@ def test_problems_of_every_file_are_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_restart_needed_only_for_the_queue_binding_and_backend() -> None:
-    old = parse_config("queue: {num: 0}\n")
-    same = parse_config("queue: {num: 0, packets: 8}\npolicy: {default: enforce}\n")
+    old = parse_config("queue: {num: 0, count: 1}\n")
+    same = parse_config("queue: {num: 0, count: 1, packets: 8}\npolicy: {default: enforce}\n")
     assert restart_needed(old, same) == []
     assert restart_needed(old, parse_config("queue: {num: 1, count: 2}\n")) == ["queue.num", "queue.count"]
-    assert restart_needed(old, parse_config("firewall: {backend: nftables}\n")) == ["firewall.backend"]
+    assert restart_needed(old, parse_config("queue: {count: 1}\nfirewall: {backend: nftables}\n")) \
+        == ["firewall.backend"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -114,10 +114,49 @@ def test_only_truly_payload_less_tcp_skips_the_queue(version: int) -> None:
         assert not skipped(bytes(IP(dst="203.0.113.2", options=b"\x01" * 4) / TCP(flags="A")))
 
 
-def test_fail_closed_drops_the_bypass_and_several_queues_balance() -> None:
-    last = chain_rules(Spec(queue_num=4, queue_count=4, fail_closed=True), 4)["mangle"][-1]
-    assert last.endswith("-j NFQUEUE --queue-balance 4:7")
-    assert "--queue-bypass" not in last
+def test_fail_closed_drops_the_bypass_and_several_queues_follow_the_initiator() -> None:
+    rules = chain_rules(Spec(queue_num=4, queue_count=4, fail_closed=True), 4)["mangle"]
+    steer = [r for r in rules if "NFQUEUE" in r]
+    assert all("--queue-bypass" not in r and "--queue-balance" not in r for r in steer)
+    # one host, one queue: the original direction reads the source address, the reply the destination
+    assert "-m conntrack --ctdir ORIGINAL -m u32 --u32 12&0x3=0x2 -j NFQUEUE --queue-num 6" in steer[4]
+    assert "-m conntrack --ctdir REPLY -m u32 --u32 16&0x3=0x2 -j NFQUEUE --queue-num 6" in steer[5]
+    assert steer[-1].endswith("-j NFQUEUE --queue-num 4")  # the safety net
+
+
+def _queue_of(spec: Spec, version: int, direction: str, addr: str) -> int:
+    """The queue the iptables rules send a packet to (evaluating their u32 tests by hand)."""
+    import ipaddress
+    word = int(ipaddress.ip_address(addr)) & 0xFFFFFFFF
+    for r in chain_rules(spec, version)["mangle"]:
+        if "NFQUEUE" not in r:
+            continue
+        if "--ctdir" not in r:
+            return int(r.split("--queue-num ")[1].split()[0])
+        if f"--ctdir {direction} " in r:
+            test = r.split("--u32 ")[1].split()[0]
+            mask, value = test.split("&")[1].split("=")
+            if word & int(mask, 16) == int(value, 16):
+                return int(r.split("--queue-num ")[1].split()[0])
+    raise AssertionError("no queue")
+
+
+def test_every_queue_gets_its_share_of_hosts_and_both_directions_agree() -> None:
+    for count in (2, 3, 4):
+        spec = Spec(queue_num=10, queue_count=count)
+        for version, fmt in ((4, "192.168.1.{}"), (6, "fd00::{:x}")):
+            hosts = [fmt.format(i) for i in range(1, 241)]
+            queues = [_queue_of(spec, version, "ORIGINAL", h) for h in hosts]
+            assert queues == [_queue_of(spec, version, "REPLY", h) for h in hosts]  # same host, same queue
+            share = [queues.count(q) for q in range(10, 10 + count)]
+            assert min(share) >= 240 // count * 0.75, (count, version, share)
+
+
+def test_nft_steering_follows_the_initiator_too() -> None:
+    q = firewall.nft_rules(Spec(queue_num=4, queue_count=2))["q"]
+    assert "meta nfproto ipv4 ct direction original ip saddr & 0.0.0.1 == 0.0.0.1 queue num 5 bypass" in q
+    assert "meta nfproto ipv6 ct direction reply ip6 daddr & ::1 == ::0 queue num 4 bypass" in q
+    assert q[-1] == "queue num 4 bypass"
 
 
 def test_local_hooks_skip_loopback() -> None:
@@ -255,10 +294,9 @@ def test_nft_rules_mirror_the_iptables_fast_path() -> None:
 
 
 def test_nft_queue_options_and_ipv6_off() -> None:
-    last = firewall.nft_rules(Spec(queue_num=4, queue_count=4, fail_closed=True))["q"][-1]
-    assert last.endswith(" queue num 4-7 fanout")
-    last = firewall.nft_rules(Spec(queue_num=4, queue_count=2))["q"][-1]
-    assert last.endswith(" queue num 4-5 bypass,fanout")
+    q = firewall.nft_rules(Spec(queue_num=4, queue_count=4, fail_closed=True))["q"]
+    assert q[-1] == "queue num 4" and q[-11].endswith("ip saddr & 0.0.0.3 == 0.0.0.3 queue num 7")
+    assert q[-18].endswith(" | 0x08000000")  # the pending bit, before the first steering rule
     q = firewall.nft_rules(Spec(ipv6=False, bypass=(Bypass("2001:db8:2::/64"),)))["queue"]
     assert "meta nfproto ipv6 return" in q and not any("2001:" in x for x in q)
 

@@ -95,7 +95,7 @@ def test_a_failed_install_keeps_the_old_spec(installed: list[firewall.Spec],
 
 
 @pytest.mark.parametrize(("extra", "flags", "want"), [
-    ("", [True, True], "queue 0, first 16 packets per connection, hooks forward, ipv6 on, "
+    ("queue: {count: 1}\n", [True, True], "queue 0, first 16 packets per connection, hooks forward, ipv6 on, "
                        "0 registered endpoints bypass the queue, kernel fail-open on"),
     ("queue: {num: 3, count: 2}\n", [True, False], "queues 3-4, "),
     ("", [True, None], "kernel fail-open unconfirmed"),
