@@ -318,6 +318,8 @@ class Bench:
         cmd = [pyspy, "record", "--pid", str(self.daemon_pid), "--rate", str(PROFILE_HZ),
                "--duration", str(int(seconds)), "--format", "raw", "--idle", "--threads", "--nonblocking",
                "--output", str(raw)]
+        if self.a.queues != "1":  # the packet path runs in the worker processes
+            cmd.append("--subprocesses")
         if self.a.native:  # py-spy must pause the process to unwind C frames: no --nonblocking then
             cmd.remove("--nonblocking")
             cmd.insert(2, "--native")
@@ -473,6 +475,12 @@ def main() -> int:
     return 0
 
 
+def _queues(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and 1 <= int(text) <= 64):
+        raise argparse.ArgumentTypeError("auto or 1-64")
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options (run_all.py passes them through --conn-args)."""
     p.add_argument("--cases", type=lambda s: s.split(","), default=list(CASES),
@@ -486,7 +494,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="in flight at most at a fixed offered load (default 4096: open loop unless the "
                         "router stalls for longer than that many connections)")
     p.add_argument("--rounds", type=int, default=1, help="without/with rounds (default 1)")
-    p.add_argument("--queues", type=int, default=1, help="queue.count of the daemon (default 1)")
+    p.add_argument("--queues", type=_queues, default="auto",
+                   help="queue.count of the daemon: auto (the product's default, one per CPU) or 1-64")
     p.add_argument("--mem-flows", type=int, default=20_000, help="undecided flows for RSS (0: skip)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="py-spy seconds (0: skip)")
     p.add_argument("--profile-out", default="", help="keep py-spy's raw output here")
@@ -498,7 +507,8 @@ def check_bounds(a: argparse.Namespace) -> str:
     """An error message when a bound is exceeded, else ''."""
     if not (1 <= a.seconds <= 60 and 1 <= a.max_count <= 1_000_000 and 1 <= a.concurrency <= 4096
             and 1 <= a.rate_concurrency <= 16384
-            and 1 <= a.rounds <= 5 and 1 <= a.queues <= 8 and 0 <= a.mem_flows <= 60_000
+            and 1 <= a.rounds <= 5 and (a.queues == "auto" or 1 <= int(a.queues) <= 8)
+            and 0 <= a.mem_flows <= 60_000
             and 0 <= a.profile_seconds <= 120 and all(0 < r <= 100_000 for r in a.rates)
             and all(c in CASES for c in a.cases)):
         return ("bounds: seconds 1..60, max-count 1..1M, concurrency 1..4096, rate-concurrency 1..16384, "

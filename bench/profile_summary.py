@@ -1,8 +1,10 @@
 """Summarise a py-spy profile (`py-spy record --format raw --threads --idle`): where the daemon's time goes.
 
-Each raw line is `thread (TID): NAME;frame;frame;... COUNT`, a frame `function (path:line)`. Samples whose
+Each raw line is `thread (TID): NAME;frame;frame;... COUNT` (with --subprocesses, after
+`process PID:"cmd";` frames), a frame `function (path:line)`. Samples whose
 innermost frame is a wait (select, poll, Condition.wait, ...) are idle; the rest are active. For the
-thread that handles the queue (the one with Queue._callback in its stacks, normally MainThread) this gives
+thread that handles the queue (the one with Queue._callback in its stacks, normally MainThread; with several
+queue workers, their threads taken together) this gives
 self time (innermost frame) and total time (anywhere on the stack, counted once per sample) per function and
 per module, as shares of its active samples. Usable as a script: `profile_summary.py RAW [--top N]`.
 """
@@ -79,21 +81,28 @@ def summarise(raw: str, top: int = 15, rate: float = 0.0, flows: int = 0) -> dic
         if not head or not count.isdigit():
             continue
         frames = head.split(";")
-        thread = frames[0]
+        proc = ""
+        while frames and frames[0].startswith("process "):  # --subprocesses: the innermost process names it
+            proc = frames[0].split(":", 1)[0].split()[-1] + "/"
+            frames = frames[1:]
+        thread = frames[0] if frames else ""
         if thread.startswith("thread ("):
             thread = thread.split(": ", 1)[-1]
             frames = frames[1:]
-        stacks.setdefault(thread, []).append((frames, int(count)))
+        stacks.setdefault(proc + thread, []).append((frames, int(count)))
     threads: dict[str, dict[str, int]] = {}
     for name, st in stacks.items():
         total = sum(c for _, c in st)
         idle = sum(c for fr, c in st if fr and _is_idle(fr[-1]))
         threads[name] = {"samples": total, "active": total - idle}
-    queue_thread = max(stacks, key=lambda n: sum(c for fr, c in stacks[n] if any("Queue._callback" in f
-                                                                                   for f in fr)), default="")
+    # the threads that handle a queue: one per worker process with several queues, taken together
+    queue_threads = [n for n, st in stacks.items() if any("Queue._callback" in f for fr, _ in st for f in fr)]
+    queue_thread = " + ".join(queue_threads)
     out: dict[str, Any] = {"threads": threads, "queue_thread": queue_thread}
     if not queue_thread:
         return out
+    stacks[queue_thread] = [x for n in queue_threads for x in stacks[n]]
+    threads[queue_thread] = {k: sum(threads[n][k] for n in queue_threads) for k in ("samples", "active")}
     self_fn: Counter[str] = Counter()
     total_fn: Counter[str] = Counter()
     self_mod: Counter[str] = Counter()
