@@ -139,3 +139,8 @@ image-test: image-deps $(VENV)/.stamp
 
 image-test-arm64: image-deps $(VENV)/.stamp
 	TW_IMAGE_ARM64=1 $(BIN)/pytest -q -rs tests/image -k arm64
+
+# The bench's userspace section as arm64 code under qemu-user (bench/arm64_userspace.sh; docs/performance.md).
+.PHONY: bench-arm64
+bench-arm64: image-deps $(VENV)/.stamp
+	PYTHON=$(BIN)/python bench/arm64_userspace.sh

@@ -13,7 +13,12 @@ Sections (each skipped with a reason, never failed, when its prerequisite is mis
    bytes per undecided flow without the kernel (RSS, tracemalloc, sys.getsizeof of one entry) and a py-spy
    profile of the daemon under the unknown load, summarised by function and module (after the table);
 4. the Enforcer's userspace path alone (flow_bench, fresh processes): microseconds per queued packet,
-   flow-state RSS and CPU per new flow at 10k, 100k and 1M concurrent flows.
+   flow-state RSS and CPU per new flow at 10k, 100k and 1M concurrent flows; the longest garbage-collection
+   pause while the table fills to 100,000 flows (daemon's GC settings vs the interpreter's default) and one
+   full collection at that size;
+5. `--only userspace-arm64` (not run by default; bench/arm64_userspace.sh, `make bench-arm64`): section 4 in
+   a Debian 12 arm64 root under qemu-user. It proves the code runs on arm64; emulated timings say nothing
+   about a Raspberry Pi's speed (docs/performance.md derives those from section 4 and a per-core factor).
 Progress goes to stderr, the table to stdout (--json: one JSON object instead). Every load is bounded in
 count and time; all network traffic stays inside the lab's namespaces.
 """
@@ -278,52 +283,104 @@ def perflow(a: argparse.Namespace) -> tuple[list[Row], dict[str, Any] | None]:
 # --- 4. userspace path alone ------------------------------------------------------------------------
 
 
-def _flow_bench(args: list[str], timeout: float) -> dict[str, Any] | None:
-    cmd = [sys.executable, str(HERE / "flow_bench.py"), *args]
+# How flow_bench runs: natively, or as arm64 under qemu-user (bench/arm64_userspace.sh, docs/performance.md).
+NATIVE = ("userspace", [sys.executable, str(HERE / "flow_bench.py")], 1.0)
+ARM64 = ("arm64-qemu", [str(HERE / "arm64_userspace.sh"), "python", "/tw/bench/flow_bench.py"], 15.0)
+GC_FLOWS = 100_000  # issue 13: no garbage-collection pause above 50 ms while the table fills to this
+
+
+def _flow_bench(cmd: list[str], args: list[str], timeout: float) -> dict[str, Any] | None:
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        r = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False)
         return dict(json.loads(r.stdout))
     except (subprocess.TimeoutExpired, ValueError) as exc:
         say(f"flow_bench {' '.join(args)} failed: {exc}")
         return None
 
 
-def userspace(a: argparse.Namespace) -> list[Row]:
-    """Microseconds per queued packet (best of 3 fresh processes); RSS and CPU per flow by table size."""
+def userspace(a: argparse.Namespace, how: tuple[str, list[str], float] = NATIVE) -> list[Row]:
+    """Microseconds per queued packet (best of 3 fresh processes); RSS and CPU per flow by table size;
+    garbage-collection pauses while the table fills to 100,000 flows, the daemon's GC vs the default."""
+    section, cmd, slow = how
     rows: list[Row] = []
-    say(f"userspace: {a.mix_conns} synthetic connections (request + echo), 3 runs x 2 GC settings ...")
+    say(f"{section}: {a.mix_conns} synthetic connections (request + echo), 3 runs x 2 GC settings ...")
     # interleaved, so the collector comparison shares the machine's drift
     runs: dict[str, list[float]] = {"default": [], "daemon": []}
     for _ in range(3):
         for gc_mode, found in runs.items():
-            m = _flow_bench(["mix", "--conns", str(a.mix_conns), "--gc", gc_mode], 120)
+            m = _flow_bench(cmd, ["mix", "--conns", str(a.mix_conns), "--gc", gc_mode], 120 * slow)
             if m:
                 found.append(m["us_per_pkt_cpu"])
     for gc_mode, label in (("default", "interpreter's default GC"), ("daemon", "daemon's GC settings")):
         us = runs[gc_mode]
         if us:
             note = f"Enforcer.handle, no kernel; min of {len(us)}, median {statistics.median(us):.1f}"
-            rows.append(Row("userspace", f"per queued packet, {label}", None, min(us), "us", note))
-    say(f"userspace: filling the flow table to {a.max_flows:,} flows ...")
-    s = _flow_bench(["scale", "--flows", str(a.max_flows), "--limit", str(a.scale_seconds)],
-                    a.scale_seconds + 120)
+            rows.append(Row(section, f"per queued packet, {label}", None, min(us), "us", note))
+    say(f"{section}: filling the flow table to {a.max_flows:,} flows ...")
+    s = _flow_bench(cmd, ["scale", "--flows", str(a.max_flows), "--limit", str(a.scale_seconds)],
+                    a.scale_seconds + 120 * slow)
     if s:
         for st in s["steps"]:
             n = st["flows"]
-            rows.append(Row("userspace", f"flow state RSS at {n:,} flows", None, st["rss_bytes"] / 2**20,
+            rows.append(Row(section, f"flow state RSS at {n:,} flows", None, st["rss_bytes"] / 2**20,
                             "MiB", f"{st['rss_bytes'] / n:,.0f} bytes/flow"))
         prev = 0
         for st in s["steps"]:
-            rows.append(Row("userspace", f"CPU per new flow, table {prev:,}..{st['flows']:,}", None,
+            rows.append(Row(section, f"CPU per new flow, table {prev:,}..{st['flows']:,}", None,
                             st["us_per_new_flow"], "us"))
             prev = st["flows"]
-        rows.append(Row("userspace", f"CPU per packet of an existing flow at {s['flows']:,}", None,
+        rows.append(Row(section, f"CPU per packet of an existing flow at {s['flows']:,}", None,
                         s["us_per_existing_pkt"], "us"))
-        rows.append(Row("userspace", f"one full GC collection at {s['flows']:,} flows", None,
-                        s["full_gc_pause_s"] * 1e3, "ms", "packet path stalled this long; nfqueue.relax_gc"))
         if not s["complete"]:
-            rows.append(Row("userspace", "table fill stopped early", None, s["flows"], "flows",
+            rows.append(Row(section, "table fill stopped early", None, s["flows"], "flows",
                             f"--scale-seconds {a.scale_seconds} reached"))
+    rows += gc_pauses(a, how, s if s and s["flows"] == GC_FLOWS and s["complete"] else None)
+    if s and s["flows"] != GC_FLOWS:
+        rows.append(Row(section, f"one full GC collection at {s['flows']:,} flows", None,
+                        s["full_gc_pause_s"] * 1e3, "ms", "what Enforcer.tick's hourly gc.collect() stalls"))
+    return rows
+
+
+def userspace_arm64(a: argparse.Namespace) -> list[Row]:
+    """Section 4 as arm64 code under qemu-user, once the cached arm64 root exists (built on first use)."""
+    say("arm64-qemu: building or reusing the arm64 root (bench/arm64_userspace.sh root) ...")
+    try:
+        r = subprocess.run([ARM64[1][0], "root"], capture_output=True, text=True, timeout=2000, check=False)
+        why = "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["failed"])[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    if why:
+        say(f"arm64-qemu: skipped: {why}")
+        return [Row(ARM64[0], "arm64 under qemu-user (skipped)", None, None, "", why)]
+    return userspace(a, ARM64)
+
+
+def gc_pauses(a: argparse.Namespace, how: tuple[str, list[str], float], daemon_run: dict[str, Any] | None
+              ) -> list[Row]:
+    """Longest automatic-collection pause while the table fills to 100,000 flows (daemon's GC settings,
+    then the interpreter's default) and one explicit full collection at that size."""
+    section, cmd, slow = how
+    rows: list[Row] = []
+    for gc_mode, label in (("daemon", "daemon's GC"), ("default", "default GC")):
+        s = daemon_run if gc_mode == "daemon" else None
+        if s is None:
+            say(f"{section}: GC pauses while filling to {GC_FLOWS:,} flows, {label} ...")
+            s = _flow_bench(cmd, ["scale", "--flows", str(GC_FLOWS), "--gc", gc_mode,
+                                  "--limit", str(a.scale_seconds)], a.scale_seconds + 120 * slow)
+        if not s or not s["complete"]:
+            rows.append(Row(section, f"longest GC pause filling to {GC_FLOWS:,}, {label}", None, None, "ms",
+                            "run failed or --scale-seconds reached"))
+            continue
+        g = s["fill_gc"]
+        gens = ", ".join(f"gen{k} {v['count']} max {v['max_s'] * 1e3:.1f}"
+                         for k, v in sorted(g["by_generation"].items()))
+        rows.append(Row(section, f"longest GC pause filling to {GC_FLOWS:,}, {label}", None,
+                        g["max_pause_s"] * 1e3, "ms", f"goal <= 50; CPU {g['max_pause_cpu_s'] * 1e3:.1f}; "
+                        f"{g['collections']} collections: {gens}"))
+        if gc_mode == "daemon":
+            rows.append(Row(section, f"one full GC collection at {GC_FLOWS:,} flows", None,
+                            s["full_gc_pause_s"] * 1e3, "ms",
+                            "never automatic (nfqueue.relax_gc); Enforcer.tick's hourly gc.collect()"))
     return rows
 
 
@@ -421,7 +478,11 @@ def main() -> int:
         rows += more
     if "userspace" in sections:
         rows += userspace(a)
-    header = f"{machine()}; {'--quick' if q else 'full'} run, {time.monotonic() - t0:.0f} s"
+    arm64 = ""
+    if "userspace-arm64" in sections:
+        rows += userspace_arm64(a)
+        arm64 = "userspace-arm64 rows: arm64 (qemu-user), emulated on "
+    header = f"{arm64}{machine()}; {'--quick' if q else 'full'} run, {time.monotonic() - t0:.0f} s"
     if a.json:
         json.dump({"machine": header, "rows": [{**r.__dict__, "ratio": r.ratio} for r in rows],
                    "profile": prof}, sys.stdout, indent=1)
