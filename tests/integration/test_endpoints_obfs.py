@@ -4,6 +4,7 @@ captured on the router and classified, next to a plain OpenVPN tunnel that must 
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -152,6 +153,12 @@ def _wait_count(lb: Lab, name: str, needle: str, n: int, timeout: float = 15.0) 
         time.sleep(0.05)
 
 
+def _workers(log: str) -> int:
+    """The queue workers of the daemon, from its ready line ("ready: queues 3-4, ..." or "ready: queue 3")."""
+    m = re.search(r"ready: queues (\d+)-(\d+)", log)
+    return int(m.group(2)) - int(m.group(1)) + 1 if m else 1
+
+
 def test_daemon_list_verdicts_and_hot_reload(tmp_path: Path) -> None:
     require_tools("iptables", "ip6tables", "iptables-save", "iptables-restore", "ss")
     lst = tmp_path / "lab-vpn.yaml"
@@ -189,8 +196,10 @@ def test_daemon_list_verdicts_and_hot_reload(tmp_path: Path) -> None:
         assert _probe(lb, tmp_path) <= 2
 
         # a fixed file with a new label, again by the watch alone: the new label applies
+        # every queue worker watches the file and logs its reading (queue.count auto: one per CPU)
+        seen = lb.log("daemon").count("endpoints: 1 entries from 1 list(s)")
         _list(lst, "labvpn_v2", [SERVER_IP])
-        _wait_count(lb, "daemon", "endpoints: 1 entries from 1 list(s)", 2)
+        _wait_count(lb, "daemon", "endpoints: 1 entries from 1 list(s)", seen + _workers(lb.log("daemon")))
         assert _probe(lb, tmp_path) <= 2
         lb.wait_for_log("daemon", "decided vpn_tunnel labvpn_v2 list block udp", timeout=10)
         assert daemon.poll() is None  # one process all along: no restart

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import re
 import signal
@@ -111,14 +112,14 @@ def test_queue_overflow_fails_open_unless_the_operator_chose_fail_closed(tmp_pat
         start_web(lb, tmp_path / "www")
         p = _start_daemon(lb, _config(tmp_path, maxlen=16, fail_closed=fail_closed))
         assert _http_ok(lb)
-        p.send_signal(signal.SIGSTOP)
+        os.killpg(p.pid, signal.SIGSTOP)  # the daemon's whole process group: the queue workers too
         try:
             # 24 new UDP flows: their first packets wait in the queue for a daemon that does not read
             lb.run(lb.client, sys.executable, "-c", UDP_SPRAY, SERVER_IP, "30000", "24")
             _wait(lambda: _queue(lb)[1] >= 16, "the kernel queue to fill up")
             assert _http_ok(lb) is (not fail_closed)
         finally:
-            p.send_signal(signal.SIGCONT)
+            os.killpg(p.pid, signal.SIGCONT)
         # the daemon catches up with the held packets and carries on
         _wait(lambda: _queue(lb)[1] == 0, "the held packets to get their verdicts")
         _healthy(lb, p)
@@ -145,9 +146,10 @@ def test_a_flood_of_new_flows_keeps_the_table_bounded_and_says_so(tmp_path: Path
               "the status to count the flood", timeout=30)
         f = flows()
         print(f"flood: {f}")  # the figures for docs/faults.md (pytest -s)
+        # queue.flows bounds all queue workers together; the flood's host fills its own worker's share
         assert f["max"] == 1000 and f["tracked"] <= 1000, f
         assert f["evicted"] >= f["created"] - 1000 - f["expired"], f
-        assert lb.log("daemon").count("flow table full") == 1
+        assert lb.log("daemon").count("flow table full (") == 1  # the warning once, not per eviction
         _healthy(lb, p)
 
 

@@ -7,7 +7,8 @@ queue that never blocks the packet path: when it is full the worker drops the re
 it dropped with the next one. The same queue carries each worker's figures once a second (STATS_EVERY):
 its flow table's (summed by the main process into the status, and so the heartbeat: evictions), its
 active VoIP calls, and its recent verdict latency samples (merged for the heartbeat's latency figures).
-queue.flows bounds all workers together: each worker's table gets its share.
+queue.flows bounds all workers together: each worker's table gets its share (so one host's flood, which
+goes to one worker, fills at most that share).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ _STATS: Final = "_flow_stats"  # the key that marks a figures record among decis
 
 def worker_config(cfg: RunConfig) -> RunConfig:
     """A worker's view of the config: its share of the flow-table bound (queue.flows is for all queues)."""
-    return dataclasses.replace(cfg, flows=max(1000, cfg.flows // max(1, cfg.queue_count)))
+    return dataclasses.replace(cfg, flows=-(-cfg.flows // max(1, cfg.queue_count)))
 
 
 def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue, control: Connection,
