@@ -88,6 +88,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
         kstats.start()
         if cfg.queue_count == 1:
             enforcer.record = sup.record
+            enforcer.tally = sup.tally  # decisions nobody reports or shows: counted, no record built
             app.start_status()
             reporter.start()
             syncer.start(cfg)
@@ -112,6 +113,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
         else:
             run_workers(cfg, sig, rules, sup, app)
     finally:
+        sup.flush_tally()  # the last second's counted-only decisions, for the stop heartbeat and status
         notifier.stopping()
         app.state.set(health="stopping")
         kstats.stop()
