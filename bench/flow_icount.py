@@ -7,9 +7,10 @@ a shared machine, unlike seconds). Compares checkouts when given several daemon 
 
 Each flow is the lab's "unknown" TCP case as the router's queue sees it (docs/performance.md, "A third
 queued packet per TCP flow"): 16 random bytes from the client, their echo from the server, and the echo's
-retransmission (same sequence number and bytes). Every packet goes through `Enforcer.handle` followed by
-`Enforcer.tick` (at low load each packet is its own wake-up of the queue loop), with decisions recorded by
-a real Supervisor, status state and Reporter (not started: nothing leaves the process). The clock is
+retransmission (same sequence number and bytes; `--packets 2` leaves it out). Every packet goes through
+`Enforcer.handle` followed by `Enforcer.tick` (at low load each packet is its own wake-up of the queue
+loop), with decisions recorded by a real Supervisor, status state and Reporter (not started: nothing
+leaves the process). The clock is
 simulated: flows start `--rate` per second, and the run ends 3 s after the last one, so every flow is also
 decided by the quiet rule. Instructions per flow = (run with N flows handled - run with the same N flows'
 packets built but not handled) / N: interpreter start-up, imports and packet building cancel out.
@@ -28,7 +29,7 @@ from pathlib import Path
 _RUN = r"""
 import random, struct, sys, time
 from types import SimpleNamespace
-n, handle, rate = int(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3])
+n, handle, rate, per = int(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(13)
 SERVER = bytes([192, 0, 2, 1])
 
@@ -41,7 +42,7 @@ for i in range(n):
     cli, port = struct.pack("!BBBB", 10, 1, (i >> 16) & 0xFF, 1 + (i >> 8) % 250), 1024 + i % 60000
     c, s, data = rng.getrandbits(32), rng.getrandbits(32), rng.randbytes(16)
     reply = tcp(SERVER, 40000, cli, port, s, (c + 16) & 0xFFFFFFFF, data)
-    flows.append((tcp(cli, port, SERVER, 40000, c, s, data), reply, reply))
+    flows.append((tcp(cli, port, SERVER, 40000, c, s, data), reply, reply)[:per])
 if True:  # set-up in both runs, so that imports cancel out
     clock = [1.8e9]
     t0 = clock[0]
@@ -79,9 +80,9 @@ if True:  # set-up in both runs, so that imports cancel out
 """
 
 
-def run(pkg_dir: str, n: int, handle: bool, rate: float, valgrind: bool) -> float:
+def run(pkg_dir: str, n: int, handle: bool, rate: float, valgrind: bool, per: int = 3) -> float:
     """Instructions (callgrind's 'Collected' total), or seconds without valgrind, of one run."""
-    cmd = [sys.executable, "-c", _RUN, str(n), "1" if handle else "0", str(rate)]
+    cmd = [sys.executable, "-c", _RUN, str(n), "1" if handle else "0", str(rate), str(per)]
     env = {**os.environ, "PYTHONPATH": pkg_dir}
     with tempfile.TemporaryDirectory() as tmp:
         if valgrind:
@@ -111,19 +112,21 @@ def main() -> int:
     ap.add_argument("dirs", nargs="*", default=[str(Path(__file__).resolve().parents[1] / "daemon")])
     ap.add_argument("--flows", type=int, default=2000, help="flows per run (default 2000)")
     ap.add_argument("--rate", type=float, default=2000.0, help="new flows per simulated second")
+    ap.add_argument("--packets", type=int, choices=(2, 3), default=3,
+                    help="queued packets per flow: 3 (with the retransmitted reply, default) or 2")
     ap.add_argument("--seconds", action="store_true", help="wall time instead of callgrind (noisy)")
     args = ap.parse_args()
     if args.flows < 1:
         ap.error("--flows must be at least 1")
     per_flow = []
     for d in args.dirs:
-        base = run(d, args.flows, False, args.rate, not args.seconds)
-        full = run(d, args.flows, True, args.rate, not args.seconds)
+        base = run(d, args.flows, False, args.rate, not args.seconds, args.packets)
+        full = run(d, args.flows, True, args.rate, not args.seconds, args.packets)
         v = (full - base) / args.flows
         per_flow.append(v)
         unit = "us" if args.seconds else "instructions"
         print(f"{d}: {v * 1e6 if args.seconds else v:,.0f} {unit} per flow "
-              f"({args.flows} flows, 3 queued packets each)")
+              f"({args.flows} flows, {args.packets} queued packets each)")
     if len(per_flow) >= 2:
         print(f"per flow, last / first: {per_flow[-1] / per_flow[0]:.3f}")
     return 0

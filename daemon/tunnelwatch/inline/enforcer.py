@@ -61,6 +61,17 @@ def _deep(cfg: RunConfig) -> dict[tuple[int, int], int]:
     return {(6 if t == "tcp" else 17, port): n for t, port, n in cfg.deep}
 
 
+def _segment(pkt: Packet) -> int:
+    """A TCP payload segment's fingerprint: its sender's side, sequence number and bytes (Flow.last_seg).
+
+    hash() of bytes is SipHash with a key drawn at interpreter start: a sender cannot make other bytes
+    hash the same, so a decoy (e.g. a low-TTL segment with benign bytes, then the tunnel's bytes under the
+    same sequence number) is classified again; only the very same segment is not. The bytes' hash covers
+    their length. The sequence number, port and side are XORed in: a collision stays a 2**-64 chance.
+    """
+    return hash(pkt.payload) ^ (pkt.seq << 17 | pkt.sport << 1 | (pkt.src < pkt.dst))
+
+
 def mark_for(d: Decision, watch: bool) -> int:
     """The connmark decision bits for a policy decision; `watch`: the verdict is not settled yet."""
     if d.action == "block":
@@ -185,9 +196,11 @@ class Enforcer:
         self.engine.table.end(key, "reused")
 
     def _decide_quiet(self) -> None:
+        debug = log.isEnabledFor(logging.DEBUG)  # the flow's text is not built for a line nobody sees
         for flow in self.engine.decide_quiet(time.time(), QUIET_S):
             bits = self.marks.get(flow.key, 0)
-            log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())
+            if debug:
+                log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())
             if bits in (firewall.MARK_DROP, firewall.MARK_REJECT):
                 found = firewall.mark_connection(transport_name(flow.proto), addr_text(flow.src), flow.sport,
                                                  addr_text(flow.dst), flow.dport, bits)
@@ -209,16 +222,13 @@ class Enforcer:
             self.unparsed += 1
             return 0
         proto = pkt.proto
-        seg = -1
+        seg = None
         if proto == 6 or proto == 17:
             key = flow_key(pkt)
             old = self.engine.table.peek(key)
             if old is not None:
                 if proto == 6 and pkt.payload:
-                    # keyed hash (SipHash) of the bytes: a sender cannot make other bytes match it, so a
-                    # decoy (e.g. a low-TTL segment with benign bytes, then the tunnel's bytes under the
-                    # same sequence number) is classified again; only the very same segment is not
-                    seg = hash((pkt.src, pkt.sport, pkt.seq, pkt.payload))
+                    seg = _segment(pkt)
                     if seg == old.last_seg:
                         # the same segment again (its first copy was overtaken, e.g. by a FIN): the
                         # classifiers read it already; not counted, and a watched flow is not re-opened
@@ -228,7 +238,7 @@ class Enforcer:
                     self._new_connection_on_old_tuple(pkt, key, old)
         flow = self.engine.process(pkt)
         if proto == 6 and pkt.payload:
-            flow.last_seg = seg if seg != -1 else hash((pkt.src, pkt.sport, pkt.seq, pkt.payload))
+            flow.last_seg = seg if seg is not None else _segment(pkt)
         return self._mark(flow)
 
     def _mark(self, flow: Flow) -> int:
