@@ -3,16 +3,16 @@ a shared machine, unlike seconds). Compares checkouts when given several daemon 
 
     python bench/flow_icount.py                          # this checkout
     python bench/flow_icount.py OLD/daemon daemon        # before vs after
-    python bench/flow_icount.py --seconds                # no valgrind: wall time per flow instead
+    python bench/flow_icount.py --seconds                # no valgrind: CPU time per flow instead (noisy)
 
 Each flow is the lab's "unknown" TCP case as the router's queue sees it (docs/performance.md, "A third
 queued packet per TCP flow"): 16 random bytes from the client, their echo from the server, and the echo's
 retransmission (same sequence number and bytes; `--packets 2` leaves it out). Every packet goes through
 `Enforcer.handle` followed by `Enforcer.tick` (at low load each packet is its own wake-up of the queue
 loop), with decisions recorded by a real Supervisor, status state and Reporter (not started: nothing
-leaves the process). The clock is
-simulated: flows start `--rate` per second, and the run ends 3 s after the last one, so every flow is also
-decided by the quiet rule. Instructions per flow = (run with N flows handled - run with the same N flows'
+leaves the process), under the daemon's garbage-collector settings. The clock is simulated: flows start
+`--rate` per second, and the run ends 3 s after the last one, so every flow is also decided by the quiet
+rule. Instructions per flow = (run with N flows handled - run with the same N flows'
 packets built but not handled) / N: interpreter start-up, imports and packet building cancel out.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,9 @@ if True:  # set-up in both runs, so that imports cancel out
     enf.record = sup.record
     if hasattr(sup, "tally"):  # the cheap path for decisions nobody reports or shows (issue 13)
         enf.tally = sup.tally
+    import gc  # the daemon's collector settings (nfqueue.relax_gc): no automatic full collections
+    gc.freeze()
+    gc.set_threshold(gc.get_threshold()[0], gc.get_threshold()[1], 1_000_000_000)
     step = 1.0 / rate
     for pkts in flows if handle else ():
         for p in pkts:
@@ -81,15 +85,15 @@ if True:  # set-up in both runs, so that imports cancel out
 
 
 def run(pkg_dir: str, n: int, handle: bool, rate: float, valgrind: bool, per: int = 3) -> float:
-    """Instructions (callgrind's 'Collected' total), or seconds without valgrind, of one run."""
+    """Instructions (callgrind's 'Collected' total), or CPU seconds without valgrind, of one run."""
     cmd = [sys.executable, "-c", _RUN, str(n), "1" if handle else "0", str(rate), str(per)]
     env = {**os.environ, "PYTHONPATH": pkg_dir}
     with tempfile.TemporaryDirectory() as tmp:
         if valgrind:
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", *cmd]
-        t0 = _now()
+        t0 = _cpu()
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
-        took = _now() - t0
+        took = _cpu() - t0
     if r.returncode:
         raise SystemExit(f"run failed:\n{r.stderr[-3000:]}")
     if not valgrind:
@@ -100,10 +104,10 @@ def run(pkg_dir: str, n: int, handle: bool, rate: float, valgrind: bool, per: in
     return float(m.group(1))
 
 
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
+def _cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def main() -> int:
@@ -114,7 +118,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=2000.0, help="new flows per simulated second")
     ap.add_argument("--packets", type=int, choices=(2, 3), default=3,
                     help="queued packets per flow: 3 (with the retransmitted reply, default) or 2")
-    ap.add_argument("--seconds", action="store_true", help="wall time instead of callgrind (noisy)")
+    ap.add_argument("--seconds", action="store_true", help="CPU time instead of callgrind (noisy)")
     args = ap.parse_args()
     if args.flows < 1:
         ap.error("--flows must be at least 1")
