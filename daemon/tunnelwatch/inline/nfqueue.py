@@ -138,7 +138,7 @@ class Queue:
 
     def _callback(self, pkt: QueuedPacket) -> None:
         # per packet: only one packet in qstats.SAMPLE_EVERY is timed (perf_counter twice and a deque
-        # append were 4 us per flow); the rest is the handler, one mark read, one mark write, the verdict
+        # append were 4 us per flow); the rest is the handler, the mark written and the verdict
         n = self.packets = self.packets + 1
         t0 = time.perf_counter() if n & _SAMPLE_MASK == 1 else 0.0
         mask = self.mark_mask
@@ -150,8 +150,9 @@ class Queue:
                 log.exception("queue %d: handler failed (further failures counted only): %r", self.num, exc)
             bits = 0
         # always: the mask covers the firewall's "pending" bit too, and clearing it is what tells the
-        # kernel's bypass counter that this packet did get a verdict (firewall.MARK_PENDING)
-        pkt.set_mark((pkt.get_mark() & ~mask & 0xFFFFFFFF) | bits)
+        # kernel's bypass counter that this packet did get a verdict (firewall.MARK_PENDING). `mark` is
+        # the mark the packet came with (what get_mark() returns before set_mark), read without a call
+        pkt.set_mark((pkt.mark & ~mask & 0xFFFFFFFF) | bits)
         pkt.accept()
         if t0:
             self._latency.append(time.perf_counter() - t0)
