@@ -100,6 +100,9 @@ class Supervisor:
         self.next_status = now + STATUS_EVERY
         self.next_tally = now + TALLY_EVERY
         self.last_status = ""
+        #: time.monotonic() from which wake() has periodic work: a caller may skip wake() until then unless
+        #: a reload is pending or a thread poked it (the single-queue loop does, on every wake-up)
+        self.due = self._due()
 
     def record(self, rec: FlowRecord) -> None:
         """One decided flow for the counters and the status state."""
@@ -155,11 +158,13 @@ class Supervisor:
             log.info("health ok again")
         self.app.state.set(health=health, health_reasons=reasons)
 
+    def _due(self) -> float:
+        return min(self.next_tick, self.next_status, self.next_tally,
+                   self.next_dog if self.interval else self.next_tick)
+
     def timeout(self) -> float:
         """Seconds the caller may block before wake() has work to do."""
-        due = min(self.next_tick, self.next_status, self.next_dog if self.interval else self.next_tick,
-                  self.next_tally if self.tallied else self.next_tick)
-        return max(0.0, due - time.monotonic()) if not self.hup else 0.0
+        return max(0.0, self.due - time.monotonic()) if not self.hup else 0.0
 
     def wake(self) -> None:
         """Do whatever is due: a pending reload, the periodic checks, a watchdog ping, a status line."""
@@ -197,6 +202,7 @@ class Supervisor:
             if text != self.last_status:
                 self.notifier.status(text)
                 self.last_status = text
+        self.due = self._due()
 
     def _refresh_rules(self) -> None:
         try:

@@ -223,3 +223,16 @@ def test_tallied_decisions_reach_status_and_reporting_as_records_would(tmp_path:
         seen.append((snap["counters"], snap["recent"], beat["flows_by_klass"], beat["flows_by_action"]))
     assert seen[0] == seen[1]
     assert seen[1][2] == {"unknown": 3, "benign": 3} and seen[1][1] == []
+
+
+def test_due_is_the_next_periodic_work_and_wake_moves_it_on(tmp_path: Path) -> None:
+    from tunnelwatch.inline import supervisor as supervisor_mod
+
+    sup, _, _ = _supervisor(tmp_path, BASE)
+    assert sup.due == min(sup.next_tick, sup.next_status, sup.next_tally)  # no watchdog here
+    assert 0 < sup.timeout() <= supervisor_mod.TALLY_EVERY
+    sup.next_status = sup.next_tally = time.monotonic() - 1  # both due now
+    sup.wake()
+    assert sup.due > time.monotonic() and sup.due == min(sup.next_tick, sup.next_status, sup.next_tally)
+    sup.hup = True
+    assert sup.timeout() == 0.0
