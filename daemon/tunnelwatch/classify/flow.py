@@ -39,6 +39,7 @@ class Flow:
         "follow",
         "follow_left",
         "key",
+        "last_seg",
         "last_ts",
         "limit",
         "name",
@@ -97,6 +98,9 @@ class Flow:
         self.decided_as: tuple[str, ...] | None = None
         #: the host name the flow goes to and how it was seen ("sni", "quic-sni", "dns"); see names.py
         self.name: tuple[str, str] | None = None
+        #: inline: fingerprint of the last queued TCP payload segment (sender, sequence number, bytes), so
+        #: that an exact retransmission is answered without classifying it again (enforcer.py)
+        self.last_seg: int | None = None
 
     def direction(self, pkt: Packet) -> int:
         """0 for packets from the initiator, 1 for replies."""

@@ -88,6 +88,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
         kstats.start()
         if cfg.queue_count == 1:
             enforcer.record = sup.record
+            enforcer.tally = sup.tally  # decisions nobody reports or shows: counted, no record built
             app.start_status()
             reporter.start()
             syncer.start(cfg)
@@ -101,10 +102,15 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
 
             def wake(ready_fds: list[int]) -> None:
                 nonlocal next_stats
-                sup.hup, sig.hup = sup.hup or sig.hup, False
-                sup.wake()
-                if time.monotonic() >= next_stats:  # status figures: cheap, but not per packet
-                    next_stats = time.monotonic() + 1.0
+                if sig.hup:
+                    sup.hup, sig.hup = True, False
+                now = time.monotonic()
+                # runs after every select, so at low load per packet: the supervisor only when it has
+                # something to do (periodic work due, a reload, or a sync thread's poke on sig's pipe)
+                if sup.hup or now >= sup.due or sig.rfd in ready_fds:
+                    sup.wake()
+                if now >= next_stats:  # status figures: cheap, but not per packet
+                    next_stats = now + 1.0
                     app.state.set(flows=enforcer.flow_stats(),
                                   voip_calls=enforcer.policy.active_calls(dt.datetime.now(dt.UTC)))
 
@@ -112,6 +118,7 @@ def run(cfg: RunConfig, registry: Registry, path: Path | None = None, *, verbose
         else:
             run_workers(cfg, sig, rules, sup, app)
     finally:
+        sup.flush_tally()  # the last second's counted-only decisions, for the stop heartbeat and status
         notifier.stopping()
         app.state.set(health="stopping")
         kstats.stop()

@@ -7,6 +7,11 @@ windows (firewall.py); when one of their packets arrives the engine re-opens the
 decides it again. A tunnel confirmed late is then blocked: by the verdict's mark, or, for a decision made
 after the flow went quiet, by updating its conntrack entry (firewall.mark_connection). Re-decisions are
 logged and recorded (reported) only when they change something. See docs/enforcement.md.
+
+Cheap on purpose (docs/performance.md, "CPU per flow after the cut"): an exact retransmission of the last
+queued TCP segment (same sender, sequence number and bytes) gets the flow's mark without being classified
+again; the quiet rule runs at most every TICK_S; a decision nobody reports or shows (allowed, not flagged,
+not registered) is only counted (`tally`), without building a record.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from tunnelwatch.inline import firewall
 from tunnelwatch.policy.policy import Decision, Policy
 from tunnelwatch.policy.registry import Registry
 from tunnelwatch.record import FlowRecord
-from tunnelwatch.verdict import Verdict
+from tunnelwatch.verdict import FLAGGED, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +50,26 @@ REUSE_GAP_S: Final = 2.0
 #: UDP payload sizes of WireGuard's handshake initiation and response (rulespec.HANDSHAKE_LENGTHS)
 HANDSHAKE_PAYLOADS: Final = frozenset({148, 92})
 MAX_RENEWED: Final = 4096  # renewed decisions remembered at most (each is dropped at the next decision)
+#: seconds between two runs of the work done between packets (quiet rule, list files, GC): not per wake-up
+TICK_S: Final = 0.1
 Record = Callable[[FlowRecord], None]
+#: (klass, action) of a decision that is only counted: allowed, not flagged, not registered
+Tally = Callable[[str, str], None]
 
 
 def _deep(cfg: RunConfig) -> dict[tuple[int, int], int]:
     return {(6 if t == "tcp" else 17, port): n for t, port, n in cfg.deep}
+
+
+def _segment(pkt: Packet) -> int:
+    """A TCP payload segment's fingerprint: its sender's side, sequence number and bytes (Flow.last_seg).
+
+    hash() of bytes is SipHash with a key drawn at interpreter start: a sender cannot make other bytes
+    hash the same, so a decoy (e.g. a low-TTL segment with benign bytes, then the tunnel's bytes under the
+    same sequence number) is classified again; only the very same segment is not. The bytes' hash covers
+    their length. The sequence number, port and side are XORed in: a collision stays a 2**-64 chance.
+    """
+    return hash(pkt.payload) ^ (pkt.seq << 17 | pkt.sport << 1 | (pkt.src < pkt.dst))
 
 
 def mark_for(d: Decision, watch: bool) -> int:
@@ -68,6 +88,8 @@ class Enforcer:
         self.policy = Policy.from_config(cfg)
         self.registry = registry
         self.record = record
+        #: decisions nobody reports or shows go here instead of `record` when set (Supervisor.tally)
+        self.tally: Tally | None = None
         self.endpoints = endpoints if endpoints is not None else Endpoints(cfg.endpoints)
         self.engine = Engine(budget=cfg.packets, max_flows=cfg.flows, on_decided=self._decided,
                              on_end=self._ended, deep=_deep(cfg), reopens=REOPENS)
@@ -80,6 +102,8 @@ class Enforcer:
         self.counts: dict[str, int] = {}
         self.late_blocks = 0  # blocks decided after a flow was first let through under WATCH
         self.reused = 0  # new connections on the 5-tuple of a finally decided flow: classified afresh
+        self.retransmits = 0  # exact TCP retransmissions answered with the flow's mark, not classified
+        self.next_tick = 0.0  # time.monotonic() of the next tick() that does its work
         #: decisions of flows renewed by a handshake-sized datagram, until the new flow's first decision
         self._renewed: dict[FlowKey, tuple[str, ...]] = {}
 
@@ -105,14 +129,19 @@ class Enforcer:
         self.cfg, self.registry = cfg, registry
 
     def tick(self) -> None:
-        """Between packets: re-read endpoint list files that changed (every `endpoints.watch` seconds)."""
+        """Between packets, at most every TICK_S: the quiet rule, endpoint list files that changed (every
+        `endpoints.watch` seconds), the hourly full collection."""
+        now = time.monotonic()
+        if now < self.next_tick:
+            return  # called after every wake-up of the queue loop: under load that is every few packets
+        self.next_tick = now + TICK_S
         watch = self.cfg.endpoints.watch
-        if watch and self.cfg.endpoints.lists and time.monotonic() >= self.next_watch:
-            self.next_watch = time.monotonic() + watch
+        if watch and self.cfg.endpoints.lists and now >= self.next_watch:
+            self.next_watch = now + watch
             if self.endpoints.check():
                 self._use_lists()
         self._decide_quiet()
-        if time.monotonic() >= self.next_full_gc:
+        if now >= self.next_full_gc:
             # automatic full collections are off on the packet path (nfqueue.relax_gc); one an hour
             # still frees any long-lived reference cycle (threads, TLS, HTTP objects), at a known time
             self.next_full_gc = time.monotonic() + FULL_GC_EVERY
@@ -127,7 +156,7 @@ class Enforcer:
                         "new flows, or raise queue.flows", self.engine.table.max_flows)
         self._evictions_seen = evicted
 
-    def _new_connection_on_old_tuple(self, pkt: Packet) -> None:
+    def _new_connection_on_old_tuple(self, pkt: Packet, key: FlowKey, old: Flow) -> None:
         """End a finally decided flow when this packet belongs to a new connection on its 5-tuple.
 
         The kernel queues no packet of a connection whose connmark holds a final decision, so a queued
@@ -136,12 +165,8 @@ class Enforcer:
         5-tuple, e.g. a client that closed an allowed HTTP connection and reopened the tuple for a
         tunnel. The new connection must be classified, not inherit the old decision.
         """
-        key = flow_key(pkt)
         mark = self.marks.get(key)
         if mark not in _FINAL:
-            return
-        old = self.engine.table.peek(key)
-        if old is None:
             return
         if mark == firewall.MARK_ALLOW and pkt.proto == 17 and len(pkt.payload) in HANDSHAKE_PAYLOADS:
             # the kernel queues these on a UDP connection allowed for good only because of their size
@@ -171,9 +196,11 @@ class Enforcer:
         self.engine.table.end(key, "reused")
 
     def _decide_quiet(self) -> None:
+        debug = log.isEnabledFor(logging.DEBUG)  # the flow's text is not built for a line nobody sees
         for flow in self.engine.decide_quiet(time.time(), QUIET_S):
             bits = self.marks.get(flow.key, 0)
-            log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())
+            if debug:
+                log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())
             if bits in (firewall.MARK_DROP, firewall.MARK_REJECT):
                 found = firewall.mark_connection(transport_name(flow.proto), addr_text(flow.src), flow.sport,
                                                  addr_text(flow.dst), flow.dport, bits)
@@ -186,7 +213,7 @@ class Enforcer:
         return {"tracked": len(t), "max": t.max_flows, "created": t.created, "expired": t.expired,
                 "evicted": t.evicted, "classifier_errors": self.engine.classifier_errors,
                 "unparsed_packets": self.unparsed, "reopened": self.engine.reopened,
-                "late_blocks": self.late_blocks, "reused": self.reused}
+                "late_blocks": self.late_blocks, "reused": self.reused, "retransmits": self.retransmits}
 
     def handle(self, payload: bytes) -> int:
         """Mark bits for one queued packet: the flow's decision, WATCH, or 0 while it is undecided."""
@@ -194,9 +221,27 @@ class Enforcer:
         if pkt is None:
             self.unparsed += 1
             return 0
-        if self.marks and pkt.proto in (6, 17):
-            self._new_connection_on_old_tuple(pkt)
+        proto = pkt.proto
+        seg = None
+        if proto == 6 or proto == 17:
+            key = flow_key(pkt)
+            old = self.engine.table.peek(key)
+            if old is not None:
+                if proto == 6 and pkt.payload:
+                    seg = _segment(pkt)
+                    if seg == old.last_seg:
+                        # the same segment again (its first copy was overtaken, e.g. by a FIN): the
+                        # classifiers read it already; not counted, and a watched flow is not re-opened
+                        self.retransmits += 1
+                        return self._mark(old)
+                if self.marks:
+                    self._new_connection_on_old_tuple(pkt, key, old)
         flow = self.engine.process(pkt)
+        if proto == 6 and pkt.payload:
+            flow.last_seg = seg if seg is not None else _segment(pkt)
+        return self._mark(flow)
+
+    def _mark(self, flow: Flow) -> int:
         bits = self.marks.get(flow.key)
         if bits is not None:
             if bits == firewall.MARK_WATCH and flow.done and not flow.watch and not flow.follow_left:
@@ -227,6 +272,21 @@ class Enforcer:
         level = logging.INFO if verdict.flagged else logging.DEBUG
         if d.bulk:
             level = logging.WARNING  # the grey-traffic signature: the operator must see it
+        if log.isEnabledFor(level):  # the line's text costs more than the rest of the decision
+            self._log(flow, verdict, d, level, verb, bits)
+        if self.tally is not None and d.action == "allow" and not registered and verdict.klass not in FLAGGED:
+            # what status (recent list) and reporting (events, IPFIX) do with such a record: count it
+            self.tally(verdict.klass, d.action)
+            return
+        if self.record is not None:
+            self.record(FlowRecord(
+                time.time(), addr_text(flow.src), flow.sport, addr_text(flow.dst), flow.dport,
+                transport_name(flow.proto), verdict.klass, verdict.protocol, verdict.confidence, d.action,
+                d.reason, verdict.evidence, d.bulk, d.registration, flow.packets, flow.bytes, flow.first_ts,
+                flow.last_ts))
+
+    @staticmethod
+    def _log(flow: Flow, verdict: Verdict, d: Decision, level: int, verb: str, bits: int) -> None:
         desc = flow.describe()
         again = f" (re-opened {flow.reopens}x)" if flow.reopens else ""
         watched = " watched" if bits == firewall.MARK_WATCH else ""
@@ -235,12 +295,6 @@ class Enforcer:
                 f" [{'; '.join(verdict.evidence[:3])}]" if verdict.evidence else "",
                 extra={"FLOW": desc, "KLASS": verdict.klass, "PROTOCOL": verdict.protocol, "VERDICT": verb,
                        "CONFIDENCE": verdict.confidence})
-        if self.record is not None:
-            self.record(FlowRecord(
-                time.time(), addr_text(flow.src), flow.sport, addr_text(flow.dst), flow.dport,
-                transport_name(flow.proto), verdict.klass, verdict.protocol, verdict.confidence, d.action,
-                d.reason, verdict.evidence, d.bulk, d.registration, flow.packets, flow.bytes, flow.first_ts,
-                flow.last_ts))
 
     def _ended(self, flow: Flow, verdict: Verdict) -> None:
         self.marks.pop(flow.key, None)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TICK: Final = 30.0  # seconds between registry-file and validity-window checks
 STATUS_EVERY: Final = 2.0  # seconds between STATUS= refreshes (sent only when the text changed)
+TALLY_EVERY: Final = 1.0  # seconds between hand-overs of counted-only decisions to status and reporting
 POLICY_FIELDS: Final = ("default", "klass", "protocol", "voip")
 
 
@@ -88,6 +89,8 @@ class Supervisor:
         self.health = Health(uplink_grace=float(cfg.status.uplink_grace))
         self.watch = RegistryWatch(registry)
         self.counts: Counter[str] = Counter()
+        #: (klass, action) -> decisions only counted (Supervisor.tally), not yet handed to status/reporting
+        self.tallied: dict[tuple[str, str], int] = {}
         self.hup = False
         self.reloads = 0
         now = time.monotonic()
@@ -95,7 +98,11 @@ class Supervisor:
         self.next_tick = now + TICK
         self.next_dog = now
         self.next_status = now + STATUS_EVERY
+        self.next_tally = now + TALLY_EVERY
         self.last_status = ""
+        #: time.monotonic() from which wake() has periodic work: a caller may skip wake() until then unless
+        #: a reload is pending or a thread poked it (the single-queue loop does, on every wake-up)
+        self.due = self._due()
 
     def record(self, rec: FlowRecord) -> None:
         """One decided flow for the counters and the status state."""
@@ -105,6 +112,21 @@ class Supervisor:
         self.app.state.record_decision(rec)
         if self.reporter is not None:
             self.reporter.flow(rec)
+
+    def tally(self, klass: str, action: str) -> None:
+        """One decided flow that nobody reports or shows one by one (allowed, not flagged, not registered):
+        counted here at once, handed to status and reporting in bulk (flush_tally), as record() would."""
+        self.counts["decided"] += 1
+        key = (klass, action)
+        self.tallied[key] = self.tallied.get(key, 0) + 1
+
+    def flush_tally(self) -> None:
+        """Add the counted-only decisions to the status counters and the reporter's (every TALLY_EVERY)."""
+        tallied, self.tallied = self.tallied, {}
+        for (klass, action), n in tallied.items():
+            self.app.state.count("flows", n, klass=klass, action=action)
+            if self.reporter is not None:
+                self.reporter.count_flows(klass, action, n)
 
     def event(self, kind: str, **fields: object) -> None:
         """Report an event upward (nothing when reporting is off)."""
@@ -136,10 +158,13 @@ class Supervisor:
             log.info("health ok again")
         self.app.state.set(health=health, health_reasons=reasons)
 
+    def _due(self) -> float:
+        return min(self.next_tick, self.next_status, self.next_tally,
+                   self.next_dog if self.interval else self.next_tick)
+
     def timeout(self) -> float:
         """Seconds the caller may block before wake() has work to do."""
-        due = min(self.next_tick, self.next_status, self.next_dog if self.interval else self.next_tick)
-        return max(0.0, due - time.monotonic()) if not self.hup else 0.0
+        return max(0.0, self.due - time.monotonic()) if not self.hup else 0.0
 
     def wake(self) -> None:
         """Do whatever is due: a pending reload, the periodic checks, a watchdog ping, a status line."""
@@ -163,6 +188,10 @@ class Supervisor:
                 self.event("registry_rejected", source=source, reason="the registry file is invalid; "
                            "the last good one stays (see the log)", digest=digest(self.registry.path))
             self._refresh_rules()
+        if now >= self.next_tally:
+            self.next_tally = now + TALLY_EVERY
+            if self.tallied:
+                self.flush_tally()
         if self.interval and now >= self.next_dog:
             self.notifier.watchdog()
             self.next_dog = now + self.interval
@@ -173,6 +202,7 @@ class Supervisor:
             if text != self.last_status:
                 self.notifier.status(text)
                 self.last_status = text
+        self.due = self._due()
 
     def _refresh_rules(self) -> None:
         try:

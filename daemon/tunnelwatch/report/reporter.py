@@ -240,6 +240,13 @@ class Reporter:
             with contextlib.suppress(queue.Full):  # best effort by design: the spool is the durable channel
                 self._ipq.put_nowait(rec)
 
+    def count_flows(self, klass: str, action: str, n: int) -> None:
+        """n decided flows that give no event (allowed, not flagged, not registered): only counted, as flow()
+        counts them (the daemon's Supervisor.tally hands them over in bulk, without building records)."""
+        with self._lock:
+            self._by_klass[klass] += n
+            self._by_action[action] += n
+
     def _reportable(self, confidence: str) -> bool:
         """Whether a tagged flow of this confidence is reported one by one (report.min_confidence)."""
         return confidence_at_least(confidence, self.cfg.report.min_confidence)

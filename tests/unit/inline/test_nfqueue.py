@@ -88,3 +88,20 @@ def test_decision_bits_are_masked_into_the_mark(monkeypatch: pytest.MonkeyPatch)
     assert p.verdicts == ["accept"]
     assert p.mark == firewall.MARK_DROP | UNRELATED
     assert q.errors == 0
+
+
+def test_one_packet_in_sample_every_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunnelwatch.inline import qstats
+
+    q, fake = _queue(monkeypatch, lambda ip: 0)
+    assert fake.callback is not None
+    samples = qstats.recorder(4242)
+    samples.clear()
+    n = 2 * qstats.SAMPLE_EVERY + 1
+    pkts = [FakePacket(b"\x45" + bytes(19), firewall.MARK_PENDING) for _ in range(n)]
+    for p in pkts:
+        fake.callback(p)
+    assert len(samples) == 3  # the first packet, then every SAMPLE_EVERY-th: 1, 17, 33
+    assert all(0 <= s < 1.0 for s in samples)
+    assert all(p.verdicts == ["accept"] and p.mark == 0 for p in pkts)  # every packet got its verdict
+    assert q.packets == len(pkts)

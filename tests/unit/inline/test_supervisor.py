@@ -192,3 +192,47 @@ def test_a_refused_reload_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptu
     assert lines[0].startswith(f"reload #1 refused: {path} is invalid; keeping the running configuration: ")
     assert "vpn_tunel" in lines[0] and lines[0].endswith(" reason=invalid problems=1")
     assert "event=config_rejected reload=1 " in lines[0]
+
+
+def test_tallied_decisions_reach_status_and_reporting_as_records_would(tmp_path: Path) -> None:
+    from tunnelwatch.inline import supervisor as supervisor_mod
+    from tunnelwatch.report.reporter import Reporter
+
+    plain = [_flow(klass="unknown", protocol="unknown", confidence="none", action="allow", reason="not a "
+                   "tunnel", evidence=()), _flow(klass="benign", protocol="http", confidence="confirmed",
+                                                 action="allow", reason="not a tunnel", evidence=())]
+    seen = []
+    for tallied in (False, True):
+        sup, _, _ = _supervisor(tmp_path, BASE)
+        rep = Reporter(sup.cfg, sup.app.state, "tw-test")
+        sup.reporter = rep
+        for rec in plain * 3:
+            if tallied:
+                sup.tally(rec.klass, rec.action)
+            else:
+                sup.record(rec)
+        assert sup.status_text() == "monitoring: 6 flows decided, 0 blocked"
+        if tallied:  # handed over in bulk: at the next wake() once TALLY_EVERY passed
+            sup.wake()
+            assert sup.tallied
+            sup.next_tally = time.monotonic() - supervisor_mod.TALLY_EVERY
+            sup.wake()
+            assert not sup.tallied
+        snap = sup.app.state.snapshot()
+        beat = rep._heartbeat()
+        seen.append((snap["counters"], snap["recent"], beat["flows_by_klass"], beat["flows_by_action"]))
+    assert seen[0] == seen[1]
+    assert seen[1][2] == {"unknown": 3, "benign": 3} and seen[1][1] == []
+
+
+def test_due_is_the_next_periodic_work_and_wake_moves_it_on(tmp_path: Path) -> None:
+    from tunnelwatch.inline import supervisor as supervisor_mod
+
+    sup, _, _ = _supervisor(tmp_path, BASE)
+    assert sup.due == min(sup.next_tick, sup.next_status, sup.next_tally)  # no watchdog here
+    assert 0 < sup.timeout() <= supervisor_mod.TALLY_EVERY
+    sup.next_status = sup.next_tally = time.monotonic() - 1  # both due now
+    sup.wake()
+    assert sup.due > time.monotonic() and sup.due == min(sup.next_tick, sup.next_status, sup.next_tally)
+    sup.hup = True
+    assert sup.timeout() == 0.0

@@ -215,3 +215,13 @@ def test_no_key_is_made_when_nothing_leaves_the_box(tmp_path: Path) -> None:
     rep.start()
     rep.stop("signal SIGTERM")
     assert not (tmp_path / "privacy.key").exists()
+
+
+def test_counted_flows_reach_the_heartbeat_like_flows_without_an_event(tmp_path: Path) -> None:
+    rep = Reporter(_cfg(tmp_path), _state(), "tw-test")
+    rep.flow(_flow(klass="unknown", protocol="unknown", confidence="none", action="allow", evidence=[]))
+    rep.count_flows("unknown", "allow", 4)
+    rep.count_flows("benign", "allow", 2)
+    beat = rep._heartbeat()
+    assert beat["flows_by_klass"] == {"unknown": 5, "benign": 2} and beat["flows_by_action"] == {"allow": 7}
+    assert rep._q.empty()  # no event for any of them
