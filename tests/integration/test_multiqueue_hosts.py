@@ -4,7 +4,8 @@ that host's next flow, whatever server that flow goes to. With --queue-balance (
 pair) the DNS answer and the flow would land on different workers for about half the servers.
 
 Also checked end to end across workers: the heartbeat's verdict latency (the samples live in the worker
-processes) and both queues serving traffic (two client addresses of different parity).
+processes), its per-action flow counts (allowed flows are only counted in the workers), and both queues
+serving traffic (two client addresses of different parity).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from support.netns import SERVER_IP, lab, require_tools
 from support.spool import spool_events
+from tunnelwatch.appliance.statussock import fetch_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +100,15 @@ def _named(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]
             if e["kind"] == "flow_tagged" and e.get("dst") in SERVERS}
 
 
+def _by_action(snapshot: dict[str, Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in snapshot.get("counters", []):
+        if c.get("name") == "flows":
+            action = c.get("labels", {}).get("action", "")
+            out[action] = out.get(action, 0) + int(c.get("value", 0))
+    return out
+
+
 def _latency_beats(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["kind"] == "heartbeat" and "verdict_latency_ms" in e]
 
@@ -139,6 +150,12 @@ def test_a_hosts_dns_names_reach_the_worker_of_its_flows(tmp_path: Path) -> None
             if len(_named(events)) == len(HOSTS) * len(SERVERS) and _latency_beats(events):
                 break
             time.sleep(0.2)
+        deadline = time.monotonic() + 10  # the workers send their counts once a second
+        while time.monotonic() < deadline:
+            by_action = _by_action(fetch_snapshot(str(tmp_path / "status.sock")))
+            if by_action.get("allow", 0) >= len(HOSTS) * len(SERVERS):
+                break
+            time.sleep(0.2)
         lb.stop("daemon")  # daemon_stopped is written after every forwarded decision
     events = spool_events(tmp_path / "state" / "spool.db")
     named = _named(events)
@@ -149,3 +166,7 @@ def test_a_hosts_dns_names_reach_the_worker_of_its_flows(tmp_path: Path) -> None
             assert any(f"h{n}.vpnlab.test" in line for line in ev.get("evidence", [])), ev
     beats = _latency_beats(events)
     assert beats and beats[-1]["verdict_latency_ms"]["p50"] > 0, beats[-1:]
+    # the DNS lookups are allowed and only counted in the workers (no record each): the counts still
+    # reach the status, next to the reported flows
+    assert by_action.get("allow", 0) >= len(HOSTS) * len(SERVERS), by_action
+    assert by_action.get("report", 0) == len(HOSTS) * len(SERVERS), by_action

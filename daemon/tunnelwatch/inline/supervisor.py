@@ -113,12 +113,12 @@ class Supervisor:
         if self.reporter is not None:
             self.reporter.flow(rec)
 
-    def tally(self, klass: str, action: str) -> None:
-        """One decided flow that nobody reports or shows one by one (allowed, not flagged, not registered):
+    def tally(self, klass: str, action: str, n: int = 1) -> None:
+        """n decided flows that nobody reports or shows one by one (allowed, not flagged, not registered):
         counted here at once, handed to status and reporting in bulk (flush_tally), as record() would."""
-        self.counts["decided"] += 1
+        self.counts["decided"] += n
         key = (klass, action)
-        self.tallied[key] = self.tallied.get(key, 0) + 1
+        self.tallied[key] = self.tallied.get(key, 0) + n
 
     def flush_tally(self) -> None:
         """Add the counted-only decisions to the status counters and the reporter's (every TALLY_EVERY)."""

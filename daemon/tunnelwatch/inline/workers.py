@@ -13,7 +13,6 @@ goes to one worker, fills at most that share).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -71,7 +70,25 @@ def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue,
             dropped += 1
 
     enforcer = Enforcer(worker_config(cfg), registry, record)
+    # decisions nobody reports or shows one by one: counted here, sent with the figures (no record each)
+    tallied: dict[tuple[str, str], int] = {}
+
+    def tally(klass: str, action: str) -> None:
+        tallied[(klass, action)] = tallied.get((klass, action), 0) + 1
+
+    enforcer.tally = tally
     next_stats = 0.0
+
+    def send_stats(block: bool = False) -> None:
+        calls = enforcer.policy.active_calls(dt.datetime.now(dt.UTC))
+        figures = {_STATS: enforcer.flow_stats(), "queue": qnum, "calls": calls,
+                   "latency": list(qstats.recorder(qnum)),
+                   "tally": [[k, a, n] for (k, a), n in tallied.items()]}
+        try:
+            decisions.put((figures, 0), block=block, timeout=1.0 if block else None)
+        except queue.Full:  # the next figures come a second later; the tally waits for them
+            return
+        tallied.clear()
 
     def ready(ok: bool | None) -> None:
         privileges.drop()  # the queue is bound: a worker never needs more than its netlink socket
@@ -82,10 +99,7 @@ def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue,
         sig.hup = False  # reloads come from the main process, over the control pipe
         if time.monotonic() >= next_stats:
             next_stats = time.monotonic() + STATS_EVERY
-            with contextlib.suppress(queue.Full):  # figures only: the next ones come a second later
-                calls = enforcer.policy.active_calls(dt.datetime.now(dt.UTC))
-                decisions.put_nowait(({_STATS: enforcer.flow_stats(), "queue": qnum, "calls": calls,
-                                       "latency": list(qstats.recorder(qnum))}, 0))
+            send_stats()
         if control.fileno() in ready_fds:
             try:
                 new_cfg, new_reg = control.recv()
@@ -96,6 +110,7 @@ def _worker(cfg: RunConfig, registry: Registry, qnum: int, results: ResultQueue,
 
     try:
         serve(enforcer, qnum, sig, ready, [control.fileno()], lambda: 5.0, wake)
+        send_stats(block=True)  # the last second's counts, before the main process writes its last heartbeat
     except Exception as exc:
         results.put((qnum, False, f"queue {qnum}: {exc}"))
         raise SystemExit(1) from exc
@@ -167,6 +182,10 @@ def run_workers(cfg: RunConfig, sig: Signals, rules: Rules, sup: Supervisor, app
 
     def stats(q: int, rec: dict[str, object]) -> None:
         figures, latency, active = rec[_STATS], rec.get("latency"), rec.get("calls")
+        tallied = rec.get("tally")
+        for item in tallied if isinstance(tallied, list) else []:
+            if isinstance(item, list) and len(item) == 3 and isinstance(item[2], int):
+                sup.tally(str(item[0]), str(item[1]), item[2])
         if isinstance(figures, dict):  # a restarted worker starts from 0 again: its old figures are replaced
             per_queue[q] = {k: v for k, v in figures.items() if isinstance(v, int)}
         if isinstance(latency, list):
@@ -214,3 +233,5 @@ def run_workers(cfg: RunConfig, sig: Signals, rules: Rules, sup: Supervisor, app
         log.info("stopping on signal %d", sig.stop)
     finally:
         w.stop()
+        # what the workers sent while stopping (their last counts): the stop heartbeat includes it
+        w.drain(sup.record, lambda n: app.state.count("decisions_dropped", n), stats)
