@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 #: an undecided flow that saw no queued packet for this long is decided on what was seen (Engine.decide_quiet)
 QUIET_S: Final = 2.0
 FULL_GC_EVERY: Final = 3600.0  # seconds between full garbage collections on the packet path
+#: a full collection's pause grows with the live objects, most of them flows: ~4 us per flow here,
+#: ~14 us on a Pi 4 (docs/performance.md); above this many flows it waits (42 ms on a Pi 4)
+FULL_GC_MAX_FLOWS: Final = 3000
+FULL_GC_RETRY: Final = 60.0  # seconds until a postponed full collection looks again
 #: re-opens per flow at most: a safety bound only, the kernel's windows bound the queued packets already
 REOPENS: Final = 64
 _FINAL: Final = frozenset({firewall.MARK_ALLOW, firewall.MARK_DROP, firewall.MARK_REJECT})
@@ -141,7 +145,11 @@ class Enforcer:
             if self.endpoints.check():
                 self._use_lists()
         self._decide_quiet()
-        if now >= self.next_full_gc:
+        if now >= self.next_full_gc and len(self.engine.table) > FULL_GC_MAX_FLOWS:
+            # a busy table would stall the packets for too long: later, when the table is smaller (flow
+            # state is free of reference cycles and is freed without the collector; docs/performance.md)
+            self.next_full_gc = now + FULL_GC_RETRY
+        elif now >= self.next_full_gc:
             # automatic full collections are off on the packet path (nfqueue.relax_gc); one an hour
             # still frees any long-lived reference cycle (threads, TLS, HTTP objects), at a known time
             self.next_full_gc = time.monotonic() + FULL_GC_EVERY
