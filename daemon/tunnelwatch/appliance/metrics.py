@@ -32,6 +32,8 @@ _SECTIONS: Final = {
          "Flows blocked after first being let through watched."),
         ("reused", "reused_tuples_total", "counter",
          "New connections on the 5-tuple of a decided flow, classified afresh."),
+        ("retransmits", "tcp_retransmits_total", "counter",
+         "Exact TCP retransmissions answered with the flow's decision, not classified again."),
     ),
     "kernel": (
         ("bypassed_packets", "failopen_packets_total", "counter",

@@ -38,7 +38,7 @@ def _full_state() -> StatusState:
     st = _state()
     st.set(flows={"tracked": 12, "max": 65536, "created": 900, "expired": 880, "evicted": 3,
                   "classifier_errors": 1, "unparsed_packets": 0, "reopened": 4, "late_blocks": 0,
-                  "reused": 2},
+                  "reused": 2, "retransmits": 5},
            kernel={"bypassed_packets": 24, "bypassed_flows": 7, "flood_dropped": 500, "queue_packets": 4000,
                    "queue_dropped": 9, "limited_hosts": ["192.168.1.9"]},
            registry_entries=3, registry_active=2, registry_next_expiry=1798761600.0, last_reload=1700000100.0,
@@ -115,7 +115,7 @@ def test_the_noc_figures_are_there() -> None:
             "tunnelwatch_registry_entries": 3.0, "tunnelwatch_registry_active_entries": 2.0,
             "tunnelwatch_registry_next_expiry_timestamp_seconds": 1798761600.0,
             "tunnelwatch_last_reload_timestamp_seconds": 1700000100.0, "tunnelwatch_health_problems": 1.0,
-            "tunnelwatch_reused_tuples_total": 2.0}
+            "tunnelwatch_reused_tuples_total": 2.0, "tunnelwatch_tcp_retransmits_total": 5.0}
     assert {k: samples[k][0][1] for k in want} == want
     assert samples["tunnelwatch_config_rejected_total"] == [('{reason="invalid"}', 1.0)]
     info = samples["tunnelwatch_info"][0][0]
