@@ -114,7 +114,7 @@ class Classifier:
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Look at one packet with payload; direction 0 = from initiator, 1 = reply.
 
-        Per-flow state lives in `flow.state[self.name]`: the engine drops it once the classifier
+        Per-flow state lives in `flow.state[self.name]`, written with `flow.put_state`: the engine drops it once the classifier
         returns REJECT or DONE (or the flow is decided), so state must not be shared between classifiers.
         """
         raise NotImplementedError

@@ -24,7 +24,7 @@ from typing import Final
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
 from tunnelwatch.classify.endpoints import EndpointIndex
-from tunnelwatch.classify.flow import Flow, FlowKey
+from tunnelwatch.classify.flow import NO_STATE, Flow, FlowKey
 from tunnelwatch.classify.flowtable import FlowTable
 from tunnelwatch.classify.packet import Packet
 
@@ -105,7 +105,7 @@ class Engine:
         self.packets += 1
         flow, created = self.table.get(pkt)
         if created:
-            flow.active = list(self._by_proto.get(pkt.proto, ()))
+            flow.active = self._by_proto.get(pkt.proto, ())  # shared: a private tuple once one drops out
             # either port: inline the first queued packet can be the server's (an SSH banner), so the
             # flow's "destination" is then the client's port
             flow.limit = max(self.budget, self.deep.get((flow.proto, flow.dport), 0),
@@ -119,15 +119,21 @@ class Engine:
                 self._undecided[flow.key] = flow
         elif not flow.done:
             self._undecided.move_to_end(flow.key)
-        d = 0 if (pkt.src == flow.src and pkt.sport == flow.sport) else 1
+        length = pkt.length
         flow.packets += 1
-        flow.bytes += pkt.length
-        flow.pkts_dir[d] += 1
-        flow.bytes_dir[d] += pkt.length
-        if pkt.seq >= 0 and pkt.payload:
-            if flow.seq is None:
-                flow.seq = [-1, -1]
-            flow.seq[d] = pkt.seq
+        flow.bytes += length
+        if pkt.src == flow.src and pkt.sport == flow.sport:
+            d = 0
+            flow.pkts0 += 1
+            flow.bytes0 += length
+            if pkt.seq >= 0 and pkt.payload:
+                flow.seq0 = pkt.seq
+        else:
+            d = 1
+            flow.pkts1 += 1
+            flow.bytes1 += length
+            if pkt.seq >= 0 and pkt.payload:
+                flow.seq1 = pkt.seq
         if flow.done:
             if flow.watch and pkt.payload:
                 self.reopen(flow)  # a later window of a flow not settled: look again
@@ -136,7 +142,10 @@ class Engine:
                     self._follow(flow, pkt, d)
                 return flow
         if pkt.payload:
-            flow.payload_pkts[d] += 1
+            if d:
+                flow.pay1 += 1
+            else:
+                flow.pay0 += 1
             self._inspect(flow, pkt, d)
         if not flow.done and (not flow.active or flow.packets >= flow.limit):
             self._decide(flow)
@@ -149,10 +158,10 @@ class Engine:
         self.reopened += 1
         flow.done = False
         if not flow.active:  # a fresh look: every classifier of the transport, from a clean state
-            flow.active = list(self._by_proto.get(flow.proto, ()))
-            flow.state = {}
-            flow.cands = {}
-        flow.follow = []
+            flow.active = self._by_proto.get(flow.proto, ())
+            flow.state = NO_STATE
+            flow.cands = NO_STATE
+        flow.follow = ()
         flow.follow_left = 0
         # the packet that re-opens it is counted already: it is the first of the budget
         flow.limit = max(flow.limit, flow.packets + self.reopen_budget - 1)
@@ -160,7 +169,13 @@ class Engine:
 
     def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:
         ctx = self.ctx
-        for c in tuple(flow.active):
+        active = flow.active
+        # survivors, made only once a classifier drops out: most packets change nothing, and a flow keeps
+        # sharing its transport's tuple until then (docs/performance.md, memory per flow)
+        keep: list[Classifier] | None = None
+        i = -1
+        for c in active:
+            i += 1
             try:
                 r = c.inspect(flow, pkt, d, ctx)
             except Exception as exc:  # a classifier bug must not take the engine down
@@ -169,29 +184,38 @@ class Engine:
                     self._error_logged.add(c.name)
                     log.warning("classifier %s failed on %s: %r (further failures counted only)",
                                 c.name, flow.describe(), exc)
-                flow.active.remove(c)
-                flow.state.pop(c.name, None)
-                continue
+                r = DONE  # dropped like DONE: asked no more, its state gone, its verdict kept
             if r is None:
+                if keep is not None:
+                    keep.append(c)
                 continue
-            if r is DONE:
-                flow.active.remove(c)
-                flow.state.pop(c.name, None)  # it will not be asked again: its state is garbage
-                continue
-            if r is REJECT:
-                flow.active.remove(c)
-                flow.state.pop(c.name, None)
-                if flow.cands.pop(c.name, None) is not None:
+            if r is DONE or r is REJECT:
+                if keep is None:
+                    keep = list(active[:i])
+                if flow.state:
+                    flow.state.pop(c.name, None)  # it will not be asked again: its state is garbage
+                if r is REJECT and flow.cands.pop(c.name, None) is not None:
                     # "certainly not my protocol" withdraws what this classifier said earlier
                     flow.best = _best_of(flow.cands.values())
                 continue
             assert isinstance(r, Verdict)
-            flow.cands[c.name] = r
+            if keep is not None:
+                keep.append(c)
+            cands = flow.cands
+            if cands is NO_STATE:
+                cands = flow.cands = {}
+            cands[c.name] = r
             if r.beats(flow.best):
                 flow.best = r
             if r.final:
+                if keep is not None:
+                    flow.active = (*keep, *active[i + 1:])
                 self._decide(flow)
                 return
+        if keep is not None:
+            flow.active = tuple(keep)
+            if not flow.state and flow.state is not NO_STATE:
+                flow.state = NO_STATE  # an emptied dict still holds its table: let it go
 
     def _follow(self, flow: Flow, pkt: Packet, d: int) -> None:
         """After the decision: let followers learn cross-flow facts; their verdicts no longer count."""
@@ -203,7 +227,7 @@ class Engine:
                 self.classifier_errors += 1
                 r = REJECT
             if r is REJECT or r is DONE:
-                flow.follow.remove(c)
+                flow.follow = tuple(f for f in flow.follow if f is not c)
         if not flow.follow:
             flow.follow_left = 0
 
@@ -232,7 +256,7 @@ class Engine:
         if verdict.confidence == "confirmed":
             flow.watch = 0  # settled: nothing more to learn
         # only a classifier that recognised the flow follows it (SIP on a DNS flow has nothing to learn)
-        followers = [c for c in flow.active if c.follow and c.name in flow.cands]
+        followers = tuple(c for c in flow.active if c.follow and c.name in flow.cands)
         # set before on_decided: inline, a flow whose followers still want packets (SDP in a later SIP
         # message announces the RTP flows) must stay queued, not be allowed for good in the kernel
         flow.follow_left = max((c.follow for c in followers), default=0)
@@ -243,10 +267,10 @@ class Engine:
         flow.follow = followers
         if not flow.follow:
             # a decided flow lives on until it ends, but nothing reads its classifiers' state again:
-            # most of a flow's memory (~4 KB while classified) goes now
-            flow.state = {}
-            flow.cands = {}
-        flow.active = []
+            # most of a flow's memory while classified goes now
+            flow.state = NO_STATE
+            flow.cands = NO_STATE
+        flow.active = ()
 
     def verdict(self, flow: Flow) -> Verdict:
         """The flow's verdict now: a flagged confirmed/heuristic verdict, else an endpoint-list match, else

@@ -99,8 +99,9 @@ class OpenVPN(Classifier):
         """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
         st = flow.state.get("openvpn")
         if st is None:
-            st = flow.state["openvpn"] = _State()
-            if flow.payload_pkts[direction] == 1 and not flow.payload_pkts[direction ^ 1]:
+            st = flow.put_state("openvpn", _State())
+            pay = flow.payload_pkts
+            if pay[direction] == 1 and not pay[direction ^ 1]:
                 st.flip = direction
         if pkt.proto == TCP:
             return self._tcp(st, pkt.payload, direction ^ st.flip)
@@ -114,7 +115,7 @@ class OpenVPN(Classifier):
             return REJECT  # both ends opened with one other protocol: a real exchange of it
         # A server reset may open a session only as the flow's first datagram (a capture started late);
         # a client reset may follow any amount of junk: its layout is what keeps random data out.
-        first = flow.payload_pkts[0] + flow.payload_pkts[1] == 1
+        first = flow.pay0 + flow.pay1 == 1
         static_alive = not st.static_bad
         static = self._static(st, p, direction)  # static-key framing is tracked on every datagram
         tls = self._packet(st, p, direction, "udp", first, tolerant=True)

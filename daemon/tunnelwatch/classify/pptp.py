@@ -68,7 +68,7 @@ class PPTP(Classifier):
         """PPTP control messages on TCP (reassembled per direction), or one GRE header."""
         st = flow.state.get("pptp")
         if st is None:
-            st = flow.state["pptp"] = _State()
+            st = flow.put_state("pptp", _State())
         if pkt.proto == GRE:
             return self._gre(st, pkt.payload, direction)
         return self._tcp(st, pkt.payload, direction)

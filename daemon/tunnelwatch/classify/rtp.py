@@ -122,7 +122,7 @@ class RTP(Classifier):
         """Track per-direction SSRC streams (or RTCP compounds) and decide when they are consistent."""
         st = flow.state.get("rtp")
         if st is None:
-            st = flow.state["rtp"] = _State()
+            st = flow.put_state("rtp", _State())
         if pkt.proto == TCP:
             if not self._tcp(st, pkt.payload, direction):
                 return REJECT
@@ -228,7 +228,7 @@ class RTP(Classifier):
             return self.verdict("rtp", "heuristic", self._stream_ev(best), "one direction only so far")
         if announced and st.rtp_pkts and exp is not None:
             return self.verdict("rtp", "heuristic", "RTP v2 header", exp.evidence)
-        seen = sum(flow.payload_pkts)
+        seen = (flow.pay0 + flow.pay1)
         if st.bad >= _MAX_BAD and st.bad * 2 > seen:
             return REJECT
         if seen >= _GIVE_UP and not st.rtp_pkts and not any(st.rtcp):

@@ -196,7 +196,7 @@ class SIP(Classifier):
         """Parse SIP messages, match responses to requests and announce SDP media."""
         st = flow.state.get("sip")
         if st is None:
-            st = flow.state["sip"] = _State()
+            st = flow.put_state("sip", _State())
         if pkt.proto == TCP:
             if st.tls or (not st.seen and not st.bad and pkt.payload[:1] == b"\x16"
                           and SIPS_PORT in (pkt.dport, pkt.sport)):

@@ -184,7 +184,7 @@ class STUN(Classifier):
         """Parse the STUN messages (or TURN ChannelData) in this packet and cross-check transactions."""
         st = flow.state.get("stun")
         if st is None:
-            st = flow.state["stun"] = _State()
+            st = flow.put_state("stun", _State())
             exp = flow.expected
             if exp is not None and exp.protocol in APPS:
                 st.app, st.app_why, st.announced = exp.protocol, exp.evidence, True
@@ -206,7 +206,7 @@ class STUN(Classifier):
             return self._verdict(st, "heuristic")
         if st.channel_data >= 2 and st.turn:
             return self._verdict(st, "heuristic")
-        if not st.seen and sum(flow.payload_pkts) >= _GIVE_UP:
+        if not st.seen and (flow.pay0 + flow.pay1) >= _GIVE_UP:
             return REJECT
         return None
 

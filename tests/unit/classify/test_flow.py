@@ -41,10 +41,10 @@ def test_the_first_packet_makes_the_initiator_and_direction_follows() -> None:
     assert f.direction(first) == 0 and f.direction(_pkt(A, 40000, B, 1194)) == 1
     assert f.direction(_pkt(B, 1195, A, 40000)) == 1  # same host, another port: not the initiator
     assert f.packets == 0 and not f.bidirectional and not f.done and f.best is None
-    f.pkts_dir[0] += 1
-    assert not f.bidirectional
-    f.pkts_dir[1] += 1
-    assert f.bidirectional
+    f.pkts0 += 1
+    assert not f.bidirectional and f.pkts_dir == (1, 0)
+    f.pkts1 += 1
+    assert f.bidirectional and f.pkts_dir == (1, 1)
 
 
 def test_describe_names_transport_and_both_ends() -> None:
