@@ -86,6 +86,12 @@ class _State:
     static_said: bool = False  # the static-key framing gave a verdict
 
 
+def _tcp_start(buf: bytes) -> bool:
+    """Whether a TCP stream's first 3 bytes (length prefix + opcode) may open an OpenVPN session."""
+    plen = (buf[0] << 8) | buf[1]
+    return _MIN_RESET - 2 <= plen <= 1700 and not buf[2] & 7 and buf[2] >> 3 in _RESETS
+
+
 class OpenVPN(Classifier):
     """OpenVPN (UDP and TCP, TLS and static-key modes)."""
 
@@ -99,6 +105,8 @@ class OpenVPN(Classifier):
         """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
         st = flow.state.get("openvpn")
         if st is None:
+            if pkt.proto == TCP and len(pkt.payload) >= 3 and not _tcp_start(pkt.payload):
+                return REJECT  # the cheap look of _tcp on a fresh stream, before any state is made
             st = flow.put_state("openvpn", _State())
             pay = flow.payload_pkts
             if pay[direction] == 1 and not pay[direction ^ 1]:
@@ -155,8 +163,7 @@ class OpenVPN(Classifier):
             if len(buf) < 3:
                 st.tcp_buf[direction] = buf
                 return None
-            plen = (buf[0] << 8) | buf[1]
-            if not _MIN_RESET - 2 <= plen <= 1700 or buf[2] & 7 or buf[2] >> 3 not in _RESETS:
+            if not _tcp_start(buf):
                 return REJECT
             st.tcp_checked = True
         if len(buf) > _TCP_MAX:  # never buffer much: a real OpenVPN record fits well below this

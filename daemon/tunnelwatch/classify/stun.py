@@ -26,7 +26,7 @@ addresses. Once seen, the application sticks to the flow. Without a fingerprint 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from struct import unpack_from
 from typing import ClassVar, Final, NamedTuple
 
@@ -155,7 +155,9 @@ def channel_data(p: bytes, off: int, tcp: bool) -> int:
 
 @dataclass(slots=True)
 class _State:
-    requests: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    # Made only for a flow that may be STUN (a message parsed, or a TCP stream too short to tell yet);
+    # scalars and containers made on first use, since a short TCP flow may hold it until it is decided.
+    requests: dict[bytes, tuple[int, int]] | None = None
     seen: int = 0
     classic_only: bool = True
     turn: bool = False
@@ -167,8 +169,17 @@ class _State:
     app: str = ""
     app_why: str = ""
     announced: bool = False
-    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
-    framing: list[int] = field(default_factory=lambda: [-1, -1])  # -1 unknown, 0 plain, 1 RFC 4571
+    buf0: bytes = b""  # each TCP direction's bytes not yet walked
+    buf1: bytes = b""
+    framing0: int = -1  # each TCP direction's framing: -1 unknown, 0 plain, 1 RFC 4571
+    framing1: int = -1
+
+
+def _keep(st: _State, direction: int, data: bytes) -> None:
+    if direction:
+        st.buf1 = data
+    else:
+        st.buf0 = data
 
 
 class STUN(Classifier):
@@ -184,6 +195,14 @@ class STUN(Classifier):
         """Parse the STUN messages (or TURN ChannelData) in this packet and cross-check transactions."""
         st = flow.state.get("stun")
         if st is None:
+            p = pkt.payload
+            if pkt.proto == TCP:
+                if len(p) >= HEADER + 2 and self._detect_framing(p, 0) < 0:
+                    return REJECT  # what _tcp would conclude on a fresh stream, without the state
+            else:
+                m = parse_message(p)
+                if m is None or m.end != len(p):  # no state yet, so no TURN: nothing to remember
+                    return REJECT if flow.pay0 + flow.pay1 >= _GIVE_UP else None
             st = flow.put_state("stun", _State())
             exp = flow.expected
             if exp is not None and exp.protocol in APPS:
@@ -224,20 +243,23 @@ class STUN(Classifier):
 
     def _tcp(self, st: _State, data: bytes, direction: int) -> bool | None:
         """Reassemble a little of one TCP direction and walk the messages it holds."""
-        buf = st.tcp_buf[direction] + data
+        buf = (st.buf1 if direction else st.buf0) + data
         if len(buf) > _MAX_TCP_BUF:
             return None if not st.seen else True
         pos = 0
         while len(buf) - pos >= 4:
-            framing = st.framing[direction]
+            framing = st.framing1 if direction else st.framing0
             if framing < 0:
                 framing = self._detect_framing(buf, pos)
                 if framing < 0:
                     if len(buf) - pos < HEADER + 2:
                         break  # too little to tell yet
-                    st.tcp_buf[direction] = b""
+                    _keep(st, direction, b"")
                     return True if st.seen else None
-                st.framing[direction] = framing
+                if direction:
+                    st.framing1 = framing
+                else:
+                    st.framing0 = framing
             if framing == 1:
                 flen = unpack_from("!H", buf, pos)[0]
                 if len(buf) - pos - 2 < flen:
@@ -257,7 +279,7 @@ class STUN(Classifier):
                     break  # message continues in the next segment
                 m = parse_message(buf, pos)
                 if m is None:
-                    st.tcp_buf[direction] = b""
+                    _keep(st, direction, b"")
                     return True if st.seen else None
                 self._message(st, m, direction)
                 pos = m.end
@@ -268,9 +290,9 @@ class STUN(Classifier):
                 self._channel(st, buf, pos)
                 pos = end
             else:
-                st.tcp_buf[direction] = b""
+                _keep(st, direction, b"")
                 return True if st.seen else None
-        st.tcp_buf[direction] = buf[pos:]
+        _keep(st, direction, buf[pos:] if pos else buf)
         return True
 
     @staticmethod
@@ -319,9 +341,11 @@ class STUN(Classifier):
                 if len(st.notable) < 6:
                     st.notable.add(name)
         if m.cls == 0:
+            if st.requests is None:
+                st.requests = {}
             if len(st.requests) < _MAX_REQUESTS:
                 st.requests[m.tid] = (direction, m.method)
-        elif m.cls >= 2:
+        elif m.cls >= 2 and st.requests is not None:
             req = st.requests.get(m.tid)
             if req is not None and req[0] != direction and req[1] == m.method and not st.confirmed:
                 st.confirmed = f"{_CLASS_NAMES[m.cls]} to {mname} request matches its transaction id"
