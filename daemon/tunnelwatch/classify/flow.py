@@ -37,7 +37,7 @@ class _Empty(dict[str, Any]):
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("NO_STATE is shared by all flows: write with Flow.put_state")
 
-    __setitem__ = __delitem__ = setdefault = update = popitem = clear = __ior__ = _read_only  # type: ignore[assignment]
+    __setitem__ = __delitem__ = setdefault = update = popitem = clear = __ior__ = _read_only
 
 
 #: the state (and candidate verdicts) of a flow that has none: one object for all flows, never written
