@@ -171,8 +171,33 @@ class _State:
     announced: bool = False
     buf0: bytes = b""  # each TCP direction's bytes not yet walked
     buf1: bytes = b""
-    framing0: int = -1  # each TCP direction's framing: -1 unknown, 0 plain, 1 RFC 4571
+    # each TCP direction's framing: -1 unknown, 0 plain, 1 RFC 4571; -2 - n: a start of n bytes that
+    # can frame no STUN (_doomed), kept as its length until it is long enough to be dropped
+    framing0: int = -1
     framing1: int = -1
+
+
+def _frame(st: _State, direction: int, framing: int) -> None:
+    if direction:
+        st.framing1 = framing
+    else:
+        st.framing0 = framing
+
+
+_COOKIE: Final = MAGIC_COOKIE.to_bytes(4, "big")
+#: bytes of a TCP direction's start that settle whether it can open either STUN framing (_doomed)
+_DOOMED: Final = 10
+
+
+def _doomed(buf: bytes) -> bool:
+    """True when no continuation of a stream starting with buf (>= _DOOMED bytes) can frame STUN:
+    _detect_framing needs, for plain messages, a zero top-2-bits first byte and the cookie at 4 or a
+    classic type at 0; for RFC 4571 frames, a length >= 20 and the same at 2. Its bytes 0-9 decide."""
+    cookie = _COOKIE
+    plain = not buf[0] & 0xC0 and (buf[4:8] == cookie or (buf[0] << 8 | buf[1]) in _CLASSIC_TYPES)
+    framed = ((buf[0] << 8 | buf[1]) >= HEADER and not buf[2] & 0xC0
+              and (buf[6:10] == cookie or (buf[2] << 8 | buf[3]) in _CLASSIC_TYPES))
+    return not plain and not framed
 
 
 def _keep(st: _State, direction: int, data: bytes) -> None:
@@ -243,6 +268,16 @@ class STUN(Classifier):
 
     def _tcp(self, st: _State, data: bytes, direction: int) -> bool | None:
         """Reassemble a little of one TCP direction and walk the messages it holds."""
+        framing = st.framing1 if direction else st.framing0
+        if framing < -1:  # a start that can frame no STUN: only its length was kept (see _DOOMED)
+            n = -2 - framing + len(data)
+            if n > _MAX_TCP_BUF:
+                return None if not st.seen else True
+            if n < HEADER + 2:
+                _frame(st, direction, -2 - n)
+                return True
+            _frame(st, direction, -1)  # as the walk below drops such a buffer once it can tell
+            return True if st.seen else None
         buf = (st.buf1 if direction else st.buf0) + data
         if len(buf) > _MAX_TCP_BUF:
             return None if not st.seen else True
@@ -253,13 +288,14 @@ class STUN(Classifier):
                 framing = self._detect_framing(buf, pos)
                 if framing < 0:
                     if len(buf) - pos < HEADER + 2:
+                        if len(buf) >= _DOOMED and _doomed(buf):
+                            _frame(st, direction, -2 - len(buf))
+                            _keep(st, direction, b"")
+                            return True
                         break  # too little to tell yet
                     _keep(st, direction, b"")
                     return True if st.seen else None
-                if direction:
-                    st.framing1 = framing
-                else:
-                    st.framing0 = framing
+                _frame(st, direction, framing)
             if framing == 1:
                 flen = unpack_from("!H", buf, pos)[0]
                 if len(buf) - pos - 2 < flen:
