@@ -193,7 +193,7 @@ def test_microsoft_attributes_name_teams_and_ordinary_ice_does_not() -> None:
 
 
 def test_a_tcp_start_judged_doomed_never_frames_stun_whatever_follows() -> None:
-    """_doomed keeps only the length of a short TCP start: no continuation may make _detect_framing succeed."""
+    """_doomed keeps only the length of a short TCP start: no continuation may make it frame STUN."""
     import random
 
     from tunnelwatch.classify.stun import _DOOMED, MAGIC_COOKIE, STUN, _doomed
