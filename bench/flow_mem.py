@@ -11,7 +11,8 @@ Three figures, each in a fresh process (so they do not disturb each other):
   allocations the flow state is made of);
 - `entry`: one flow-table entry taken apart with sys.getsizeof: the Flow object, each of its slots' values
   (lists, dicts, verdicts), each classifier's state in `flow.state`, the table key, the table and marks dict
-  slots (amortised). Shared objects (classifiers, interned small ints, None) are not counted.
+  slots (amortised). Shared objects (classifiers, interned small ints, None, the per-transport classifier
+  tuples, the empty state, objects two flows point to) are not counted.
 Prints one JSON object. Every loop is bounded in count; nothing touches the network.
 """
 
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from types import FunctionType, MethodType, ModuleType
 from typing import Any
@@ -140,6 +142,10 @@ def measure_entry(n: int) -> dict[str, Any]:
     shared = {id(c) for f in enf.engine.table for c in (*f.active, *f.follow)}
     # objects every flow shares: the engine's per-transport classifier tuples, the empty state, ()
     shared |= {id(t) for t in enf.engine._by_proto.values()} | {id(()), id(NO_STATE)}
+    # and what two flows point to (a verdict handed out to many, an announced expectation)
+    refs = Counter(id(v) for f in enf.engine.table for v in (f.best, f.expected, f.decided_as, f.name)
+                   if v is not None)
+    shared |= {i for i, k in refs.items() if k > 1}
     want_done = CASE == "http"
     flows = [f for f in enf.engine.table if f.done == want_done][: max(1, min(200, n))]
     if not flows:

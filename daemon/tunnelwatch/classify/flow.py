@@ -78,7 +78,6 @@ class Flow:
         "sport",
         "src",
         "state",
-        "version",
         "watch",
     )
 
@@ -89,7 +88,6 @@ class Flow:
         self.dst = pkt.dst
         self.dport = pkt.dport
         self.proto = pkt.proto
-        self.version = pkt.version
         self.first_ts = pkt.ts
         self.last_ts = pkt.ts
         self.packets = 0
@@ -131,6 +129,11 @@ class Flow:
             st = self.state = {}
         st[name] = value
         return value
+
+    @property
+    def version(self) -> int:
+        """IP version, 4 or 6 (from the address length: one slot less per flow)."""
+        return 4 if len(self.src) == 4 else 6
 
     def direction(self, pkt: Packet) -> int:
         """0 for packets from the initiator, 1 for replies."""

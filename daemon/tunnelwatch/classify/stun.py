@@ -171,8 +171,9 @@ class _State:
     announced: bool = False
     buf0: bytes = b""  # each TCP direction's bytes not yet walked
     buf1: bytes = b""
-    # each TCP direction's framing: -1 unknown, 0 plain, 1 RFC 4571; -2 - n: a start of n bytes that
-    # can frame no STUN (_doomed), kept as its length until it is long enough to be dropped
+    # each TCP direction's framing: -1 unknown, 0 plain, 1 RFC 4571; 2 + n: a start of n bytes that can
+    # frame no STUN (_doomed), kept as its length until it is long enough to be dropped (2 + n < 25: a
+    # small int, which Python shares, where -2 - n would be an object of its own)
     framing0: int = -1
     framing1: int = -1
 
@@ -269,12 +270,12 @@ class STUN(Classifier):
     def _tcp(self, st: _State, data: bytes, direction: int) -> bool | None:
         """Reassemble a little of one TCP direction and walk the messages it holds."""
         framing = st.framing1 if direction else st.framing0
-        if framing < -1:  # a start that can frame no STUN: only its length was kept (see _DOOMED)
-            n = -2 - framing + len(data)
+        if framing > 1:  # a start that can frame no STUN: only its length was kept (see _DOOMED)
+            n = framing - 2 + len(data)
             if n > _MAX_TCP_BUF:
                 return None if not st.seen else True
             if n < HEADER + 2:
-                _frame(st, direction, -2 - n)
+                _frame(st, direction, 2 + n)
                 return True
             _frame(st, direction, -1)  # as the walk below drops such a buffer once it can tell
             return True if st.seen else None
@@ -289,7 +290,7 @@ class STUN(Classifier):
                 if framing < 0:
                     if len(buf) - pos < HEADER + 2:
                         if len(buf) >= _DOOMED and _doomed(buf):
-                            _frame(st, direction, -2 - len(buf))
+                            _frame(st, direction, 2 + len(buf))
                             _keep(st, direction, b"")
                             return True
                         break  # too little to tell yet
