@@ -220,7 +220,9 @@ class STUN(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse the STUN messages (or TURN ChannelData) in this packet and cross-check transactions."""
         st = flow.state.get("stun")
-        if st is None:
+        if type(st) is tuple:  # a TCP flow that showed no STUN yet: only its streams' starts were kept
+            st = flow.put_state("stun", _State(buf0=st[0], buf1=st[1], framing0=st[2], framing1=st[3]))
+        elif st is None:
             p = pkt.payload
             if pkt.proto == TCP:
                 if len(p) >= HEADER + 2 and self._detect_framing(p, 0) < 0:
@@ -253,6 +255,10 @@ class STUN(Classifier):
             return self._verdict(st, "heuristic")
         if not st.seen and (flow.pay0 + flow.pay1) >= _GIVE_UP:
             return REJECT
+        if not st.seen and not st.app and pkt.proto == TCP:
+            # nothing learnt but where each stream stands: a 4-tuple instead of the whole state (a flow
+            # with a short first segment keeps it until it is decided, as most such flows are not STUN)
+            flow.put_state("stun", (st.buf0, st.buf1, st.framing0, st.framing1))
         return None
 
     def _datagram(self, st: _State, p: bytes, direction: int) -> bool | None:
