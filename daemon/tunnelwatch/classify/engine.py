@@ -40,6 +40,8 @@ SSH_DEEP: Final = ("tcp", 22, 96)
 DEFAULT_DEEP: Final[dict[tuple[int, int], int]] = {(6, SSH_DEEP[1]): SSH_DEEP[2]}
 #: packets a re-opened flow is looked at before it is decided again
 REOPEN_BUDGET = 8
+#: distinct tuples of surviving classifiers shared between flows (see Engine._shared)
+_SURVIVORS_MAX: Final = 4096
 
 
 def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -99,6 +101,7 @@ class Engine:
         self._error_logged: set[str] = set()
         # undecided flows, least recently seen first: see decide_quiet()
         self._undecided: OrderedDict[FlowKey, Flow] = OrderedDict()
+        self._survivors: dict[tuple[Classifier, ...], tuple[Classifier, ...]] = {}
 
     def process(self, pkt: Packet) -> Flow:
         """Account one packet to its flow and classify it if the flow is still undecided."""
@@ -213,9 +216,19 @@ class Engine:
                 self._decide(flow)
                 return
         if keep is not None:
-            flow.active = tuple(keep)
+            flow.active = self._shared(tuple(keep))
             if not flow.state and flow.state is not NO_STATE:
                 flow.state = NO_STATE  # an emptied dict still holds its table: let it go
+
+    def _shared(self, active: tuple[Classifier, ...]) -> tuple[Classifier, ...]:
+        """One tuple per distinct set of surviving classifiers, shared by the flows that have it (most
+        flows of a transport end up with the same few); bounded, past that each flow keeps its own."""
+        t = self._survivors.get(active)
+        if t is not None:
+            return t
+        if len(self._survivors) < _SURVIVORS_MAX:
+            self._survivors[active] = active
+        return active
 
     def _follow(self, flow: Flow, pkt: Packet, d: int) -> None:
         """After the decision: let followers learn cross-flow facts; their verdicts no longer count."""

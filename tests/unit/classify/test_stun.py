@@ -193,16 +193,17 @@ def test_microsoft_attributes_name_teams_and_ordinary_ice_does_not() -> None:
 
 
 def test_a_tcp_start_judged_doomed_never_frames_stun_whatever_follows() -> None:
-    """_doomed keeps only the length of a short TCP start: no continuation may make it frame STUN."""
+    """doomed() keeps only the length of a short TCP start: no continuation may make it frame STUN."""
     import random
 
-    from tunnelwatch.classify.stun import _DOOMED, MAGIC_COOKIE, STUN, _doomed
+    from tunnelwatch.classify.stun import MAGIC_COOKIE, STUN
+    from tunnelwatch.classify.stun_wire import DOOMED, doomed
 
     rng = random.Random(13)
     cookie = MAGIC_COOKIE.to_bytes(4, "big")
-    doomed = 0
+    judged = 0
     for i in range(4000):
-        head = bytearray(rng.randbytes(rng.randrange(_DOOMED, 22)))
+        head = bytearray(rng.randbytes(rng.randrange(DOOMED, 22)))
         if i % 4 == 1:
             head[0] &= 0x3F
             head[4:8] = cookie  # plain framing's cookie: never doomed
@@ -210,14 +211,14 @@ def test_a_tcp_start_judged_doomed_never_frames_stun_whatever_follows() -> None:
             head[2] &= 0x3F
             head[0], head[1] = 0, 0x40  # RFC 4571 length 64 ...
             head[6:10] = cookie  # ... and the cookie of the framed message: never doomed
-        if not _doomed(bytes(head)):
+        if not doomed(bytes(head)):
             continue
         assert i % 4 not in (1, 2)  # a start with either framing's cookie in place is never doomed
-        doomed += 1
+        judged += 1
         for _ in range(3):
             tail = rng.randbytes(rng.randrange(0, 120))
             assert STUN._detect_framing(bytes(head) + tail, 0) == -1
-    assert doomed > 1000
+    assert judged > 1000
 
 
 def test_a_short_start_that_frames_no_stun_keeps_the_other_direction_and_a_later_start_open() -> None:
