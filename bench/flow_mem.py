@@ -143,8 +143,8 @@ def measure_entry(n: int) -> dict[str, Any]:
     # objects every flow shares: the engine's per-transport classifier tuples, the empty state, ()
     shared |= {id(t) for t in enf.engine._by_proto.values()} | {id(()), id(NO_STATE)}
     # and what two flows point to (a verdict handed out to many, an announced expectation)
-    refs = Counter(id(v) for f in enf.engine.table for v in (f.best, f.expected, f.decided_as, f.name)
-                   if v is not None)
+    refs = Counter(id(v) for f in enf.engine.table
+                   for v in (f.best, f.expected, f.decided_as, f.name, f.active) if v is not None)
     shared |= {i for i, k in refs.items() if k > 1}
     want_done = CASE == "http"
     flows = [f for f in enf.engine.table if f.done == want_done][: max(1, min(200, n))]
