@@ -96,7 +96,7 @@ class AmneziaWG(Classifier):
         p = pkt.payload
         st = flow.state.get("amneziawg")
         if st is None:
-            st = flow.state["amneziawg"] = _State()
+            st = flow.put_state("amneziawg", _State())
         if st.gate.first_look(p, direction):
             return REJECT
         if st.hs is None:

@@ -145,7 +145,7 @@ class AnyConnect(Classifier):
             return REJECT
         st = flow.state.get(PROTOCOL)
         if st is None:
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         recs = dtls_records(pkt.payload)
         if recs is None:
             if st.client_sid or any(st.records):

@@ -94,6 +94,11 @@ class Context:
         return len(self._expect)
 
 
+#: verdicts made by Classifier.verdict, by their fields (bounded: cleared when full)
+_VERDICTS: dict[tuple[str, str, str, tuple[str, ...], frozenset[str]], Verdict] = {}
+_VERDICTS_MAX: Final = 1024
+
+
 class Classifier:
     """Base class for one protocol family. Subclasses set the class attributes and `inspect`."""
 
@@ -114,15 +119,23 @@ class Classifier:
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Look at one packet with payload; direction 0 = from initiator, 1 = reply.
 
-        Per-flow state lives in `flow.state[self.name]`: the engine drops it once the classifier
-        returns REJECT or DONE (or the flow is decided), so state must not be shared between classifiers.
+        Per-flow state lives in `flow.state[self.name]`, written with `flow.put_state`: the engine drops
+        it once the classifier returns REJECT or DONE (or the flow is decided), so state must not be
+        shared between classifiers.
         """
         raise NotImplementedError
 
     def verdict(self, protocol: str, confidence: Confidence, *evidence: str,
                 supersedes: frozenset[str] = frozenset()) -> Verdict:
-        """Build a verdict of this classifier's klass."""
-        return Verdict(self.klass, protocol, confidence, tuple(evidence), supersedes)
+        """Build a verdict of this classifier's klass (an equal one made earlier is shared: verdicts are
+        frozen, and a decided flow keeps its verdict for as long as it lives)."""
+        key = (self.klass, protocol, confidence, evidence, supersedes)
+        v = _VERDICTS.get(key)
+        if v is None:
+            if len(_VERDICTS) >= _VERDICTS_MAX:
+                _VERDICTS.clear()  # evidence naming per-flow details never fills memory
+            v = _VERDICTS[key] = Verdict(self.klass, protocol, confidence, evidence, supersedes)
+        return v
 
 
 class ContractError(Exception):

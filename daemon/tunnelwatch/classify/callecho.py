@@ -60,7 +60,7 @@ class EchoClassifier(Classifier):
             op = self.opener(pkt.payload, pkt) if direction == 0 else None
             if op is None:
                 return REJECT
-            flow.state[self.name] = _State(op, self.patience)
+            flow.put_state(self.name, _State(op, self.patience))
             return self.verdict(op.protocol, "heuristic", op.evidence) if op.lone else None
         op = st.opener
         heard = self.answer(pkt.payload, op, direction)

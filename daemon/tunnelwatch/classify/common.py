@@ -77,7 +77,7 @@ class Common(Classifier):
             return DONE  # recognised already: later packets (encrypted records, ...) change nothing
         v = self._recognise(flow, pkt, direction)
         if isinstance(v, Verdict):
-            flow.state["common"] = v.protocol
+            flow.put_state("common", v.protocol)
         return v
 
     def _recognise(self, flow: Flow, pkt: Packet, direction: int) -> InspectResult:
@@ -92,7 +92,7 @@ class Common(Classifier):
                 return self.verdict("ssh", "confirmed", "SSH version banner")
             if 53 in ports and len(p) > 14 and dns_message(p[2:]):
                 return self.verdict("dns", "confirmed", "DNS over TCP")
-            return REJECT if flow.payload_pkts[0] + flow.payload_pkts[1] >= 4 else None
+            return REJECT if flow.pay0 + flow.pay1 >= 4 else None
         # UDP
         if (ports[0] in _DNS_PORTS or ports[1] in _DNS_PORTS) and dns_message(p):
             proto = "mdns" if 5353 in ports else "llmnr" if 5355 in ports else "dns"
@@ -111,4 +111,4 @@ class Common(Classifier):
             return self.verdict("quic", "heuristic", "gQUIC version tag")
         if dtls_record(p):
             return self.verdict("dtls", "heuristic", "DTLS record header")
-        return REJECT if flow.payload_pkts[0] + flow.payload_pkts[1] >= 4 else None
+        return REJECT if flow.pay0 + flow.pay1 >= 4 else None

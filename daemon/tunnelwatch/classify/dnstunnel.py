@@ -197,7 +197,7 @@ class DnsTunnel(Classifier):
             if (pkt.dport != _DNS_PORT and pkt.sport != _DNS_PORT) or direction != 0 or not (
                     _cheap_interest(p) or p[:3] == _RAW_HDR):
                 return REJECT
-            st = flow.state[self.name] = _State()
+            st = flow.put_state(self.name, _State())
         if p[:3] == _RAW_HDR:
             return self._raw(st, p, direction)
         q = parse_question(p)

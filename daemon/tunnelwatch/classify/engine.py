@@ -24,7 +24,7 @@ from typing import Final
 from tunnelwatch.classify import load_classifiers
 from tunnelwatch.classify.base import DONE, REJECT, UNKNOWN, Classifier, Context, Verdict
 from tunnelwatch.classify.endpoints import EndpointIndex
-from tunnelwatch.classify.flow import Flow, FlowKey
+from tunnelwatch.classify.flow import NO_STATE, Flow, FlowKey
 from tunnelwatch.classify.flowtable import FlowTable
 from tunnelwatch.classify.packet import Packet
 
@@ -40,6 +40,8 @@ SSH_DEEP: Final = ("tcp", 22, 96)
 DEFAULT_DEEP: Final[dict[tuple[int, int], int]] = {(6, SSH_DEEP[1]): SSH_DEEP[2]}
 #: packets a re-opened flow is looked at before it is decided again
 REOPEN_BUDGET = 8
+#: distinct tuples of surviving classifiers shared between flows (see Engine._shared)
+_SURVIVORS_MAX: Final = 4096
 
 
 def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -99,13 +101,14 @@ class Engine:
         self._error_logged: set[str] = set()
         # undecided flows, least recently seen first: see decide_quiet()
         self._undecided: OrderedDict[FlowKey, Flow] = OrderedDict()
+        self._survivors: dict[tuple[Classifier, ...], tuple[Classifier, ...]] = {}
 
     def process(self, pkt: Packet) -> Flow:
         """Account one packet to its flow and classify it if the flow is still undecided."""
         self.packets += 1
         flow, created = self.table.get(pkt)
         if created:
-            flow.active = list(self._by_proto.get(pkt.proto, ()))
+            flow.active = self._by_proto.get(pkt.proto, ())  # shared: a private tuple once one drops out
             # either port: inline the first queued packet can be the server's (an SSH banner), so the
             # flow's "destination" is then the client's port
             flow.limit = max(self.budget, self.deep.get((flow.proto, flow.dport), 0),
@@ -119,15 +122,21 @@ class Engine:
                 self._undecided[flow.key] = flow
         elif not flow.done:
             self._undecided.move_to_end(flow.key)
-        d = 0 if (pkt.src == flow.src and pkt.sport == flow.sport) else 1
+        length = pkt.length
         flow.packets += 1
-        flow.bytes += pkt.length
-        flow.pkts_dir[d] += 1
-        flow.bytes_dir[d] += pkt.length
-        if pkt.seq >= 0 and pkt.payload:
-            if flow.seq is None:
-                flow.seq = [-1, -1]
-            flow.seq[d] = pkt.seq
+        flow.bytes += length
+        if pkt.src == flow.src and pkt.sport == flow.sport:
+            d = 0
+            flow.pkts0 += 1
+            flow.bytes0 += length
+            if pkt.seq >= 0 and pkt.payload:
+                flow.seq0 = pkt.seq
+        else:
+            d = 1
+            flow.pkts1 += 1
+            flow.bytes1 += length
+            if pkt.seq >= 0 and pkt.payload:
+                flow.seq1 = pkt.seq
         if flow.done:
             if flow.watch and pkt.payload:
                 self.reopen(flow)  # a later window of a flow not settled: look again
@@ -136,7 +145,10 @@ class Engine:
                     self._follow(flow, pkt, d)
                 return flow
         if pkt.payload:
-            flow.payload_pkts[d] += 1
+            if d:
+                flow.pay1 += 1
+            else:
+                flow.pay0 += 1
             self._inspect(flow, pkt, d)
         if not flow.done and (not flow.active or flow.packets >= flow.limit):
             self._decide(flow)
@@ -149,10 +161,10 @@ class Engine:
         self.reopened += 1
         flow.done = False
         if not flow.active:  # a fresh look: every classifier of the transport, from a clean state
-            flow.active = list(self._by_proto.get(flow.proto, ()))
-            flow.state = {}
-            flow.cands = {}
-        flow.follow = []
+            flow.active = self._by_proto.get(flow.proto, ())
+            flow.state = NO_STATE
+            flow.cands = NO_STATE
+        flow.follow = ()
         flow.follow_left = 0
         # the packet that re-opens it is counted already: it is the first of the budget
         flow.limit = max(flow.limit, flow.packets + self.reopen_budget - 1)
@@ -160,7 +172,13 @@ class Engine:
 
     def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:
         ctx = self.ctx
-        for c in tuple(flow.active):
+        active = flow.active
+        # survivors, made only once a classifier drops out: most packets change nothing, and a flow keeps
+        # sharing its transport's tuple until then (docs/performance.md, memory per flow)
+        keep: list[Classifier] | None = None
+        i = -1
+        for c in active:
+            i += 1
             try:
                 r = c.inspect(flow, pkt, d, ctx)
             except Exception as exc:  # a classifier bug must not take the engine down
@@ -169,29 +187,48 @@ class Engine:
                     self._error_logged.add(c.name)
                     log.warning("classifier %s failed on %s: %r (further failures counted only)",
                                 c.name, flow.describe(), exc)
-                flow.active.remove(c)
-                flow.state.pop(c.name, None)
-                continue
+                r = DONE  # dropped like DONE: asked no more, its state gone, its verdict kept
             if r is None:
+                if keep is not None:
+                    keep.append(c)
                 continue
-            if r is DONE:
-                flow.active.remove(c)
-                flow.state.pop(c.name, None)  # it will not be asked again: its state is garbage
-                continue
-            if r is REJECT:
-                flow.active.remove(c)
-                flow.state.pop(c.name, None)
-                if flow.cands.pop(c.name, None) is not None:
+            if r is DONE or r is REJECT:
+                if keep is None:
+                    keep = list(active[:i])
+                if flow.state:
+                    flow.state.pop(c.name, None)  # it will not be asked again: its state is garbage
+                if r is REJECT and flow.cands.pop(c.name, None) is not None:
                     # "certainly not my protocol" withdraws what this classifier said earlier
                     flow.best = _best_of(flow.cands.values())
                 continue
             assert isinstance(r, Verdict)
-            flow.cands[c.name] = r
+            if keep is not None:
+                keep.append(c)
+            cands = flow.cands
+            if cands is NO_STATE:
+                cands = flow.cands = {}
+            cands[c.name] = r
             if r.beats(flow.best):
                 flow.best = r
             if r.final:
+                if keep is not None:
+                    flow.active = (*keep, *active[i + 1:])
                 self._decide(flow)
                 return
+        if keep is not None:
+            flow.active = self._shared(tuple(keep))
+            if not flow.state and flow.state is not NO_STATE:
+                flow.state = NO_STATE  # an emptied dict still holds its table: let it go
+
+    def _shared(self, active: tuple[Classifier, ...]) -> tuple[Classifier, ...]:
+        """One tuple per distinct set of surviving classifiers, shared by the flows that have it (most
+        flows of a transport end up with the same few); bounded, past that each flow keeps its own."""
+        t = self._survivors.get(active)
+        if t is not None:
+            return t
+        if len(self._survivors) < _SURVIVORS_MAX:
+            self._survivors[active] = active
+        return active
 
     def _follow(self, flow: Flow, pkt: Packet, d: int) -> None:
         """After the decision: let followers learn cross-flow facts; their verdicts no longer count."""
@@ -203,7 +240,7 @@ class Engine:
                 self.classifier_errors += 1
                 r = REJECT
             if r is REJECT or r is DONE:
-                flow.follow.remove(c)
+                flow.follow = tuple(f for f in flow.follow if f is not c)
         if not flow.follow:
             flow.follow_left = 0
 
@@ -232,7 +269,7 @@ class Engine:
         if verdict.confidence == "confirmed":
             flow.watch = 0  # settled: nothing more to learn
         # only a classifier that recognised the flow follows it (SIP on a DNS flow has nothing to learn)
-        followers = [c for c in flow.active if c.follow and c.name in flow.cands]
+        followers = tuple(c for c in flow.active if c.follow and c.name in flow.cands)
         # set before on_decided: inline, a flow whose followers still want packets (SDP in a later SIP
         # message announces the RTP flows) must stay queued, not be allowed for good in the kernel
         flow.follow_left = max((c.follow for c in followers), default=0)
@@ -243,10 +280,10 @@ class Engine:
         flow.follow = followers
         if not flow.follow:
             # a decided flow lives on until it ends, but nothing reads its classifiers' state again:
-            # most of a flow's memory (~4 KB while classified) goes now
-            flow.state = {}
-            flow.cands = {}
-        flow.active = []
+            # most of a flow's memory while classified goes now
+            flow.state = NO_STATE
+            flow.cands = NO_STATE
+        flow.active = ()
 
     def verdict(self, flow: Flow) -> Verdict:
         """The flow's verdict now: a flagged confirmed/heuristic verdict, else an endpoint-list match, else

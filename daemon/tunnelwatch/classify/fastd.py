@@ -105,7 +105,7 @@ class Fastd(Classifier):
             # data packets follow the handshake; only a flow that opened with one is still fastd
             return None if st is not None else REJECT
         if st is None:
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         ev = f"handshake {_TYPES[h.htype]}{' (L2TP-wrapped)' if h.wrapped else ''}"
         if h.htype == 1 and len(h.sender_key) == 32:
             st.init_key, st.init_dir = h.sender_key, direction

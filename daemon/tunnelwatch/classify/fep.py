@@ -124,14 +124,14 @@ def _start_in_view(flow: Flow, pkt: Packet) -> int:
         return 1
     if flow.reopens:
         return 0
-    if flow.packets >= 3 and flow.pkts_dir[1]:
+    if flow.packets >= 3 and flow.pkts1:
         return 1  # the caller checked that no data came before this packet: all before it were payload-less
     return 2 if flow.packets == 1 else 0
 
 
 def _payload_only(flow: Flow) -> bool:
     """Every packet the engine showed of this flow carried payload (the kernel's view, see above)."""
-    return flow.packets == flow.payload_pkts[0] + flow.payload_pkts[1]
+    return flow.packets == flow.pay0 + flow.pay1
 
 
 class FullyEncrypted(Classifier):
@@ -148,18 +148,18 @@ class FullyEncrypted(Classifier):
         st: list[int] | None = flow.state.get(self.name)
         if st is None:
             # These protocols are client-first: a server banner (SMTP, FTP, SSH servers...) rules them out.
-            if direction != 0 or flow.payload_pkts[1] or exemption(p):
+            if direction != 0 or flow.pay1 or exemption(p):
                 return REJECT
             start = _start_in_view(flow, pkt)
             if not start:
                 return REJECT
-            flow.state[self.name] = [len(p), int(start == 2), 0]
+            flow.put_state(self.name, [len(p), int(start == 2), 0])
             return None
         if st[_PAYLOAD_ONLY]:
             if not _payload_only(flow):
                 return REJECT  # a payload-less segment: the flow's start was not in view (see above)
             if st[_JUDGED]:
-                return DONE if flow.payload_pkts[0] + flow.payload_pkts[1] >= PAYLOAD_ONLY_PKTS else None
+                return DONE if flow.pay0 + flow.pay1 >= PAYLOAD_ONLY_PKTS else None
         elif st[_JUDGED]:
             return DONE  # decided on the server's first packet: later (bulk) packets change nothing
         if direction == 0:

@@ -108,7 +108,7 @@ class H323(Classifier):
                     return REJECT
             elif len(p) < 4 or p[0] != 3 or p[1] != 0:
                 return REJECT
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         if pkt.proto == UDP:
             self._ras(st, p, direction)
         else:

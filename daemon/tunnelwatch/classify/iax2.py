@@ -114,13 +114,13 @@ class IAX2(Classifier):
             # the common path for every new UDP flow: one or two byte compares, then out
             if len(p) < FULL_HEADER or not p[0] & 0x80:
                 if on_port and len(p) >= 4:
-                    flow.state[PROTOCOL] = _State(misses=1)
+                    flow.put_state(PROTOCOL, _State(misses=1))
                     return None
                 return REJECT
             f = full_frame(p)
             if f is None or not (opener(f, p) or (on_port and f.ftype == TYPE_IAX)):
                 return REJECT
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         else:
             f = full_frame(p)
         if f is None:

@@ -115,7 +115,7 @@ class IcmpTunnel(Classifier):
         st = flow.state.get(self.name)
         if len(p) < 8 or p[0] not in (req, rep):
             if st is None:
-                st = flow.state[self.name] = _State()
+                st = flow.put_state(self.name, _State())
             st.other += 1
             return REJECT if st.other > _MAX_OTHER else None
         data = p[8:]
@@ -123,7 +123,7 @@ class IcmpTunnel(Classifier):
             if data[:4] != PTUNNEL_MAGIC and not ip_packet(data) and ping_pattern(data):
                 return REJECT
             if st is None:
-                st = flow.state[self.name] = _State()
+                st = flow.put_state(self.name, _State())
         st.echoes += 1
         flags = ptunnel_flags(data)
         if flags >= 0:

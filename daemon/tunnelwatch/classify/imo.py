@@ -51,7 +51,7 @@ class Imo(Classifier):
         if st is None:
             if len(p) not in (1, 10, 11):
                 return REJECT
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         form = keepalive(p)
         if form is not None:
             st.form = form

@@ -145,7 +145,7 @@ class IPsec(Classifier):
         """Parse IKE headers or ESP/AH SPI+sequence and cross-check them between the two directions."""
         st = flow.state.get("ipsec")
         if st is None:
-            st = flow.state["ipsec"] = _State()
+            st = flow.put_state("ipsec", _State())
         p = pkt.payload
         if pkt.proto == ESP:
             return self._sa(st, "esp", p, direction, over_udp=False)

@@ -158,7 +158,7 @@ class L2TP(Classifier):
         """Parse control messages (and v2 data); pair SCCRQ with SCCRP or Ns with Nr across directions."""
         st = flow.state.get("l2tp")
         if st is None:
-            st = flow.state["l2tp"] = _State()
+            st = flow.put_state("l2tp", _State())
         p = pkt.payload
         ctl = parse_control(p)
         if ctl is not None:

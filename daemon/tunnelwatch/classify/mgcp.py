@@ -87,7 +87,7 @@ class MGCP(Classifier):
             # every new UDP flow passes here: a 4-byte slice and a set lookup, or two digit tests
             if len(p) < _MIN_LEN or (p[:4] not in VERBS and not (48 <= p[0] <= 57 and p[3] == 32)):
                 return REJECT
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         cmd = command(p) if p[:4] in VERBS else None
         if cmd is not None:
             st.commands += 1

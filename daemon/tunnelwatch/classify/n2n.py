@@ -112,7 +112,7 @@ class N2N(Classifier):
             return REJECT
         st = flow.state.get(PROTOCOL)
         if st is None:
-            st = flow.state[PROTOCOL] = _State(h.version, h.community)
+            st = flow.put_state(PROTOCOL, _State(h.version, h.community))
         elif h.version != st.version or h.community != st.community:
             return REJECT
         what = _PC_NAMES.get(h.code, f"type {h.code}") if h.version > 1 else _v1_name(h.code)

@@ -72,7 +72,7 @@ class Names(Classifier):
         st = flow.state.get("names")
         if st is None:
             return self._first(flow, pkt, direction)
-        if flow.payload_pkts[0] + flow.payload_pkts[1] > MAX_NAME_PKTS:
+        if flow.pay0 + flow.pay1 > MAX_NAME_PKTS:
             return DONE  # what was awaited (the rest of a hello, a certificate, an answer) did not come
         if isinstance(st, InitialState):
             if direction != 0:
@@ -92,7 +92,7 @@ class Names(Classifier):
         if direction == 1 and (pkt.sport == 53 or pkt.dport == 53):
             self.dns.learn_response(pkt.payload, pkt.dst, pkt.ts)
             return DONE
-        return DONE if flow.payload_pkts[0] + flow.payload_pkts[1] >= MAX_DNS_PKTS else None
+        return DONE if flow.pay0 + flow.pay1 >= MAX_DNS_PKTS else None
 
     def _first(self, flow: Flow, pkt: Packet, direction: int) -> InspectResult:
         if flow.name is None and len(self.dns):
@@ -111,7 +111,7 @@ class Names(Classifier):
             if direction == 1:  # the first packet seen is the answer (the query went unseen)
                 self.dns.learn_response(p, pkt.dst, pkt.ts)
                 return DONE
-            flow.state["names"] = 0
+            flow.put_state("names", 0)
             return None
         if direction == 0 and initial_version(p):
             st = InitialState()
@@ -121,7 +121,7 @@ class Names(Classifier):
                 return DONE
             if st.keys is None or (h is not None and h.complete):
                 return DONE  # not decryptable as a client Initial: nothing to wait for
-            flow.state["names"] = st
+            flow.put_state("names", st)
             return None
         return DONE
 
@@ -132,12 +132,12 @@ class Names(Classifier):
         if h.sni is not None:
             flow.name = (sys.intern(h.sni), SNI)
             return DONE
-        if h.complete or flow.payload_pkts[0] >= MAX_HELLO_PKTS or len(data) >= MAX_HELLO_BYTES:
+        if h.complete or flow.pay0 >= MAX_HELLO_PKTS or len(data) >= MAX_HELLO_BYTES:
             if flow.name is not None:
                 return DONE
-            flow.state["names"] = _CertWait()  # no name: perhaps the server's certificate has one
+            flow.put_state("names", _CertWait())  # no name: perhaps the server's certificate has one
             return None
-        flow.state["names"] = data  # the hello's tail is in the next segment (kept until then only)
+        flow.put_state("names", data)  # the hello's tail is in the next segment (kept until then only)
         return None
 
     def _cert(self, flow: Flow, st: _CertWait, p: bytes) -> InspectResult:

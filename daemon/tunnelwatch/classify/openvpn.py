@@ -86,6 +86,12 @@ class _State:
     static_said: bool = False  # the static-key framing gave a verdict
 
 
+def _tcp_start(buf: bytes) -> bool:
+    """Whether a TCP stream's first 3 bytes (length prefix + opcode) may open an OpenVPN session."""
+    plen = (buf[0] << 8) | buf[1]
+    return _MIN_RESET - 2 <= plen <= 1700 and not buf[2] & 7 and buf[2] >> 3 in _RESETS
+
+
 class OpenVPN(Classifier):
     """OpenVPN (UDP and TCP, TLS and static-key modes)."""
 
@@ -99,8 +105,11 @@ class OpenVPN(Classifier):
         """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
         st = flow.state.get("openvpn")
         if st is None:
-            st = flow.state["openvpn"] = _State()
-            if flow.payload_pkts[direction] == 1 and not flow.payload_pkts[direction ^ 1]:
+            if pkt.proto == TCP and len(pkt.payload) >= 3 and not _tcp_start(pkt.payload):
+                return REJECT  # the cheap look of _tcp on a fresh stream, before any state is made
+            st = flow.put_state("openvpn", _State())
+            pay = flow.payload_pkts
+            if pay[direction] == 1 and not pay[direction ^ 1]:
                 st.flip = direction
         if pkt.proto == TCP:
             return self._tcp(st, pkt.payload, direction ^ st.flip)
@@ -114,7 +123,7 @@ class OpenVPN(Classifier):
             return REJECT  # both ends opened with one other protocol: a real exchange of it
         # A server reset may open a session only as the flow's first datagram (a capture started late);
         # a client reset may follow any amount of junk: its layout is what keeps random data out.
-        first = flow.payload_pkts[0] + flow.payload_pkts[1] == 1
+        first = flow.pay0 + flow.pay1 == 1
         static_alive = not st.static_bad
         static = self._static(st, p, direction)  # static-key framing is tracked on every datagram
         tls = self._packet(st, p, direction, "udp", first, tolerant=True)
@@ -154,8 +163,7 @@ class OpenVPN(Classifier):
             if len(buf) < 3:
                 st.tcp_buf[direction] = buf
                 return None
-            plen = (buf[0] << 8) | buf[1]
-            if not _MIN_RESET - 2 <= plen <= 1700 or buf[2] & 7 or buf[2] >> 3 not in _RESETS:
+            if not _tcp_start(buf):
                 return REJECT
             st.tcp_checked = True
         if len(buf) > _TCP_MAX:  # never buffer much: a real OpenVPN record fits well below this

@@ -79,7 +79,7 @@ class OpenVPNObfs(Classifier):
                     return REJECT
             elif not _MIN_REC <= len(p) < _MAX_RESET:
                 return REJECT
-            st = flow.state[NAME] = _State(direction)
+            st = flow.put_state(NAME, _State(direction))
         elif st.fired:
             return DONE
         if pkt.proto == UDP:

@@ -55,6 +55,14 @@ class _State:
     gre_dirs: list[bool] = field(default_factory=lambda: [False, False])
 
 
+def _control_header(buf: bytes) -> bool:
+    """Whether buf (>= 12 bytes) starts with a PPTP control message header: length, type 1, magic cookie,
+    a known control type of that fixed length, reserved zero."""
+    length, mtype, magic, ctype, reserved = unpack_from("!HHIHH", buf, 0)
+    spec = CONTROL.get(ctype)
+    return magic == MAGIC and mtype == 1 and not reserved and spec is not None and length == spec[1]
+
+
 class PPTP(Classifier):
     """PPTP control connection and GRE tunnels (PPTP's enhanced GRE and plain GRE)."""
 
@@ -68,7 +76,10 @@ class PPTP(Classifier):
         """PPTP control messages on TCP (reassembled per direction), or one GRE header."""
         st = flow.state.get("pptp")
         if st is None:
-            st = flow.state["pptp"] = _State()
+            p = pkt.payload
+            if pkt.proto == TCP and (len(p) > _MAX_BUF or (len(p) >= 12 and not _control_header(p))):
+                return REJECT  # what _tcp concludes on a fresh stream, before any state is made
+            st = flow.put_state("pptp", _State())
         if pkt.proto == GRE:
             return self._gre(st, pkt.payload, direction)
         return self._tcp(st, pkt.payload, direction)
@@ -78,10 +89,9 @@ class PPTP(Classifier):
         if len(buf) > _MAX_BUF:
             return REJECT
         while len(buf) >= 12:
-            length, mtype, magic, ctype, reserved = unpack_from("!HHIHH", buf, 0)
-            spec = CONTROL.get(ctype)
-            if magic != MAGIC or mtype != 1 or reserved or spec is None or length != spec[1]:
+            if not _control_header(buf):
                 return REJECT if not any(st.msgs) else None
+            length, ctype = unpack_from("!H", buf, 0)[0], unpack_from("!H", buf, 8)[0]
             if len(buf) < length:
                 break
             msg, buf = buf[:length], buf[length:]

@@ -109,6 +109,11 @@ class _State:
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
 
 
+def _framed(buf: bytes, pos: int) -> bool:
+    """Whether buf[pos:] (>= 3 bytes) starts an RFC 4571 frame of RTP/RTCP: length >= 8, version 2."""
+    return unpack_from("!H", buf, pos)[0] >= 8 and buf[pos + 2] & 0xC0 == 0x80
+
+
 class RTP(Classifier):
     """RTP and RTCP media streams."""
 
@@ -122,7 +127,10 @@ class RTP(Classifier):
         """Track per-direction SSRC streams (or RTCP compounds) and decide when they are consistent."""
         st = flow.state.get("rtp")
         if st is None:
-            st = flow.state["rtp"] = _State()
+            p = pkt.payload
+            if pkt.proto == TCP and (len(p) > _MAX_TCP_BUF or (len(p) >= 3 and not _framed(p, 0))):
+                return REJECT  # what _tcp concludes on a fresh stream, before any state is made
+            st = flow.put_state("rtp", _State())
         if pkt.proto == TCP:
             if not self._tcp(st, pkt.payload, direction):
                 return REJECT
@@ -137,9 +145,9 @@ class RTP(Classifier):
             return False
         pos = 0
         while len(buf) - pos >= 3:
-            flen = unpack_from("!H", buf, pos)[0]
-            if flen < 8 or buf[pos + 2] & 0xC0 != 0x80:
+            if not _framed(buf, pos):
                 return False
+            flen = unpack_from("!H", buf, pos)[0]
             if len(buf) - pos - 2 < flen:
                 break
             self._datagram(st, buf[pos + 2:pos + 2 + flen], direction)
@@ -228,7 +236,7 @@ class RTP(Classifier):
             return self.verdict("rtp", "heuristic", self._stream_ev(best), "one direction only so far")
         if announced and st.rtp_pkts and exp is not None:
             return self.verdict("rtp", "heuristic", "RTP v2 header", exp.evidence)
-        seen = sum(flow.payload_pkts)
+        seen = (flow.pay0 + flow.pay1)
         if st.bad >= _MAX_BAD and st.bad * 2 > seen:
             return REJECT
         if seen >= _GIVE_UP and not st.rtp_pkts and not any(st.rtcp):

@@ -66,7 +66,7 @@ class SCCP(Classifier):
             p = pkt.payload
             if (pkt.dport != PORT and pkt.sport != PORT) or (len(p) >= HEADER and header(p) is None):
                 return REJECT
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         if not self._walk(st, pkt.payload, direction):
             return REJECT
         if not st.first:

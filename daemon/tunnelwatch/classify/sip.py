@@ -180,6 +180,22 @@ class _State:
     tls: int = 0  # 1 ClientHello seen on a port-5061 connection, 2 answered by a ServerHello, 3 reported
 
 
+def _bad_partial(buf: bytes) -> bool:
+    """A TCP stream's message head, not complete yet, that is already no SIP."""
+    nl = buf.find(b"\n")
+    return ((nl >= 0 and start_line(buf[:nl]) is None) or len(buf) > _MAX_TCP_BUF
+            or (len(buf) >= 10 and not sip_prefix(buf)))
+
+
+def _bad_start(p: bytes) -> bool:
+    """Whether a fresh TCP stream's first segment makes _tcp count it bad (so the flow is rejected)."""
+    buf = p.lstrip(b"\r\n")
+    if not buf:
+        return False
+    end = buf.find(b"\r\n\r\n")
+    return _bad_partial(buf) if end < 0 else parse_head(buf[:end]) is None
+
+
 class SIP(Classifier):
     """SIP signalling: requests cross-checked with their responses; SDP media announced."""
 
@@ -196,7 +212,11 @@ class SIP(Classifier):
         """Parse SIP messages, match responses to requests and announce SDP media."""
         st = flow.state.get("sip")
         if st is None:
-            st = flow.state["sip"] = _State()
+            p = pkt.payload
+            if pkt.proto == TCP and not (p[:1] == b"\x16" and SIPS_PORT in (pkt.dport, pkt.sport)) \
+                    and _bad_start(p):
+                return REJECT  # what _tcp concludes on a fresh stream, before any state is made
+            st = flow.put_state("sip", _State())
         if pkt.proto == TCP:
             if st.tls or (not st.seen and not st.bad and pkt.payload[:1] == b"\x16"
                           and SIPS_PORT in (pkt.dport, pkt.sport)):
@@ -255,9 +275,7 @@ class SIP(Classifier):
             buf = stripped
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                nl = buf.find(b"\n")
-                if ((nl >= 0 and start_line(buf[:nl]) is None) or len(buf) > _MAX_TCP_BUF
-                        or (len(buf) >= 10 and not sip_prefix(buf))):
+                if _bad_partial(buf):
                     st.bad += 1
                     buf = b""
                 break  # headers continue in the next segment

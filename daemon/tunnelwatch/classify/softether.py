@@ -139,7 +139,7 @@ class SoftEther(Classifier):
                     return REJECT
             elif p != b"A" and not p.startswith(b"IP=") and (len(p) < 12 or p[:3] != b"\0\0\0"):
                 return REJECT
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         if pkt.proto == TCP:
             return self._tcp(st, p, direction)
         return self._udp(st, pkt, p, direction)

@@ -93,11 +93,11 @@ class SshForward(Classifier):
         if st is None:
             if not pkt.payload.startswith(b"SSH-"):
                 return REJECT  # the client's banner opens every SSH connection
-            st = flow.state[self.name] = [0, 0, 0, 0, -1]
+            st = flow.put_state(self.name, [0, 0, 0, 0, -1])
             return None
         if st[_OPENS] >= MIN_OPENS:
             return DONE  # decided: the rest of the flow is the forwarded traffic itself
-        n = flow.payload_pkts[0] + flow.payload_pkts[1]
+        n = flow.pay0 + flow.pay1
         if n <= SKIP:
             if st[_CLIENT] < 0:
                 st[_CLIENT] = kex_client_direction(pkt.payload, direction)

@@ -64,7 +64,7 @@ class SSTP(Classifier):
         if st is None:
             if direction != 0 or not p.startswith(METHOD):
                 return REJECT
-            st = flow.state[PROTOCOL] = _State(request=True)
+            st = flow.put_state(PROTOCOL, _State(request=True))
             st.uri_ok = p[len(METHOD):len(METHOD) + len(URI)].upper() == URI.upper()
             ev = ["SSTP_DUPLEX_POST request" + (" to the SSTP URI" if st.uri_ok else "")]
             if b"SSTPCORRELATIONID:" in p.upper():

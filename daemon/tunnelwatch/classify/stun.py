@@ -26,16 +26,32 @@ addresses. Once seen, the application sticks to the flow. Without a fingerprint 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from struct import unpack_from
-from typing import ClassVar, Final, NamedTuple
+from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import TCP, UDP, Packet
+from tunnelwatch.classify.stun_wire import (
+    APPS,
+    DOOMED,
+    HEADER,
+    MAGIC_COOKIE,
+    SIGNAL,
+    TEAMS,
+    TELEGRAM,
+    WHATSAPP,
+    Message,
+    channel_data,
+    doomed,
+    message_type,
+    parse_message,
+)
 
-MAGIC_COOKIE: Final = 0x2112A442
-HEADER: Final = 20
+__all__ = ["APPS", "HEADER", "MAGIC_COOKIE", "SIGNAL", "STUN", "TEAMS", "TELEGRAM", "WHATSAPP", "Message",
+           "channel_data", "message_type", "parse_message"]
+
 _CLASS_NAMES: Final = ("request", "indication", "success response", "error response")
 _METHOD_NAMES: Final = {1: "Binding", 2: "SharedSecret", 3: "Allocate", 4: "Refresh", 6: "Send", 7: "Data",
                         8: "CreatePermission", 9: "ChannelBind", 10: "Connect", 11: "ConnectionBind",
@@ -45,117 +61,17 @@ TURN_METHODS: Final = frozenset({3, 4, 6, 7, 8, 9, 10, 11, 12})
 _NOTABLE: Final = {0x0006: "USERNAME", 0x0014: "REALM", 0x8022: "SOFTWARE", 0x0019: "REQUESTED-TRANSPORT",
                    0x8029: "ICE-CONTROLLED", 0x802A: "ICE-CONTROLLING", 0x0025: "USE-CANDIDATE",
                    0xC057: "GOOG-NETWORK-INFO", 0x8008: "MS-VERSION", 0x0013: "DATA"}
-# RFC 3489 had no cookie, so its messages are checked against its own small vocabulary.
-_CLASSIC_TYPES: Final = frozenset({0x0001, 0x0101, 0x0111, 0x0002, 0x0102, 0x0112})
-_CLASSIC_ATTRS: Final = frozenset(range(0x0001, 0x000C)) | {0x0020, 0x8020, 0x8022, 0x8023, 0x8028}
-CHANNEL_NUMBER: Final = 0x000C
-_MAX_ATTRS: Final = 48
 _MAX_REQUESTS: Final = 32
 _MAX_TCP_BUF: Final = 8192
 # Flows that show no STUN at all within this many payload packets are not STUN flows.
 _GIVE_UP: Final = 6
-REALM: Final = 0x0014
-WHATSAPP: Final = "whatsapp_call"
-SIGNAL: Final = "signal_call"
-TELEGRAM: Final = "telegram_call"
-TEAMS: Final = "teams_call"
-APPS: Final = (WHATSAPP, SIGNAL, TELEGRAM, TEAMS)
-# Microsoft's comprehension-optional attributes (MS-TURN / MS-ICE2), sent by Skype and Teams
-_MS_ATTRS: Final = {0x8054: "CANDIDATE-IDENTIFIER", 0x8055: "MS-SERVICE-QUALITY",
-                    0x8070: "MS-IMPLEMENTATION-VERSION", 0x8095: "MS-MULTIPLEXED-TURN-SESSION-ID"}
-# realm suffix -> (application, evidence); values are compared, never copied into evidence
-_REALMS: Final = ((b"signal.org", SIGNAL, "REALM is signal.org (Signal's TURN servers)"),
-                  (b"whispersystems.org", SIGNAL, "REALM is whispersystems.org (Signal's TURN servers)"),
-                  (b"telegram.org", TELEGRAM, "REALM is telegram.org (Telegram's TURN relays)"))
-
-
-class Message(NamedTuple):
-    """One parsed STUN message."""
-
-    cls: int
-    method: int
-    cookie: bool
-    tid: bytes
-    attrs: tuple[int, ...]
-    channel: int
-    end: int
-    app: str = ""  # a messenger fingerprint (APPS), or ""
-    app_why: str = ""
-
-
-def message_type(t: int) -> tuple[int, int]:
-    """Split a 14-bit STUN message type into (class, method)."""
-    cls = ((t >> 4) & 1) | ((t >> 7) & 2)
-    method = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80)
-    return cls, method
-
-
-def parse_message(p: bytes, off: int = 0) -> Message | None:
-    """Parse one STUN message at p[off:]; None unless header and attribute walk are consistent."""
-    if len(p) - off < HEADER or p[off] & 0xC0:
-        return None
-    t, length, cookie_word = unpack_from("!HHI", p, off)
-    end = off + HEADER + length
-    if end > len(p):
-        return None
-    cookie = cookie_word == MAGIC_COOKIE
-    if not cookie and (t not in _CLASSIC_TYPES or length % 4):
-        return None
-    cls, method = message_type(t)
-    if method == 0:
-        return None
-    attrs: list[int] = []
-    channel = -1
-    app, why = "", ""
-    if cookie and 0x200 <= method <= 0x2FF:
-        app, why = WHATSAPP, f"method 0x{method:03x} (unassigned; WhatsApp's)"
-    pos = off + HEADER
-    while pos < end:
-        if end - pos < 4 or len(attrs) >= _MAX_ATTRS:
-            return None
-        at, al = unpack_from("!HH", p, pos)
-        nxt = pos + 4 + al
-        if nxt > end:
-            return None
-        if at == CHANNEL_NUMBER and al >= 2:
-            channel = unpack_from("!H", p, pos + 4)[0]
-        elif (at == REALM or 0x4000 <= at <= 0x4007) and cookie and not app:
-            if at != REALM:
-                app, why = WHATSAPP, f"attribute type 0x{at:04x} (unassigned; WhatsApp's)"
-            else:
-                realm = bytes(p[pos + 4:nxt]).rstrip(b"\x00").lower()
-                for suffix, name, text in _REALMS:
-                    if realm == suffix or realm.endswith(b"." + suffix):
-                        app, why = name, text
-                        break
-        elif at in _MS_ATTRS and not app:
-            app, why = TEAMS, f"attribute {_MS_ATTRS[at]} (0x{at:04x}: Microsoft's STUN extension)"
-        padded = pos + 4 + ((al + 3) & ~3)
-        # Some clients (seen from WhatsApp) leave the last attribute unpadded.
-        pos = padded if padded <= end else nxt
-        attrs.append(at)
-    if not cookie and not all(a in _CLASSIC_ATTRS for a in attrs):
-        return None
-    tid = bytes(p[off + 4:off + HEADER]) if not cookie else bytes(p[off + 8:off + HEADER])
-    return Message(cls, method, cookie, tid, tuple(attrs), channel, end, app, why)
-
-
-def channel_data(p: bytes, off: int, tcp: bool) -> int:
-    """End offset of a TURN ChannelData frame at p[off:] (0x4000-0x7FFF channel), or -1."""
-    if len(p) - off < 4 or not 0x40 <= p[off] <= 0x7F:
-        return -1
-    length = unpack_from("!H", p, off + 2)[0]
-    end = off + 4 + length
-    padded = off + 4 + ((length + 3) & ~3)
-    if tcp:
-        return padded if padded <= len(p) else -1
-    # Over UDP the padding is optional.
-    return len(p) if end <= len(p) <= padded else -1
 
 
 @dataclass(slots=True)
 class _State:
-    requests: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    # Made only for a flow that may be STUN (a message parsed, or a TCP stream too short to tell yet);
+    # scalars and containers made on first use, since a short TCP flow may hold it until it is decided.
+    requests: dict[bytes, tuple[int, int]] | None = None
     seen: int = 0
     classic_only: bool = True
     turn: bool = False
@@ -167,8 +83,27 @@ class _State:
     app: str = ""
     app_why: str = ""
     announced: bool = False
-    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
-    framing: list[int] = field(default_factory=lambda: [-1, -1])  # -1 unknown, 0 plain, 1 RFC 4571
+    buf0: bytes = b""  # each TCP direction's bytes not yet walked
+    buf1: bytes = b""
+    # each TCP direction's framing: -1 unknown, 0 plain, 1 RFC 4571; 2 + n: a start of n bytes that can
+    # frame no STUN (stun_wire.doomed), kept as its length until it is long enough to be dropped
+    # (2 + n < 25: a small int, which Python shares, where -2 - n would be an object of its own)
+    framing0: int = -1
+    framing1: int = -1
+
+
+def _frame(st: _State, direction: int, framing: int) -> None:
+    if direction:
+        st.framing1 = framing
+    else:
+        st.framing0 = framing
+
+
+def _keep(st: _State, direction: int, data: bytes) -> None:
+    if direction:
+        st.buf1 = data
+    else:
+        st.buf0 = data
 
 
 class STUN(Classifier):
@@ -183,8 +118,18 @@ class STUN(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse the STUN messages (or TURN ChannelData) in this packet and cross-check transactions."""
         st = flow.state.get("stun")
-        if st is None:
-            st = flow.state["stun"] = _State()
+        if type(st) is tuple:  # a TCP flow that showed no STUN yet: only its streams' starts were kept
+            st = flow.put_state("stun", _State(buf0=st[0], buf1=st[1], framing0=st[2], framing1=st[3]))
+        elif st is None:
+            p = pkt.payload
+            if pkt.proto == TCP:
+                if len(p) >= HEADER + 2 and self._detect_framing(p, 0) < 0:
+                    return REJECT  # what _tcp would conclude on a fresh stream, without the state
+            else:
+                m = parse_message(p)
+                if m is None or m.end != len(p):  # no state yet, so no TURN: nothing to remember
+                    return REJECT if flow.pay0 + flow.pay1 >= _GIVE_UP else None
+            st = flow.put_state("stun", _State())
             exp = flow.expected
             if exp is not None and exp.protocol in APPS:
                 st.app, st.app_why, st.announced = exp.protocol, exp.evidence, True
@@ -206,8 +151,12 @@ class STUN(Classifier):
             return self._verdict(st, "heuristic")
         if st.channel_data >= 2 and st.turn:
             return self._verdict(st, "heuristic")
-        if not st.seen and sum(flow.payload_pkts) >= _GIVE_UP:
+        if not st.seen and (flow.pay0 + flow.pay1) >= _GIVE_UP:
             return REJECT
+        if not st.seen and not st.app and pkt.proto == TCP:
+            # nothing learnt but where each stream stands: a 4-tuple instead of the whole state (a flow
+            # with a short first segment keeps it until it is decided, as most such flows are not STUN)
+            flow.put_state("stun", (st.buf0, st.buf1, st.framing0, st.framing1))
         return None
 
     def _datagram(self, st: _State, p: bytes, direction: int) -> bool | None:
@@ -224,20 +173,34 @@ class STUN(Classifier):
 
     def _tcp(self, st: _State, data: bytes, direction: int) -> bool | None:
         """Reassemble a little of one TCP direction and walk the messages it holds."""
-        buf = st.tcp_buf[direction] + data
+        framing = st.framing1 if direction else st.framing0
+        if framing > 1:  # a start that can frame no STUN: only its length was kept (see stun_wire.doomed)
+            n = framing - 2 + len(data)
+            if n > _MAX_TCP_BUF:
+                return None if not st.seen else True
+            if n < HEADER + 2:
+                _frame(st, direction, 2 + n)
+                return True
+            _frame(st, direction, -1)  # as the walk below drops such a buffer once it can tell
+            return True if st.seen else None
+        buf = (st.buf1 if direction else st.buf0) + data
         if len(buf) > _MAX_TCP_BUF:
             return None if not st.seen else True
         pos = 0
         while len(buf) - pos >= 4:
-            framing = st.framing[direction]
+            framing = st.framing1 if direction else st.framing0
             if framing < 0:
                 framing = self._detect_framing(buf, pos)
                 if framing < 0:
                     if len(buf) - pos < HEADER + 2:
+                        if len(buf) >= DOOMED and doomed(buf):
+                            _frame(st, direction, 2 + len(buf))
+                            _keep(st, direction, b"")
+                            return True
                         break  # too little to tell yet
-                    st.tcp_buf[direction] = b""
+                    _keep(st, direction, b"")
                     return True if st.seen else None
-                st.framing[direction] = framing
+                _frame(st, direction, framing)
             if framing == 1:
                 flen = unpack_from("!H", buf, pos)[0]
                 if len(buf) - pos - 2 < flen:
@@ -257,7 +220,7 @@ class STUN(Classifier):
                     break  # message continues in the next segment
                 m = parse_message(buf, pos)
                 if m is None:
-                    st.tcp_buf[direction] = b""
+                    _keep(st, direction, b"")
                     return True if st.seen else None
                 self._message(st, m, direction)
                 pos = m.end
@@ -268,9 +231,9 @@ class STUN(Classifier):
                 self._channel(st, buf, pos)
                 pos = end
             else:
-                st.tcp_buf[direction] = b""
+                _keep(st, direction, b"")
                 return True if st.seen else None
-        st.tcp_buf[direction] = buf[pos:]
+        _keep(st, direction, buf[pos:] if pos else buf)
         return True
 
     @staticmethod
@@ -319,9 +282,11 @@ class STUN(Classifier):
                 if len(st.notable) < 6:
                     st.notable.add(name)
         if m.cls == 0:
+            if st.requests is None:
+                st.requests = {}
             if len(st.requests) < _MAX_REQUESTS:
                 st.requests[m.tid] = (direction, m.method)
-        elif m.cls >= 2:
+        elif m.cls >= 2 and st.requests is not None:
             req = st.requests.get(m.tid)
             if req is not None and req[0] != direction and req[1] == m.method and not st.confirmed:
                 st.confirmed = f"{_CLASS_NAMES[m.cls]} to {mname} request matches its transaction id"

@@ -51,7 +51,7 @@ class Tailscale(Classifier):
             return REJECT
         st = flow.state.get(PROTOCOL)
         if st is None:
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         if not disco:
             st.wireguard += 1
             if not any(st.disco) and st.wireguard >= _WG_ONLY_MAX:

@@ -74,7 +74,7 @@ class Tinc(Classifier):
         if st is None:
             if p[:2] != b"0 ":  # the first payload either way must be an ID request
                 return REJECT
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         if st.version[direction]:
             return None  # METAKEY or encrypted meta data after this side's ID line
         buf = st.buf[direction] + p

@@ -66,7 +66,7 @@ class Tor(Classifier):
             sni = client_hello_sni(p)
             if sni is None or _SNI_RE.fullmatch(sni) is None:
                 return REJECT
-            flow.state["tor"] = [0, 0, 0]  # [cell-sized packets, certificate matched, packets seen]
+            flow.put_state("tor", [0, 0, 0])  # [cell-sized packets, certificate matched, packets seen]
             return None
         st[2] += 1
         if direction == 1 and not st[1] and st[2] <= _MAX_HANDSHAKE_PKTS and _CERT_RE.search(p):

@@ -68,12 +68,12 @@ class Trojan(Classifier):
             elif p[:4] == b"GET " and p[-4:] == b"\r\n\r\n" and (b"ebsocket" in p or b"ebSocket" in p):
                 # frames start after the upgrade handshake; the request must end in this packet
                 st = [_WS, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0]
-                flow.state["trojan"] = st
+                flow.put_state("trojan", st)
                 return None
             else:
                 return REJECT
-            flow.state["trojan"] = st
-        if st[_STAGE] == 3 or flow.payload_pkts[0] + flow.payload_pkts[1] > MAX_PKTS:
+            flow.put_state("trojan", st)
+        if st[_STAGE] == 3 or flow.pay0 + flow.pay1 > MAX_PKTS:
             return DONE  # judged once (later records are the user's data), or the bursts never came
         if st[_STAGE] < 0:
             # WebSocket: the server's 101 response, alone in its packet, then frames both ways

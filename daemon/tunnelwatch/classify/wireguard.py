@@ -80,7 +80,7 @@ class WireGuard(Classifier):
         p = pkt.payload
         st = flow.state.get("wireguard")
         if st is None:
-            st = flow.state["wireguard"] = _State()
+            st = flow.put_state("wireguard", _State())
         if st.gate.first_look(p, direction):
             return REJECT  # both ends opened with one other protocol: a real exchange of it
         r = self._message(st, p, direction)

@@ -69,7 +69,7 @@ class ZeroTier(Classifier):
             return REJECT
         st = flow.state.get(PROTOCOL)
         if st is None:
-            st = flow.state[PROTOCOL] = _State()
+            st = flow.put_state(PROTOCOL, _State())
         addrs = p[8:18]  # destination + source
         if not st.addrs[direction]:
             st.addrs[direction] = addrs

@@ -131,3 +131,16 @@ def test_an_expired_expectation_is_forgotten() -> None:
     assert ctx.lookup(udp(10.0, dport=30000)) is not None  # still valid at its expiry time
     assert ctx.lookup(udp(10.5, dport=30000)) is None
     assert len(ctx) == 0
+
+
+def test_equal_verdicts_are_one_object_and_the_cache_is_bounded() -> None:
+    from tunnelwatch.classify import base
+
+    c = Counting()
+    v = c.verdict("counted", "heuristic", "same words")
+    assert c.verdict("counted", "heuristic", "same words") is v  # frozen: safe to share
+    assert c.verdict("counted", "heuristic", "other words") is not v
+    assert c.verdict("counted", "confirmed", "same words").confidence == "confirmed"
+    for i in range(base._VERDICTS_MAX + 10):
+        c.verdict("counted", "heuristic", f"per-flow detail {i}")
+    assert len(base._VERDICTS) <= base._VERDICTS_MAX

@@ -18,7 +18,7 @@ from tunnelwatch.classify.base import (
     Verdict,
 )
 from tunnelwatch.classify.engine import Engine
-from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.flow import NO_STATE, Flow
 from tunnelwatch.classify.packet import UDP, Packet
 
 A = bytes([10, 0, 0, 1])
@@ -236,3 +236,59 @@ def test_a_deep_port_counts_whichever_side_spoke_first() -> None:
     assert not flow.done  # still inspected past the budget of 4
     flow = e.process(udp(9.0, sport=2222, dport=50000))
     assert flow.done
+
+
+class Stateful(Counting):
+    """Keeps a state from its first packet; rejects on a payload of b"no"."""
+
+    name: ClassVar[str] = "stateful"
+
+    def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+        self.calls += 1
+        if pkt.payload == b"no":
+            return REJECT
+        flow.put_state(self.name, flow.state.get(self.name, 0) + 1)
+        return None
+
+
+def test_flows_share_containers_until_they_need_their_own_and_decided_flows_let_them_go() -> None:
+    leaver = type("Leaver", (Stateful,), {"name": "leaver"})()
+    e = Engine([Stateful(), leaver, Counting()], budget=3)
+    transport = e._by_proto[UDP]
+    f1 = e.process(udp(1.0, b"hi", sport=5001))
+    f2 = e.process(udp(1.0, b"hi", sport=5002))
+    assert f1.active is f2.active is transport  # nobody dropped out: the engine's own tuple
+    assert f1.state == {"stateful": 1, "leaver": 1} and f1.state is not f2.state
+    assert f1.cands is NO_STATE and not NO_STATE  # no verdict yet: nothing made
+    e.process(udp(1.1, b"no", sport=5001))  # both Stateful classifiers reject on f1
+    assert [c.name for c in f1.active] == ["counting"] and f1.state is NO_STATE  # emptied: dropped
+    assert e._by_proto[UDP] is transport and len(transport) == 3  # the shared tuple never changes
+    f3 = e.process(udp(1.2, b"no", sport=5003))
+    assert f3.active is f1.active  # the same survivors: one tuple for both
+    e.process(udp(1.3, b"x", sport=5002))
+    e.process(udp(1.4, b"x", sport=5002))  # budget: f2 is decided
+    assert f2.done and f2.state is NO_STATE and f2.cands is NO_STATE and f2.active == ()
+    assert not NO_STATE and leaver.calls == 6  # f1 2 (then REJECT: not asked again), f3 1, f2 3
+    with pytest.raises(TypeError):
+        NO_STATE["x"] = 1
+    assert f1.pkts_dir == (2, 0) and f1.payload_pkts == (2, 0) and f1.bytes_dir == (2 * 30, 0)
+
+
+def test_a_classifier_that_raises_is_dropped_with_its_state_and_keeps_its_verdict() -> None:
+    class SaysThenBreaks(Stateful):
+        name: ClassVar[str] = "says"
+
+        def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
+            self.calls += 1
+            if self.calls == 1:
+                flow.put_state(self.name, 1)
+                return self.verdict("counted", "heuristic", "first")
+            raise ValueError("bug")
+
+    c = SaysThenBreaks()
+    other = Counting()
+    e = Engine([c, other], budget=10)
+    f = e.process(udp(1.0))
+    e.process(udp(1.1))
+    assert e.classifier_errors == 1 and f.active == (other,) and "says" not in f.state
+    assert f.best is not None and f.best.protocol == "counted"  # like DONE: the verdict stays

@@ -115,8 +115,12 @@ def _pkt(src: str, dst: str, sp: int, dp: int, payload: bytes, flags: int = 0x18
 
 def _feed(f: Flow, c: FullyEncrypted, pkt: Packet, d: int) -> object:
     f.packets += 1
-    f.pkts_dir[d] += 1
-    f.payload_pkts[d] += 1
+    if d:
+        f.pkts1 += 1
+        f.pay1 += 1
+    else:
+        f.pkts0 += 1
+        f.pay0 += 1
     return c.inspect(f, pkt, d, Context())
 
 

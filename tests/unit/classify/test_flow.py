@@ -41,10 +41,10 @@ def test_the_first_packet_makes_the_initiator_and_direction_follows() -> None:
     assert f.direction(first) == 0 and f.direction(_pkt(A, 40000, B, 1194)) == 1
     assert f.direction(_pkt(B, 1195, A, 40000)) == 1  # same host, another port: not the initiator
     assert f.packets == 0 and not f.bidirectional and not f.done and f.best is None
-    f.pkts_dir[0] += 1
-    assert not f.bidirectional
-    f.pkts_dir[1] += 1
-    assert f.bidirectional
+    f.pkts0 += 1
+    assert not f.bidirectional and f.pkts_dir == (1, 0)
+    f.pkts1 += 1
+    assert f.bidirectional and f.pkts_dir == (1, 1)
 
 
 def test_describe_names_transport_and_both_ends() -> None:
@@ -53,3 +53,18 @@ def test_describe_names_transport_and_both_ends() -> None:
     six = _pkt(V6, 443, V6B, 50000, TCP)
     assert Flow(flow_key(six), six).describe() == "tcp 2001:db8::1:443 -> 2001:db8::2:50000"
     assert Flow(flow_key(six), six).version == 6
+
+
+def test_classifiers_ruled_out_by_a_first_tcp_segment_make_no_state() -> None:
+    """STUN, OpenVPN, PPTP, RTP and SIP reject a TCP stream whose first segment rules them out without
+    making per-flow state first (issue 13: memory and CPU per flow)."""
+    from tunnelwatch.classify import load_classifiers
+    from tunnelwatch.classify.base import REJECT, Context
+    from tunnelwatch.classify.flow import NO_STATE
+
+    seg = Packet(1.0, 4, A, B, TCP, 40000, 443, 40 + 48, b"\xff" * 48, 0x18, False, 1000)
+    for c in load_classifiers(["stun", "openvpn", "pptp", "rtp", "sip"]):
+        f = Flow(flow_key(seg), seg)
+        f.pay0 = 1
+        assert c.inspect(f, seg, 0, Context()) is REJECT, c.name
+        assert f.state is NO_STATE, c.name

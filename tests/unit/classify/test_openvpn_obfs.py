@@ -196,7 +196,7 @@ def test_tls_and_http_over_tcp_refused_on_the_first_packet() -> None:
     for first in (b"\x16\x03\x01\x02\x00\x01" + os.urandom(100), b"GET / HTTP/1.1\r\n\r\n", b"SSH-2.0-x\r\n"):
         eng = Engine([OpenVPNObfs()])
         flow = eng.process(Packet(1.0, 4, C, S, TCP, 40000, 443, 40 + len(first), first))
-        assert flow.active == [] and flow.done
+        assert flow.active == () and flow.done
 
 
 def test_hostile_input_never_raises() -> None:

@@ -190,3 +190,49 @@ def test_microsoft_attributes_name_teams_and_ordinary_ice_does_not() -> None:
     # ICE attributes every WebRTC client sends (ICE-CONTROLLING, PRIORITY, SOFTWARE) stay plain STUN
     ice = attr(0x802A, os.urandom(8)) + attr(0x0024, b"\x6e\x00\x1e\xff") + SOFTWARE
     assert one_verdict(_app_call(ice, method=0x0001)).protocol == "stun"
+
+
+def test_a_tcp_start_judged_doomed_never_frames_stun_whatever_follows() -> None:
+    """doomed() keeps only the length of a short TCP start: no continuation may make it frame STUN."""
+    import random
+
+    from tunnelwatch.classify.stun import MAGIC_COOKIE, STUN
+    from tunnelwatch.classify.stun_wire import DOOMED, doomed
+
+    rng = random.Random(13)
+    cookie = MAGIC_COOKIE.to_bytes(4, "big")
+    judged = 0
+    for i in range(4000):
+        head = bytearray(rng.randbytes(rng.randrange(DOOMED, 22)))
+        if i % 4 == 1:
+            head[0] &= 0x3F
+            head[4:8] = cookie  # plain framing's cookie: never doomed
+        elif i % 4 == 2:
+            head[2] &= 0x3F
+            head[0], head[1] = 0, 0x40  # RFC 4571 length 64 ...
+            head[6:10] = cookie  # ... and the cookie of the framed message: never doomed
+        if not doomed(bytes(head)):
+            continue
+        assert i % 4 not in (1, 2)  # a start with either framing's cookie in place is never doomed
+        judged += 1
+        for _ in range(3):
+            tail = rng.randbytes(rng.randrange(0, 120))
+            assert STUN._detect_framing(bytes(head) + tail, 0) == -1
+    assert judged > 1000
+
+
+def test_a_short_start_that_frames_no_stun_keeps_the_other_direction_and_a_later_start_open() -> None:
+    """A client's 16-byte start that can frame no STUN is kept as its length only; the server's STUN
+    still counts, and once the client's start passes 22 bytes the next segment is looked at afresh."""
+    junk = b"\xff" * 16
+    v = one_verdict([t(C, S, 40000, 3478, junk), t(S, C, 3478, 40000, stun(0x0001, os.urandom(12)))],
+                    names=["stun"])
+    assert (v.protocol, v.confidence) == ("stun", "heuristic")
+    tid = os.urandom(12)
+    v = one_verdict([t(C, S, 40001, 3478, junk), t(S, C, 3478, 40001, stun(0x0001, tid, SOFTWARE)),
+                     t(C, S, 40001, 3478, junk),  # 32 bytes: dropped, the next segment starts afresh
+                     t(C, S, 40001, 3478, stun(0x0101, tid, XOR_MAPPED))], names=["stun"])
+    assert (v.protocol, v.confidence) == ("stun", "confirmed")
+    v = one_verdict([t(C, S, 40002, 3478, junk), t(C, S, 40002, 3478, junk),
+                     t(S, C, 3478, 40002, stun(0x0001, tid))], names=["stun"])
+    assert v.protocol != "stun"  # 32 bytes of a start that framed nothing, none seen yet: not STUN

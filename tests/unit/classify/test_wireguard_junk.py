@@ -88,7 +88,10 @@ def _inspect_all(payloads: list[tuple[bytes, bool]], name: str) -> list[object]:
         if flow is None:
             flow = Flow(flow_key(pkt), pkt)
         d = flow.direction(pkt)
-        flow.payload_pkts[d] += 1
+        if d:
+            flow.pay1 += 1
+        else:
+            flow.pay0 += 1
         out.append(c.inspect(flow, pkt, d, ctx))
         if out[-1] is REJECT:
             break
