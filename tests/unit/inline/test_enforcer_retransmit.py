@@ -45,7 +45,7 @@ def test_a_retransmitted_reply_is_not_classified_counted_or_reopened() -> None:
     assert enf.handle(request) == 0 and enf.handle(reply) == 0
     flow = next(iter(enf.engine.table))
     assert enf.handle(reply) == 0  # the echo again: held in the queue while the FIN overtook it
-    assert (enf.retransmits, enf.engine.packets, flow.packets, flow.payload_pkts) == (1, 2, 2, [1, 1])
+    assert (enf.retransmits, enf.engine.packets, flow.packets, flow.payload_pkts) == (1, 2, 2, (1, 1))
     enf.engine.decide_quiet(time.time() + QUIET_S + 1, QUIET_S)  # unknown: watched, not allowed for good
     assert enf.marks[flow.key] == firewall.MARK_WATCH and [r.klass for r in records] == ["unknown"]
     # a watched flow is re-opened by a new segment, but not by a retransmission of the last one
