@@ -24,6 +24,7 @@ _IDLE_LEAF = re.compile(r"(^|\.)(select|poll|epoll_wait|wait|sleep|accept|recv_i
 # Python frames that are innermost only while blocked in a C call: the daemon's main loop sits in
 # select.select() (without --native py-spy shows the calling frame as the leaf)
 _IDLE_FRAMES = {("tunnelwatch.inline.daemon", "serve"), ("tunnelwatch.inline.serve", "serve"),
+                ("tunnelwatch.inline.workers", "run_workers"),
                 ("tunnelwatch.inline.workers", "_serve")}
 # Python frames whose own lines are calls into the compiled netfilterqueue binding: split by source line
 _BY_LINE = {"Queue._callback", "Queue.poll"}
