@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from multiqueue_lab import HOSTS, add_addresses, two_workers_config
 
 from support.netns import lab, require_tools
 from support.spool import spool_events
@@ -17,7 +18,6 @@ pytestmark = pytest.mark.integration
 
 QUEUE = 11
 FLOWS = 12
-HOSTS = ["198.51.100.2", "198.51.100.3"]  # the initiator's low address bits choose the queue
 SERVERS = [f"203.0.113.{20 + i}" for i in range(6)]
 SIP_PORT = 5060
 # A SIP responder: answers each OPTIONS with 200 OK echoing Via, From, To, Call-ID and CSeq.
@@ -73,19 +73,11 @@ def _queue_packets(text: str) -> dict[int, int]:
 
 def test_two_workers_report_through_one_stream(tmp_path: Path) -> None:
     require_tools("iptables", "ip6tables", "iptables-save", "iptables-restore")
-    (tmp_path / "registry.yaml").write_text("registrations: []\n")
-    cfg = tmp_path / "tunnelwatch.yaml"
-    cfg.write_text(f"queue: {{num: {QUEUE}, count: 2}}\nfirewall: {{hooks: [forward], ipv6: false}}\n"
-                   "registry: registry.yaml\npolicy: {default: monitor}\nlog: {level: debug}\n"
-                   f"status: {{socket: {tmp_path / 'status.sock'}}}\n"
-                   # a closed loopback port: the events stay in the spool for the test to read
-                   "report: {state_dir: state, heartbeat: 300, uplink: {url: 'https://127.0.0.1:9'}}\n")
+    cfg = two_workers_config(tmp_path, QUEUE)
     with lab(tmp_path) as lb:
         (tmp_path / "responder.py").write_text(RESPONDER)
         (tmp_path / "client.py").write_text(CLIENT)
-        lb.run(lb.client, "ip", "addr", "add", f"{HOSTS[1]}/24", "dev", "eth0")
-        for addr in SERVERS:
-            lb.run(lb.server, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+        add_addresses(lb, SERVERS)
         responder = [sys.executable, str(tmp_path / "responder.py"), ",".join(SERVERS), str(SIP_PORT)]
         lb.spawn(lb.server, responder, "sip")
         lb.wait_for_log("sip", "sip ready")

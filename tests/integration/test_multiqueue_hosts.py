@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multiqueue_lab import HOSTS, add_addresses, two_workers_config
 
 from support.netns import SERVER_IP, lab, require_tools
 from support.spool import spool_events
@@ -24,7 +25,6 @@ from tunnelwatch.appliance.statussock import fetch_snapshot
 pytestmark = pytest.mark.integration
 
 QUEUE = 21
-HOSTS = ["198.51.100.2", "198.51.100.3"]  # low bits 0 and 1: one per queue
 SERVERS = [f"203.0.113.{40 + n}" for n in range(4)]  # named h0..h3.vpnlab.test
 PORT = 4000
 # A DNS server answering A queries for hN.vpnlab.test with SERVERS[N], and a UDP echo on every server.
@@ -115,22 +115,13 @@ def _latency_beats(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_a_hosts_dns_names_reach_the_worker_of_its_flows(tmp_path: Path) -> None:
     require_tools("iptables", "ip6tables", "iptables-save", "iptables-restore")
-    (tmp_path / "registry.yaml").write_text("registrations: []\n")
     (tmp_path / "lab-vpn.yaml").write_text(LIST)
-    cfg = tmp_path / "tunnelwatch.yaml"
-    cfg.write_text(f"queue: {{num: {QUEUE}, count: 2}}\nfirewall: {{hooks: [forward], ipv6: false}}\n"
-                   "registry: registry.yaml\npolicy: {default: monitor}\nlog: {level: debug}\n"
-                   "endpoints: {lists: [lab-vpn.yaml]}\n"
-                   f"status: {{socket: {tmp_path / 'status.sock'}}}\n"
-                   # a closed loopback port: the events stay in the spool for the test to read
-                   "report: {state_dir: state, heartbeat: 1, min_confidence: list, "
-                   "uplink: {url: 'https://127.0.0.1:9'}}\n")
+    cfg = two_workers_config(tmp_path, QUEUE, extra="endpoints: {lists: [lab-vpn.yaml]}\n",
+                             report="heartbeat: 1, min_confidence: list")
     with lab(tmp_path) as lb:
         (tmp_path / "serve.py").write_text(SERVE)
         (tmp_path / "client.py").write_text(CLIENT)
-        lb.run(lb.client, "ip", "addr", "add", f"{HOSTS[1]}/24", "dev", "eth0")
-        for addr in SERVERS:
-            lb.run(lb.server, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+        add_addresses(lb, SERVERS)
         lb.spawn(lb.server, [sys.executable, str(tmp_path / "serve.py"), SERVER_IP, ",".join(SERVERS),
                              str(PORT)], "serve")
         lb.wait_for_log("serve", "serve ready")
