@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tunnelwatch.config.runconfig import ConfigError, RunConfig, load_config, parse_config, restart_needed
+from tunnelwatch.config.runconfig import (
+    ConfigError,
+    RunConfig,
+    load_config,
+    parse_config,
+    restart_needed,
+    summary,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "config"
 INVALID = sorted((DATA / "invalid").glob("*.yaml"))
@@ -139,3 +146,20 @@ def test_deeper_queue_per_port_parses_and_rejects_bad_items() -> None:
     assert "queue.deep item needs packets" in text and "queue.deep transport must be one of tcp, udp" in text
 
 
+
+
+def test_queue_count_auto_is_one_queue_per_cpu_and_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunnelwatch.config import runconfig
+    monkeypatch.setattr(runconfig.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert parse_config("log: {level: info}\n").queue_count == 3  # no queue section: auto
+    cfg = parse_config("queue: {count: auto}\n")
+    assert (cfg.queue_count, cfg.queue_auto) == (3, True)
+    assert summary(cfg)[0].startswith("queues 0-2 (count auto: 3 of this machine's CPUs)")
+    monkeypatch.setattr(runconfig.os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert parse_config("queue: {count: auto}\n").queue_count == runconfig.AUTO_QUEUES_MAX
+    fixed = parse_config("queue: {count: 5}\n")
+    assert (fixed.queue_count, fixed.queue_auto) == (5, False)
+    with pytest.raises(ConfigError) as ei:
+        parse_config("queue: {count: many}\n")
+    assert ei.value.problems == ["<config>:1:16: queue.count must be auto or an integer between 1 and 64 "
+                                 "(got 'many')"]

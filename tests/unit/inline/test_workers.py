@@ -56,3 +56,12 @@ def test_push_hands_the_new_config_to_every_worker_and_survives_a_dead_one() -> 
         alive_recv.close()
         alive_send.close()
         dead_send.close()
+
+
+def test_queue_flows_bounds_all_workers_together() -> None:
+    from tunnelwatch.config.runconfig import parse_config
+    from tunnelwatch.inline.workers import worker_config
+    for count, share in ((1, 1000), (2, 500), (3, 334), (64, 16)):
+        cfg = parse_config(f"queue: {{count: {count}, flows: 1000}}\n")
+        assert worker_config(cfg).flows == share
+        assert share * count >= 1000 > (share - 1) * count  # the shares add up to the bound, rounded up
