@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tunnelwatch.config.runconfig import RunConfig, parse_config
-from tunnelwatch.inline.workers import _STATS, _Workers
+from tunnelwatch.inline.workers import _STATS, _Workers, worker_config
 from tunnelwatch.policy.registry import Registry
 from tunnelwatch.record import FlowRecord
 
@@ -59,8 +59,6 @@ def test_push_hands_the_new_config_to_every_worker_and_survives_a_dead_one() -> 
 
 
 def test_queue_flows_bounds_all_workers_together() -> None:
-    from tunnelwatch.config.runconfig import parse_config
-    from tunnelwatch.inline.workers import worker_config
     for count, share in ((1, 1000), (2, 500), (3, 334), (64, 16)):
         cfg = parse_config(f"queue: {{count: {count}, flows: 1000}}\n")
         assert worker_config(cfg).flows == share
