@@ -69,13 +69,13 @@ def _start_daemon(lb: Lab, cfg: Path, name: str = "daemon", env: dict[str, str] 
 
 
 def _queue(lb: Lab) -> tuple[int, int]:
-    """(packets sent to userspace so far, packets waiting for a verdict now) of our queue."""
+    """(packets sent to userspace so far, packets waiting for a verdict now) of our queues, summed: with
+    queue.count auto there is one per CPU, and the client's address picks which one its packets use."""
     text = lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
-    for line in text.splitlines():
-        f = line.split()
-        if f and int(f[0]) == QUEUE:
-            return int(f[7]), int(f[2])
-    raise AssertionError(f"queue {QUEUE} not bound:\n{text}")
+    rows = [f for f in (line.split() for line in text.splitlines()) if f and int(f[0]) >= QUEUE]
+    if not rows:
+        raise AssertionError(f"queue {QUEUE} not bound:\n{text}")
+    return sum(int(f[7]) for f in rows), sum(int(f[2]) for f in rows)
 
 
 def _wait(pred: Any, what: str, timeout: float = 20.0) -> None:
