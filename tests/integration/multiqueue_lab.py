@@ -28,3 +28,9 @@ def add_addresses(lb: Lab, servers: list[str]) -> None:
     lb.run(lb.client, "ip", "addr", "add", f"{HOSTS[1]}/24", "dev", "eth0")
     for addr in servers:
         lb.run(lb.server, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+
+
+def queue_packets(text: str) -> dict[int, int]:
+    """Packets each queue has handed to userspace, from /proc/net/netfilter/nfnetlink_queue
+    (queue_num portid waiting copy_mode copy_range dropped ... id_seq 1)."""
+    return {int(f[0]): int(f[7]) for f in (ln.split() for ln in text.splitlines()) if len(f) >= 8}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from multiqueue_lab import HOSTS, add_addresses, two_workers_config
+from multiqueue_lab import HOSTS, add_addresses, queue_packets, two_workers_config
 
 from support.netns import lab, require_tools
 from support.spool import spool_events
@@ -66,11 +66,6 @@ print(ok)
 """
 
 
-def _queue_packets(text: str) -> dict[int, int]:
-    # /proc/net/netfilter/nfnetlink_queue: queue_num portid waiting copy_mode copy_range dropped ... id_seq 1
-    return {int(f[0]): int(f[7]) for f in (ln.split() for ln in text.splitlines()) if len(f) >= 8}
-
-
 def test_two_workers_report_through_one_stream(tmp_path: Path) -> None:
     require_tools("iptables", "ip6tables", "iptables-save", "iptables-restore")
     cfg = two_workers_config(tmp_path, QUEUE)
@@ -86,7 +81,7 @@ def test_two_workers_report_through_one_stream(tmp_path: Path) -> None:
         r = lb.run(lb.client, sys.executable, str(tmp_path / "client.py"), ",".join(SERVERS), str(SIP_PORT),
                    str(FLOWS), ",".join(HOSTS), timeout=90)
         assert int(r.stdout) == FLOWS, r.stdout + r.stderr
-        seen = _queue_packets(lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout)
+        seen = queue_packets(lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout)
         assert seen.get(QUEUE, 0) > 0 and seen.get(QUEUE + 1, 0) > 0, seen  # both workers had flows
         lb.stop("daemon")  # daemon_stopped is written after every forwarded decision
     events = spool_events(tmp_path / "state" / "spool.db")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multiqueue_lab import HOSTS, add_addresses, two_workers_config
+from multiqueue_lab import HOSTS, add_addresses, queue_packets, two_workers_config
 
 from support.netns import SERVER_IP, lab, require_tools
 from support.spool import spool_events
@@ -90,11 +90,6 @@ entries:
 """
 
 
-def _queue_packets(text: str) -> dict[int, int]:
-    # /proc/net/netfilter/nfnetlink_queue: queue_num portid waiting copy_mode copy_range dropped ... id_seq 1
-    return {int(f[0]): int(f[7]) for f in (ln.split() for ln in text.splitlines()) if len(f) >= 8}
-
-
 def _named(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(e.get("src", ""), e.get("dst", "")): e for e in events
             if e["kind"] == "flow_tagged" and e.get("dst") in SERVERS}
@@ -130,7 +125,7 @@ def test_a_hosts_dns_names_reach_the_worker_of_its_flows(tmp_path: Path) -> None
         r = lb.run(lb.client, sys.executable, str(tmp_path / "client.py"), SERVER_IP, ",".join(HOSTS),
                    str(PORT), str(len(SERVERS)), timeout=90)
         assert int(r.stdout) == 3 * len(HOSTS) * len(SERVERS), r.stdout + r.stderr
-        seen = _queue_packets(lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout)
+        seen = queue_packets(lb.run(lb.router, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout)
         assert seen.get(QUEUE, 0) > 0 and seen.get(QUEUE + 1, 0) > 0, seen  # one host per queue
         spool = tmp_path / "state" / "spool.db"
         # the flows to the servers are decided by the quiet rule (2 s without a packet); heartbeats come
