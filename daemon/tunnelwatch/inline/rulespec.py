@@ -271,17 +271,19 @@ def _nft_handshakes(match: str, name: str) -> list[str]:
 
 
 def _nft_steer(spec: Spec) -> list[str]:
-    """The nft form of _steer: the initiator address's low bits choose the queue."""
+    """The nft form of the pending mark and _steer: the initiator address's low bits choose the queue."""
     flag = "" if spec.fail_closed else " bypass"
-    out = []
-    if spec.queue_count > 1:
-        slots = host_slots(spec)
-        for addr, fam, fmt in (("ip", "ipv4", "0.0.0.{}"), ("ip6", "ipv6", "::{:x}")):
-            for v, q in enumerate(slots):
-                for d, field in (("original", "saddr"), ("reply", "daddr")):
-                    mask, value = fmt.format(len(slots) - 1), fmt.format(v)
-                    out.append(f"meta nfproto {fam} ct direction {d} {addr} {field} & {mask} == {value} "
-                               f"queue num {q}{flag}")
+    pending = f"meta mark set meta mark | {_nft_mark(MARK_PENDING)}"
+    if spec.queue_count == 1:
+        return [f"{pending} queue num {spec.queue_num}{flag}"]  # marked and queued by one rule
+    out = [pending]
+    slots = host_slots(spec)
+    for addr, fam, fmt in (("ip", "ipv4", "0.0.0.{}"), ("ip6", "ipv6", "::{:x}")):
+        for v, q in enumerate(slots):
+            for d, field in (("original", "saddr"), ("reply", "daddr")):
+                mask, value = fmt.format(len(slots) - 1), fmt.format(v)
+                out.append(f"meta nfproto {fam} ct direction {d} {addr} {field} & {mask} == {value} "
+                           f"queue num {q}{flag}")
     return [*out, f"queue num {spec.queue_num}{flag}"]
 
 
@@ -317,10 +319,7 @@ def nft_rules(spec: Spec) -> dict[str, list[str]]:
     # no payload: the IP length equals the headers (IPv4 without options, IPv6 without extension headers)
     q += [f"ip hdrlength 5 tcp doff {off} ip length {20 + 4 * off} return" for off in range(5, 16)]
     q += [f"ip6 nexthdr tcp tcp doff {off} ip6 length {4 * off} return" for off in range(5, 16)]
-    steer = _nft_steer(spec)
-    alone = f" {steer.pop()}" if len(steer) == 1 else ""  # one queue: marked and queued by one rule
-    q.append(f"meta mark set meta mark | {_nft_mark(MARK_PENDING)}{alone}")
-    q += steer
+    q += _nft_steer(spec)
     pending = f"meta mark & {_nft_mark(MARK_PENDING)} != 0"
     verdict = [
         f"{pending} ct mark & {_nft_mark(MARK_BYPASSED)} == 0 ct mark set ct mark | "
