@@ -92,6 +92,10 @@ class Engine:
         for c in self.classifiers:
             for t in c.transports:
                 self._by_proto[t] = (*self._by_proto.get(t, ()), c)
+        # per transport that has any: (classifier, its first-payload test or None), in the transport's order
+        self._tests: dict[int, tuple[tuple[Classifier, Callable[[Packet, int], bool] | None], ...]] = {
+            t: tuple((c, c.first if t in c.first_on else None) for c in cs)
+            for t, cs in self._by_proto.items() if any(t in c.first_on for c in cs)}
         self._ports: dict[tuple[int, int], Classifier] = {}
         for c in self.classifiers:
             for pp in c.ports:
@@ -172,6 +176,12 @@ class Engine:
 
     def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:
         ctx = self.ctx
+        if flow.pay0 + flow.pay1 == 1 and not flow.reopens and flow.expected is None:
+            tests = self._tests.get(flow.proto)
+            if tests is not None:
+                # a fresh flow's first payload: classifiers whose cheap test says "not mine" would reject
+                # it now; they are neither called nor given state (docs/performance.md, "Where to cut" 3)
+                flow.active = self._shared(tuple([c for c, t in tests if t is None or t(pkt, d)]))
         active = flow.active
         # survivors, made only once a classifier drops out: most packets change nothing, and a flow keeps
         # sharing its transport's tuple until then (docs/performance.md, memory per flow)

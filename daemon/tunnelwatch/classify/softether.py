@@ -126,8 +126,13 @@ class SoftEther(Classifier):
     name: ClassVar[str] = "softether"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP: a client packet starting with a POST request."""
+        return direction == 0 and pkt.payload.startswith(b"POST /")
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Cheap first-byte gates, then NAT-T / PACK parsing (UDP) or the HTTP signatures (TCP)."""
@@ -135,7 +140,7 @@ class SoftEther(Classifier):
         st = flow.state.get(PROTOCOL)
         if st is None:
             if pkt.proto == TCP:
-                if direction != 0 or not p.startswith(b"POST /"):
+                if not self.first(pkt, direction):
                     return REJECT
             elif p != b"A" and not p.startswith(b"IP=") and (len(p) < 12 or p[:3] != b"\0\0\0"):
                 return REJECT

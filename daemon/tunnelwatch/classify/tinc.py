@@ -58,8 +58,13 @@ class Tinc(Classifier):
     name: ClassVar[str] = "tinc"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, 655): PROTOCOL, (UDP, 655): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP: an ID request line."""
+        return pkt.payload[:2] == b"0 "
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """ID lines on TCP; on UDP only data to or from a node a confirmed meta connection announced."""
@@ -72,7 +77,7 @@ class Tinc(Classifier):
                                 "endpoint announced by a confirmed tinc meta connection")
         st = flow.state.get(PROTOCOL)
         if st is None:
-            if p[:2] != b"0 ":  # the first payload either way must be an ID request
+            if not self.first(pkt, direction):  # the first payload either way must be an ID request
                 return REJECT
             st = flow.put_state(PROTOCOL, _State())
         if st.version[direction]:
