@@ -58,13 +58,14 @@ class Tinc(Classifier):
     name: ClassVar[str] = "tinc"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
-    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, 655): PROTOCOL, (UDP, 655): PROTOCOL}
 
     def first(self, pkt: Packet, direction: int) -> bool:
-        """On TCP: an ID request line."""
-        return pkt.payload[:2] == b"0 "
+        """On TCP an ID request line; on UDP never (only a flow a meta connection announced may be tinc,
+        and the engine asks only flows nothing announced)."""
+        return pkt.proto == TCP and pkt.payload[:2] == b"0 "
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """ID lines on TCP; on UDP only data to or from a node a confirmed meta connection announced."""
