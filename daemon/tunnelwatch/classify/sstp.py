@@ -67,8 +67,8 @@ class SSTP(Classifier):
         p = pkt.payload
         st = flow.state.get(PROTOCOL)
         if st is None:
-            if direction != 0 or not p.startswith(METHOD):
-                return REJECT  # = not self.first(pkt, direction)
+            if not self.first(pkt, direction):
+                return REJECT
             st = flow.put_state(PROTOCOL, _State(request=True))
             st.uri_ok = p[len(METHOD):len(METHOD) + len(URI)].upper() == URI.upper()
             ev = ["SSTP_DUPLEX_POST request" + (" to the SSTP URI" if st.uri_ok else "")]
