@@ -130,6 +130,7 @@ class AnyConnect(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset({0x16}), UDP: frozenset(range(20, 24))}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
 

@@ -42,6 +42,8 @@ DEFAULT_DEEP: Final[dict[tuple[int, int], int]] = {(6, SSH_DEEP[1]): SSH_DEEP[2]
 REOPEN_BUDGET = 8
 #: distinct tuples of surviving classifiers shared between flows (see Engine._shared)
 _SURVIVORS_MAX: Final = 4096
+#: a transport's classifiers that may want a fresh flow, each with its first-payload test (None: no test)
+_Tests = tuple[tuple[Classifier, Callable[[Packet, int], bool] | None], ...]
 
 
 def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -92,10 +94,15 @@ class Engine:
         for c in self.classifiers:
             for t in c.transports:
                 self._by_proto[t] = (*self._by_proto.get(t, ()), c)
-        # per transport that has any: (classifier, its first-payload test or None), in the transport's order
-        self._tests: dict[int, tuple[tuple[Classifier, Callable[[Packet, int], bool] | None], ...]] = {
-            t: tuple((c, c.first if t in c.first_on else None) for c in cs)
-            for t, cs in self._by_proto.items() if any(t in c.first_on for c in cs)}
+        # per transport that has any, by the first payload byte: (classifier, its first-payload test or
+        # None) in the transport's order, without those whose first_bytes rule that byte out
+        self._tests: dict[int, list[_Tests]] = {}
+        for t, cs in self._by_proto.items():
+            if any(t in c.first_on for c in cs):
+                rows: dict[_Tests, _Tests] = {}  # one tuple per distinct row, shared by the bytes
+                self._tests[t] = [rows.setdefault(row, row) for row in (
+                    tuple((c, c.first if t in c.first_on else None) for c in cs
+                          if t not in c.first_bytes or b in c.first_bytes[t]) for b in range(256))]
         self._ports: dict[tuple[int, int], Classifier] = {}
         for c in self.classifiers:
             for pp in c.ports:
@@ -181,7 +188,8 @@ class Engine:
             if tests is not None:
                 # a fresh flow's first payload: classifiers whose cheap test says "not mine" would reject
                 # it now; they are neither called nor given state (docs/performance.md, "Where to cut" 3)
-                flow.active = self._shared(tuple([c for c, t in tests if t is None or t(pkt, d)]))
+                row = tests[pkt.payload[0]]
+                flow.active = self._shared(tuple([c for c, t in row if t is None or t(pkt, d)]))
         active = flow.active
         # survivors, made only once a classifier drops out: most packets change nothing, and a flow keeps
         # sharing its transport's tuple until then (docs/performance.md, memory per flow)

@@ -92,6 +92,7 @@ class Fastd(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({0x01, 0xC8})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
 

@@ -96,6 +96,7 @@ class H323(Classifier):
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset({3})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, 1720): PROTOCOL, (UDP, 1719): PROTOCOL}
 

@@ -77,6 +77,7 @@ class MGCP(Classifier):
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: _DIGITS | {v[0] for v in VERBS}}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 2427): PROTOCOL, (UDP, 2727): PROTOCOL}
 

@@ -100,6 +100,7 @@ class N2N(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({1, 2, 3})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 7654): PROTOCOL}
 

@@ -127,6 +127,7 @@ class SoftEther(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"P"), UDP: frozenset(b"AI\0")}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
 

@@ -86,6 +86,7 @@ class SshForward(Classifier):
     klass: ClassVar[Klass] = "proxy_obfuscated"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"S")}
     protocols: ClassVar[tuple[str, ...]] = ("ssh_forwarding",)
 
     def first(self, pkt: Packet, direction: int) -> bool:

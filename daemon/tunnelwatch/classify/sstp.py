@@ -55,6 +55,7 @@ class SSTP(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(METHOD[:1])}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
 

@@ -59,6 +59,7 @@ class Tinc(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"0"), UDP: frozenset()}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, 655): PROTOCOL, (UDP, 655): PROTOCOL}
 

@@ -53,6 +53,7 @@ class Tor(Classifier):
     klass: ClassVar[Klass] = "proxy_obfuscated"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset({0x16})}
     protocols: ClassVar[tuple[str, ...]] = ("tor",)
 
     def first(self, pkt: Packet, direction: int) -> bool:

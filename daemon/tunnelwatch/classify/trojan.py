@@ -55,6 +55,7 @@ class Trojan(Classifier):
     klass: ClassVar[Klass] = "proxy_obfuscated"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
     first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"\x16G")}
     protocols: ClassVar[tuple[str, ...]] = ("tls_in_tls", "tls_in_websocket")
 
     def first(self, pkt: Packet, direction: int) -> bool:

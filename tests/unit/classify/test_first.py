@@ -61,7 +61,10 @@ def test_a_false_first_test_means_inspect_rejects_that_packet_having_changed_not
         engine = Engine([type(clf)()])
         engine._tests.clear()  # the classifier is called whatever its test says
         flow, pkt = first_payload(engine, proto, p, d, port)
-        if type(clf)().first(pkt, d):
+        mine = type(clf)().first(pkt, d)
+        if proto in clf.first_bytes and p[0] not in clf.first_bytes[proto]:
+            assert not mine, (p, d, port)  # the engine does not even ask for such a byte
+        if mine:
             continue
         falses += 1
         assert flow.done and not flow.active, (p, d, port)  # it returned REJECT or DONE
@@ -74,12 +77,15 @@ class Picky(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP, TCP})
     first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset(b"PQ")}
     protocols: ClassVar[tuple[str, ...]] = ("picky",)
 
     def __init__(self) -> None:
         self.calls = 0
+        self.tests = 0
 
     def first(self, pkt: Packet, direction: int) -> bool:
+        self.tests += 1
         return pkt.payload[:1] == b"P"
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
@@ -90,6 +96,7 @@ class Picky(Classifier):
 class Other(Picky):
     name: ClassVar[str] = "other"
     first_on: ClassVar[frozenset[int]] = frozenset()
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {}
 
 
 def test_the_engine_skips_a_classifier_whose_test_says_no_only_on_a_fresh_flows_first_payload() -> None:
@@ -97,6 +104,9 @@ def test_the_engine_skips_a_classifier_whose_test_says_no_only_on_a_fresh_flows_
     e = Engine([picky, other], budget=4, reopens=1)
     flow, _ = first_payload(e, UDP, b"x1", 0, 9)
     assert picky.calls == 0 and other.calls == 1 and flow.done  # other was asked and rejected
+    assert picky.tests == 0  # "x" is not among its first bytes: not even tested
+    first_payload(e, UDP, b"Q1", 0, 12)
+    assert picky.tests == 1 and picky.calls == 0
     flow, _ = first_payload(e, UDP, b"P1", 0, 10)
     assert picky.calls == 1 and flow.active == (picky, other)
     e.process(Packet(1.2, 4, A, B, UDP, 51000, 10, 40, b"x2"))  # a later packet: asked, not tested
