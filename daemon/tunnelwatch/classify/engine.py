@@ -54,6 +54,25 @@ def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
     return best
 
 
+def _first_table(t: int, cs: Sequence[Classifier]) -> list[_Tests]:
+    """Transport t's 256 rows by first payload byte (identical rows are one tuple: cheap to build, as
+    offline each capture file gets its own engine)."""
+    full = [(c, c.first if t in c.first_on else None) for c in cs]
+    gated = [(i, c.first_bytes[t]) for i, c in enumerate(cs) if t in c.first_bytes]
+    rows: dict[tuple[int, ...], _Tests] = {}
+
+    def row(out: tuple[int, ...]) -> _Tests:
+        r = rows.get(out)
+        if r is None:
+            r = rows[out] = tuple(e for i, e in enumerate(full) if i not in out)
+        return r
+
+    table = [row(tuple(i for i, _ in gated))] * 256  # a byte no classifier listed rules out every gated one
+    for b in set().union(*(allowed for _, allowed in gated)):
+        table[b] = row(tuple(i for i, allowed in gated if b not in allowed))
+    return table
+
+
 class Engine:
     """Classify flows from packets. `on_end(flow, verdict)` is called exactly once per flow."""
 
@@ -99,10 +118,7 @@ class Engine:
         self._tests: dict[int, list[_Tests]] = {}
         for t, cs in self._by_proto.items():
             if any(t in c.first_on for c in cs):
-                rows: dict[_Tests, _Tests] = {}  # one tuple per distinct row, shared by the bytes
-                self._tests[t] = [rows.setdefault(row, row) for row in (
-                    tuple((c, c.first if t in c.first_on else None) for c in cs
-                          if t not in c.first_bytes or b in c.first_bytes[t]) for b in range(256))]
+                self._tests[t] = _first_table(t, cs)
         self._ports: dict[tuple[int, int], Classifier] = {}
         for c in self.classifiers:
             for pp in c.ports:
