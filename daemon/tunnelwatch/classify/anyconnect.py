@@ -129,15 +129,24 @@ class AnyConnect(Classifier):
     name: ClassVar[str] = "anyconnect"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset({0x16}), UDP: frozenset(range(20, 24))}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP a client TLS ClientHello (the engine asks only flows no one announced, which reject); on
+        UDP a first DTLS record's header."""
+        p = pkt.payload
+        if pkt.proto != TCP:
+            return len(p) >= 13 and 20 <= p[0] <= 23  # what dtls_records needs of a first record
+        return direction == 0 and len(p) >= 6 and p[0] == 0x16 and p[1] == 3 and p[5] == 1
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """DTLS records on UDP; on TCP only a TLS ClientHello towards an announced AnyConnect server."""
         announced = flow.expected is not None and flow.expected.protocol == PROTOCOL
         if pkt.proto == TCP:
-            p = pkt.payload
-            if announced and direction == 0 and len(p) >= 6 and p[0] == 0x16 and p[1] == 3 and p[5] == 1:
+            if announced and self.first(pkt, direction):
                 # CSTP itself is invisible inside TLS; what is cross-checked is the gateway endpoint.
                 # (A heuristic verdict would lose to the benign "tls confirmed" of the common classifier.)
                 return self.verdict(PROTOCOL, "confirmed", "TLS ClientHello to an AnyConnect gateway",

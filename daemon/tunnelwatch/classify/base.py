@@ -115,6 +115,17 @@ class Classifier:
     #: payload packets it still wants after the flow is decided, only to learn cross-flow facts
     #: (e.g. SDP in later SIP messages); its verdicts are ignored then
     follow: ClassVar[int] = 0
+    #: transports on which `first` can judge a fresh flow's first payload packet (the engine asks it there)
+    first_on: ClassVar[frozenset[int]] = frozenset()
+    #: transport (of first_on) -> the only first payload bytes for which `first` can say True there: the
+    #: engine does not even call `first` for the others (a transport not listed: any byte)
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """Cheap test of a fresh flow's first payload packet (no re-open, no expectation), on `first_on`:
+        False only if `inspect` would return REJECT or DONE on it having changed nothing outside its own
+        state, so the engine may skip it for the flow (docs/performance.md, "Where to cut" item 3)."""
+        return True
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Look at one packet with payload; direction 0 = from initiator, 1 = reply.
@@ -158,5 +169,7 @@ def check_contract(c: Classifier) -> None:
             raise ContractError(f"{cls}: bad port hint {(proto, port)} -> {protocol!r}")
     if not (0 <= c.follow <= 10_000):
         raise ContractError(f"{cls}: follow must be between 0 and 10000 packets")
+    if not c.first_on <= c.transports or not c.first_bytes.keys() <= c.first_on:
+        raise ContractError(f"{cls}: first_on must be a subset of transports, first_bytes' keys of first_on")
     if type(c).inspect is Classifier.inspect:
         raise ContractError(f"{cls}: does not implement inspect()")

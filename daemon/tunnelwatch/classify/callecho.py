@@ -42,6 +42,7 @@ class EchoClassifier(Classifier):
 
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
     #: packets after the opener that may be neither an answer nor anything telling (retransmissions)
     patience: ClassVar[int] = 6
 
@@ -52,6 +53,10 @@ class EchoClassifier(Classifier):
     def answer(self, p: bytes, op: Opener, direction: int) -> str | None:
         """Evidence when `p` (a later packet) answers the opener `op`; None otherwise."""
         raise NotImplementedError
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A client packet that is an opener (what inspect() looks for on the first payload packet)."""
+        return direction == 0 and self.opener(pkt.payload, pkt) is not None
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Opener on the first payload packet, then look for its answer for `patience` packets."""

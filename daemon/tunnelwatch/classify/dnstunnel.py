@@ -186,16 +186,22 @@ class DnsTunnel(Classifier):
     name: ClassVar[str] = "dnstunnel"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
     protocols: ClassVar[tuple[str, ...]] = (IODINE, GENERIC)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A query to port 53 that is unusual at a cheap look, or the raw-tunnel header."""
+        p = pkt.payload
+        return (pkt.dport == _DNS_PORT or pkt.sport == _DNS_PORT) and direction == 0 and (
+            _cheap_interest(p) or p[:3] == _RAW_HDR)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Reject ordinary lookups on the first query; follow suspicious flows to a verdict."""
         st = flow.state.get(self.name)
         p = pkt.payload
         if st is None:
-            if (pkt.dport != _DNS_PORT and pkt.sport != _DNS_PORT) or direction != 0 or not (
-                    _cheap_interest(p) or p[:3] == _RAW_HDR):
+            if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(self.name, _State())
         if p[:3] == _RAW_HDR:

@@ -42,6 +42,8 @@ DEFAULT_DEEP: Final[dict[tuple[int, int], int]] = {(6, SSH_DEEP[1]): SSH_DEEP[2]
 REOPEN_BUDGET = 8
 #: distinct tuples of surviving classifiers shared between flows (see Engine._shared)
 _SURVIVORS_MAX: Final = 4096
+#: a transport's classifiers that may want a fresh flow, each with its first-payload test (None: no test)
+_Tests = tuple[tuple[Classifier, Callable[[Packet, int], bool] | None], ...]
 
 
 def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -50,6 +52,25 @@ def _best_of(verdicts: Iterable[Verdict]) -> Verdict | None:
         if v.beats(best):
             best = v
     return best
+
+
+def _first_table(t: int, cs: Sequence[Classifier]) -> list[_Tests]:
+    """Transport t's 256 rows by first payload byte (identical rows are one tuple: cheap to build, as
+    offline each capture file gets its own engine)."""
+    full = [(c, c.first if t in c.first_on else None) for c in cs]
+    gated = [(i, c.first_bytes[t]) for i, c in enumerate(cs) if t in c.first_bytes]
+    rows: dict[tuple[int, ...], _Tests] = {}
+
+    def row(out: tuple[int, ...]) -> _Tests:
+        r = rows.get(out)
+        if r is None:
+            r = rows[out] = tuple(e for i, e in enumerate(full) if i not in out)
+        return r
+
+    table = [row(tuple(i for i, _ in gated))] * 256  # a byte no classifier listed rules out every gated one
+    for b in set().union(*(allowed for _, allowed in gated)):
+        table[b] = row(tuple(i for i, allowed in gated if b not in allowed))
+    return table
 
 
 class Engine:
@@ -92,6 +113,12 @@ class Engine:
         for c in self.classifiers:
             for t in c.transports:
                 self._by_proto[t] = (*self._by_proto.get(t, ()), c)
+        # per transport that has any, by the first payload byte: (classifier, its first-payload test or
+        # None) in the transport's order, without those whose first_bytes rule that byte out
+        self._tests: dict[int, list[_Tests]] = {}
+        for t, cs in self._by_proto.items():
+            if any(t in c.first_on for c in cs):
+                self._tests[t] = _first_table(t, cs)
         self._ports: dict[tuple[int, int], Classifier] = {}
         for c in self.classifiers:
             for pp in c.ports:
@@ -172,6 +199,13 @@ class Engine:
 
     def _inspect(self, flow: Flow, pkt: Packet, d: int) -> None:
         ctx = self.ctx
+        if flow.pay0 + flow.pay1 == 1 and not flow.reopens and flow.expected is None:
+            tests = self._tests.get(flow.proto)
+            if tests is not None:
+                # a fresh flow's first payload: classifiers whose cheap test says "not mine" would reject
+                # it now; they are neither called nor given state (docs/performance.md, "Where to cut" 3)
+                row = tests[pkt.payload[0]]
+                flow.active = self._shared(tuple([c for c, t in row if t is None or t(pkt, d)]))
         active = flow.active
         # survivors, made only once a classifier drops out: most packets change nothing, and a flow keeps
         # sharing its transport's tuple until then (docs/performance.md, memory per flow)

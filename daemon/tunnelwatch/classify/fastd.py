@@ -91,8 +91,15 @@ class Fastd(Classifier):
     name: ClassVar[str] = "fastd"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({0x01, 0xC8})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A handshake packet's first bytes, bare or L2TP-wrapped."""
+        p = pkt.payload
+        return p[:2] == b"\x01\x00" or p[:12] == _L2TP_WRAP
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse handshake packets; match the response's recipient key to the init's sender key."""

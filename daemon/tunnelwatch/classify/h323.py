@@ -95,8 +95,17 @@ class H323(Classifier):
     name: ClassVar[str] = "h323"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset({3})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, 1720): PROTOCOL, (UDP, 1719): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP a TPKT header (version 3, reserved 0); on UDP the cheap part of a RAS message's look."""
+        p = pkt.payload
+        if pkt.proto == UDP:
+            return len(p) >= 11 and p[4] == 6
+        return len(p) >= 4 and p[0] == 3 and p[1] == 0
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """TPKT + Q.931/H.245 over TCP, RAS over UDP."""
@@ -106,7 +115,7 @@ class H323(Classifier):
             if pkt.proto == UDP:
                 if len(p) < 11 or p[4] != 6 or ras(p) is None:
                     return REJECT
-            elif len(p) < 4 or p[0] != 3 or p[1] != 0:
+            elif not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(PROTOCOL, _State())
         if pkt.proto == UDP:

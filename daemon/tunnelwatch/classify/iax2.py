@@ -102,8 +102,16 @@ class IAX2(Classifier):
     name: ClassVar[str] = "iax2"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, PORT): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A full frame's header bit, or on the IAX port 4 bytes (the cheap part of the first look)."""
+        p = pkt.payload
+        if len(p) >= FULL_HEADER and p[0] & 0x80:
+            return True
+        return (pkt.sport == PORT or pkt.dport == PORT) and len(p) >= 4
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Check full frames and whether each side names the other's call number."""

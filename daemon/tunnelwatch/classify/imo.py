@@ -42,14 +42,19 @@ class Imo(Classifier):
     name: ClassVar[str] = "imo"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A first datagram of an IMO length."""
+        return len(pkt.payload) in (1, 10, 11)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Short first datagram, then an IMO keep-alive within a few packets."""
         p = pkt.payload
         st: _State | None = flow.state.get(PROTOCOL)
         if st is None:
-            if len(p) not in (1, 10, 11):
+            if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(PROTOCOL, _State())
         form = keepalive(p)

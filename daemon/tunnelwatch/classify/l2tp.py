@@ -151,8 +151,15 @@ class L2TP(Classifier):
     name: ClassVar[str] = "l2tp"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
     protocols: ClassVar[tuple[str, ...]] = ("l2tp",)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, L2TP_PORT): "l2tp"}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A control message, or on the L2TP port a v2 data message (else a fresh flow is rejected)."""
+        p = pkt.payload
+        return parse_control(p) is not None or (
+            L2TP_PORT in (pkt.sport, pkt.dport) and parse_data_v2(p) is not None)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse control messages (and v2 data); pair SCCRQ with SCCRP or Ns with Nr across directions."""

@@ -76,8 +76,15 @@ class MGCP(Classifier):
     name: ClassVar[str] = "mgcp"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: _DIGITS | {v[0] for v in VERBS}}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 2427): PROTOCOL, (UDP, 2727): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A command verb or a response code opening the datagram."""
+        p = pkt.payload
+        return len(p) >= _MIN_LEN and (p[:4] in VERBS or (48 <= p[0] <= 57 and p[3] == 32))
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse command and response lines; match transaction ids across directions."""
@@ -85,7 +92,7 @@ class MGCP(Classifier):
         st: _State | None = flow.state.get(PROTOCOL)
         if st is None:
             # every new UDP flow passes here: a 4-byte slice and a set lookup, or two digit tests
-            if len(p) < _MIN_LEN or (p[:4] not in VERBS and not (48 <= p[0] <= 57 and p[3] == 32)):
+            if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(PROTOCOL, _State())
         cmd = command(p) if p[:4] in VERBS else None

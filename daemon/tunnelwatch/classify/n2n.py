@@ -99,8 +99,15 @@ class N2N(Classifier):
     name: ClassVar[str] = "n2n"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({1, 2, 3})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 7654): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A version byte 1-3 (the cheap part of the header check every datagram passes)."""
+        p = pkt.payload
+        return bool(p) and 0 < p[0] <= 3
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Every datagram must carry an n2n header of one version and community; match registrations."""

@@ -98,14 +98,20 @@ class OpenVPN(Classifier):
     name: ClassVar[str] = "openvpn"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP, TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = ("openvpn",)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 1194): "openvpn", (TCP, 1194): "openvpn"}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP: too short to tell, or a length prefix and opcode that may open a session."""
+        p = pkt.payload
+        return len(p) < 3 or _tcp_start(p)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
         st = flow.state.get("openvpn")
         if st is None:
-            if pkt.proto == TCP and len(pkt.payload) >= 3 and not _tcp_start(pkt.payload):
+            if pkt.proto == TCP and not self.first(pkt, direction):
                 return REJECT  # the cheap look of _tcp on a fresh stream, before any state is made
             st = flow.put_state("openvpn", _State())
             pay = flow.payload_pkts

@@ -66,7 +66,15 @@ class OpenVPNObfs(Classifier):
     name: ClassVar[str] = NAME
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP, TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP, TCP})
     protocols: ClassVar[tuple[str, ...]] = ("openvpn",)
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A first record (TCP: its length prefix; UDP: the datagram) sized as a reset may be."""
+        p = pkt.payload
+        if pkt.proto == TCP:
+            return len(p) >= 2 and _MIN_REC <= ((p[0] << 8) | p[1]) < _MAX_RESET
+        return _MIN_REC <= len(p) < _MAX_RESET
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Follow the first byte and size of each record; judge once both resets and a few more are in."""
@@ -74,10 +82,7 @@ class OpenVPNObfs(Classifier):
         p = pkt.payload
         if st is None:
             # cheap refusal of the common case: TLS/HTTP/SSH lengths, QUIC and tiny datagrams
-            if pkt.proto == TCP:
-                if len(p) < 2 or not _MIN_REC <= ((p[0] << 8) | p[1]) < _MAX_RESET:
-                    return REJECT
-            elif not _MIN_REC <= len(p) < _MAX_RESET:
+            if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(NAME, _State(direction))
         elif st.fired:

@@ -69,15 +69,20 @@ class PPTP(Classifier):
     name: ClassVar[str] = "pptp"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, GRE})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = ("pptp", "gre")
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, PPTP_PORT): "pptp"}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP: a stream start that may be PPTP control messages (short, or a control header)."""
+        p = pkt.payload
+        return len(p) <= _MAX_BUF and (len(p) < 12 or _control_header(p))
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """PPTP control messages on TCP (reassembled per direction), or one GRE header."""
         st = flow.state.get("pptp")
         if st is None:
-            p = pkt.payload
-            if pkt.proto == TCP and (len(p) > _MAX_BUF or (len(p) >= 12 and not _control_header(p))):
+            if pkt.proto == TCP and not self.first(pkt, direction):
                 return REJECT  # what _tcp concludes on a fresh stream, before any state is made
             st = flow.put_state("pptp", _State())
         if pkt.proto == GRE:

@@ -120,15 +120,20 @@ class RTP(Classifier):
     name: ClassVar[str] = "rtp"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({UDP, TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = ("rtp", "rtcp")
     ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP: a stream start that may be RFC 4571 framed RTP/RTCP."""
+        p = pkt.payload
+        return len(p) <= _MAX_TCP_BUF and (len(p) < 3 or _framed(p, 0))
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Track per-direction SSRC streams (or RTCP compounds) and decide when they are consistent."""
         st = flow.state.get("rtp")
         if st is None:
-            p = pkt.payload
-            if pkt.proto == TCP and (len(p) > _MAX_TCP_BUF or (len(p) >= 3 and not _framed(p, 0))):
+            if pkt.proto == TCP and not self.first(pkt, direction):
                 return REJECT  # what _tcp concludes on a fresh stream, before any state is made
             st = flow.put_state("rtp", _State())
         if pkt.proto == TCP:

@@ -56,15 +56,20 @@ class SCCP(Classifier):
     name: ClassVar[str] = "sccp"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, PORT): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """The Skinny port, and a message header if there are enough bytes for one."""
+        p = pkt.payload
+        return (pkt.dport == PORT or pkt.sport == PORT) and (len(p) < HEADER or header(p) is not None)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Walk the messages of each direction; any framing error rejects the flow."""
         st: _State | None = flow.state.get(PROTOCOL)
         if st is None:
-            p = pkt.payload
-            if (pkt.dport != PORT and pkt.sport != PORT) or (len(p) >= HEADER and header(p) is None):
+            if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(PROTOCOL, _State())
         if not self._walk(st, pkt.payload, direction):

@@ -202,19 +202,23 @@ class SIP(Classifier):
     name: ClassVar[str] = "sip"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = ("sip", SIP_TLS)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 5060): "sip", (TCP, 5060): "sip",
                                                    (TCP, SIPS_PORT): SIP_TLS}
     # Calls are often set up long after a REGISTER exchange confirmed the flow: keep reading SDP.
     follow: ClassVar[int] = 512
 
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP: a stream start that is SIP, or TLS on the SIPS port (what _tcp would not count bad)."""
+        p = pkt.payload
+        return (p[:1] == b"\x16" and SIPS_PORT in (pkt.dport, pkt.sport)) or not _bad_start(p)
+
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse SIP messages, match responses to requests and announce SDP media."""
         st = flow.state.get("sip")
         if st is None:
-            p = pkt.payload
-            if pkt.proto == TCP and not (p[:1] == b"\x16" and SIPS_PORT in (pkt.dport, pkt.sport)) \
-                    and _bad_start(p):
+            if pkt.proto == TCP and not self.first(pkt, direction):
                 return REJECT  # what _tcp concludes on a fresh stream, before any state is made
             st = flow.put_state("sip", _State())
         if pkt.proto == TCP:

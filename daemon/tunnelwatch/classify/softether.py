@@ -126,18 +126,24 @@ class SoftEther(Classifier):
     name: ClassVar[str] = "softether"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"P"), UDP: frozenset(b"AI\0")}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP a client packet starting with a POST request; on UDP a NAT-T probe, reply or PACK."""
+        p = pkt.payload
+        if pkt.proto == TCP:
+            return direction == 0 and p.startswith(b"POST /")
+        return p == b"A" or p.startswith(b"IP=") or (len(p) >= 12 and p[:3] == b"\0\0\0")
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Cheap first-byte gates, then NAT-T / PACK parsing (UDP) or the HTTP signatures (TCP)."""
         p = pkt.payload
         st = flow.state.get(PROTOCOL)
         if st is None:
-            if pkt.proto == TCP:
-                if direction != 0 or not p.startswith(b"POST /"):
-                    return REJECT
-            elif p != b"A" and not p.startswith(b"IP=") and (len(p) < 12 or p[:3] != b"\0\0\0"):
+            if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(PROTOCOL, _State())
         if pkt.proto == TCP:

@@ -85,13 +85,19 @@ class SshForward(Classifier):
     name: ClassVar[str] = "ssh_forwarding"
     klass: ClassVar[Klass] = "proxy_obfuscated"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"S")}
     protocols: ClassVar[tuple[str, ...]] = ("ssh_forwarding",)
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """An SSH banner."""
+        return pkt.payload.startswith(b"SSH-")
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Skip the handshake, then count open/confirm/request triples and keystroke/echo pairs."""
         st: list[int] | None = flow.state.get(self.name)
         if st is None:
-            if not pkt.payload.startswith(b"SSH-"):
+            if not self.first(pkt, direction):
                 return REJECT  # the client's banner opens every SSH connection
             st = flow.put_state(self.name, [0, 0, 0, 0, -1])
             return None

@@ -54,15 +54,21 @@ class SSTP(Classifier):
     name: ClassVar[str] = "sstp"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(METHOD[:1])}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A client packet starting with the SSTP_DUPLEX_POST request line."""
+        return direction == 0 and pkt.payload.startswith(METHOD)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """The SSTP_DUPLEX_POST request line on the first client packet, then the server's side."""
         p = pkt.payload
         st = flow.state.get(PROTOCOL)
         if st is None:
-            if direction != 0 or not p.startswith(METHOD):
+            if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(PROTOCOL, _State(request=True))
             st.uri_ok = p[len(METHOD):len(METHOD) + len(URI)].upper() == URI.upper()

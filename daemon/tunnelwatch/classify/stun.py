@@ -112,8 +112,14 @@ class STUN(Classifier):
     name: ClassVar[str] = "stun"
     klass: ClassVar[Klass] = "voip"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
     protocols: ClassVar[tuple[str, ...]] = ("stun", "turn", *APPS)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 3478): "stun"}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP: too short to tell, or a stream start with STUN framing."""
+        p = pkt.payload
+        return len(p) < HEADER + 2 or self._detect_framing(p, 0) >= 0
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse the STUN messages (or TURN ChannelData) in this packet and cross-check transactions."""
@@ -123,7 +129,7 @@ class STUN(Classifier):
         elif st is None:
             p = pkt.payload
             if pkt.proto == TCP:
-                if len(p) >= HEADER + 2 and self._detect_framing(p, 0) < 0:
+                if not self.first(pkt, direction):
                     return REJECT  # what _tcp would conclude on a fresh stream, without the state
             else:
                 m = parse_message(p)

@@ -40,8 +40,14 @@ class Tailscale(Classifier):
     name: ClassVar[str] = "tailscale"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 41641): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A disco packet or a WireGuard-shaped one (anything else is rejected on any packet)."""
+        p = pkt.payload
+        return p[:6] == MAGIC or _wireguard_shaped(p)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Track disco sender keys per direction; tolerate WireGuard packets between them."""

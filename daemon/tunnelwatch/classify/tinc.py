@@ -58,8 +58,15 @@ class Tinc(Classifier):
     name: ClassVar[str] = "tinc"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP, UDP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"0"), UDP: frozenset()}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(TCP, 655): PROTOCOL, (UDP, 655): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """On TCP an ID request line; on UDP never (only a flow a meta connection announced may be tinc,
+        and the engine asks only flows nothing announced)."""
+        return pkt.proto == TCP and pkt.payload[:2] == b"0 "
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """ID lines on TCP; on UDP only data to or from a node a confirmed meta connection announced."""
@@ -72,7 +79,7 @@ class Tinc(Classifier):
                                 "endpoint announced by a confirmed tinc meta connection")
         st = flow.state.get(PROTOCOL)
         if st is None:
-            if p[:2] != b"0 ":  # the first payload either way must be an ID request
+            if not self.first(pkt, direction):  # the first payload either way must be an ID request
                 return REJECT
             st = flow.put_state(PROTOCOL, _State())
         if st.version[direction]:

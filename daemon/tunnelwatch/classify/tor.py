@@ -52,16 +52,21 @@ class Tor(Classifier):
     name: ClassVar[str] = "tor"
     klass: ClassVar[Klass] = "proxy_obfuscated"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset({0x16})}
     protocols: ClassVar[tuple[str, ...]] = ("tor",)
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A client packet that may be a TLS ClientHello (the cheap part of the first look)."""
+        p = pkt.payload
+        return direction == 0 and len(p) >= 48 and p[0] == 0x16
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Match the SNI shape on the first client packet, then look for a second, independent fact."""
         p = pkt.payload
         st: list[int] | None = flow.state.get("tor")
         if st is None:
-            if direction != 0:
-                return REJECT
-            if len(p) < 48 or p[0] != 0x16:
+            if not self.first(pkt, direction):
                 return REJECT  # cheap exit for everything that is not a TLS ClientHello
             sni = client_hello_sni(p)
             if sni is None or _SNI_RE.fullmatch(sni) is None:

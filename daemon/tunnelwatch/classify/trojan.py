@@ -54,14 +54,23 @@ class Trojan(Classifier):
     name: ClassVar[str] = "trojan"
     klass: ClassVar[Klass] = "proxy_obfuscated"
     transports: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_on: ClassVar[frozenset[int]] = frozenset({TCP})
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {TCP: frozenset(b"\x16G")}
     protocols: ClassVar[tuple[str, ...]] = ("tls_in_tls", "tls_in_websocket")
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A client TLS ClientHello or GET request (the carriers it follows)."""
+        p = pkt.payload
+        if direction != 0 or len(p) < 6:
+            return False
+        return (p[0] == 0x16 and p[1] == 3 and p[5] == 1) or p[:4] == b"GET "
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Follow the carrier's record headers until the three bursts are known, then judge once."""
         p = pkt.payload
         st: list[int] | None = flow.state.get("trojan")
         if st is None:
-            if direction != 0 or len(p) < 6:
+            if not self.first(pkt, direction):
                 return REJECT
             if p[0] == 0x16 and p[1] == 3 and p[5] == 1:
                 st = [_TLS, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]

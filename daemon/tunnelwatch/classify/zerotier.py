@@ -53,8 +53,16 @@ class ZeroTier(Classifier):
     name: ClassVar[str] = "zerotier"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    first_on: ClassVar[frozenset[int]] = frozenset({UDP})
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, PORT): PROTOCOL}
+
+    def first(self, pkt: Packet, direction: int) -> bool:
+        """A header's worth of bytes, and a HELLO or a non-fragment on the ZeroTier port."""
+        p = pkt.payload
+        if len(p) < _HEADER:
+            return False
+        return bool(hello_version(p)) or (PORT in (pkt.sport, pkt.dport) and p[13] != _FRAGMENT)
 
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """A HELLO is confirmed; on port 9993, mirrored addresses both ways are heuristic."""
