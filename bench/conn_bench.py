@@ -12,6 +12,9 @@ and with the daemon its CPU (utime+stime of its processes from /proc/PID/stat) p
 was handed (the queue's id sequence) per flow, and the kernel's fail-open counters (tw:bypassed_packets /
 tw:bypassed_flows, tw:flood_dropped) and nfqueue drops over the point. Then memory: the daemon's RSS growth
 over N undecided flows (after a warm-up), and optionally a py-spy profile under the unknown load.
+With --floor, the same points again with a consumer that accepts every packet at once under the daemon's
+own rules (bench/nfq_floor.py: `c` is bench/nfq_floor.c, `python` the daemon's Queue class with an empty
+handler): the part of the daemon's figures that the NFQUEUE round trip costs before any classification.
 
 Every load is bounded in count and time and stops by itself; traffic stays inside the lab's namespaces,
 which are removed on exit with their processes and rules, on failure too. Root only.
@@ -64,6 +67,17 @@ def say(msg: str) -> None:
     print(f"conn bench: {msg}", file=sys.stderr, flush=True)
 
 
+FLOORS = ("c", "python")
+
+
+def build_floor(out_dir: Path) -> Path:
+    """Compile bench/nfq_floor.c (links libnetfilter_queue) into out_dir; the binary's path."""
+    exe = out_dir / "nfq_floor"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(HERE / "nfq_floor.c"), "-lnetfilter_queue"],
+                   check=True, capture_output=True, text=True, timeout=120)
+    return exe
+
+
 def build_loadgen(out_dir: Path) -> Path:
     """Compile bench/loadgen.c with gcc -O2 into out_dir; the binary's path."""
     exe = out_dir / "loadgen"
@@ -79,6 +93,7 @@ class Point:
     case: str
     load: str  # "2000/s", "sat"
     daemon: bool
+    mode: str = "none"  # "none", "daemon", or a floor: "floor-c", "floor-python"
     res: dict[str, Any] = field(default_factory=dict)  # the load generator's JSON
     cpu_s: float = 0.0
     user_s: float = 0.0
@@ -190,7 +205,9 @@ class Bench:
 
     def __init__(self, lb: Lab, work: Path, exe: Path, a: argparse.Namespace) -> None:
         self.lb, self.work, self.exe, self.a = lb, work, exe, a
-        self.daemon_pid: int | None = None
+        self.daemon_pid: int | None = None  # the daemon's, or a floor consumer's
+        self.mode = "none"
+        self.floor_exe: Path | None = None
         # first source index of the next load: every connection of the run gets a 5-tuple of its own, since
         # the daemon keeps a closed connection's flow (and decision) for its 5-tuple until it idles out
         self.next_k = 0
@@ -223,6 +240,18 @@ class Bench:
     def start_daemon(self, name: str) -> int:
         p = self.lb.spawn(self.lb.router, [sys.executable, "-m", "tunnelwatch", "run", "--config",
                                            str(self.config())], name)
+        self.lb.wait_for_log(name, "ready:", timeout=60)
+        self.daemon_pid = p.pid
+        return p.pid
+
+    def start_floor(self, kind: str, name: str) -> int:
+        """The daemon's rules with a consumer that accepts every packet at once (nfq_floor.py)."""
+        cmd = [sys.executable, str(HERE / "nfq_floor.py"), "--config", str(self.config()), kind]
+        if kind == "c":
+            if self.floor_exe is None:
+                self.floor_exe = build_floor(self.work)
+            cmd += ["--exe", str(self.floor_exe)]
+        p = self.lb.spawn(self.lb.router, cmd, name)
         self.lb.wait_for_log(name, "ready:", timeout=60)
         self.daemon_pid = p.pid
         return p.pid
@@ -265,7 +294,7 @@ class Bench:
         else:
             rate = float(load.split("/")[0])
             count, conc = min(a.max_count, int(rate * a.seconds)), a.rate_concurrency
-        pt = Point(case, load, self.daemon_pid is not None)
+        pt = Point(case, load, self.mode == "daemon", self.mode)
         k0 = kernel_counts(self.lb)
         c0 = cpu_seconds(self.daemon_pid) if self.daemon_pid else (0.0, 0.0)
         m0 = machine_busy()
@@ -280,11 +309,11 @@ class Bench:
         for k in ("queued", "bypassed_packets", "bypassed_flows", "flood_dropped", "nfq_dropped", "ct_drops"):
             setattr(pt, k, k1.get(k, 0) - k0.get(k, 0))
         r = pt.res
-        say(f"{case:8s} {load:8s} {'daemon' if pt.daemon else 'no daemon'}: {pt.rate:,.0f} conn/s "
+        say(f"{case:8s} {load:8s} {pt.mode if self.daemon_pid else 'no daemon'}: {pt.rate:,.0f} conn/s "
             f"(ok {r.get('ok')}, failed {r.get('failed')}, timeouts {r.get('timeouts')}), "
             f"rtt p50 {r.get('rtt_p50_us')} p99 {r.get('rtt_p99_us')} us, CPUs {pt.machine_busy:.0%} busy"
             + (f", cpu {pt.cpu_s:.2f} s, {pt.queued} pkts queued, bypassed {pt.bypassed_flows} flows"
-               if pt.daemon else ""))
+               if self.daemon_pid else ""))
         return pt
 
     def memory(self, flows: int) -> dict[str, Any]:
@@ -355,11 +384,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         b = Bench(lb, work, exe, a)
         b.setup()
         for rnd in range(a.rounds):
-            for with_daemon in (False, True):
-                name = f"daemon{rnd}"
+            for mode in ("none", "daemon", *(f"floor-{k}" for k in a.floor)):
+                with_daemon = mode == "daemon"
+                name = f"{mode}{rnd}"
+                b.mode = mode
                 if with_daemon:
                     say(f"round {rnd + 1}/{a.rounds}: starting the daemon (enforce, {a.queues} queue(s)) ...")
                     b.start_daemon(name)
+                elif mode != "none":
+                    say(f"round {rnd + 1}/{a.rounds}: starting the {mode} consumer ({a.queues} queue(s)) ...")
+                    b.start_floor(mode.removeprefix("floor-"), name)
                 try:
                     for case in a.cases:
                         for load in loads:
@@ -386,13 +420,19 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                                 if a.profile_out:
                                     shutil.copy(raw, a.profile_out)
                 finally:
-                    if with_daemon:
+                    if mode != "none":
                         b.stop_daemon(name)
                         log = lb.log(name)
                         for ln in log.splitlines():
-                            if "packets seen" in ln or "Traceback" in ln or "ERROR" in ln:
+                            if any(w in ln for w in ("packets seen", "packets handled", "Traceback",
+                                                     "ERROR")):
                                 say(ln.split("INFO: ", 1)[-1][:300])
     return result
+
+
+def _mode(p: dict[str, Any]) -> str:
+    """A point's mode; points written before floors existed have only the daemon flag."""
+    return str(p.get("mode") or ("daemon" if p["daemon"] else "none"))
 
 
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, float | None, str, str]]:
@@ -401,7 +441,8 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, flo
     pts = result["points"]
 
     def med(case: str, load: str, daemon: bool, fn: Any) -> float | None:
-        vals = [fn(p) for p in pts if p["case"] == case and p["load"] == load and p["daemon"] == daemon]
+        want = "daemon" if daemon else "none"  # a floor consumer's points are neither
+        vals = [fn(p) for p in pts if p["case"] == case and p["load"] == load and _mode(p) == want]
         vals = [v for v in vals if v is not None]
         return float(statistics.median(vals)) if vals else None
 
@@ -417,8 +458,8 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, flo
         qpath = CASES[case][4]
         for load in result["loads"]:
             b, w = med(case, load, False, rate), med(case, load, True, rate)
-            dpts = [p for p in pts if p["case"] == case and p["load"] == load and p["daemon"]]
-            fb = sum(fails(p) for p in pts if p["case"] == case and p["load"] == load and not p["daemon"])
+            dpts = [p for p in pts if p["case"] == case and p["load"] == load and _mode(p) == "daemon"]
+            fb = sum(fails(p) for p in pts if p["case"] == case and p["load"] == load and _mode(p) == "none")
             fw = sum(fails(p) for p in dpts)
             byp = sum(p["bypassed_flows"] for p in dpts)
             bpk = sum(p["bypassed_packets"] for p in dpts)
@@ -427,7 +468,8 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, flo
             cpu = sum(p["cpu_s"] for p in dpts)
             busy = cpu / max(1e-9, sum(p["res"].get("elapsed", 0.0) for p in dpts))
             nfq = sum(p["nfq_dropped"] for p in dpts)
-            ctd = sum(p["ct_drops"] for p in pts if p["case"] == case and p["load"] == load)
+            ctd = sum(p["ct_drops"] for p in pts
+                      if p["case"] == case and p["load"] == load and _mode(p) in ("none", "daemon"))
             extra = (f"; nfq drops {nfq}" if nfq else "") + (f"; conntrack drops {ctd}" if ctd else "")
             mb = med(case, load, False, lambda p: p["machine_busy"])
             mw = med(case, load, True, lambda p: p["machine_busy"])
@@ -438,6 +480,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, flo
                          f"daemon CPU {busy * 100:.0f}%{extra}", case))
             rows.append((f"{case}: daemon CPU per new flow, {load}", "us", None, cpu / ok * 1e6,
                          f"user {sum(p['user_s'] for p in dpts) / ok * 1e6:.1f} us", case))
+        rows += floor_rows(result, case)
         # latency at the lowest fixed load (not saturated)
         low = result["loads"][0]
         for qn in ("50", "99"):
@@ -452,6 +495,39 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, flo
                      mem["bytes_per_flow"],
                      f"RSS {mem['rss_before'] / 2**20:.1f} -> {mem['rss_after'] / 2**20:.1f} MiB; table "
                      f"{mem['tracked_before']} -> {mem['tracked_after']} flows", "memory"))
+    return rows
+
+
+def floor_rows(result: dict[str, Any], case: str) -> list[tuple[str, str, float | None, float | None, str,
+                                                               str]]:
+    """Per load point of a floor consumer: its CPU per new flow (rate and packets queued in the note)."""
+    rows: list[tuple[str, str, float | None, float | None, str, str]] = []
+    for mode in dict.fromkeys(p.get("mode", "") for p in result["points"]):
+        if not mode.startswith("floor-"):
+            continue
+        for load in result["loads"]:
+            fp = [p for p in result["points"]
+                  if p["case"] == case and p["load"] == load and p.get("mode") == mode]
+            ok = sum(p["res"].get("ok", 0) for p in fp)
+            if not ok:
+                continue
+            cpu = sum(p["cpu_s"] for p in fp)
+            rate = statistics.median(float(p["res"].get("rate", 0.0)) for p in fp)
+            q = sum(p["queued"] for p in fp) / ok
+            byp = sum(p["bypassed_flows"] for p in fp)
+            rows.append((f"{case}: {mode} CPU per new flow, {load}", "us", None, cpu / ok * 1e6,
+                         f"user {sum(p['user_s'] for p in fp) / ok * 1e6:.1f} us; {rate:,.0f} conn/s; "
+                         f"{q:.2f} pkts queued/flow; bypassed {byp} flows", case))
+        low = result["loads"][0]
+        base = [p["res"].get("rtt_p50_us") for p in result["points"]
+                if p["case"] == case and p["load"] == low and _mode(p) == "none"]
+        lat = [p["res"].get("rtt_p50_us") for p in result["points"]
+               if p["case"] == case and p["load"] == low and p.get("mode") == mode]
+        base, lat = [v for v in base if v is not None], [v for v in lat if v is not None]
+        if base and lat:
+            b, w = float(statistics.median(base)), float(statistics.median(lat))
+            rows.append((f"{case}: {mode} request->reply p50 at {low}", "us", b, w,
+                         f"+{(w - b) / CASES[case][4]:.0f} us per queued packet", case))
     return rows
 
 
@@ -499,6 +575,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem-flows", type=int, default=20_000, help="undecided flows for RSS (0: skip)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="py-spy seconds (0: skip)")
     p.add_argument("--profile-out", default="", help="keep py-spy's raw output here")
+    p.add_argument("--floor", type=lambda s: [k for k in s.split(",") if k], default=["c"],
+                   help="floor consumers to measure too, comma-separated: c,python (default c; '' for none)")
     p.add_argument("--native", action="store_true",
                    help="py-spy --native (C frames too; pauses the daemon for each sample)")
 
@@ -510,10 +588,11 @@ def check_bounds(a: argparse.Namespace) -> str:
             and 1 <= a.rounds <= 5 and (a.queues == "auto" or 1 <= int(a.queues) <= 8)
             and 0 <= a.mem_flows <= 60_000
             and 0 <= a.profile_seconds <= 120 and all(0 < r <= 100_000 for r in a.rates)
-            and all(c in CASES for c in a.cases)):
+            and all(c in CASES for c in a.cases) and all(k in FLOORS for k in a.floor)):
         return ("bounds: seconds 1..60, max-count 1..1M, concurrency 1..4096, rate-concurrency 1..16384, "
                 "rounds 1..5, queues 1..8, "
-                "mem-flows 0..60000, profile-seconds 0..120, rates 1..100000, cases http,unknown,udp")
+                "mem-flows 0..60000, profile-seconds 0..120, rates 1..100000, cases http,unknown,udp, "
+                "floor c,python")
     return ""
 
 
