@@ -28,10 +28,26 @@ _QUIC_VERSIONS: Final = frozenset({0x00000001, 0x6B3343CF, 0xFF00001D, 0xFF00002
 _STUN_COOKIE: Final = 0x2112A442
 _DISCO: Final = "TS💬".encode()
 _TEXT_PREFIX: Final = 12
+_TEXT: Final = bytes(range(32, 127)) + b"\t\n\r"
+
+
+# Three classifiers (WireGuard, AmneziaWG, OpenVPN) ask about the same datagram one after the other: the
+# last answer is kept with the bytes object it was for (identity: the same object is the same bytes).
+_last: list[object] = [None, ""]
 
 
 def other_protocol(p: bytes) -> str:
     """The well-known protocol this datagram clearly is, or '' (only strong signatures count)."""
+    last = _last
+    if last[0] is p:
+        return str(last[1])
+    name = _other_protocol(p)
+    if type(p) is bytes:  # a mutable buffer could change under the same identity
+        last[0], last[1] = p, name
+    return name
+
+
+def _other_protocol(p: bytes) -> str:
     n = len(p)
     if n < 8:
         return ""
@@ -46,7 +62,7 @@ def other_protocol(p: bytes) -> str:
         return "dtls"
     if 20 <= b0 <= 24 and tls_record(p):
         return "tls"
-    if n >= _TEXT_PREFIX and all(32 <= c < 127 or c in (9, 10, 13) for c in p[:_TEXT_PREFIX]):
+    if n >= _TEXT_PREFIX and not p[:_TEXT_PREFIX].translate(None, _TEXT):  # printable or tab/CR/LF only
         return "text"
     if dns_message(p):
         return "dns"

@@ -217,6 +217,9 @@ class RTP(Classifier):
 
     def _judge(self, flow: Flow, st: _State, pkt: Packet, ctx: Context) -> InspectResult:
         exp = flow.expected if flow.expected is not None else ctx.lookup(pkt)
+        if not st.rtp_pkts and not st.rtcp[0] and not st.rtcp[1]:
+            # nothing RTP- or RTCP-shaped yet (most datagrams of an ordinary UDP flow): no stream to judge
+            return self._give_up(flow, st)
         announced = exp is not None and exp.protocol in ("rtp", "rtcp")
         best = [self._best(st.streams[0]), self._best(st.streams[1])]
         steps = [b[1].good if b is not None else 0 for b in best]
@@ -241,7 +244,12 @@ class RTP(Classifier):
             return self.verdict("rtp", "heuristic", self._stream_ev(best), "one direction only so far")
         if announced and st.rtp_pkts and exp is not None:
             return self.verdict("rtp", "heuristic", "RTP v2 header", exp.evidence)
-        seen = (flow.pay0 + flow.pay1)
+        return self._give_up(flow, st)
+
+    @staticmethod
+    def _give_up(flow: Flow, st: _State) -> InspectResult:
+        """REJECT when mostly non-RTP datagrams came, or many without any RTP/RTCP; else keep looking."""
+        seen = flow.pay0 + flow.pay1
         if st.bad >= _MAX_BAD and st.bad * 2 > seen:
             return REJECT
         if seen >= _GIVE_UP and not st.rtp_pkts and not any(st.rtcp):

@@ -28,6 +28,26 @@ def test_other_protocol_names_only_clear_signatures(payload: bytes, name: str) -
     assert other_protocol(payload) == name
 
 
+@pytest.mark.parametrize(("head", "name"), [
+    (b"HELLO\tWORLD\r\n", "text"), (b"HELLO WORLD\x7f", ""), (b"HELLO WORLD\x00", ""),
+    (b"HELLO\xa0WORLD!", ""),
+])
+def test_text_means_printable_ascii_tab_cr_lf_only(head: bytes, name: str) -> None:
+    assert other_protocol(head + bytes(20)) == name
+
+
+def test_the_answer_kept_for_the_last_datagram_is_never_stale() -> None:
+    # three classifiers ask about one datagram in turn: the answer is kept, but only for that object
+    assert other_protocol(TEXT) == "text"
+    assert other_protocol(TEXT) == "text"
+    assert other_protocol(STUN) == "stun"
+    assert other_protocol(bytes(TEXT)) == "text"
+    buf = bytearray(TEXT)
+    assert other_protocol(buf) == "text"
+    buf[:4] = b"\x00\x01\x00\x00"
+    assert other_protocol(buf) == ""  # same object, other bytes: asked again
+
+
 def test_random_bytes_are_almost_never_named() -> None:
     rng = random.Random(11)
     named = sum(bool(other_protocol(bytes(rng.randrange(256) for _ in range(rng.randint(8, 200)))))
