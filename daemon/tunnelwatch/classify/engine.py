@@ -278,8 +278,9 @@ class Engine:
         if not flow.follow:
             flow.follow_left = 0
 
-    def decide_quiet(self, now: float, quiet: float) -> list[Flow]:
-        """Decide undecided flows that saw no packet for `quiet` seconds; returns them.
+    def decide_quiet(self, now: float, quiet: float, limit: int = 0) -> list[Flow]:
+        """Decide undecided flows that saw no packet for `quiet` seconds (at most `limit`, 0: all); returns
+        them, oldest first.
 
         Inline, the kernel stops queueing a connection after its first N packets counted in both
         directions, handshake and pure ACKs included, while userspace sees only the payload packets: a
@@ -294,6 +295,8 @@ class Engine:
                 break
             self._decide(flow, quiet=True)
             out.append(flow)
+            if len(out) == limit:
+                break
         return out
 
     def _decide(self, flow: Flow, quiet: bool = False) -> None:

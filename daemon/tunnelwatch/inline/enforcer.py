@@ -43,6 +43,8 @@ FULL_GC_EVERY: Final = 3600.0  # seconds between full garbage collections on the
 #: ~14 us on a Pi 4 (docs/performance.md); above this many flows it waits (42 ms on a Pi 4)
 FULL_GC_MAX_FLOWS: Final = 3000
 FULL_GC_RETRY: Final = 60.0  # seconds until a postponed full collection looks again
+#: seconds between the young collections tick() asks for (see tick)
+YOUNG_GC_S: Final = 0.02
 #: re-opens per flow at most: a safety bound only, the kernel's windows bound the queued packets already
 REOPENS: Final = 64
 _FINAL: Final = frozenset({firewall.MARK_ALLOW, firewall.MARK_DROP, firewall.MARK_REJECT})
@@ -56,6 +58,9 @@ HANDSHAKE_PAYLOADS: Final = frozenset({148, 92})
 MAX_RENEWED: Final = 4096  # renewed decisions remembered at most (each is dropped at the next decision)
 #: seconds between two runs of the work done between packets (quiet rule, list files, GC): not per wake-up
 TICK_S: Final = 0.1
+#: quiet flows decided per tick at most: at 2,000 new flows/s a tick had ~200 to decide, a 1.7-1.9 ms stall of
+#: the queue every 100 ms (about 6 ms on a Pi 4); the rest waits for the next wake-up (`quiet_backlog`)
+QUIET_BATCH: Final = 32
 Record = Callable[[FlowRecord], None]
 #: (klass, action) of a decision that is only counted: allowed, not flagged, not registered
 Tally = Callable[[str, str], None]
@@ -108,6 +113,9 @@ class Enforcer:
         self.reused = 0  # new connections on the 5-tuple of a finally decided flow: classified afresh
         self.retransmits = 0  # exact TCP retransmissions answered with the flow's mark, not classified
         self.next_tick = 0.0  # time.monotonic() of the next tick() that does its work
+        self.next_young_gc = 0.0
+        #: the last tick left quiet flows undecided (QUIET_BATCH): the queue loop must not sleep on them
+        self.quiet_backlog = False
         #: decisions of flows renewed by a handshake-sized datagram, until the new flow's first decision
         self._renewed: dict[FlowKey, tuple[str, ...]] = {}
 
@@ -136,15 +144,31 @@ class Enforcer:
         """Between packets, at most every TICK_S: the quiet rule, endpoint list files that changed (every
         `endpoints.watch` seconds), the hourly full collection."""
         now = time.monotonic()
+        if now >= self.next_young_gc:
+            # CPython starts a young collection when allocations minus deallocations pass 700. With a full
+            # or expiring table every new flow's objects are balanced by an old flow's freed ones, so that
+            # count stays low while the youngest generation grows: one collection then walked every object
+            # made since the last, 44-84 ms at 2,000 new flows/s (docs/performance.md). Collecting the two
+            # young generations on a clock bounds each walk to 20 ms of allocations, and moves what
+            # survives to the oldest generation, which only the hourly full collection looks at.
+            self.next_young_gc = now + YOUNG_GC_S
+            gc.collect(1)
         if now < self.next_tick:
             return  # called after every wake-up of the queue loop: under load that is every few packets
         self.next_tick = now + TICK_S
+        if self.quiet_backlog:  # only the quiet rule's remainder: the other work keeps its own schedule
+            self._decide_quiet()
+            if self.quiet_backlog:
+                self.next_tick = now
+            return
         watch = self.cfg.endpoints.watch
         if watch and self.cfg.endpoints.lists and now >= self.next_watch:
             self.next_watch = now + watch
             if self.endpoints.check():
                 self._use_lists()
         self._decide_quiet()
+        if self.quiet_backlog:
+            self.next_tick = now  # the next wake-up goes on with it, after the packets waiting by then
         if now >= self.next_full_gc and len(self.engine.table) > FULL_GC_MAX_FLOWS:
             # a busy table would stall the packets for too long: later, when the table is smaller (flow
             # state is free of reference cycles and is freed without the collector; docs/performance.md)
@@ -205,7 +229,9 @@ class Enforcer:
 
     def _decide_quiet(self) -> None:
         debug = log.isEnabledFor(logging.DEBUG)  # the flow's text is not built for a line nobody sees
-        for flow in self.engine.decide_quiet(time.time(), QUIET_S):
+        decided = self.engine.decide_quiet(time.time(), QUIET_S, QUIET_BATCH)
+        self.quiet_backlog = len(decided) == QUIET_BATCH
+        for flow in decided:
             bits = self.marks.get(flow.key, 0)
             if debug:
                 log.debug("decided after going quiet for %.0f s: %s", QUIET_S, flow.describe())

@@ -31,7 +31,8 @@ def serve(enforcer: Enforcer, qnum: int, sig: Signals, on_ready: Callable[[bool 
         on_ready(nfq.flags_ok)
         qfd = nfq.fileno()
         while not sig.stop:
-            ready, _, _ = select.select([qfd, sig.rfd, *fds], [], [], min(timeout(), QUIET_S / 2))
+            wait = 0.0 if enforcer.quiet_backlog else min(timeout(), QUIET_S / 2)
+            ready, _, _ = select.select([qfd, sig.rfd, *fds], [], [], wait)
             if sig.rfd in ready:
                 sig.drain()
             if qfd in ready:

@@ -47,6 +47,7 @@ class _Enforcer:
         self.cfg = cfg
         self.ticks = 0
         self.counts: dict[str, int] = {}
+        self.quiet_backlog = False
 
     def handle(self, payload: bytes) -> int:
         return 0
@@ -131,3 +132,27 @@ def test_a_stop_signal_before_binding_still_reports_ready_and_closes(sig: _Sig) 
           lambda ready: None)
     (q,) = _Queue.made
     assert readies == [True] and q.closed and q.packets == 0
+
+
+def test_the_loop_does_not_sleep_while_quiet_flows_wait_for_a_decision(
+        sig: _Sig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunnelwatch.inline import serve as serve_mod
+
+    enf = _Enforcer(RunConfig())
+    enf.quiet_backlog = True  # the enforcer decided a batch and left the rest for the next wake-up
+    waits: list[float] = []
+    real_select = serve_mod.select.select
+
+    def select(r: list[int], w: list[int], x: list[int], timeout: float) -> Any:
+        waits.append(timeout)
+        return real_select(r, w, x, 0)
+
+    def wake(ready: list[int]) -> None:
+        if len(waits) == 2:
+            enf.quiet_backlog = False  # the last batch
+        if len(waits) == 3:
+            sig.stop = 15
+
+    monkeypatch.setattr(serve_mod.select, "select", select)
+    serve(enf, 0, sig, lambda ok: None, [], lambda: 5.0, wake)  # type: ignore[arg-type]
+    assert waits == [0.0, 0.0, 1.0]  # then the host's timeout, bounded by half the quiet time
