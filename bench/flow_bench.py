@@ -193,6 +193,69 @@ def scale(flows: int, payload: bytes, limit: float) -> dict[str, Any]:
             "us_per_existing_pkt": existing, "base_rss": base}
 
 
+def churn(table: int, flows: int, payload: bytes, rate: float) -> dict[str, Any]:
+    """A full table in steady state, as the daemon's queue loop sees it: `flows` new flows after the table
+    (bounded at `table`) filled, each its request, the echo and the echo's retransmission (the lab's
+    unknown TCP case), tick() after every packet, on a simulated clock of `rate` new flows/s (so the quiet
+    rule decides each flow 2 s after its last packet and evicted flows are decided ones, as in the daemon).
+    Returns the longest collection and the longest handle()+tick() stall, whatever caused it (a collection,
+    the quiet rule, a dict grown or rebuilt), in real time."""
+    now = [1.8e9]
+    t0 = now[0]
+    real_time, real_monotonic = time.time, time.monotonic
+    time.time = lambda: now[0]  # type: ignore[assignment]
+    time.monotonic = lambda: now[0] - t0 + 1000.0  # type: ignore[assignment]
+    try:
+        enf = make_enforcer(table)
+        handle, tick = enf.handle, enf.tick
+        clock = PauseClock()
+        clock.explicit()
+        stalls: list[float] = []
+        done = 0
+        cpu = 0.0
+        step = 1.0 / rate / 3
+        chunk = 10_000
+        gc.callbacks.append(clock)
+        try:
+            while done < table + flows:
+                n = min(chunk, table + flows - done)
+                pkts = []
+                for i in range(done, done + n):
+                    a, port = client_addr(i)
+                    reply = tcp_packet(SERVER, 9009, a, port, payload)
+                    pkts += [tcp_packet(a, port, SERVER, 9009, payload), reply, reply]
+                worst = 0.0
+                c = time.process_time()
+                for b in pkts:
+                    t = time.perf_counter()
+                    handle(b)
+                    tick()
+                    took = time.perf_counter() - t
+                    if took > worst:
+                        worst = took
+                    now[0] += step
+                if done >= table:  # the fill is not the steady state
+                    cpu += time.process_time() - c
+                    stalls.append(worst)
+                elif done + n >= table:
+                    clock.pauses = {0: [], 1: [], 2: []}  # from here on: the steady state only
+                done += n
+        finally:
+            gc.callbacks.remove(clock)
+        # what the young generations hold at the end, and what collecting them takes: the pause the next
+        # automatic collection would cost (it starts on an allocation count that churn keeps low)
+        young = len(gc.get_objects(0)) + len(gc.get_objects(1))
+        t = time.perf_counter()
+        gc.collect(1)
+        young_pause = time.perf_counter() - t
+    finally:
+        time.time, time.monotonic = real_time, real_monotonic  # type: ignore[assignment]
+    return {"table": table, "flows": flows, "rate": rate, "gc": clock.summary(), "young_objects": young,
+            "young_collection_s": young_pause,
+            "max_stall_s": max(stalls, default=0.0), "us_per_flow_cpu": cpu / max(1, flows) * 1e6,
+            "evicted": enf.engine.table.evicted}
+
+
 def mix(conns: int, payload: bytes) -> dict[str, Any]:
     """`conns` new connections: request then echo, both through the Enforcer; microseconds per packet."""
     enf = make_enforcer(262_144)
@@ -215,19 +278,27 @@ def mix(conns: int, payload: bytes) -> dict[str, Any]:
 def main() -> int:
     """Entry point: one measurement, one JSON object on stdout."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    ap.add_argument("mode", choices=("scale", "mix"))
+    ap.add_argument("mode", choices=("scale", "mix", "churn"))
     ap.add_argument("--flows", type=int, default=100_000, help="scale: concurrent flows (<= 2,000,000)")
     ap.add_argument("--conns", type=int, default=20_000, help="mix: new connections (<= 1,000,000)")
+    ap.add_argument("--table", type=int, default=65_536, help="churn: the table's bound (queue.flows)")
+    ap.add_argument("--rate", type=float, default=2000.0, help="churn: new flows per simulated second")
     ap.add_argument("--limit", type=float, default=300.0, help="scale: seconds at most (default 300)")
     ap.add_argument("--gc", choices=("daemon", "default"), default="daemon",
                     help="collector settings: the daemon's (default) or the interpreter's")
     ap.add_argument("--payload", default="ping", help="first request bytes (default 'ping', as net_bench)")
     a = ap.parse_args()
-    if not (1 <= a.flows <= 2_000_000 and 1 <= a.conns <= 1_000_000 and 0 < a.limit <= 3600):
-        ap.error("bounds: --flows 1..2e6, --conns 1..1e6, --limit 0..3600")
+    if not (1 <= a.flows <= 2_000_000 and 1 <= a.conns <= 1_000_000 and 0 < a.limit <= 3600
+            and 1_000 <= a.table <= 1_000_000 and 1 <= a.rate <= 100_000):
+        ap.error("bounds: --flows 1..2e6, --conns 1..1e6, --limit 0..3600, --table 1000..1e6, --rate 1..1e5")
     payload = a.payload.encode()
     set_gc(a.gc)
-    out = scale(a.flows, payload, a.limit) if a.mode == "scale" else mix(a.conns, payload)
+    if a.mode == "scale":
+        out = scale(a.flows, payload, a.limit)
+    elif a.mode == "churn":
+        out = churn(a.table, a.flows, payload, a.rate)
+    else:
+        out = mix(a.conns, payload)
     json.dump(out, sys.stdout)
     print()
     return 0

@@ -287,6 +287,7 @@ def perflow(a: argparse.Namespace) -> tuple[list[Row], dict[str, Any] | None]:
 NATIVE = ("userspace", [sys.executable, str(HERE / "flow_bench.py")], 1.0)
 ARM64 = ("arm64-qemu", [str(HERE / "arm64_userspace.sh"), "python", "/tw/bench/flow_bench.py"], 15.0)
 GC_FLOWS = 100_000  # issue 13: no garbage-collection pause above 50 ms while the table fills to this
+CHURN_TABLE = 65_536  # queue.flows' default: the table full, every new flow evicting the oldest
 
 
 def _flow_bench(cmd: list[str], args: list[str], timeout: float) -> dict[str, Any] | None:
@@ -381,6 +382,17 @@ def gc_pauses(a: argparse.Namespace, how: tuple[str, list[str], float], daemon_r
             rows.append(Row(section, f"one full GC collection at {GC_FLOWS:,} flows", None,
                             s["full_gc_pause_s"] * 1e3, "ms",
                             "never automatic (nfqueue.relax_gc); Enforcer.tick's hourly gc.collect()"))
+    say(f"{section}: {GC_FLOWS:,} flows through a full table ({CHURN_TABLE:,}), 2,000/s simulated ...")
+    c = _flow_bench(cmd, ["churn", "--table", str(CHURN_TABLE), "--flows", str(GC_FLOWS)], 300 * slow)
+    if c:
+        g = c["gc"]
+        rows.append(Row(section, f"young GC backlog after {GC_FLOWS:,} flows through a full table", None,
+                        c["young_collection_s"] * 1e3, "ms",
+                        f"{c['young_objects']:,} objects waiting: the next young collection's pause; during "
+                        f"the churn {g['collections']} collections, longest {g['max_pause_s'] * 1e3:.1f} ms"))
+        rows.append(Row(section, f"longest handle()+tick() while {CHURN_TABLE:,} flows churn", None,
+                        c["max_stall_s"] * 1e3, "ms", f"CPU {c['us_per_flow_cpu']:.1f} us per flow "
+                        "(3 packets, quiet decision, eviction)"))
     return rows
 
 
