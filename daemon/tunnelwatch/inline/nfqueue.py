@@ -64,6 +64,8 @@ def relax_gc() -> None:
     flows. Flow state forms no reference cycles (freed by reference counting alone; checked after
     100,000 synthetic flows plus the whole nDPI corpus), and the cycles other code makes die young and are
     still collected by the young generations. Objects alive at start-up are frozen out of the GC's sight.
+    The young generations are also collected on a clock by Enforcer.tick (YOUNG_GC_S): with a full flow
+    table CPython's own trigger stays quiet while they grow.
     """
     gc.freeze()
     young, middle, _ = gc.get_threshold()
