@@ -42,17 +42,23 @@ print(len(frames), file=sys.stderr)
 """
 
 
-def count(pkg_dir: str, passes: int, corpus: str) -> int:
-    """Instructions of one run of the script (callgrind's 'Collected' total)."""
+def callgrind(pkg_dir: str, script: str, *args: str) -> int:
+    """Instructions of one `python -c script args...` run with pkg_dir first on the path (callgrind's
+    'Collected' total)."""
     with tempfile.TemporaryDirectory() as tmp:
         r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
-                            sys.executable, "-c", _PASS, str(passes), corpus],
+                            sys.executable, "-c", script, *args],
                            env={**os.environ, "PYTHONPATH": pkg_dir}, capture_output=True, text=True,
                            timeout=1800, check=True)
     m = re.search(r"Collected\s*:\s*(\d+)", r.stderr)
     if m is None:
         raise SystemExit(f"no callgrind total in:\n{r.stderr[-2000:]}")
     return int(m.group(1))
+
+
+def count(pkg_dir: str, passes: int, corpus: str) -> int:
+    """Instructions of one run of the corpus script."""
+    return callgrind(pkg_dir, _PASS, str(passes), corpus)
 
 
 def main() -> int:

@@ -9,11 +9,8 @@ Per flow = (run that builds and processes N flows' packets - run that only build
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
-import sys
-import tempfile
+
+from engine_icount import callgrind
 
 _RUN = r"""
 import random, struct, sys
@@ -43,16 +40,8 @@ if handle:
 
 
 def count(pkg_dir: str, n: int, proto: int, handle: bool) -> int:
-    """Instructions of one run (callgrind's 'Collected' total)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
-                            sys.executable, "-c", _RUN, str(n), str(proto), "1" if handle else "0"],
-                           env={**os.environ, "PYTHONPATH": pkg_dir}, capture_output=True, text=True,
-                           timeout=1800, check=True)
-    m = re.search(r"Collected\s*:\s*(\d+)", r.stderr)
-    if m is None:
-        raise SystemExit(f"no callgrind total in:\n{r.stderr[-2000:]}")
-    return int(m.group(1))
+    """Instructions of one run."""
+    return callgrind(pkg_dir, _RUN, str(n), str(proto), "1" if handle else "0")
 
 
 def main() -> int:
