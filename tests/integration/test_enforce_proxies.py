@@ -6,6 +6,10 @@ only what the kernel queues (no TCP handshake, no pure ACKs). With `proxy_obfusc
 min_confidence: heuristic}` the proxy connection is blocked after its first window: the download fails
 and the daemon logs the block, while a direct download keeps working. With the default policy (monitor) the
 proxied download completes and the flow is reported.
+
+The fully-encrypted rule copies the GFW's exemptions, which let about 0.3 % of random first packets pass
+by design (six printable bytes first, for one): when a connection's first packet happens to be one of
+them, the tests make one more connection (both exempt: about 1 in 100,000).
 """
 
 from __future__ import annotations
@@ -73,7 +77,9 @@ def test_shadowsocks_blocked_when_obfuscated_proxies_are_enforced(tmp_path: Path
     with lab(tmp_path, ipv6=False) as lb:
         _start(lb, tmp_path, _config(tmp_path, policy))
         code, out = _proxied_download(lb)
-        assert code != 0 and out != f"200 {BIG}", f"proxied download went through: {code} {out}"
+        if (code, out) == (0, f"200 {BIG}"):  # its first packet may be exempt (see the module docstring)
+            code, out = _proxied_download(lb)
+        assert code != 0 and out != f"200 {BIG}", f"proxied download went through twice: {code} {out}"
         _wait_decided(lb, "block")
         # the web server itself is not what was blocked: a direct download works in the same lab
         r = fetch(lb, f"http://{SERVER_IP}:{HTTP_PORT}/big.bin")
@@ -86,7 +92,13 @@ def test_shadowsocks_passes_and_is_reported_with_the_default_policy(tmp_path: Pa
     require_tools(*TOOLS)
     with lab(tmp_path, ipv6=False) as lb:
         _start(lb, tmp_path, _config(tmp_path, ""))
-        code, out = _proxied_download(lb)
-        assert (code, out) == (0, f"200 {BIG}"), lb.log("ss-local")[-2000:]
-        _wait_decided(lb, "report")
+        for attempt in range(2):
+            code, out = _proxied_download(lb)
+            assert (code, out) == (0, f"200 {BIG}"), lb.log("ss-local")[-2000:]
+            try:
+                _wait_decided(lb, "report")
+                break
+            except AssertionError:
+                if attempt:  # not an exempt first packet twice: a real miss
+                    raise
         assert " block " not in lb.log("daemon")
