@@ -33,17 +33,18 @@ _TEXT: Final = bytes(range(32, 127)) + b"\t\n\r"
 
 # Three classifiers (WireGuard, AmneziaWG, OpenVPN) ask about the same datagram one after the other: the
 # last answer is kept with the bytes object it was for (identity: the same object is the same bytes).
-_last: list[object] = [None, ""]
+_last: tuple[object, str] = (None, "")
 
 
 def other_protocol(p: bytes) -> str:
     """The well-known protocol this datagram clearly is, or '' (only strong signatures count)."""
-    last = _last
-    if last[0] is p:
-        return str(last[1])
+    global _last
+    seen, name = _last
+    if seen is p:
+        return name
     name = _other_protocol(p)
     if type(p) is bytes:  # a mutable buffer could change under the same identity
-        last[0], last[1] = p, name
+        _last = (p, name)
     return name
 
 

@@ -156,11 +156,6 @@ class Enforcer:
         if now < self.next_tick:
             return  # called after every wake-up of the queue loop: under load that is every few packets
         self.next_tick = now + TICK_S
-        if self.quiet_backlog:  # only the quiet rule's remainder: the other work keeps its own schedule
-            self._decide_quiet()
-            if self.quiet_backlog:
-                self.next_tick = now
-            return
         watch = self.cfg.endpoints.watch
         if watch and self.cfg.endpoints.lists and now >= self.next_watch:
             self.next_watch = now + watch
