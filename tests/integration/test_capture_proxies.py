@@ -9,8 +9,8 @@ on it. Both views must agree on every assertion.
 
 Each proxy carries two downloads (two connections): the GFW's exemptions that the rule copies let about
 0.3 % of random first packets through (six printable bytes first, for one), by design. A connection whose
-first client packet is exempt must stay unflagged, every other one must be flagged, and at least one must
-be (both exempt: about 1 in 100,000).
+first client or server packet is exempt must stay unflagged (the rule needs both non-exempt), every other
+one must be flagged, and at least one must be (both connections exempt: about 1 in 25,000).
 """
 
 from __future__ import annotations
@@ -70,24 +70,29 @@ def _download(lb: Lab, *curl_args: str) -> None:
 def _assert_proxy(views: tuple[list[Record], list[Record]], dport: int, pcap: Path) -> None:
     """In both views: the client's flows to `dport` are heuristic fully_encrypted unless their first packet
     is exempt (then unflagged), at least one is flagged, and no other flow is flagged."""
-    exempt = {sport: exemption(p) for sport, p in _first_client_payloads(pcap, dport).items()}
+    # the rule needs both first data packets non-exempt: the client's and the server's
+    exempt = {sport: " / ".join(filter(None, map(exemption, firsts)))
+              for sport, firsts in _first_payloads(pcap, dport).items()}
     for view, records in zip(("offline", "inline"), views, strict=True):
         _assert_proxy_in(records, dport, view, exempt)
 
 
-def _first_client_payloads(pcap: Path, dport: int) -> dict[int, bytes]:
-    """The first data packet of each client connection to `dport`, by client port."""
+def _first_payloads(pcap: Path, dport: int) -> dict[int, tuple[bytes, bytes]]:
+    """The first data packet of each client connection to `dport` and of its server, by client port."""
     from scapy.layers.inet import IP, TCP
     from scapy.utils import PcapReader
 
-    first: dict[int, bytes] = {}
+    first: dict[tuple[int, int], bytes] = {}
     with PcapReader(str(pcap)) as rd:
         for pkt in rd:
-            if IP in pkt and TCP in pkt and pkt[IP].src == CLIENT_IP and pkt[TCP].dport == dport:
-                data = bytes(pkt[TCP].payload)
-                if data and pkt[TCP].sport not in first:
-                    first[pkt[TCP].sport] = data
-    return first
+            if IP not in pkt or TCP not in pkt or dport not in (pkt[TCP].sport, pkt[TCP].dport):
+                continue
+            up = pkt[IP].src == CLIENT_IP and pkt[TCP].dport == dport
+            key = (pkt[TCP].sport if up else pkt[TCP].dport, 0 if up else 1)
+            data = bytes(pkt[TCP].payload)
+            if data and key not in first:
+                first[key] = data
+    return {port: (data, first.get((port, 1), b"")) for (port, d), data in first.items() if d == 0}
 
 
 def _assert_proxy_in(records: list[Record], dport: int, view: str, exempt: dict[int, str]) -> None:
