@@ -22,7 +22,7 @@ from evasion_relays import TCP_SHAPE, TFO_CLIENT, UDP_FLOOD, UDP_HOLD
 from support.netns import CLIENT_IP, SERVER_IP, SERVER_IP6, Lab, lab, require_tools
 from support.spool import spool_events
 from tunnelwatch.appliance.statusweb import fetch_snapshot
-from tunnelwatch.inline import firewall
+from tunnelwatch.inline import firewall, kernelstats
 from tunnelwatch.lab.peers import (
     HTTPS_PORT,
     TUN_SERVER_IP,
@@ -39,6 +39,7 @@ QUEUE = 13
 TOOLS = ("iptables", "iptables-save", "iptables-restore", "conntrack", "openvpn", "openssl", "curl", "ss")
 BLOCKED = "decided vpn_tunnel openvpn confirmed block"
 FLOODER, THIRD_HOST = "198.51.100.3", "198.51.100.4"  # extra LAN hosts on the client namespace
+FLOOD_S = kernelstats.POLL_S + 7  # the flood outlasts the daemon's kernel poll by the checks run during it
 WG_TUN_SERVER = "10.99.2.1"  # start_wireguard's default tunnel addresses
 
 
@@ -233,8 +234,11 @@ def test_a_flooding_host_is_limited_reported_and_others_keep_working(tmp_path: P
         sock = str(tmp_path / "status.sock")
         _wait(lambda: fetch_snapshot(sock).get("health") == "ok", "health ok before the flood")
         start_wireguard(lb, tmp_path / "wg")  # its traffic leaves from CLIENT_IP (the route's source)
-        # as fast as it can, for 8 s at most (and 300,000 flows at most)
-        lb.spawn(lb.client, [sys.executable, "-c", UDP_FLOOD, FLOODER, SERVER_IP, "300000", "8"], "flood")
+        # as fast as it can for 12 s (and 5,000,000 flows at most): the time bound must be the one that ends
+        # it, longer than the daemon's 5-s kernel poll, so a poll falls inside the flood (a fast machine sent
+        # an earlier 300,000-flow cap in 3 s, between two polls, and the status never named the host)
+        lb.spawn(lb.client, [sys.executable, "-c", UDP_FLOOD, FLOODER, SERVER_IP, "5000000",
+                             str(FLOOD_S)], "flood")
         _wait(lambda: firewall.parse_counters(lb.run(lb.router, "iptables-save", "-c", "-t", "mangle").stdout)
               ["flood_dropped"] > 0, "the limit to drop part of the flood")
         # during the flood: the tunnel of another host is blocked, the third host's HTTPS works
@@ -254,6 +258,7 @@ def test_a_flooding_host_is_limited_reported_and_others_keep_working(tmp_path: P
         _wait(lambda: FLOODER in kernel().get("limited_hosts", []), "the status to name the host", 12)
         assert CLIENT_IP not in kernel()["limited_hosts"] and THIRD_HOST not in kernel()["limited_hosts"]
         lb.wait_for_log("flood", "flood sent", timeout=40)
+        assert int(lb.log("flood").split()[-1]) < 5_000_000, "the time bound, not the count, ended the flood"
         _wait(lambda: kernel().get("flood_dropped", 0) > 0, "the status to show the drops")
         print(f"flood: {lb.log('flood').strip()}; kernel counters {kernel()}")
         _wait(lambda: _degraded_by(sock, "flood: "), "health degraded by the flood")
