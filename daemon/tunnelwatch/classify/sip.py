@@ -217,10 +217,20 @@ class SIP(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse SIP messages, match responses to requests and announce SDP media."""
         st = flow.state.get("sip")
-        if st is None:
-            if pkt.proto == TCP and not self.first(pkt, direction):
+        if type(st) is not _State:
+            if pkt.proto == UDP:
+                p = pkt.payload
+                if not 0x41 <= p[0] <= 0x5A and not _keepalive(p):
+                    # no start line begins so (methods and "SIP/2.0" start with a capital): a bad datagram,
+                    # counted in an int until one is worth the whole state (most UDP flows are no SIP)
+                    bad = (st or 0) + 1
+                    if bad >= _MAX_BAD:
+                        return REJECT
+                    flow.put_state("sip", bad)
+                    return None
+            elif not self.first(pkt, direction):
                 return REJECT  # what _tcp concludes on a fresh stream, before any state is made
-            st = flow.put_state("sip", _State())
+            st = flow.put_state("sip", _State(bad=st or 0))
         if pkt.proto == TCP:
             if st.tls or (not st.seen and not st.bad and pkt.payload[:1] == b"\x16"
                           and SIPS_PORT in (pkt.dport, pkt.sport)):

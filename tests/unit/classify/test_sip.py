@@ -12,8 +12,9 @@ from scapy.packet import Raw
 from support import one_verdict, run_engine, verdicts
 from tunnelwatch.classify.base import Context
 from tunnelwatch.classify.engine import Engine
+from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import parse_ip
-from tunnelwatch.classify.sip import parse_head, sdp_media, start_line
+from tunnelwatch.classify.sip import SIP, parse_head, sdp_media, start_line
 
 C, S = "192.0.2.10", "198.51.100.7"
 CALL = "a84b4c76e66710@pc33.example.com"
@@ -202,3 +203,29 @@ def test_tls_elsewhere_and_non_tls_on_5061_are_not_sip_tls() -> None:
     # a server speaking first with a handshake record is not a ClientHello from the client
     vs = verdicts([t5061(S, C, 5061, 40000, os.urandom(5) + b"\x02"), t5061(C, S, 40000, 5061, b"\x16\x03")])
     assert all(v.protocol != "sip_tls" or v.confidence == "port" for v in vs)
+
+
+def sip_only(pkts: list[IP]) -> Flow:
+    """The one flow of these packets after the SIP classifier alone saw them."""
+    e = Engine([SIP()], budget=24)
+    flows = set()
+    for i, p in enumerate(pkts):
+        pkt = parse_ip(bytes(p), 1.0 + i / 1000)
+        assert pkt is not None
+        flows.add(e.process(pkt))
+    assert len(flows) == 1
+    return flows.pop()
+
+
+def test_udp_junk_before_the_first_message_is_tolerated_twice_and_kept_as_a_count() -> None:
+    junk = [bytes([0x80 + i]) + os.urandom(40) for i in range(3)]  # no start line begins with these
+    exchange = [u(C, S, 40000, 5070, request("OPTIONS")), u(S, C, 5070, 40000, response(200, "OPTIONS"))]
+    flow = sip_only([u(C, S, 40000, 5070, j) for j in junk[:2]])
+    assert flow.state["sip"] == 2 and flow.active  # a count, not the whole state: most such flows are no SIP
+    v = one_verdict([u(C, S, 40000, 5070, j) for j in junk[:2]] + exchange)
+    assert (v.protocol, v.confidence) == ("sip", "confirmed")
+    # the third bad datagram rejects the flow
+    assert not sip_only([u(C, S, 40000, 5070, j) for j in junk]).active
+    # a keepalive between them is no junk, and an upper-case start that is no SIP counts like junk
+    mixed = sip_only([u(C, S, 40000, 5070, b) for b in (junk[0], b"\r\n\r\n", b"ZZZZ not sip at all, long")])
+    assert mixed.active and mixed.state["sip"].bad == 2
