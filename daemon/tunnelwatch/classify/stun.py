@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from struct import unpack_from
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.classify.flow import Flow
@@ -92,6 +92,33 @@ class _State:
     framing1: int = -1
 
 
+#: a TCP flow's state while it showed no STUN: each direction's unwalked bytes and framing (see _State)
+_Starts = tuple[bytes, bytes, int, int]
+_NO_STARTS: Final[_Starts] = (b"", b"", -1, -1)
+
+
+def _doomed_direction(flow: Flow, st: _Starts | None, data: bytes,
+                      direction: int) -> InspectResult | Literal[False]:
+    """What STUN.inspect concludes for a TCP flow that showed no STUN yet when this direction's stream
+    started with bytes that can frame no STUN (stun_wire.doomed), worked out on the 4-tuple alone; False
+    when the whole state is needed. Most short TCP flows are no STUN: this spares them the state."""
+    if st is None:
+        exp = flow.expected
+        if exp is not None and exp.protocol in APPS:
+            return False  # the state carries the app
+        st = _NO_STARTS
+    framing = st[3] if direction else st[2]
+    n = len(data)
+    if framing > 1:
+        n += framing - 2
+    elif framing >= 0 or st[direction] or n < DOOMED or not doomed(data):
+        return False
+    if n >= HEADER + 2 or flow.pay0 + flow.pay1 >= _GIVE_UP:
+        return REJECT  # long enough to tell (_tcp drops the start), or no STUN in _GIVE_UP packets
+    flow.put_state("stun", (st[0], st[1], st[2], 2 + n) if direction else (st[0], st[1], 2 + n, st[3]))
+    return None
+
+
 def _frame(st: _State, direction: int, framing: int) -> None:
     if direction:
         st.framing1 = framing
@@ -124,6 +151,10 @@ class STUN(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse the STUN messages (or TURN ChannelData) in this packet and cross-check transactions."""
         st = flow.state.get("stun")
+        if pkt.proto == TCP and (st is None or type(st) is tuple):
+            r = _doomed_direction(flow, st, pkt.payload, direction)
+            if r is not False:
+                return r
         if type(st) is tuple:  # a TCP flow that showed no STUN yet: only its streams' starts were kept
             st = flow.put_state("stun", _State(buf0=st[0], buf1=st[1], framing0=st[2], framing1=st[3]))
         elif st is None:

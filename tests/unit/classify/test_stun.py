@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
@@ -236,3 +237,29 @@ def test_a_short_start_that_frames_no_stun_keeps_the_other_direction_and_a_later
     v = one_verdict([t(C, S, 40002, 3478, junk), t(C, S, 40002, 3478, junk),
                      t(S, C, 3478, 40002, stun(0x0001, tid))], names=["stun"])
     assert v.protocol != "stun"  # 32 bytes of a start that framed nothing, none seen yet: not STUN
+
+
+def test_short_starts_that_frame_no_stun_are_judged_without_the_whole_state(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual short TCP flow (16 bytes each way, then a retransmission): its starts can frame no STUN,
+    so STUN keeps their lengths in a 4-tuple, never builds its full state, and rejects at 22 bytes."""
+    from tunnelwatch.classify import stun as stun_mod
+    from tunnelwatch.classify.engine import Engine
+    from tunnelwatch.classify.packet import parse_ip
+
+    made: list[object] = []
+    real = stun_mod._State
+    monkeypatch.setattr(stun_mod, "_State", lambda *a, **k: made.append(1) or real(*a, **k))
+    e = Engine([stun_mod.STUN()], budget=24)
+    junk = b"\xff" * 16
+    steps = [(t(C, S, 40000, 5555, junk), (2 + 16, -1)), (t(S, C, 5555, 40000, junk), (2 + 16, 2 + 16)),
+             (t(S, C, 5555, 40000, junk), None)]  # the server's stream reaches 32 bytes: rejected
+    for i, (p, framing) in enumerate(steps):
+        pkt = parse_ip(bytes(p), 1.0 + i)
+        assert pkt is not None
+        flow = e.process(pkt)
+        if framing is None:
+            assert not flow.active and "stun" not in flow.state
+        else:
+            assert flow.state["stun"] == (b"", b"", *framing)
+    assert not made
