@@ -317,7 +317,7 @@ class Collector:
 
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise argparse.ArgumentTypeError("expected ADDR:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 

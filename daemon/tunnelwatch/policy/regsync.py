@@ -147,8 +147,10 @@ class RegistrySync:
             resp = conn.getresponse()
             if resp.status != 200:
                 raise Rejected(f"server answered HTTP {resp.status} {resp.reason}")
-            declared = resp.getheader("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            header = resp.getheader("Content-Length") or ""
+            # ASCII digits only: str.isdigit() also takes superscripts, which int() refuses
+            declared = int(header) if header.isascii() and header.isdigit() else None
+            if declared is not None and declared > self.max_bytes:
                 raise Rejected(f"document too large ({declared} bytes > max {self.max_bytes})")
             body = b""
             while len(body) <= self.max_bytes:
@@ -160,7 +162,7 @@ class RegistrySync:
                 body += chunk
             if len(body) > self.max_bytes:
                 raise Rejected(f"document too large (more than max {self.max_bytes} bytes; stopped reading)")
-            if declared is not None and declared.isdigit() and len(body) != int(declared):
+            if declared is not None and len(body) != declared:
                 raise Rejected(f"truncated download ({len(body)} of {declared} bytes)")
             return body
         except http.client.IncompleteRead as exc:

@@ -18,6 +18,7 @@ from tunnelwatch.policy.registry import Registry
 from tunnelwatch.policy.regsync import (
     STATE_FILE,
     RegistrySync,
+    SyncResult,
     main,
     public_key_from_b64,
     sign_document,
@@ -163,14 +164,13 @@ def test_cli_keygen_sign_verify_round_trip(tmp_path: Path, capsys: pytest.Captur
     assert "not-an-address" in capsys.readouterr().err
 
 
-def test_control_characters_from_the_server_never_reach_log_or_event(tmp_path: Path,
-                                                                     isp: Ed25519PrivateKey) -> None:
+def _sync_from(tmp_path: Path, isp: Ed25519PrivateKey, reply: bytes) -> SyncResult:
+    """One sync against a local TLS server that answers `reply` verbatim and closes."""
     import socket
     import ssl
     import threading
 
     from support.pki import make_pki
-    from tunnelwatch.report.events import make_event
 
     pki = make_pki(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -182,7 +182,7 @@ def test_control_characters_from_the_server_never_reach_log_or_event(tmp_path: P
         conn, _ = srv.accept()
         with ctx.wrap_socket(conn, server_side=True) as tls:
             tls.recv(4096)
-            tls.sendall(b"HTTP/1.1 503 Down\x1b[2J\x07 forged\x0bline\r\nContent-Length: 0\r\n\r\n")
+            tls.sendall(reply)
 
     t = threading.Thread(target=serve_one, daemon=True)
     t.start()
@@ -190,13 +190,31 @@ def test_control_characters_from_the_server_never_reach_log_or_event(tmp_path: P
     box = RegistrySync(url=f"https://127.0.0.1:{port}/reg.json", public_key=pub_b64(isp), ca_file=str(pki.ca),
                        state_dir=str(tmp_path / "state"), registry_path=str(tmp_path / "registry.yaml"),
                        device_id="box-1", timeout=10)
-    res = box.sync_once()
-    t.join(10)
-    srv.close()
+    try:
+        return box.sync_once()
+    finally:
+        t.join(10)
+        srv.close()
+
+
+def test_control_characters_from_the_server_never_reach_log_or_event(tmp_path: Path,
+                                                                     isp: Ed25519PrivateKey) -> None:
+    from tunnelwatch.report.events import make_event
+
+    reply = b"HTTP/1.1 503 Down\x1b[2J\x07 forged\x0bline\r\nContent-Length: 0\r\n\r\n"
+    res = _sync_from(tmp_path, isp, reply)
     assert not res.ok and "HTTP 503" in res.message
     assert res.message.isprintable() and "\\x1b[2J" in res.message  # escaped, still readable
     ev = make_event("registry_rejected", device_id="box-1", source="sync", reason=res.message[:256])
     assert ev["reason"] == res.message[:256]
+
+
+def test_a_content_length_of_non_ascii_digits_is_no_length(tmp_path: Path, isp: Ed25519PrivateKey) -> None:
+    """b'\xb9' reads as '¹' (latin-1): str.isdigit() accepts it, int() refuses it. It counts as no length."""
+    doc = sign_document(isp, 2, REG_V2, device="box-1")
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\nConnection: close\r\n\r\n"
+    res = _sync_from(tmp_path, isp, head + doc)
+    assert res.ok and res.changed and res.version == 2, res.message
 
 
 # -- whom a document is for, and how long it is valid ----------------------------------------------
