@@ -37,13 +37,14 @@ from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.junk import JunkGate
 from tunnelwatch.classify.packet import UDP, Packet
-from tunnelwatch.classify.wgdata import DataDir, both_ways, data_fields
+from tunnelwatch.classify.wgdata import MIN_DATA, DataDir, both_ways, data_fields
 
 INIT_SIZE: Final = 148
 RESPONSE_SIZE: Final = 92
 #: largest datagram considered as a padded initiation (S1 <= 1132 keeps it under 1280 in practice; S1 is
 #: kept in 11 bits of a candidate's entry)
 _MAX_INIT: Final = 1500
+_SHORTEST: Final = min(MIN_DATA, RESPONSE_SIZE, INIT_SIZE)
 #: possible initiations remembered per direction: the real one is the last large datagram before the
 #: response (junk comes before it; a retry comes with fresh junk before it), a few more cover reordering
 _MAX_CANDS: Final = 4
@@ -74,8 +75,8 @@ class _Handshake:
 class _State:
     __slots__ = ("cands", "data", "gate", "hs")
 
-    def __init__(self) -> None:
-        self.gate = JunkGate()
+    def __init__(self, gate: JunkGate) -> None:
+        self.gate = gate
         #: per direction: initiation-sized datagrams as sender index << 43 | type << 11 | S1 (plain ints in a
         #: short list: this lives in every UDP flow being classified)
         self.cands: tuple[list[int], list[int]] = ([], [])
@@ -95,10 +96,17 @@ class AmneziaWG(Classifier):
         """Match padded handshakes by their echoed index; follow data messages; skip junk."""
         p = pkt.payload
         st = flow.state.get("amneziawg")
-        if st is None:
-            st = flow.put_state("amneziawg", _State())
-        if st.gate.first_look(p, direction):
-            return REJECT
+        if type(st) is _State:
+            if st.gate.first_look(p, direction):
+                return REJECT
+        else:
+            # the junk gate is the whole state until a datagram long enough for any message comes
+            gate = st if st is not None else flow.put_state("amneziawg", JunkGate())
+            if gate.first_look(p, direction):
+                return REJECT
+            if len(p) < _SHORTEST:  # no data message, response or initiation: junk, nothing to keep
+                return REJECT if gate.junk_seen() else None
+            st = flow.put_state("amneziawg", _State(gate))
         if st.hs is None:
             r = self._handshake(st, p, direction) or self._data(st, p, direction)
         else:

@@ -42,6 +42,7 @@ _WARP_EV: Final = "reserved bytes carry a client id (Cloudflare WARP)"
 _SIZES: Final = {INITIATION: 148, RESPONSE: 92, COOKIE: 64}
 _DATA_HEURISTIC: Final = 2  # data messages each way for a heuristic verdict without a handshake
 _DATA_CONFIRMED: Final = 3  # ... and for a confirmed one (a re-opened window is ~8 packets)
+_SHORTEST: Final = 32  # the smallest message: a keepalive (transport data with no payload)
 _MAX_INITS: Final = 8  # initiations remembered (retries, or fakes sent as junk before the real one)
 
 
@@ -49,8 +50,8 @@ class _State:
     __slots__ = ("c_dir", "c_id", "c_idx", "data", "gate", "handshake", "inits", "reserved", "resp_idx",
                  "warp")
 
-    def __init__(self) -> None:
-        self.gate = JunkGate()
+    def __init__(self, gate: JunkGate) -> None:
+        self.gate = gate
         #: sender indices of initiations seen -> the direction they came from and their reserved bytes
         self.inits: dict[int, tuple[int, bytes]] = {}
         self.handshake = False
@@ -79,10 +80,18 @@ class WireGuard(Classifier):
         """Check message type, size and reserved bytes; match indices across directions; skip junk."""
         p = pkt.payload
         st = flow.state.get("wireguard")
-        if st is None:
-            st = flow.put_state("wireguard", _State())
-        if st.gate.first_look(p, direction):
-            return REJECT  # both ends opened with one other protocol: a real exchange of it
+        if type(st) is _State:
+            if st.gate.first_look(p, direction):
+                return REJECT  # both ends opened with one other protocol: a real exchange of it
+        else:
+            # until a datagram of WireGuard's shape comes, the junk gate is the whole state (most UDP
+            # flows are no WireGuard: they never pay for the rest)
+            gate = st if st is not None else flow.put_state("wireguard", JunkGate())
+            if gate.first_look(p, direction):
+                return REJECT
+            if len(p) < _SHORTEST or not (1 <= p[0] <= 4 or 0xC1 <= p[0] <= 0xC4):  # _message: junk
+                return REJECT if gate.junk_seen() else None
+            st = flow.put_state("wireguard", _State(gate))
         r = self._message(st, p, direction)
         if r is None:
             return REJECT if st.gate.junk_seen() else None
@@ -91,7 +100,7 @@ class WireGuard(Classifier):
     def _message(self, st: _State, p: bytes, d: int) -> InspectResult | bool:
         """A verdict, True (a WireGuard message, nothing to say yet) or None (junk)."""
         n = len(p)
-        if n < 32:
+        if n < _SHORTEST:
             return None
         mtype = p[0]
         if mtype >= 0xC1:

@@ -179,3 +179,30 @@ def test_fixed_size_game_packets_starting_with_1_or_2_are_not_a_hunch() -> None:
         pkts += [u(b"\x01" + rnd(rng, 147), sp=27015), u(b"\x02" + rnd(rng, 91), up=False, sp=27015)]
     for _, v in run_engine(pkts):
         assert v.klass != "vpn_tunnel", v
+
+
+@pytest.mark.parametrize("name", ["wireguard", "amneziawg"])
+def test_short_junk_keeps_only_the_junk_gate_and_a_handshake_after_it_still_counts(name: str) -> None:
+    """Datagrams too short (or, for WireGuard, of no WireGuard type) for any message are junk: the flow
+    keeps the junk gate alone, which still counts them and remembers the first one's protocol."""
+    from tunnelwatch.classify.engine import Engine
+    from tunnelwatch.classify.junk import JunkGate
+
+    rng = random.Random(21)
+    short = [rnd(rng, n) for n in (1, 16, 31)]
+    e = Engine([c for c in load_classifiers() if c.name == name], budget=64)
+    flow = None
+    for i, p in enumerate(short):
+        pkt = parse_ip(bytes(u(p)), 1.0 + i)
+        assert pkt is not None
+        flow = e.process(pkt)
+    assert flow is not None and flow.active
+    gate = flow.state[name]
+    assert type(gate) is JunkGate and gate.junk == 3 and gate.first0 == ""
+    if name == "amneziawg":
+        session = awg_session(rng, jc=0, jmin=1, jmax=1, s1=24, s2=40, h=(0x7A1B2C3D, 0x5E6F7081, 0x92A3B4C5,
+                                                                          0x11223344))
+    else:
+        session = wg_session(rng)
+    v = one_verdict([u(p) for p in short] + session, names=[name])
+    assert (v.protocol, v.confidence) == (name, "confirmed"), v
