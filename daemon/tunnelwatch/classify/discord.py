@@ -28,6 +28,8 @@ class Discord(EchoClassifier):
 
     name: ClassVar[str] = "discord"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    # an opener starts with the keep-alive's constant or the discovery request's type: fixed first bytes
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({KEEPALIVE_MAGIC[0], _REQUEST[0]})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
 
     def opener(self, p: bytes, pkt: Packet) -> Opener | None:

@@ -32,6 +32,8 @@ _AVP_ASSIGNED_CCID: Final = 61
 _MAX_AVPS: Final = 64
 _MAX_BAD: Final = 2
 _DATA_MIN: Final = 2
+# L2TPv2 data header flags that must be clear: T (a control message), the reserved bits
+_DATA_CLEAR: Final = 0xB4F0
 # PPP protocol numbers seen first in an L2TP session: LCP, PAP, CHAP, IPCP, IPV6CP, CCP, IPv4, IPv6.
 _PPP_PROTOS: Final = frozenset({0xC021, 0xC023, 0xC223, 0x8021, 0x8057, 0x80FD, 0x0021, 0x0057, 0x00FD})
 
@@ -103,7 +105,7 @@ def parse_data_v2(p: bytes) -> tuple[int, int] | None:
         return None
     flags = unpack_from("!H", p, 0)[0]
     # T clear, reserved bits clear, version 2.
-    if flags & 0xB4F0 or flags & 0x000F != 2:
+    if flags & _DATA_CLEAR or flags & 0x000F != 2:
         return None
     pos = 2
     if flags & 0x4000:
@@ -152,6 +154,10 @@ class L2TP(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    # the flags' high byte: a control message's fixed one, or (port 1701) a data header's with T and the
+    # reserved bits clear, so most random datagrams are ruled out before any parsing
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset(
+        {f >> 8 for f in _CONTROL_FLAGS} | {b for b in range(256) if not (b << 8) & _DATA_CLEAR})}
     protocols: ClassVar[tuple[str, ...]] = ("l2tp",)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, L2TP_PORT): "l2tp"}
 

@@ -28,6 +28,8 @@ class LineCall(EchoClassifier):
 
     name: ClassVar[str] = "linecall"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    # the relay framing's first byte is 0xd8-0xdb (framed())
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset(range(0xD8, 0xDC))}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     patience: ClassVar[int] = 1
 

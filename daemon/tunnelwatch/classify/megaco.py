@@ -24,6 +24,8 @@ _HEAD: Final = re.compile(
     rb"[ \t\r\n]+(Transaction|T|Reply|P|Pending|PN)[ \t]*=[ \t]*(\d{1,10})",
     re.IGNORECASE)
 _REQUEST: Final = frozenset({b"transaction", b"t"})
+#: the first bytes a message can have: its version token is "MEGACO/..." in any case, or "!/..."
+_STARTS: Final = b"!Mm"
 
 
 def message(p: bytes) -> tuple[str, int] | None:
@@ -41,12 +43,14 @@ class Megaco(EchoClassifier):
 
     name: ClassVar[str] = "megaco"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    # a request opens with its version token (_STARTS), so other first bytes need no regex at all
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset(_STARTS)}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 2944): PROTOCOL}
 
     def opener(self, p: bytes, pkt: Packet) -> Opener | None:
         """A transaction request (version token, message id, Transaction=id)."""
-        if len(p) < 12 or p[0] not in b"!Mm":
+        if len(p) < 12 or p[0] not in _STARTS:
             return None
         msg = message(p)
         if msg is None or msg[0] != "request":
@@ -56,7 +60,7 @@ class Megaco(EchoClassifier):
 
     def answer(self, p: bytes, op: Opener, direction: int) -> str | None:
         """A reply or pending notice from the other side with the same transaction id."""
-        if direction != 1 or not p or p[0] not in b"!Mm":
+        if direction != 1 or not p or p[0] not in _STARTS:
             return None
         msg = message(p)
         if msg is None or msg[0] == "request" or str(msg[1]).encode() != op.key:

@@ -25,6 +25,8 @@ class Mumble(EchoClassifier):
 
     name: ClassVar[str] = "mumble"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    # the only opener is a ping request, which starts with its zero request type
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset(_ZERO4[:1])}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 64738): PROTOCOL}
 

@@ -41,6 +41,8 @@ class Tailscale(Classifier):
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
     first_on: ClassVar[frozenset[int]] = frozenset({UDP})
+    # a disco packet opens with the magic; a WireGuard one with its message type 1-4 (_wireguard_shaped)
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({MAGIC[0], *range(1, 5)})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 41641): PROTOCOL}
 

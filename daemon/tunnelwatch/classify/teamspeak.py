@@ -48,6 +48,8 @@ class TeamSpeak(EchoClassifier):
 
     name: ClassVar[str] = "teamspeak"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    # an opener is a server-list request (type 0x01) or a client Init1 (its MAC is the literal "TS3INIT1")
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({0x01, INIT_MAC[0]})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 9987): PROTOCOL}
 

@@ -50,6 +50,8 @@ class Teredo(EchoClassifier):
     name: ClassVar[str] = "teredo"
     klass: ClassVar[Klass] = "vpn_tunnel"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    # an indicator's type starts with a zero byte, a bare IPv6 header with version nibble 6 (opener())
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({0, *range(0x60, 0x70)})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, PORT): PROTOCOL}
 

@@ -47,6 +47,8 @@ class Zoom(EchoClassifier):
 
     name: ClassVar[str] = "zoom"
     transports: ClassVar[frozenset[int]] = frozenset({UDP})
+    # each opener starts with a fixed byte: the join request's type 0x01, the probe's, the hello's
+    first_bytes: ClassVar[dict[int, frozenset[int]]] = {UDP: frozenset({0x01, _PROBE[0], _P2P[0]})}
     protocols: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     ports: ClassVar[dict[tuple[int, int], str]] = {(UDP, 8801): PROTOCOL}
 

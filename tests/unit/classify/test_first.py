@@ -21,7 +21,19 @@ PORTS = (40000, 53, 1701, 1719, 2000, 4569, 5061, 9993, 443)
 SEEDS = (b"\x16\x03\x01\x02\x00\x01", b"SSH-2.0-", b"POST /", b"GET / HTTP/1.1\r\n", b"SSTP_DUPLEX_POST ",
          b"0 ", b"\x01\x00", b"\x03\x00", b"INVITE sip:a@b SIP/2.0\r\n", b"\0\0\0", b"A", b"IP=", b"\xff",
          b"\x16\xfe\xff", b"\x17\xfe\xfd", b"CRCX 1 ", b"200 1 ", b"\x80\x00",
-         b"\x00\x1c\x00\x01\x1a\x2b\x3c\x4d", b"\x00\x20", b"TS3INIT1", b"\x01", b"\x02", b"\x03")
+         b"\x00\x1c\x00\x01\x1a\x2b\x3c\x4d", b"\x00\x20", b"TS3INIT1", b"\x01", b"\x02", b"\x03",
+         # whole openers of the classifiers with first_bytes on UDP (each passes its first test as it is)
+         b"\xc8\x02\x00\x0c" + bytes(8), b"\x00\x02\x00\x01\x00\x01\xff\x03\xc0\x21",  # l2tp
+         "TS\U0001f4ac".encode(), b"\x01\x00\x00\x00" + bytes(28),  # tailscale
+         b"TS3INIT1\x00\x65\x00\x00\x88\x00\x00\x00\x01\x00", b"\x01\x05\x84\x01",  # teamspeak
+         b"\0\0\0\0\0\0\x01\x8f\0\0\0\x01",  # mumble
+         b"\x13\x37\xca\xfe\0\0\0\x01", b"\x00\x01\x00\x46\x00\x00\x00\x2a" + bytes(66),  # discord
+         b"\x00\x01\x00\x18" + bytes(16) + b"\x01\x01\x00\x14" + bytes(20),  # zoom (probe)
+         b"\x1f\x02\x01\x00" + bytes(20) + b"\x00\x00\x00\x09192.0.2.1",  # zoom (hello to B)
+         b"\xd8\x00\x00\x01\x06\x02" + bytes(144),  # linecall
+         b"MEGACO/1 [10.0.0.1]:2944\nT=1{", b"!/1 mg1 T=2{", b"megaco/2 <mg> t=3{",  # megaco
+         b"\x60\0\0\0\0\0\x3a\x40" + bytes(32),  # teredo (bare IPv6)
+         b"\x00\x01\x00\x00" + bytes(9) + b"\x60\0\0\0\0\0\x3b\x40" + bytes(32))  # teredo (indicator)
 
 
 def payloads(rng: random.Random) -> list[bytes]:
@@ -70,6 +82,24 @@ def test_a_false_first_test_means_inspect_rejects_that_packet_having_changed_not
         assert flow.done and not flow.active, (p, d, port)  # it returned REJECT or DONE
         assert flow.best is None and flow.name is None and not len(engine.ctx), (p, d, port)
     assert falses > 0  # the test says "not mine" to some of these, so the check above ran
+
+
+GATED = [(c, t) for c, t in TESTED if c.first_bytes.get(t)]
+
+
+@pytest.mark.parametrize(("clf", "proto"), GATED, ids=[f"{c.name}-{t}" for c, t in GATED])
+def test_a_seed_passing_a_first_test_starts_with_one_of_its_first_bytes(clf: Classifier, proto: int) -> None:
+    """Every seed (bare: some openers have an exact length), both ways, on every port: the seeds hold whole
+    openers, so a first byte an opener can have but first_bytes lacks shows here whatever the random draws."""
+    passed: set[int] = set()
+    for p in (s + bytes(n) for s in SEEDS for n in (0, 16, 60)):
+        for port in PORTS:
+            for d, pkt in enumerate((Packet(1.0, 4, A, B, proto, 51000, port, 40 + len(p), p),
+                                     Packet(1.1, 4, B, A, proto, port, 51000, 40 + len(p), p))):
+                if clf.first(pkt, d):
+                    assert p[0] in clf.first_bytes[proto], (p, d, port)
+                    passed.add(p[0])
+    assert passed  # some seed is an opener of it, so the check above ran
 
 
 class Picky(Classifier):
