@@ -110,22 +110,34 @@ class OpenVPN(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse OpenVPN packets (records, on TCP) and cross-check the session ids of both ends."""
         st = flow.state.get("openvpn")
+        if pkt.proto == UDP:
+            p = pkt.payload
+            if type(st) is _State:
+                return self._udp(flow, st, p, direction)
+            # Until a datagram that _udp would not count as junk comes, the junk gate is the whole state
+            # (and stands for "static-key framing already broken"): most UDP flows are no OpenVPN.
+            gate = st if st is not None else JunkGate()
+            if gate.first_look(p, direction):
+                return REJECT
+            if _junk(p, direction, st is None):
+                if st is None:
+                    flow.put_state("openvpn", gate)
+                return REJECT if gate.junk_seen() else None
+            st = flow.put_state("openvpn", _State(gate=gate, static_bad=st is not None))
+            return self._udp(flow, st, p, direction, looked=True)
         if st is None:
-            if pkt.proto == TCP and not self.first(pkt, direction):
+            if not self.first(pkt, direction):
                 return REJECT  # the cheap look of _tcp on a fresh stream, before any state is made
             st = flow.put_state("openvpn", _State())
             pay = flow.payload_pkts
             if pay[direction] == 1 and not pay[direction ^ 1]:
                 st.flip = direction
-        if pkt.proto == TCP:
-            return self._tcp(st, pkt.payload, direction ^ st.flip)
-        return self._udp(flow, st, pkt.payload, direction)
+        return self._tcp(st, pkt.payload, direction ^ st.flip)
 
-    def _udp(self, flow: Flow, st: _State, p: bytes, direction: int) -> InspectResult:
+    def _udp(self, flow: Flow, st: _State, p: bytes, direction: int, looked: bool = False) -> InspectResult:
         gate = st.gate
-        if gate is None:
-            gate = st.gate = JunkGate()
-        if gate.first_look(p, direction):
+        assert gate is not None  # made with the state on UDP
+        if not looked and gate.first_look(p, direction):
             return REJECT  # both ends opened with one other protocol: a real exchange of it
         # A server reset may open a session only as the flow's first datagram (a capture started late);
         # a client reset may follow any amount of junk: its layout is what keeps random data out.
@@ -272,6 +284,17 @@ class OpenVPN(Classifier):
                 f"static-key framing (HMAC+IV+16-byte blocks) on {sum(st.static_ok)} packets both ways",
             )
         return None
+
+
+def _junk(p: bytes, direction: int, static_too: bool) -> bool:
+    """Whether _udp counts this datagram as junk and changes nothing else for it, on a flow that showed
+    nothing yet: no client reset (from the client, key id 0), not P_DATA-shaped, and (`static_too`, when
+    the static-key framing is still alive) no static-key framing either."""
+    b0 = p[0]
+    if not (b0 & 7 or direction or b0 >> 3 not in _RESETS) or b0 >> 3 in (P_DATA_V1, P_DATA_V2):
+        return False
+    n = len(p)
+    return not static_too or n < _STATIC_OVERHEAD + 16 or bool((n - _STATIC_OVERHEAD) % 16) or _looks_plain(p)
 
 
 def reset_layout(p: bytes) -> str:

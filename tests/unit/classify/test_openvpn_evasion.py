@@ -167,3 +167,26 @@ def test_reopened_window_sees_only_the_data_channel_and_confirms() -> None:
         pkts += [udp(data_v2(rng, 300 + i), port=8443), udp(data_v2(rng, 200 + i), up=False, port=8443)]
     [(_, v)] = _reopening_engine(pkts)
     assert (v.protocol, v.confidence) == ("openvpn", "confirmed"), v
+
+
+def test_junk_keeps_only_the_junk_gate_until_something_openvpn_shaped_comes() -> None:
+    """Datagrams that are no reset, no P_DATA and no static-key framing leave the junk gate as the whole
+    state (counting them); the client reset after them still opens a session that the server confirms."""
+    from tunnelwatch.classify.engine import Engine
+    from tunnelwatch.classify.junk import JunkGate
+    from tunnelwatch.classify.openvpn import OpenVPN
+    from tunnelwatch.classify.packet import parse_ip
+
+    rng = random.Random(17)
+    # first bytes: key id 1 (no reset of key 0), a P_CONTROL_V1 opcode, an opcode no packet has (0x1f)
+    shaped = [bytes([0x39]) + rnd(rng, 15), bytes([4 << 3]) + rnd(rng, 40), bytes([0xF8]) + rnd(rng, 60)]
+    e = Engine([OpenVPN()], budget=64)
+    for i, p in enumerate(shaped):
+        pkt = parse_ip(bytes(udp(p)), 1.0 + i)
+        assert pkt is not None
+        flow = e.process(pkt)
+        assert type(flow.state["openvpn"]) is JunkGate and flow.state["openvpn"].junk == i + 1
+    pkts = [udp(p) for p in shaped]
+    pkts += [udp(hard_reset_client()), udp(hard_reset_server(), up=False), udp(control(CSID))]
+    v = one_verdict(pkts, names=["openvpn"])
+    assert (v.protocol, v.confidence) == ("openvpn", "confirmed"), v
