@@ -109,6 +109,12 @@ class _State:
     tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
 
 
+def _no_media(flow: Flow, bad: int) -> bool:
+    """Whether a flow that showed no RTP or RTCP at all, with `bad` datagrams, is given up (RTP._give_up)."""
+    seen = flow.pay0 + flow.pay1
+    return (bad >= _MAX_BAD and bad * 2 > seen) or seen >= _GIVE_UP
+
+
 def _framed(buf: bytes, pos: int) -> bool:
     """Whether buf[pos:] (>= 3 bytes) starts an RFC 4571 frame of RTP/RTCP: length >= 8, version 2."""
     return unpack_from("!H", buf, pos)[0] >= 8 and buf[pos + 2] & 0xC0 == 0x80
@@ -132,10 +138,22 @@ class RTP(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Track per-direction SSRC streams (or RTCP compounds) and decide when they are consistent."""
         st = flow.state.get("rtp")
-        if st is None:
-            if pkt.proto == TCP and not self.first(pkt, direction):
+        if type(st) is not _State:
+            if pkt.proto == UDP:
+                b0 = pkt.payload[0]
+                if b0 < 0x80:
+                    # no RTP or RTCP (version 2) yet, most datagrams of an ordinary UDP flow: what _datagram
+                    # and _judge conclude, on the count of bad ones alone (an int until then)
+                    bad = (st or 0) + (not (b0 <= 3 or 16 <= b0 <= 79))
+                    if flow.expected is None:
+                        ctx.lookup(pkt)  # as _judge does: it also drops an expired expectation
+                    if _no_media(flow, bad):
+                        return REJECT
+                    flow.put_state("rtp", bad)
+                    return None
+            elif not self.first(pkt, direction):
                 return REJECT  # what _tcp concludes on a fresh stream, before any state is made
-            st = flow.put_state("rtp", _State())
+            st = flow.put_state("rtp", _State(bad=st or 0))
         if pkt.proto == TCP:
             if not self._tcp(st, pkt.payload, direction):
                 return REJECT
@@ -252,8 +270,8 @@ class RTP(Classifier):
         seen = flow.pay0 + flow.pay1
         if st.bad >= _MAX_BAD and st.bad * 2 > seen:
             return REJECT
-        if seen >= _GIVE_UP and not st.rtp_pkts and not any(st.rtcp):
-            return REJECT
+        if not st.rtp_pkts and not any(st.rtcp):
+            return REJECT if _no_media(flow, st.bad) else None
         return None
 
     @staticmethod

@@ -10,6 +10,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
 from support import one_verdict, run_engine
+from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.rtp import rtcp_compound, rtp_header
 
 C, S = "192.0.2.10", "198.51.100.7"
@@ -101,3 +102,30 @@ def test_quic_short_headers_and_dtls_are_not_rtp() -> None:
     for pkts in (quic, dtls):
         for _, v in run_engine(pkts):
             assert v.protocol not in ("rtp", "rtcp"), v
+
+
+def test_datagrams_of_no_rtp_version_keep_a_count_until_media_comes() -> None:
+    """Before anything of RTP version 2 the state is the count of bad datagrams (STUN/DTLS-range first
+    bytes are not bad); media after a few of them is still recognised, and enough bad ones reject."""
+    from tunnelwatch.classify.engine import Engine
+    from tunnelwatch.classify.packet import parse_ip
+    from tunnelwatch.classify.rtp import RTP
+
+    def flow_after(payloads: list[bytes]) -> Flow:
+        e = Engine([RTP()], budget=64)
+        flows = set()
+        for i, p in enumerate(payloads):
+            pkt = parse_ip(bytes(u(C, S, 40000, 40002, p)), 1.0 + i / 100)
+            assert pkt is not None
+            flows.add(e.process(pkt))
+        assert len(flows) == 1
+        return flows.pop()
+
+    early = [b"\x55" + os.urandom(30), b"\x00\x01" + os.urandom(30), b"\x7f" + os.urandom(30)]  # bad STUN bad
+    f = flow_after(early)
+    assert f.active and f.state["rtp"] == 2
+    v = one_verdict([u(C, S, 40000, 40002, p) for p in early]
+                    + [u(C, S, 40000, 40002, p) for p in stream(0x1234, 8)]
+                    + [u(S, C, 40002, 40000, p) for p in stream(0x5678, 8)])
+    assert (v.protocol, v.confidence) == ("rtp", "confirmed"), v
+    assert not flow_after([b"\x55" + os.urandom(30)] * 4).active  # four bad of four: rejected
