@@ -40,6 +40,7 @@ from tunnelwatch.classify.packet import AH, ESP, UDP, Packet
 
 NAT_T_PORT: Final = 4500
 GP_PORT: Final = 4501
+_PORTS: Final = frozenset({500, NAT_T_PORT, GP_PORT})  # where a UDP datagram that is no IKE may still count
 IKE_HEADER: Final = 28
 _V1_EXCHANGES: Final = {1: "Base", 2: "Main Mode", 3: "Auth Only", 4: "Aggressive Mode", 5: "Informational",
                         6: "Transaction", 32: "Quick Mode", 33: "New Group Mode"}
@@ -144,9 +145,12 @@ class IPsec(Classifier):
     def inspect(self, flow: Flow, pkt: Packet, direction: int, ctx: Context) -> InspectResult:
         """Parse IKE headers or ESP/AH SPI+sequence and cross-check them between the two directions."""
         st = flow.state.get("ipsec")
-        if st is None:
-            st = flow.put_state("ipsec", _State())
         p = pkt.payload
+        if st is None:
+            if (pkt.proto == UDP and p[:4] != b"\x00\x00\x00\x00" and p != b"\xff"
+                    and pkt.sport not in _PORTS and pkt.dport not in _PORTS and parse_ike(p) is None):
+                return REJECT  # what the UDP path below concludes on a fresh flow, without making the state
+            st = flow.put_state("ipsec", _State())
         if pkt.proto == ESP:
             return self._sa(st, "esp", p, direction, over_udp=False)
         if pkt.proto == AH:

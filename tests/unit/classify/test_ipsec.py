@@ -198,3 +198,31 @@ def test_globalprotect_near_misses_are_only_a_port_hint() -> None:
 def test_ike_from_ephemeral_port_4501_is_still_ike() -> None:
     v = one_verdict([u(C, S, 4501, 500, ike()), u(S, C, 500, 4501, ike(rspi=RSPI, flags=0x20))])
     assert (v.protocol, v.confidence) == ("ike", "confirmed")
+
+
+def test_a_fresh_flow_of_no_ike_off_the_ipsec_ports_is_rejected_without_state(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most UDP flows: no IKE header, no NAT-T marker, not on 500/4500/4501: rejected on their first
+    datagram before any state is made. IKE elsewhere, and anything on 4500, still gets the state."""
+    from tunnelwatch.classify import ipsec as ipsec_mod
+    from tunnelwatch.classify.engine import Engine
+    from tunnelwatch.classify.packet import parse_ip
+
+    made: list[int] = []
+    real = ipsec_mod._State
+    monkeypatch.setattr(ipsec_mod, "_State", lambda *a, **k: made.append(1) or real(*a, **k))
+
+    def first(sp: int, dp: int, payload: bytes) -> bool:
+        """Whether the classifier is still active after this flow's first datagram."""
+        e = Engine([ipsec_mod.IPsec()], budget=16)
+        pkt = parse_ip(bytes(u(C, S, sp, dp, payload)), 1.0)
+        assert pkt is not None
+        return bool(e.process(pkt).active)
+
+    rng = random.Random(5)
+    for _ in range(50):
+        assert not first(40000, 40001, b"\x01" + rng.randbytes(40))
+    assert not made
+    assert first(40000, 40001, ike())  # IKE on any port is looked at (heuristic)
+    assert first(40000, 4500, b"\x01" + rng.randbytes(40))  # ESP-in-UDP shaped, on the NAT-T port
+    assert len(made) == 2
