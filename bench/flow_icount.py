@@ -4,6 +4,7 @@ a shared machine, unlike seconds). Compares checkouts when given several daemon 
     python bench/flow_icount.py                          # this checkout
     python bench/flow_icount.py OLD/daemon daemon        # before vs after
     python bench/flow_icount.py --seconds                # no valgrind: CPU time per flow instead (noisy)
+    python bench/flow_icount.py --proto udp --packets 2  # the lab's "udp" case: a datagram and its echo
 
 Each flow is the lab's "unknown" TCP case as the router's queue sees it (docs/performance.md, "A third
 queued packet per TCP flow"): 16 random bytes from the client, their echo from the server, and the echo's
@@ -34,7 +35,12 @@ n, handle, rate, per = int(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3]),
 rng = random.Random(13)
 SERVER = bytes([192, 0, 2, 1])
 
+udp = sys.argv[5] == "udp"
+
 def tcp(src, sport, dst, dport, seq, ack, payload):
+    if udp:  # the conn_bench "udp" case: a datagram and its echo
+        t = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(t), 0, 0x4000, 64, 17, 0, src, dst) + t
     t = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, 0x18, 65535, 0, 0) + payload
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(t), 0, 0x4000, 64, 6, 0, src, dst) + t
 
@@ -88,9 +94,10 @@ if True:  # set-up in both runs, so that imports cancel out
 """
 
 
-def run(pkg_dir: str, n: int, handle: bool, rate: float, valgrind: bool, per: int = 3) -> float:
+def run(pkg_dir: str, n: int, handle: bool, rate: float, valgrind: bool, per: int = 3,
+        proto: str = "tcp") -> float:
     """Instructions (callgrind's 'Collected' total), or CPU seconds without valgrind, of one run."""
-    cmd = [sys.executable, "-c", _RUN, str(n), "1" if handle else "0", str(rate), str(per)]
+    cmd = [sys.executable, "-c", _RUN, str(n), "1" if handle else "0", str(rate), str(per), proto]
     env = {**os.environ, "PYTHONPATH": pkg_dir}
     with tempfile.TemporaryDirectory() as tmp:
         if valgrind:
@@ -122,19 +129,23 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=2000.0, help="new flows per simulated second")
     ap.add_argument("--packets", type=int, choices=(2, 3), default=3,
                     help="queued packets per flow: 3 (with the retransmitted reply, default) or 2")
+    ap.add_argument("--proto", choices=("tcp", "udp"), default="tcp",
+                    help="udp: a 16-byte datagram and its echo per flow (--packets 2 only)")
     ap.add_argument("--seconds", action="store_true", help="CPU time instead of callgrind (noisy)")
     args = ap.parse_args()
     if args.flows < 1:
         ap.error("--flows must be at least 1")
+    if args.proto == "udp" and args.packets != 2:
+        ap.error("--proto udp needs --packets 2 (a datagram and its echo)")
     per_flow = []
     for d in args.dirs:
-        base = run(d, args.flows, False, args.rate, not args.seconds, args.packets)
-        full = run(d, args.flows, True, args.rate, not args.seconds, args.packets)
+        base = run(d, args.flows, False, args.rate, not args.seconds, args.packets, args.proto)
+        full = run(d, args.flows, True, args.rate, not args.seconds, args.packets, args.proto)
         v = (full - base) / args.flows
         per_flow.append(v)
         unit = "us" if args.seconds else "instructions"
         print(f"{d}: {v * 1e6 if args.seconds else v:,.0f} {unit} per flow "
-              f"({args.flows} flows, {args.packets} queued packets each)")
+              f"({args.flows} {args.proto} flows, {args.packets} queued packets each)")
     if len(per_flow) >= 2:
         print(f"per flow, last / first: {per_flow[-1] / per_flow[0]:.3f}")
     return 0
