@@ -44,6 +44,14 @@ def tcp_packet(src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, f
     return hdr + tcp
 
 
+def udp_packet(src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> bytes:
+    """An IPv4/UDP datagram with a valid IP checksum (no UDP checksum: 0 means none)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, src, dst)
+    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    return hdr + udp
+
+
 def client_addr(i: int) -> tuple[bytes, int]:
     """A distinct (address, port) for flow i: 10.x.y.z, ports 1024..65023."""
     host = 1 + i // 64000

@@ -1,10 +1,11 @@
-"""Memory per flow, without the kernel: N TCP flows through the real Enforcer, undecided or decided.
+"""Memory per flow, without the kernel: N TCP or UDP flows through the real Enforcer, undecided or decided.
 
 `--case unknown` (default): each flow is the unknown case of bench/conn_bench.py: 16 random bytes from the
 client and 16 random bytes back, both through `Enforcer.handle` (the daemon's queue callback's work), so
 every TCP classifier that has not rejected still holds its state and the flow stays undecided.
 `--case http`: an HTTP request and its response: confirmed benign on the response, so the flow is decided
-and what is measured is what a decided flow still costs in the table. `all` runs both cases.
+and what is measured is what a decided flow still costs in the table. `--case udp`: the udp case of
+bench/conn_bench.py (16 random bytes each way in datagrams), undecided. `all` runs every case.
 Three figures, each in a fresh process (so they do not disturb each other):
 - `rss`: RSS growth over N flows / N (after a warm-up of 1,000 flows, with the daemon's GC settings);
 - `trace`: tracemalloc's growth over N flows / N, and the same split by source file (which module's
@@ -41,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 N_WARM = 1000
 
 
-CASES = ("unknown", "http")
+CASES = ("unknown", "http", "udp")
 _REQUEST = b"GET /index.html HTTP/1.1\r\nHost: example.net\r\nUser-Agent: bench\r\n\r\n"
 _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n"
 CASE = "unknown"
@@ -50,6 +51,12 @@ CASE = "unknown"
 def _flows(enf: Any, start: int, n: int) -> None:
     handle = enf.handle
     http = CASE == "http"
+    if CASE == "udp":  # conn_bench's udp case: 16 random bytes and 16 back, undecided
+        for i in range(start, start + n):
+            a, p = flow_bench.client_addr(i)
+            handle(flow_bench.udp_packet(a, p, flow_bench.SERVER, 40000, os.urandom(16)))
+            handle(flow_bench.udp_packet(flow_bench.SERVER, 40000, a, p, os.urandom(16)))
+        return
     for i in range(start, start + n):
         a, p = flow_bench.client_addr(i)
         handle(flow_bench.tcp_packet(a, p, flow_bench.SERVER, 40000, _REQUEST if http else os.urandom(16)))
@@ -207,8 +214,8 @@ def main() -> int:
     ap.add_argument("mode", choices=("rss", "trace", "entry", "all"))
     ap.add_argument("--flows", type=int, default=20_000, help="flows (<= 500,000)")
     ap.add_argument("--case", choices=CASES, default=None,
-                    help="unknown: undecided flows; http: decided (confirmed benign); default: both with "
-                         "`all`, unknown otherwise")
+                    help="unknown: undecided TCP flows; http: decided (confirmed benign); udp: undecided "
+                         "UDP flows; default: all of them with `all`, unknown otherwise")
     a = ap.parse_args()
     if not 1 <= a.flows <= 500_000:
         ap.error("bounds: --flows 1..500000")

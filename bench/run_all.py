@@ -264,6 +264,10 @@ def perflow(a: argparse.Namespace) -> tuple[list[Row], dict[str, Any] | None]:
     if "rss_bytes_per_flow" in m.get("rss", {}):
         rows.append(Row("perflow", "RSS per undecided flow, no kernel", None, m["rss"]["rss_bytes_per_flow"],
                         "bytes", f"{m['rss']['undecided']:,} undecided flows in the table"))
+    if "rss_bytes_per_flow" in m.get("rss_udp", {}):
+        rows.append(Row("perflow", "RSS per undecided UDP flow, no kernel", None,
+                        m["rss_udp"]["rss_bytes_per_flow"], "bytes",
+                        f"{m['rss_udp']['undecided']:,} undecided flows in the table"))
     t = m.get("trace", {})
     if "traced_bytes_per_flow" in t:
         top = ", ".join(f"{f} {b:.0f}" for f, b, _ in t["by_file"][:5])
