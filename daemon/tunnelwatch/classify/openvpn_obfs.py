@@ -19,7 +19,7 @@ one only reports "heuristic" and never looks past its packet budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, InspectResult, Klass, Verdict
@@ -55,9 +55,10 @@ class _State:
     retx: int = 0
     after: int = 0
     fired: bool = False
-    #: first byte -> sizes of the records that started with it (bounded by the packet budget)
-    sizes: dict[int, list[int]] = field(default_factory=dict)
-    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
+    #: first byte -> sizes of the records that started with it (bounded by the packet budget); this state
+    #: lives in most UDP flows while they are classified, so the containers are made on first use
+    sizes: dict[int, list[int]] | None = None
+    tcp_buf: list[bytes] | None = None  # TCP only
 
 
 class OpenVPNObfs(Classifier):
@@ -89,6 +90,8 @@ class OpenVPNObfs(Classifier):
             return DONE
         if pkt.proto == UDP:
             return self._record(st, p, direction)
+        if st.tcp_buf is None:
+            st.tcp_buf = [b"", b""]
         buf = st.tcp_buf[direction] + p
         if len(buf) > _MAX_BUF:
             return REJECT
@@ -133,46 +136,48 @@ class OpenVPNObfs(Classifier):
                 st.retx += 1
                 return None
             return REJECT
-        sizes = st.sizes.setdefault(b, [])
-        sizes.append(n)
-        if len(st.sizes) > _MAX_OTHER:
+        by_first = st.sizes
+        if by_first is None:
+            by_first = st.sizes = {}
+        by_first.setdefault(b, []).append(n)
+        if len(by_first) > _MAX_OTHER:
             return REJECT
         st.after += 1
         # OpenVPN repeats CONTROL and ACK: at least two records reuse a value (random first bytes rarely do)
-        if st.after < _MIN_AFTER or len(st.sizes) < 2 or st.after - len(st.sizes) < 2:
+        if st.after < _MIN_AFTER or len(by_first) < 2 or st.after - len(by_first) < 2:
             return None
         # The server's reset acks the client's (one packet id + the client's session id: 12 bytes more):
         # with that cross-check, one ACK record is enough (over TCP, pure TCP ACKs eat the packet budget).
         acked = st.s_len == st.c_len + 12
-        ack = self._ack_value(st, 1 if acked else 2)
+        ack = self._ack_value(by_first, 1 if acked else 2)
         if ack is None:
             return None
         st.fired = True
-        return self._verdict(st, ack)
+        return self._verdict(st, by_first, ack)
 
     @staticmethod
-    def _ack_value(st: _State, need: int) -> int | None:
+    def _ack_value(by_first: dict[int, list[int]], need: int) -> int | None:
         """The value whose records look like P_ACK: `need` or more, small, sizes apart by whole packet ids,
         and much smaller than the largest control record."""
-        for v, sizes in st.sizes.items():
+        for v, sizes in by_first.items():
             if len(sizes) < need:
                 continue
             lo, hi = min(sizes), max(sizes)
             if lo < _ACK_MIN or hi > _ACK_MAX or hi - lo > _ACK_SPREAD or any(s % 4 != 2 for s in sizes):
                 continue
-            if any(max(o) > hi + 64 for w, o in st.sizes.items() if w != v):
+            if any(max(o) > hi + 64 for w, o in by_first.items() if w != v):
                 return v
         return None
 
-    def _verdict(self, st: _State, ack: int) -> Verdict:
-        sizes = st.sizes[ack]
+    def _verdict(self, st: _State, by_first: dict[int, list[int]], ack: int) -> Verdict:
+        sizes = by_first[ack]
         lo, hi = min(sizes), max(sizes)
         span = f"{lo} bytes" if lo == hi else f"{lo}-{hi} bytes in 4-byte steps"
         n = f"{len(sizes)} ACK record{'s' if len(sizes) > 1 else ''}"
         ev = [
             "opcode pattern of OpenVPN under XOR obfuscation",
             f"client reset 0x{st.c:02x} and server reset 0x{st.s:02x} once each, then "
-            f"{len(st.sizes)} other values in {st.after} records",
+            f"{len(by_first)} other values in {st.after} records",
             f"ACK-size fingerprint: {n} (0x{ack:02x}) of {span}",
         ]
         if st.s_len == st.c_len + 12:

@@ -99,14 +99,15 @@ class _Stream:
 
 @dataclass(slots=True)
 class _State:
-    streams: list[dict[int, _Stream]] = field(default_factory=lambda: [{}, {}])
+    # containers made on first use: this state lives in many UDP flows while they are classified
+    streams: tuple[dict[int, _Stream], dict[int, _Stream]] | None = None  # per direction, by SSRC
     rtcp: list[int] = field(default_factory=lambda: [0, 0])
     rtcp_ssrc: tuple[set[int], set[int]] | None = None  # made on the first RTCP packet
     rtcp_kind: str = "rtcp"
     rtcp_compound: bool = False
     rtp_pkts: int = 0
     bad: int = 0
-    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
+    tcp_buf: list[bytes] | None = None  # TCP only
 
 
 def _no_media(flow: Flow, bad: int) -> bool:
@@ -163,6 +164,8 @@ class RTP(Classifier):
 
     def _tcp(self, st: _State, data: bytes, direction: int) -> bool:
         """RFC 4571: each RTP/RTCP packet behind a 2-byte length. False when the framing is not there."""
+        if st.tcp_buf is None:
+            st.tcp_buf = [b"", b""]
         buf = st.tcp_buf[direction] + data
         if len(buf) > _MAX_TCP_BUF:
             return False
@@ -207,6 +210,8 @@ class RTP(Classifier):
             st.bad += 1
             return
         st.rtp_pkts += 1
+        if st.streams is None:
+            st.streams = ({}, {})
         streams = st.streams[d]
         s = streams.get(h.ssrc)
         if s is None:
@@ -239,7 +244,9 @@ class RTP(Classifier):
             # nothing RTP- or RTCP-shaped yet (most datagrams of an ordinary UDP flow): no stream to judge
             return self._give_up(flow, st)
         announced = exp is not None and exp.protocol in ("rtp", "rtcp")
-        best = [self._best(st.streams[0]), self._best(st.streams[1])]
+        best: list[tuple[int, _Stream] | None] = [None, None]
+        if st.streams is not None:
+            best = [self._best(st.streams[0]), self._best(st.streams[1])]
         steps = [b[1].good if b is not None else 0 for b in best]
         if st.rtcp[0] or st.rtcp[1]:
             ev = [f"RTCP compound packets ({st.rtcp[0]}+{st.rtcp[1]} each way), length fields consistent"]
