@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import random
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -62,24 +64,32 @@ def test_the_hourly_full_collection_waits_while_the_table_is_large(monkeypatch: 
         assert enf.next_full_gc - enforcer_mod.time.monotonic() <= enforcer_mod.FULL_GC_RETRY
 
 
-@pytest.mark.usefixtures("restore_gc")
-@pytest.mark.parametrize("ticks", [True, False])
-def test_young_collections_stay_small_while_a_full_table_churns(monkeypatch: pytest.MonkeyPatch,
-                                                                 ticks: bool) -> None:
-    """With a full table each new flow's objects are balanced by an evicted flow's freed ones: CPython's
-    allocation count then stays under its threshold while the youngest generation grows, and the one
-    collection that finally runs walks all of it. tick() collects the young generations on a clock."""
+def _tcp(i: int, payload: bytes, reply: bool) -> bytes:
+    """Flow i's 16-byte request (or its echo), as the queue hands it over (no checksums read)."""
+    cli, port, srv = bytes([10, 1, i >> 8 & 0xFF, i & 0xFF]), 1024 + i % 60000, bytes([192, 0, 2, 1])
+    src, sport, dst, dport = (srv, 40000, cli, port) if reply else (cli, port, srv, 40000)
+    t = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(t), 0, 0x4000, 64, 6, 0, src, dst) + t
+
+
+def _churn(monkeypatch: pytest.MonkeyPatch, clocked: bool) -> int:
+    """6,000 unknown TCP flows (request and echo) through a table full at 1,000, tick() after each
+    packet; the most objects a collection looked at, or left waiting in the youngest generation at the end
+    (with `clocked` False, tick() never collects)."""
     from tunnelwatch.config.runconfig import parse_config
     from tunnelwatch.inline import enforcer as enforcer_mod
     from tunnelwatch.policy.registry import Registry
 
     nfqueue.relax_gc()
+    if not clocked:
+        monkeypatch.setattr(enforcer_mod, "YOUNG_GC_S", 1e9)
     enf = enforcer_mod.Enforcer(parse_config("log: {level: info}\n"), Registry(), lambda rec: None)
-    enf.engine.table.max_flows = 500  # full after a sixteenth of the run (the config's least is 1,000)
+    enf.engine.table.max_flows = 1000  # full after a sixth of the run (the config's least is 1,000)
     clock = [1000.0]
     monkeypatch.setattr(enforcer_mod.time, "monotonic", lambda: clock[0])
-    packets = [_udp(1024 + i) for i in range(8000)]
-    walked: list[int] = []  # objects in the generations each collection looked at
+    rng = random.Random(3)
+    packets = [_tcp(i, d, r) for i in range(6000) for d in (rng.randbytes(16),) for r in (False, True)]
+    walked: list[int] = []
 
     def seen(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -89,14 +99,19 @@ def test_young_collections_stay_small_while_a_full_table_churns(monkeypatch: pyt
     try:
         for pkt in packets:
             enf.handle(pkt)
-            clock[0] += 0.0005  # 2,000 packets/s
-            if ticks:
-                enf.tick()
+            clock[0] += 0.00025  # 2,000 flows/s
+            enf.tick()
     finally:
         gc.callbacks.remove(seen)
-    assert len(enf.engine.table) == 500
-    if ticks:
-        # 20 ms of packets (40 flows) between two collections: about a thousand objects
-        assert walked and max(walked) < 4000
-    else:
-        assert not walked or max(walked) >= 4000  # the growth tick() prevents
+    assert len(enf.engine.table) == 1000
+    return max([*walked, len(gc.get_objects(0))])
+
+
+@pytest.mark.usefixtures("restore_gc")
+def test_young_collections_stay_small_while_a_full_table_churns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a full table each new flow's objects are balanced by an evicted flow's freed ones: CPython's
+    allocation count then stays under its threshold while the youngest generation grows, and the one
+    collection that finally runs walks all of it. tick() collects the young generations on a clock."""
+    clocked = _churn(monkeypatch, True)
+    assert clocked < 1000  # 20 ms of packets (40 flows) between two collections: a few hundred objects
+    assert _churn(monkeypatch, False) >= 4 * clocked  # the growth the clock prevents
