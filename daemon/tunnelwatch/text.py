@@ -1,4 +1,5 @@
-"""Untrusted text made safe to show: on a terminal or page (`printable`) and in an event (`clean_text`).
+"""Untrusted text made safe to show: on a terminal or page (`printable`) and in an event (`clean_text`);
+and read safely as a number (`digits`).
 
 Server replies, registry documents, HTTP reason phrases and peer-supplied names reach logs, events and the
 status page; control characters must never reach a terminal or fail an event's validation.
@@ -22,3 +23,9 @@ def clean_text(text: str, limit: int = 512) -> str:
     """Text any event field accepts: non-printable characters escaped (\\x1b), at most `limit` characters."""
     out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
     return out[:limit]
+
+
+def digits(text: str) -> bool:
+    """Whether int(text) reads it as a plain decimal: ASCII digits only (str.isdigit() also takes
+    superscripts such as '¹', a latin-1 byte 0xb9 decoded, which int() refuses)."""
+    return text.isascii() and text.isdigit()

@@ -38,7 +38,7 @@ from tunnelwatch.appliance.webauth import (
     session_cookie,
     token_matches,
 )
-from tunnelwatch.text import printable
+from tunnelwatch.text import digits, printable
 
 log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_SOCKET", "StatusServer", "cli_status", "fetch_snapshot"]  # the socket side: statussock
@@ -111,7 +111,7 @@ def _page_params(query: str) -> dict[str, Any]:
 
     def number(name: str, lo: int, hi: int) -> int:
         text = q.get(name, ["0"])[0]
-        return min(max(int(text), lo), hi) if text.isascii() and text.isdigit() and len(text) < 6 else 0
+        return min(max(int(text), lo), hi) if digits(text) and len(text) < 6 else 0
 
     host = q.get("host", [""])[0].strip()
     return {"host": host[:64] if valid_host(host) else "", "page": number("page", 0, 1000),
@@ -227,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _login(self) -> None:
         length = self.headers.get("Content-Length", "")
-        if not (length.isascii() and length.isdigit()):
+        if not digits(length):
             self._send(411, "text/plain; charset=utf-8", "length required\n")
             return
         if int(length) > MAX_FORM_BYTES:

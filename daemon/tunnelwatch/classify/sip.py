@@ -30,6 +30,7 @@ from tunnelwatch.classify.base import DONE, REJECT, Classifier, Context, Inspect
 from tunnelwatch.classify.common import tls_client_hello
 from tunnelwatch.classify.flow import Flow
 from tunnelwatch.classify.packet import TCP, UDP, Packet
+from tunnelwatch.text import digits
 
 METHODS: Final = frozenset({b"INVITE", b"REGISTER", b"OPTIONS", b"ACK", b"BYE", b"CANCEL", b"SUBSCRIBE",
                             b"NOTIFY", b"MESSAGE", b"INFO", b"PRACK", b"UPDATE", b"REFER", b"PUBLISH"})
@@ -106,12 +107,7 @@ def parse_head(head: bytes) -> Message | None:
         return None
     clen = hdr.get("content-length", "")
     return Message(sl.method, sl.code, hdr["call-id"], int(cs.group(1)), cs.group(2).upper(),
-                   int(clen) if _digits(clen) and len(clen) < 7 else -1)
-
-
-def _digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes superscripts ('¹' from latin-1), which int() refuses."""
-    return text.isascii() and text.isdigit()
+                   int(clen) if digits(clen) and len(clen) < 7 else -1)
 
 
 def call_tag(call_id: str) -> str:
@@ -145,7 +141,7 @@ def sdp_media(body: bytes) -> list[tuple[bytes, int, int]]:
             if len(parts) < 3:
                 continue
             port_text = parts[1].split("/")[0]
-            port = int(port_text) if _digits(port_text) and len(port_text) <= 5 else 0
+            port = int(port_text) if digits(port_text) and len(port_text) <= 5 else 0
             # RTP profiles only (RTP/AVP, RTP/SAVP, UDP/TLS/RTP/SAVPF): T.38 udptl and TCP media are not RTP.
             is_rtp = parts[0] in ("audio", "video") and "RTP/" in parts[2] and not parts[2].startswith("TCP")
             media.append(_Media(session_addr, port, port + 1, is_rtp))
@@ -153,7 +149,7 @@ def sdp_media(body: bytes) -> list[tuple[bytes, int, int]]:
             media[-1].rtcp = 0
         elif media and line.startswith("a=rtcp:") and media[-1].rtcp:
             words = line[7:].split()
-            if words and _digits(words[0]) and len(words[0]) <= 5:
+            if words and digits(words[0]) and len(words[0]) <= 5:
                 media[-1].rtcp = int(words[0])
     return [(m.addr, m.port, m.rtcp if m.rtcp < 65536 else 0) for m in media
             if m.rtp and m.addr and 0 < m.port < 65536]

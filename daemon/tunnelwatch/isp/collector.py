@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 # one definition of the wire contract (docs/uplink.md), shared with the sender
 from tunnelwatch.report.wire import BATCH_HEADER, DEVICE_HEADER, EVENTS_PATH, WIRE_SCHEMA
+from tunnelwatch.text import digits
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ class Collector:
 
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()):
+    if not sep or not digits(port):
         raise argparse.ArgumentTypeError("expected ADDR:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -41,7 +41,7 @@ from tunnelwatch.policy.regdoc import (
     verify_document,
 )
 from tunnelwatch.policy.registry import parse_registry
-from tunnelwatch.text import clean_text
+from tunnelwatch.text import clean_text, digits
 
 __all__ = ["FORMAT", "SIG_CONTEXT", "STATE_FILE", "RegistrySync", "Rejected", "SyncResult", "main",
            "public_key_from_b64", "sign_document", "verify_document"]
@@ -148,8 +148,7 @@ class RegistrySync:
             if resp.status != 200:
                 raise Rejected(f"server answered HTTP {resp.status} {resp.reason}")
             header = resp.getheader("Content-Length") or ""
-            # ASCII digits only: str.isdigit() also takes superscripts, which int() refuses
-            declared = int(header) if header.isascii() and header.isdigit() else None
+            declared = int(header) if digits(header) else None
             if declared is not None and declared > self.max_bytes:
                 raise Rejected(f"document too large ({declared} bytes > max {self.max_bytes})")
             body = b""

@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tunnelwatch.text import digits
+
 WIRE_SCHEMA: Final = 1
 EVENTS_PATH: Final = "/v1/events"
 BATCH_HEADER: Final = "X-Tunnelwatch-Batch-Id"
@@ -30,7 +32,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isascii() and text.isdigit():  # "¹" (U+00B9) passes isdigit(), not float()
+    if digits(text):
         return min(float(text), RETRY_AFTER_CEILING)
     try:
         when = email.utils.parsedate_to_datetime(text)
