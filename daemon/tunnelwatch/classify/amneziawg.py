@@ -35,7 +35,7 @@ from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass
 from tunnelwatch.classify.flow import Flow
-from tunnelwatch.classify.junk import JunkGate
+from tunnelwatch.classify.junk import JunkGate, gate_alone
 from tunnelwatch.classify.packet import UDP, Packet
 from tunnelwatch.classify.wgdata import MIN_DATA, DataDir, both_ways, data_fields
 
@@ -99,14 +99,11 @@ class AmneziaWG(Classifier):
         if type(st) is _State:
             if st.gate.first_look(p, direction):
                 return REJECT
-        else:
-            # the junk gate is the whole state until a datagram long enough for any message comes
-            gate = st if st is not None else flow.put_state("amneziawg", JunkGate())
-            if gate.first_look(p, direction):
-                return REJECT
-            if len(p) < _SHORTEST:  # no data message, response or initiation: junk, nothing to keep
-                return REJECT if gate.junk_seen() else None
-            st = flow.put_state("amneziawg", _State(gate))
+        else:  # until a datagram long enough for a data message, response or initiation comes
+            alone = gate_alone(flow, "amneziawg", st, p, direction, len(p) < _SHORTEST)
+            if not isinstance(alone, JunkGate):
+                return alone
+            st = flow.put_state("amneziawg", _State(alone))
         if st.hs is None:
             r = self._handshake(st, p, direction) or self._data(st, p, direction)
         else:

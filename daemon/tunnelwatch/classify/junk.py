@@ -13,6 +13,9 @@ does so by design). Two things still end the wait, so an ordinary flow costs lit
   switching the classifier off, and only signatures with >= ~24 fixed bits count, so the random padding
   of an obfuscated handshake response almost never reads as one of them;
 * more than `MAX_JUNK` junk datagrams (AmneziaWG allows up to 128 junk packets plus 5 signature packets).
+
+While a flow showed a classifier nothing but junk, the gate is that classifier's whole state
+(`gate_alone`): most UDP flows are no tunnel and never build the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 from struct import unpack_from
 from typing import Final
 
+from tunnelwatch.classify.base import REJECT, InspectResult
 from tunnelwatch.classify.common import dns_message, dtls_record, tls_record
+from tunnelwatch.classify.flow import Flow
 
 #: junk datagrams tolerated per flow before a classifier gives up (Jc <= 128, I1..I5, retries)
 MAX_JUNK: Final = 160
@@ -97,3 +102,20 @@ class JunkGate:
         """Count one junk datagram; True when there has been too much of it to keep waiting."""
         self.junk += 1
         return self.junk > MAX_JUNK
+
+
+def gate_alone(flow: Flow, name: str, gate: JunkGate | None, p: bytes, direction: int,
+               junk: bool) -> JunkGate | InspectResult:
+    """For a flow that showed a classifier nothing but junk so far, whose state is this gate alone (None:
+    no state yet): the first look and, when the classifier says this datagram is `junk` too, the count.
+    Returns what inspect() returns then, or the gate when the datagram needs the whole state (the caller
+    builds it around the gate). Most UDP flows never get further, and never pay for the rest."""
+    if gate is None:
+        gate = JunkGate()
+        if junk:
+            flow.put_state(name, gate)
+    if gate.first_look(p, direction):
+        return REJECT  # both ends opened with one other protocol: a real exchange of it
+    if not junk:
+        return gate
+    return REJECT if gate.junk_seen() else None

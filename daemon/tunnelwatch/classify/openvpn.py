@@ -23,7 +23,7 @@ from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass, Verdict
 from tunnelwatch.classify.flow import Flow
-from tunnelwatch.classify.junk import JunkGate
+from tunnelwatch.classify.junk import JunkGate, gate_alone
 from tunnelwatch.classify.openvpn_data import DataDir, data_evidence
 from tunnelwatch.classify.packet import TCP, UDP, Packet
 
@@ -114,16 +114,12 @@ class OpenVPN(Classifier):
             p = pkt.payload
             if type(st) is _State:
                 return self._udp(flow, st, p, direction)
-            # Until a datagram that _udp would not count as junk comes, the junk gate is the whole state
-            # (and stands for "static-key framing already broken"): most UDP flows are no OpenVPN.
-            gate = st if st is not None else JunkGate()
-            if gate.first_look(p, direction):
-                return REJECT
-            if _junk(p, direction, st is None):
-                if st is None:
-                    flow.put_state("openvpn", gate)
-                return REJECT if gate.junk_seen() else None
-            st = flow.put_state("openvpn", _State(gate=gate, static_bad=st is not None))
+            # until a datagram that _udp would not count as junk comes; a gate alone also stands for
+            # "static-key framing already broken" (the first junk datagram broke it)
+            alone = gate_alone(flow, "openvpn", st, p, direction, _junk(p, direction, st is None))
+            if not isinstance(alone, JunkGate):
+                return alone
+            st = flow.put_state("openvpn", _State(gate=alone, static_bad=st is not None))
             return self._udp(flow, st, p, direction, looked=True)
         if st is None:
             if not self.first(pkt, direction):

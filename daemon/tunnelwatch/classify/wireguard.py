@@ -27,7 +27,7 @@ from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Confidence, Context, InspectResult, Klass
 from tunnelwatch.classify.flow import Flow
-from tunnelwatch.classify.junk import JunkGate
+from tunnelwatch.classify.junk import JunkGate, gate_alone
 from tunnelwatch.classify.packet import UDP, Packet
 from tunnelwatch.classify.wgdata import DataDir, data_fields
 
@@ -83,15 +83,12 @@ class WireGuard(Classifier):
         if type(st) is _State:
             if st.gate.first_look(p, direction):
                 return REJECT  # both ends opened with one other protocol: a real exchange of it
-        else:
-            # until a datagram of WireGuard's shape comes, the junk gate is the whole state (most UDP
-            # flows are no WireGuard: they never pay for the rest)
-            gate = st if st is not None else flow.put_state("wireguard", JunkGate())
-            if gate.first_look(p, direction):
-                return REJECT
-            if len(p) < _SHORTEST or not (1 <= p[0] <= 4 or 0xC1 <= p[0] <= 0xC4):  # _message: junk
-                return REJECT if gate.junk_seen() else None
-            st = flow.put_state("wireguard", _State(gate))
+        else:  # until a datagram of WireGuard's shape comes (_message calls the others junk)
+            junk = len(p) < _SHORTEST or not (1 <= p[0] <= 4 or 0xC1 <= p[0] <= 0xC4)
+            alone = gate_alone(flow, "wireguard", st, p, direction, junk)
+            if not isinstance(alone, JunkGate):
+                return alone
+            st = flow.put_state("wireguard", _State(alone))
         r = self._message(st, p, direction)
         if r is None:
             return REJECT if st.gate.junk_seen() else None
