@@ -116,6 +116,13 @@ def _no_media(flow: Flow, bad: int) -> bool:
     return (bad >= _MAX_BAD and bad * 2 > seen) or seen >= _GIVE_UP
 
 
+def _media(p: bytes) -> bool:
+    """Whether _datagram would count this datagram (first byte >= 0x80) as RTP or RTCP, not as bad."""
+    if len(p) >= 2 and p[1] in RTCP_TYPES:
+        return rtcp_compound(p) is not None
+    return rtp_header(p) is not None
+
+
 def _framed(buf: bytes, pos: int) -> bool:
     """Whether buf[pos:] (>= 3 bytes) starts an RFC 4571 frame of RTP/RTCP: length >= 8, version 2."""
     return unpack_from("!H", buf, pos)[0] >= 8 and buf[pos + 2] & 0xC0 == 0x80
@@ -141,11 +148,12 @@ class RTP(Classifier):
         st = flow.state.get("rtp")
         if type(st) is not _State:
             if pkt.proto == UDP:
-                b0 = pkt.payload[0]
-                if b0 < 0x80:
-                    # no RTP or RTCP (version 2) yet, most datagrams of an ordinary UDP flow: what _datagram
-                    # and _judge conclude, on the count of bad ones alone (an int until then)
-                    bad = (st or 0) + (not (b0 <= 3 or 16 <= b0 <= 79))
+                p = pkt.payload
+                b0 = p[0]
+                if b0 < 0x80 or not _media(p):
+                    # no RTP or RTCP yet, most datagrams of an ordinary UDP flow: what _datagram and _judge
+                    # conclude, on the count of bad ones alone (an int until then)
+                    bad = (st or 0) + (b0 >= 0x80 or not (b0 <= 3 or 16 <= b0 <= 79))
                     if flow.expected is None:
                         ctx.lookup(pkt)  # as _judge does: it also drops an expired expectation
                     if _no_media(flow, bad):

@@ -104,23 +104,25 @@ def test_quic_short_headers_and_dtls_are_not_rtp() -> None:
             assert v.protocol not in ("rtp", "rtcp"), v
 
 
-def test_datagrams_of_no_rtp_version_keep_a_count_until_media_comes() -> None:
-    """Before anything of RTP version 2 the state is the count of bad datagrams (STUN/DTLS-range first
-    bytes are not bad); media after a few of them is still recognised, and enough bad ones reject."""
+def flow_after(payloads: list[bytes]) -> Flow:
+    """The one flow an engine with RTP alone holds after these client datagrams."""
     from tunnelwatch.classify.engine import Engine
     from tunnelwatch.classify.packet import parse_ip
     from tunnelwatch.classify.rtp import RTP
 
-    def flow_after(payloads: list[bytes]) -> Flow:
-        e = Engine([RTP()], budget=64)
-        flows = set()
-        for i, p in enumerate(payloads):
-            pkt = parse_ip(bytes(u(C, S, 40000, 40002, p)), 1.0 + i / 100)
-            assert pkt is not None
-            flows.add(e.process(pkt))
-        assert len(flows) == 1
-        return flows.pop()
+    e = Engine([RTP()], budget=64)
+    flows = set()
+    for i, p in enumerate(payloads):
+        pkt = parse_ip(bytes(u(C, S, 40000, 40002, p)), 1.0 + i / 100)
+        assert pkt is not None
+        flows.add(e.process(pkt))
+    assert len(flows) == 1
+    return flows.pop()
 
+
+def test_datagrams_of_no_rtp_version_keep_a_count_until_media_comes() -> None:
+    """Before anything of RTP version 2 the state is the count of bad datagrams (STUN/DTLS-range first
+    bytes are not bad); media after a few of them is still recognised, and enough bad ones reject."""
     early = [b"\x55" + os.urandom(30), b"\x00\x01" + os.urandom(30), b"\x7f" + os.urandom(30)]  # bad STUN bad
     f = flow_after(early)
     assert f.active and f.state["rtp"] == 2
@@ -129,3 +131,20 @@ def test_datagrams_of_no_rtp_version_keep_a_count_until_media_comes() -> None:
                     + [u(S, C, 40002, 40000, p) for p in stream(0x5678, 8)])
     assert (v.protocol, v.confidence) == ("rtp", "confirmed"), v
     assert not flow_after([b"\x55" + os.urandom(30)] * 4).active  # four bad of four: rejected
+
+
+def test_version_2_datagrams_that_parse_as_neither_rtp_nor_rtcp_only_count_too() -> None:
+    """A first byte of version 2 (or 3) is not enough to build the stream state: a datagram that parses as
+    no RTP header and no RTCP compound is only counted as bad, like the others; real media after a few of
+    them is still recognised, and four of four still reject."""
+    assert rtp_header(b"\x8f" + bytes(15)) is None  # 15 CSRCs announced in a 16-byte datagram
+    odd = [b"\x8f" + os.urandom(15), b"\xc5" + os.urandom(30), b"\x80\xc8" + bytes(6)]  # CC, v3, short SR
+    f = flow_after(odd)
+    assert f.active and f.state["rtp"] == 3
+    v = one_verdict([u(C, S, 40000, 40002, p) for p in odd]
+                    + [u(C, S, 40000, 40002, p) for p in stream(0x1234, 8)]
+                    + [u(S, C, 40002, 40000, p) for p in stream(0x5678, 8)])
+    assert (v.protocol, v.confidence) == ("rtp", "confirmed"), v
+    assert not flow_after([b"\xc5" + os.urandom(30)] * 4).active
+    f = flow_after(odd[:1] + stream(0x1234, 1))  # the first real header builds the state, bad count kept
+    assert not isinstance(f.state["rtp"], int) and f.state["rtp"].bad == 1 and f.state["rtp"].rtp_pkts == 1
