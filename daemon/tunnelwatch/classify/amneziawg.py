@@ -100,7 +100,7 @@ class AmneziaWG(Classifier):
             if st.gate.first_look(p, direction):
                 return REJECT
         else:  # until a datagram long enough for a data message, response or initiation comes
-            alone = gate_alone(flow, "amneziawg", st, p, direction, len(p) < _SHORTEST)
+            alone = gate_alone(flow, p, direction, len(p) < _SHORTEST)
             if not isinstance(alone, JunkGate):
                 return alone
             st = flow.put_state("amneziawg", _State(alone))

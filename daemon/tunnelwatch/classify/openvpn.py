@@ -23,7 +23,7 @@ from typing import ClassVar, Final
 
 from tunnelwatch.classify.base import REJECT, Classifier, Context, InspectResult, Klass, Verdict
 from tunnelwatch.classify.flow import Flow
-from tunnelwatch.classify.junk import JunkGate, gate_alone
+from tunnelwatch.classify.junk import JunkGate, gate_alone, shared_before
 from tunnelwatch.classify.openvpn_data import DataDir, data_evidence
 from tunnelwatch.classify.packet import TCP, UDP, Packet
 
@@ -75,7 +75,7 @@ class _State:
     static_len: int = 0  # the first static-key-framed length seen
     static_var: bool = False  # and whether another one followed (a set would cost ~200 bytes a flow)
     static_bad: bool = False
-    tcp_buf: list[bytes] = field(default_factory=lambda: [b"", b""])
+    tcp_buf: list[bytes] | None = None  # TCP only: made on the first segment (UDP states are many)
     #: 1 when the flow's first payload came from the responder (a capture or queue that started
     #: mid-handshake, after the SYN): the sender of the first payload is the OpenVPN client
     flip: int = 0
@@ -114,12 +114,16 @@ class OpenVPN(Classifier):
             p = pkt.payload
             if type(st) is _State:
                 return self._udp(flow, st, p, direction)
-            # until a datagram that _udp would not count as junk comes; a gate alone also stands for
+            # until a datagram that _udp would not count as junk comes; junk before it also stands for
             # "static-key framing already broken" (the first junk datagram broke it)
-            alone = gate_alone(flow, "openvpn", st, p, direction, _junk(p, direction, st is None))
+            junk = _junk(p, direction, True)
+            before = 0 if junk else shared_before(flow, direction)  # junk to the fresh is junk to all
+            if before:
+                junk = _junk(p, direction, False)
+            alone = gate_alone(flow, p, direction, junk)
             if not isinstance(alone, JunkGate):
                 return alone
-            st = flow.put_state("openvpn", _State(gate=alone, static_bad=st is not None))
+            st = flow.put_state("openvpn", _State(gate=alone, static_bad=before > 0))
             return self._udp(flow, st, p, direction, looked=True)
         if st is None:
             if not self.first(pkt, direction):
@@ -170,12 +174,15 @@ class OpenVPN(Classifier):
         return self.verdict("openvpn", "confirmed" if confirmed else "heuristic", ev)
 
     def _tcp(self, st: _State, data: bytes, direction: int) -> InspectResult:
-        buf = st.tcp_buf[direction] + data
+        bufs = st.tcp_buf
+        if bufs is None:
+            bufs = st.tcp_buf = [b"", b""]
+        buf = bufs[direction] + data
         if not st.tcp_checked:
             # Cheap first look at the stream's first 3 bytes (length prefix + opcode), however the first
             # write was cut into segments: most TCP flows are not OpenVPN at all.
             if len(buf) < 3:
-                st.tcp_buf[direction] = buf
+                bufs[direction] = buf
                 return None
             if not _tcp_start(buf):
                 return REJECT
@@ -195,7 +202,7 @@ class OpenVPN(Classifier):
             st.tcp_records += 1
             if result is REJECT or (isinstance(result, Verdict) and result.final):
                 return result
-        st.tcp_buf[direction] = buf
+        bufs[direction] = buf
         return result
 
     def _packet(self, st: _State, p: bytes, direction: int, tr: str, first: bool,

@@ -85,7 +85,7 @@ class WireGuard(Classifier):
                 return REJECT  # both ends opened with one other protocol: a real exchange of it
         else:  # until a datagram of WireGuard's shape comes (_message calls the others junk)
             junk = len(p) < _SHORTEST or not (1 <= p[0] <= 4 or 0xC1 <= p[0] <= 0xC4)
-            alone = gate_alone(flow, "wireguard", st, p, direction, junk)
+            alone = gate_alone(flow, p, direction, junk)
             if not isinstance(alone, JunkGate):
                 return alone
             st = flow.put_state("wireguard", _State(alone))

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 import struct
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from tunnelwatch.classify.junk import MAX_JUNK, JunkGate, other_protocol
+from tunnelwatch.classify.junk import MAX_JUNK, SHARED, JunkGate, SharedGate, other_protocol
 
 DNS_QUERY = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00" + \
     struct.pack("!HH", 1, 1)
@@ -85,3 +87,60 @@ def test_junk_count_gives_up_after_max_junk() -> None:
     g = JunkGate()
     assert not any(g.junk_seen() for _ in range(MAX_JUNK))
     assert g.junk_seen() and g.junk == MAX_JUNK + 1
+
+
+def test_shared_gate_answers_each_classifier_alike_on_one_datagram() -> None:
+    """The three junk-tolerant classifiers ask the flow's one shared gate about each datagram in turn: all
+    three get the answer the first one got, and only on the direction's first datagram."""
+    f: Any = SimpleNamespace(pay0=1, pay1=0)
+    g = SharedGate()
+    assert [g.first_look(f, DNS_QUERY, 0) for _ in range(3)] == [False] * 3
+    f.pay1 = 1
+    assert [g.first_look(f, DNS_ANSWER, 1) for _ in range(3)] == [True] * 3
+    f.pay1 = 2
+    assert not g.first_look(f, DNS_ANSWER, 1)  # a later datagram: not that direction's first
+
+
+def test_shared_gate_counts_datagrams_and_hands_over_a_private_gate() -> None:
+    """Every datagram on the shared gate was junk to all three, so its count is the datagrams seen since
+    it was made; a classifier that leaves it takes the first looks and the junk before this datagram."""
+    f: Any = SimpleNamespace(pay0=5, pay1=2)  # a flow re-opened after 5 + 2 datagrams: counts start here
+    g = SharedGate()
+    for i in range(3):
+        f.pay0 += 1
+        assert g.before(f, 0) == i  # asked before the first look: the same
+        g.first_look(f, b"\x39" + bytes(20), 0)
+        assert g.before(f, 0) == i and g.seen(f) == i + 1
+    f.pay1 += 1
+    assert g.before(f, 1) == 3
+    g.first_look(f, DNS_ANSWER, 1)
+    assert g.before(f, 1) == 3 and g.seen(f) == 4
+    mine = g.private(f, 1)
+    assert (mine.first0, mine.first1, mine.junk) == ("", "dns", 3)
+    fresh = SharedGate()
+    f.pay0 += 1
+    fresh.first_look(f, DNS_QUERY, 0)
+    assert (fresh.private(f, 0).first0, fresh.private(f, 0).first1) == ("dns", None)  # reply not seen
+
+
+def test_the_three_share_one_gate_and_each_gives_up_after_max_junk() -> None:
+    """WireGuard, AmneziaWG and OpenVPN on one flow of junk: one shared gate and no state of their own,
+    all three still there after MAX_JUNK junk datagrams and all three gone after one more."""
+    from tunnelwatch.classify import load_classifiers
+    from tunnelwatch.classify.engine import Engine
+    from tunnelwatch.classify.packet import parse_ip
+
+    names = ("wireguard", "amneziawg", "openvpn")
+    e = Engine([c for c in load_classifiers() if c.name in names], budget=4 * MAX_JUNK)
+    junk = b"\x39" + bytes(range(0x80, 0x94))  # key id 1, 21 bytes: junk to all three, no other protocol
+    assert other_protocol(junk) == ""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(junk), 0, 0x4000, 64, 17, 0, bytes([10, 0, 0, 2]),
+                     bytes([192, 0, 2, 1])) + struct.pack("!HHHH", 40000, 51821, 8 + len(junk), 0) + junk
+    for i in range(MAX_JUNK + 1):
+        pkt = parse_ip(ip, 1.0 + i / 1000)
+        assert pkt is not None
+        flow = e.process(pkt)
+        if i < MAX_JUNK:
+            assert sorted(c.name for c in flow.active) == sorted(names)
+            assert list(flow.state) == [SHARED] and flow.state[SHARED].seen(flow) == i + 1
+    assert not flow.active

@@ -170,10 +170,11 @@ def test_reopened_window_sees_only_the_data_channel_and_confirms() -> None:
 
 
 def test_junk_keeps_only_the_junk_gate_until_something_openvpn_shaped_comes() -> None:
-    """Datagrams that are no reset, no P_DATA and no static-key framing leave the junk gate as the whole
-    state (counting them); the client reset after them still opens a session that the server confirms."""
+    """Datagrams that are no reset, no P_DATA and no static-key framing leave OpenVPN without state of its
+    own (the flow's shared junk gate counts them); the client reset after them still opens a session that
+    the server confirms."""
     from tunnelwatch.classify.engine import Engine
-    from tunnelwatch.classify.junk import JunkGate
+    from tunnelwatch.classify.junk import SHARED, SharedGate
     from tunnelwatch.classify.openvpn import OpenVPN
     from tunnelwatch.classify.packet import parse_ip
 
@@ -185,7 +186,13 @@ def test_junk_keeps_only_the_junk_gate_until_something_openvpn_shaped_comes() ->
         pkt = parse_ip(bytes(udp(p)), 1.0 + i)
         assert pkt is not None
         flow = e.process(pkt)
-        assert type(flow.state["openvpn"]) is JunkGate and flow.state["openvpn"].junk == i + 1
+        assert "openvpn" not in flow.state
+        sg = flow.state[SHARED]
+        assert type(sg) is SharedGate and sg.seen(flow) == i + 1
+    pkt = parse_ip(bytes(udp(hard_reset_client())), 9.0)
+    assert pkt is not None
+    st = e.process(pkt).state["openvpn"]  # the reset: OpenVPN's own state, its gate counting the junk
+    assert st.gate is not None and st.gate.junk == 3 and st.static_bad and st.tcp_buf is None
     pkts = [udp(p) for p in shaped]
     pkts += [udp(hard_reset_client()), udp(hard_reset_server(), up=False), udp(control(CSID))]
     v = one_verdict(pkts, names=["openvpn"])

@@ -184,9 +184,10 @@ def test_fixed_size_game_packets_starting_with_1_or_2_are_not_a_hunch() -> None:
 @pytest.mark.parametrize("name", ["wireguard", "amneziawg"])
 def test_short_junk_keeps_only_the_junk_gate_and_a_handshake_after_it_still_counts(name: str) -> None:
     """Datagrams too short (or, for WireGuard, of no WireGuard type) for any message are junk: the flow
-    keeps the junk gate alone, which still counts them and remembers the first one's protocol."""
+    keeps no state of the classifier's own: the flow's shared junk gate counts them and remembers the
+    first one's protocol."""
     from tunnelwatch.classify.engine import Engine
-    from tunnelwatch.classify.junk import JunkGate
+    from tunnelwatch.classify.junk import SHARED, SharedGate
 
     rng = random.Random(21)
     short = [rnd(rng, n) for n in (1, 16, 31)]
@@ -197,8 +198,9 @@ def test_short_junk_keeps_only_the_junk_gate_and_a_handshake_after_it_still_coun
         assert pkt is not None
         flow = e.process(pkt)
     assert flow is not None and flow.active
-    gate = flow.state[name]
-    assert type(gate) is JunkGate and gate.junk == 3 and gate.first0 == ""
+    assert name not in flow.state
+    gate = flow.state[SHARED]
+    assert type(gate) is SharedGate and gate.seen(flow) == 3 and gate.at0 == 1 and gate.first0 == ""
     if name == "amneziawg":
         session = awg_session(rng, jc=0, jmin=1, jmax=1, s1=24, s2=40, h=(0x7A1B2C3D, 0x5E6F7081, 0x92A3B4C5,
                                                                           0x11223344))
