@@ -45,18 +45,58 @@ _PLAIN_CLIENT: Final = frozenset({1 << 3, 7 << 3, 10 << 3})
 _PLAIN_SERVER: Final = frozenset({2 << 3, 8 << 3})
 
 
+# The resets part of the state (which direction is the client's, the client's and the server's reset,
+# retransmits of them) packed in one int. On UDP, until a third record comes, that int is the flow's whole
+# state: this state lives in most UDP flows while they are classified, and an ordinary flow (a datagram
+# each way) never needs more, so it costs 32 bytes there instead of a _State (72 bytes; 112 when these
+# were six fields of it). TCP makes its _State at once (it needs the record buffers). Bits, low to high:
+#   client direction (1) | retransmits (2) | client reset: first byte (8), size (11) | server reset: same
+# A size of 0 means that reset has not come yet (a record has at least _MIN_REC bytes, at most _MAX_REC).
+_ONE_RETX: Final = 1 << 1
+_BREAKS: Final = -1  # _reset: the record breaks the pattern
+_NOT_A_RESET: Final = -2  # _reset: both resets are in and the record is neither (a third record)
+
+
+def _unpack(r: int) -> tuple[int, int, int, int, int, int]:
+    """client_dir, retx, c, c_len, s, s_len of the packed resets (see above)."""
+    return r & 1, r >> 1 & 3, r >> 3 & 0xFF, r >> 11 & 0x7FF, r >> 22 & 0xFF, r >> 30 & 0x7FF
+
+
+def _reset(r: int, b: int, n: int, direction: int) -> int:
+    """The packed resets `r` with the record (first byte b, n >= _MIN_REC bytes) taken as a reset or a
+    retransmitted copy of one; _BREAKS or _NOT_A_RESET when it is neither. (Fields are read as needed, not
+    with _unpack: this runs on most UDP flows' first datagrams.)"""
+    c_len = r >> 11 & 0x7FF
+    if not c_len:
+        return r | b << 3 | n << 11
+    c = r >> 3 & 0xFF
+    s_len = r >> 30
+    if not s_len:
+        if direction == r & 1:
+            # before the server answers, the client may only retransmit its reset
+            if b == c and n == c_len and (r >> 1 & 3) < _MAX_RETX:
+                return r + _ONE_RETX
+            return _BREAKS
+        # the same first byte both ways (DNS ids, DTLS, RTP, game headers) is not a reset pair
+        if b == c or n >= _MAX_RESET or (c in _PLAIN_CLIENT and b in _PLAIN_SERVER):
+            return _BREAKS
+        return r | b << 22 | n << 30
+    s = r >> 22 & 0xFF
+    if b in (c, s):
+        # resets appear once; only a retransmitted copy of one is allowed
+        if n == (c_len if b == c else s_len) and (r >> 1 & 3) < _MAX_RETX:
+            return r + _ONE_RETX
+        return _BREAKS
+    return _NOT_A_RESET
+
+
 @dataclass(slots=True)
 class _State:
-    client_dir: int
-    c: int = -1
-    c_len: int = 0
-    s: int = -1
-    s_len: int = 0
-    retx: int = 0
+    resets: int  # packed as described above _unpack
     after: int = 0
     fired: bool = False
-    #: first byte -> sizes of the records that started with it (bounded by the packet budget); this state
-    #: lives in most UDP flows while they are classified, so the containers are made on first use
+    #: first byte -> sizes of the records that started with it (bounded by the packet budget); made on
+    #: first use, like the TCP buffers
     sizes: dict[int, list[int]] | None = None
     tcp_buf: list[bytes] | None = None  # TCP only
 
@@ -81,15 +121,33 @@ class OpenVPNObfs(Classifier):
         """Follow the first byte and size of each record; judge once both resets and a few more are in."""
         st = flow.state.get(NAME)
         p = pkt.payload
+        if pkt.proto == UDP:
+            if st is None:
+                # cheap refusal of the common case: QUIC and tiny datagrams
+                if not self.first(pkt, direction):
+                    return REJECT
+                flow.put_state(NAME, _reset(direction, p[0], len(p), direction))
+                return None
+            if type(st) is int:  # the resets alone so far (see _reset): the full state on a third record
+                if len(p) < _MIN_REC:
+                    return REJECT
+                r = _reset(st, p[0], len(p), direction)
+                if r == _BREAKS:
+                    return REJECT
+                if r != _NOT_A_RESET:
+                    flow.put_state(NAME, r)
+                    return None
+                st = flow.put_state(NAME, _State(st))
+            elif st.fired:
+                return DONE
+            return self._record(st, p, direction)
         if st is None:
-            # cheap refusal of the common case: TLS/HTTP/SSH lengths, QUIC and tiny datagrams
+            # cheap refusal of the common case: TLS/HTTP/SSH lengths
             if not self.first(pkt, direction):
                 return REJECT
             st = flow.put_state(NAME, _State(direction))
         elif st.fired:
             return DONE
-        if pkt.proto == UDP:
-            return self._record(st, p, direction)
         if st.tcp_buf is None:
             st.tcp_buf = [b"", b""]
         buf = st.tcp_buf[direction] + p
@@ -113,29 +171,13 @@ class OpenVPNObfs(Classifier):
         n = len(rec)
         if n < _MIN_REC:
             return REJECT
-        b = rec[0]
-        client = direction == st.client_dir
-        if st.c < 0:
-            st.c, st.c_len = b, n
-            return None
-        if st.s < 0:
-            if client:
-                # before the server answers, the client may only retransmit its reset
-                if b == st.c and n == st.c_len and st.retx < _MAX_RETX:
-                    st.retx += 1
-                    return None
-                return REJECT
-            # the same first byte both ways (DNS ids, DTLS, RTP, game headers) is not a reset pair
-            if b == st.c or n >= _MAX_RESET or (st.c in _PLAIN_CLIENT and b in _PLAIN_SERVER):
-                return REJECT
-            st.s, st.s_len = b, n
-            return None
-        if b == st.c or b == st.s:
-            # resets appear once; only a retransmitted copy of one is allowed
-            if n == (st.c_len if b == st.c else st.s_len) and st.retx < _MAX_RETX:
-                st.retx += 1
-                return None
+        r = _reset(st.resets, rec[0], n, direction)
+        if r == _BREAKS:
             return REJECT
+        if r != _NOT_A_RESET:
+            st.resets = r
+            return None
+        b = rec[0]
         by_first = st.sizes
         if by_first is None:
             by_first = st.sizes = {}
@@ -148,7 +190,8 @@ class OpenVPNObfs(Classifier):
             return None
         # The server's reset acks the client's (one packet id + the client's session id: 12 bytes more):
         # with that cross-check, one ACK record is enough (over TCP, pure TCP ACKs eat the packet budget).
-        acked = st.s_len == st.c_len + 12
+        _, _, _, c_len, _, s_len = _unpack(st.resets)
+        acked = s_len == c_len + 12
         ack = self._ack_value(by_first, 1 if acked else 2)
         if ack is None:
             return None
@@ -170,16 +213,17 @@ class OpenVPNObfs(Classifier):
         return None
 
     def _verdict(self, st: _State, by_first: dict[int, list[int]], ack: int) -> Verdict:
+        _, _, c, c_len, s, s_len = _unpack(st.resets)
         sizes = by_first[ack]
         lo, hi = min(sizes), max(sizes)
         span = f"{lo} bytes" if lo == hi else f"{lo}-{hi} bytes in 4-byte steps"
         n = f"{len(sizes)} ACK record{'s' if len(sizes) > 1 else ''}"
         ev = [
             "opcode pattern of OpenVPN under XOR obfuscation",
-            f"client reset 0x{st.c:02x} and server reset 0x{st.s:02x} once each, then "
+            f"client reset 0x{c:02x} and server reset 0x{s:02x} once each, then "
             f"{len(by_first)} other values in {st.after} records",
             f"ACK-size fingerprint: {n} (0x{ack:02x}) of {span}",
         ]
-        if st.s_len == st.c_len + 12:
+        if s_len == c_len + 12:
             ev.append("server reset 12 bytes longer than the client's (acks it: packet id + session id)")
         return self.verdict("openvpn", "heuristic", *ev)

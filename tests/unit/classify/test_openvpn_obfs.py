@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -221,3 +222,44 @@ def test_alone_over_every_sample_only_the_obfuscated_flows_are_flagged() -> None
             if r["klass"] != "unknown":
                 hits.setdefault(f.name, []).append((r["transport"], r["dport"]))
     assert hits == {"crafted-openvpn-obfs.pcap": [("udp", 1214), ("tcp", 465)]}
+
+
+def test_udp_state_is_one_int_until_a_third_record() -> None:
+    """Most UDP flows hold this classifier's state while they are classified and never show more than a
+    datagram each way: until then the state is a plain int (not the ~112-byte _State), and the records
+    after it (the full state, built from the int) still give the verdict of the whole handshake."""
+    scramble = xor(b"\x74")
+    pkts = udp_packets(handshake(), scramble)
+    eng = Engine([OpenVPNObfs()], budget=16)
+    for p in pkts[:2]:
+        flow = eng.process(p)
+        st = flow.state["openvpn_obfs"]
+        assert type(st) is int and sys.getsizeof(st) <= 32
+    flow = eng.process(pkts[2])
+    assert type(flow.state["openvpn_obfs"]) is not int
+    # an ordinary UDP flow (16 random bytes each way) keeps the int
+    rnd = random.Random(5)
+    flow = None
+    for p in _udp_flow([(0, rnd.randbytes(16)), (1, rnd.randbytes(16))], sport=20001):
+        flow = eng.process(p)
+    assert flow is not None and type(flow.state["openvpn_obfs"]) is int
+
+
+def test_udp_verdict_and_retransmits_across_the_int_to_state_change() -> None:
+    """Retransmitted resets are counted the same whether they come while the state is the int or after it
+    became the full state; the verdict names both resets and their 12-byte size relation."""
+    hs = handshake()
+    # one retransmit of each reset while the state is the int, one more after the third record
+    seq = [hs[0], hs[0], hs[1], hs[1], hs[2], hs[0], *hs[3:]]
+    [v] = decide(udp_packets(seq, xor(b"\x74")))
+    assert (v.protocol, v.confidence) == ("openvpn", "heuristic"), v
+    c, s = (7 << 3) ^ 0x74, (8 << 3) ^ 0x74
+    assert v.evidence[1].startswith(f"client reset 0x{c:02x} and server reset 0x{s:02x} once each")
+    assert v.evidence[-1].startswith("server reset 12 bytes longer")
+    # a fourth retransmit is one too many, before the change or after it
+    assert flagged(decide(udp_packets([hs[0], hs[0], hs[1], hs[1], hs[0], hs[2], hs[1], *hs[3:]],
+                                      xor(b"\x74")))) == []
+    assert flagged(decide(udp_packets([hs[0], hs[0], hs[1], hs[1], hs[2], hs[0], hs[1], *hs[3:]],
+                                      xor(b"\x74")))) == []
+    # the client again before the server's reset, other than a copy of its own: not OpenVPN
+    assert flagged(decide(udp_packets([hs[0], (0, hs[0][1] + b"x"), *hs[1:]], xor(b"\x74")))) == []
