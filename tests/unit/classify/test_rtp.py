@@ -120,16 +120,21 @@ def flow_after(payloads: list[bytes]) -> Flow:
     return flows.pop()
 
 
+def assert_media_after(early: list[bytes]) -> None:
+    """Streams both ways after these client datagrams are still confirmed RTP."""
+    v = one_verdict([u(C, S, 40000, 40002, p) for p in early]
+                    + [u(C, S, 40000, 40002, p) for p in stream(0x1234, 8)]
+                    + [u(S, C, 40002, 40000, p) for p in stream(0x5678, 8)])
+    assert (v.protocol, v.confidence) == ("rtp", "confirmed"), v
+
+
 def test_datagrams_of_no_rtp_version_keep_a_count_until_media_comes() -> None:
     """Before anything of RTP version 2 the state is the count of bad datagrams (STUN/DTLS-range first
     bytes are not bad); media after a few of them is still recognised, and enough bad ones reject."""
     early = [b"\x55" + os.urandom(30), b"\x00\x01" + os.urandom(30), b"\x7f" + os.urandom(30)]  # bad STUN bad
     f = flow_after(early)
     assert f.active and f.state["rtp"] == 2
-    v = one_verdict([u(C, S, 40000, 40002, p) for p in early]
-                    + [u(C, S, 40000, 40002, p) for p in stream(0x1234, 8)]
-                    + [u(S, C, 40002, 40000, p) for p in stream(0x5678, 8)])
-    assert (v.protocol, v.confidence) == ("rtp", "confirmed"), v
+    assert_media_after(early)
     assert not flow_after([b"\x55" + os.urandom(30)] * 4).active  # four bad of four: rejected
 
 
@@ -141,10 +146,7 @@ def test_version_2_datagrams_that_parse_as_neither_rtp_nor_rtcp_only_count_too()
     odd = [b"\x8f" + os.urandom(15), b"\xc5" + os.urandom(30), b"\x80\xc8" + bytes(6)]  # CC, v3, short SR
     f = flow_after(odd)
     assert f.active and f.state["rtp"] == 3
-    v = one_verdict([u(C, S, 40000, 40002, p) for p in odd]
-                    + [u(C, S, 40000, 40002, p) for p in stream(0x1234, 8)]
-                    + [u(S, C, 40002, 40000, p) for p in stream(0x5678, 8)])
-    assert (v.protocol, v.confidence) == ("rtp", "confirmed"), v
+    assert_media_after(odd)
     assert not flow_after([b"\xc5" + os.urandom(30)] * 4).active
     f = flow_after(odd[:1] + stream(0x1234, 1))  # the first real header builds the state, bad count kept
     assert not isinstance(f.state["rtp"], int) and f.state["rtp"].bad == 1 and f.state["rtp"].rtp_pkts == 1
