@@ -113,10 +113,11 @@ class SharedGate:
     """The junk gates of WireGuard, AmneziaWG and OpenVPN while each saw nothing but junk: one per flow.
 
     Those three are asked about every datagram of a UDP flow from its first (they have no first-byte test
-    and stay until they reject; a flow decided in between starts again from no state when it re-opens),
-    so while none has seen its own shape their gates would hold the same thing: each direction's first
-    protocol, and a junk count equal to the datagrams seen. One record of which payload datagram (the
-    flow's per-direction count) opened each direction gives all three, for 64 bytes instead of three
+    and stay until they reject; a flow decided in between either resumes them with their state, no
+    datagram skipped since only payload the engine inspects is counted, or starts them again from no
+    state), so while none has seen its own shape their gates would hold the same thing: each direction's
+    first protocol, and a junk count equal to the datagrams seen. One record of which payload datagram
+    (the flow's per-direction count) opened each direction gives all three, for 64 bytes instead of three
     gates and three dict entries.
     """
 
