@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from support.wgcraft import u
 from tunnelwatch.classify.junk import MAX_JUNK, SHARED, JunkGate, SharedGate, other_protocol
 
 DNS_QUERY = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00" + \
@@ -134,8 +135,7 @@ def test_the_three_share_one_gate_and_each_gives_up_after_max_junk() -> None:
     e = Engine([c for c in load_classifiers() if c.name in names], budget=4 * MAX_JUNK)
     junk = b"\x39" + bytes(range(0x80, 0x94))  # key id 1, 21 bytes: junk to all three, no other protocol
     assert other_protocol(junk) == ""
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(junk), 0, 0x4000, 64, 17, 0, bytes([10, 0, 0, 2]),
-                     bytes([192, 0, 2, 1])) + struct.pack("!HHHH", 40000, 51821, 8 + len(junk), 0) + junk
+    ip = bytes(u(junk))
     for i in range(MAX_JUNK + 1):
         pkt = parse_ip(ip, 1.0 + i / 1000)
         assert pkt is not None
