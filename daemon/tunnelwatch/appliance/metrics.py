@@ -34,6 +34,8 @@ _SECTIONS: Final = {
          "New connections on the 5-tuple of a decided flow, classified afresh."),
         ("retransmits", "tcp_retransmits_total", "counter",
          "Exact TCP retransmissions answered with the flow's decision, not classified again."),
+        ("decoys", "decoy_packets_total", "counter",
+         "LAN hosts' packets with a TTL too low to reach their server (DPI-evasion fakes), not classified."),
     ),
     "kernel": (
         ("bypassed_packets", "failopen_packets_total", "counter",

@@ -282,6 +282,9 @@ def render_summary(snap: Mapping[str, object], *, limit: int = 20) -> str:
                      f"{p(ft.get('evicted'))} evicted when full, {p(ft.get('expired'))} expired idle, "
                      f"{p(ft.get('unparsed_packets'))} unreadable packets, "
                      f"{p(ft.get('classifier_errors'))} classifier errors")
+        if ft.get("decoys"):  # an evasion tool at work on the LAN: worth a line of its own
+            lines.append(f"  decoys:           {p(ft.get('decoys'))} low-TTL fakes from LAN hosts not "
+                         "classified (a DPI-evasion tool; docs/enforcement.md)")
     kern = snap.get("kernel")
     if isinstance(kern, dict):
         hosts = kern.get("limited_hosts")

@@ -52,13 +52,13 @@ class Packet:
     """Header facts of one IP packet. `payload` is the L4 payload (or the whole body for ESP/AH/GRE/ICMP)."""
 
     __slots__ = (
-        "dport", "dst", "frag", "length", "payload", "proto", "seq", "sport", "src", "tcp_flags", "ts",
+        "dport", "dst", "frag", "length", "payload", "proto", "seq", "sport", "src", "tcp_flags", "ts", "ttl",
         "version",
     )
 
     def __init__(
         self, ts: float, version: int, src: bytes, dst: bytes, proto: int, sport: int, dport: int,
-        length: int, payload: bytes, tcp_flags: int = 0, frag: bool = False, seq: int = -1,
+        length: int, payload: bytes, tcp_flags: int = 0, frag: bool = False, seq: int = -1, ttl: int = 255,
     ) -> None:
         self.ts = ts
         self.version = version
@@ -73,6 +73,8 @@ class Packet:
         self.frag = frag
         #: TCP sequence number (-1 for other transports): tells a new connection on a reused 5-tuple
         self.seq = seq
+        #: IPv4 TTL / IPv6 hop limit as captured or queued (255 when not known: never taken for a decoy)
+        self.ttl = ttl
 
     def __repr__(self) -> str:
         return (f"Packet({transport_name(self.proto)} {addr_text(self.src)}:{self.sport} -> "
@@ -89,7 +91,7 @@ def parse_ip(buf: bytes, ts: float = 0.0, off: int = 0) -> Packet | None:
         ihl = (buf[off] & 0x0F) * 4
         if ihl < 20 or n - off < ihl:
             return None
-        total, fragw, proto = unpack_from("!H2xHxB", buf, off + 2)
+        total, fragw, ttl, proto = unpack_from("!H2xHBB", buf, off + 2)
         # Captures with TSO/offload may record total=0; trust the buffer then.
         end = off + total if ihl <= total <= n - off else n
         src = buf[off + 12:off + 16]
@@ -100,7 +102,7 @@ def parse_ip(buf: bytes, ts: float = 0.0, off: int = 0) -> Packet | None:
         if frag_off:
             # Non-first fragment: no L4 header here. Keep it countable under ports 0.
             return Packet(ts, 4, src, dst, proto, 0, 0, end - off, b"", 0, True)
-        return _l4(ts, 4, src, dst, proto, buf, l4, end, end - off, more)
+        return _l4(ts, 4, src, dst, proto, buf, l4, end, end - off, more, ttl)
     if ver == 6:
         if n - off < 40:
             return None
@@ -132,17 +134,17 @@ def parse_ip(buf: bytes, ts: float = 0.0, off: int = 0) -> Packet | None:
             return None
         if p > end:
             return None
-        return _l4(ts, 6, src, dst, nxt, buf, p, end, end - off, frag)
+        return _l4(ts, 6, src, dst, nxt, buf, p, end, end - off, frag, buf[off + 7])
     return None
 
 
 def _l4(ts: float, ver: int, src: bytes, dst: bytes, proto: int, buf: bytes, p: int, end: int,
-        length: int, frag: bool) -> Packet | None:
+        length: int, frag: bool, ttl: int) -> Packet | None:
     if proto == UDP:
         if end - p < 8:
             return None
         sport, dport = unpack_from("!HH", buf, p)
-        return Packet(ts, ver, src, dst, proto, sport, dport, length, buf[p + 8:end], 0, frag)
+        return Packet(ts, ver, src, dst, proto, sport, dport, length, buf[p + 8:end], 0, frag, -1, ttl)
     if proto == TCP:
         if end - p < 20:
             return None
@@ -151,7 +153,7 @@ def _l4(ts: float, ver: int, src: bytes, dst: bytes, proto: int, buf: bytes, p: 
         if doff < 20 or end - p < doff:
             return None
         return Packet(ts, ver, src, dst, proto, sport, dport, length, buf[p + doff:end], buf[p + 13], frag,
-                      unpack_from("!I", buf, p + 4)[0])
+                      unpack_from("!I", buf, p + 4)[0], ttl)
     if proto in (ICMP, ICMPV6):
         if end - p < 4:
             return None

@@ -29,6 +29,7 @@ from tunnelwatch.classify.flow import Flow, FlowKey, flow_key
 from tunnelwatch.classify.packet import Packet, addr_text, parse_ip, transport_name
 from tunnelwatch.config.runconfig import RunConfig
 from tunnelwatch.inline import firewall
+from tunnelwatch.inline.decoy import DECOY_TTL, Decoys
 from tunnelwatch.policy.policy import Decision, Policy
 from tunnelwatch.policy.registry import Registry
 from tunnelwatch.record import FlowRecord
@@ -112,6 +113,7 @@ class Enforcer:
         self.late_blocks = 0  # blocks decided after a flow was first let through under WATCH
         self.reused = 0  # new connections on the 5-tuple of a finally decided flow: classified afresh
         self.retransmits = 0  # exact TCP retransmissions answered with the flow's mark, not classified
+        self.decoys = Decoys(cfg.report.privacy.subscriber_nets)  # LAN hosts' low-TTL fakes: not classified
         self.next_tick = 0.0  # time.monotonic() of the next tick() that does its work
         self.next_young_gc = 0.0
         #: the last tick left quiet flows undecided (QUIET_BATCH): the queue loop must not sleep on them
@@ -131,6 +133,9 @@ class Enforcer:
             self.endpoints.reload(cfg.endpoints)
             self._use_lists()
         if cfg != self.cfg:
+            if cfg.report.privacy.subscriber_nets != self.cfg.report.privacy.subscriber_nets:
+                count, self.decoys = self.decoys.count, Decoys(cfg.report.privacy.subscriber_nets)
+                self.decoys.count = count
             policy = Policy.from_config(cfg)
             if cfg.voip == self.cfg.voip:
                 policy.calls = self.policy.calls  # the bulk-VoIP window survives unrelated changes
@@ -242,7 +247,8 @@ class Enforcer:
         return {"tracked": len(t), "max": t.max_flows, "created": t.created, "expired": t.expired,
                 "evicted": t.evicted, "classifier_errors": self.engine.classifier_errors,
                 "unparsed_packets": self.unparsed, "reopened": self.engine.reopened,
-                "late_blocks": self.late_blocks, "reused": self.reused, "retransmits": self.retransmits}
+                "late_blocks": self.late_blocks, "reused": self.reused, "retransmits": self.retransmits,
+                "decoys": self.decoys.count}
 
     def handle(self, payload: bytes) -> int:
         """Mark bits for one queued packet: the flow's decision, WATCH, or 0 while it is undecided."""
@@ -254,6 +260,13 @@ class Enforcer:
         seg = None
         if proto == 6 or proto == 17:
             key = flow_key(pkt)
+            # the TTL / hop limit as this box forwards it: the rest of the test only on a low one
+            if pkt.ttl < DECOY_TTL and self.decoys.suspect(pkt):
+                self.decoys.hold(key, pkt)  # accepted; classified or not when the flow's next packet comes
+                old = self.engine.table.peek(key)
+                return self._mark(old) if old is not None else 0
+            if self.decoys.held and key in self.decoys.held:
+                self._judge(key, pkt)
             old = self.engine.table.peek(key)
             if old is not None:
                 if proto == 6 and pkt.payload:
@@ -269,6 +282,25 @@ class Enforcer:
         if proto == 6 and pkt.payload:
             flow.last_seg = seg if seg is not None else _segment(pkt)
         return self._mark(flow)
+
+    def _judge(self, key: FlowKey, pkt: Packet) -> None:
+        """The flow's held low-TTL packets, judged by `pkt`: the genuine ones classified first, in order."""
+        before = self.decoys.count
+        held = self.decoys.held[key][0]
+        for p in self.decoys.release(key, pkt):
+            flow = self.engine.process(p)
+            if p.proto == 6 and p.payload:
+                flow.last_seg = _segment(p)
+        if self.decoys.count == before:
+            return
+        # the first in full at INFO (an operator wants to know the trick is being tried), later ones at
+        # DEBUG: one host's tool sends one before every connection
+        level = logging.INFO if before == 0 else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "ignored a decoy: %s:%d -> %s:%d %s with TTL %d, followed by TTL %d: sent to "
+                    "expire before its destination (not classified; %d so far)", addr_text(held.src),
+                    held.sport, addr_text(held.dst), held.dport, transport_name(held.proto), held.ttl,
+                    pkt.ttl, self.decoys.count)
 
     def _mark(self, flow: Flow) -> int:
         bits = self.marks.get(flow.key)

@@ -17,8 +17,9 @@ mangle rules of firewall.py on each packet of a capture, in capture order and ca
 
 Queued packets go to an engine set up as the daemon's (`reopens`, the quiet rule on capture time), and
 each decision becomes the connection's mark as the daemon's Enforcer would set it without a policy
-(settled: ALLOW; not settled: WATCH, looked at again in later windows). Not modelled: registered
-endpoints skipping the queue, the per-host flood limit, a full queue (fail-open).
+(settled: ALLOW; not settled: WATCH, looked at again in later windows). A LAN host's low-TTL decoy
+(inline/decoy.py, with the default subscriber networks) is queued and not classified, as inline. Not
+modelled: registered endpoints skipping the queue, the per-host flood limit, a full queue (fail-open).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any, Final
 from tunnelwatch.classify.base import Classifier
 from tunnelwatch.classify.endpoints import EndpointIndex
 from tunnelwatch.classify.engine import DEFAULT_DEEP, INLINE_BUDGET, Engine
-from tunnelwatch.classify.flow import Flow
+from tunnelwatch.classify.flow import Flow, flow_key
 from tunnelwatch.classify.packet import TCP_RST, Packet, addr_text, transport_name
 from tunnelwatch.inline import firewall
+from tunnelwatch.inline.decoy import DECOY_TTL, Decoys
 from tunnelwatch.inline.enforcer import QUIET_S, REOPENS
 from tunnelwatch.verdict import UNKNOWN, Verdict
 
@@ -90,6 +92,7 @@ class KernelView:
         self.done: list[Conn] = []
         self.by_flow: dict[int, Conn] = {}
         self._current: Conn | None = None
+        self.decoys = Decoys()  # the default subscriber networks: a capture comes with no config
 
     # -- the kernel ---------------------------------------------------------------------------------------
     def process(self, pkt: Packet) -> None:
@@ -109,7 +112,14 @@ class KernelView:
         if pkt.proto == 6 and (pkt.tcp_flags & TCP_RST or not pkt.payload):
             return
         conn.queued += 1
+        key = flow_key(pkt)
+        if pkt.ttl < DECOY_TTL and self.decoys.suspect(pkt):
+            self.decoys.hold(key, pkt)  # as the Enforcer: judged by the connection's next queued packet
+            return
         self._current = conn
+        if self.decoys.held and key in self.decoys.held:
+            for p in self.decoys.release(key, pkt):
+                self._adopt(self.engine.process(p), conn)
         flow = self.engine.process(pkt)
         self._current = None
         self._adopt(flow, conn)

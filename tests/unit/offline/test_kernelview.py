@@ -85,3 +85,25 @@ def test_amneziawg_behind_junk_is_found_in_a_later_window() -> None:
     rec = _one(frames)
     assert rec["klass"] == "vpn_tunnel" and rec["protocol"] == "amneziawg", rec
     assert rec["queued"] < rec["packets"] // 4
+
+
+def test_a_lan_host_s_low_ttl_decoy_is_queued_but_not_classified_as_inline() -> None:
+    """A capture of zapret-style desync from a private LAN address: the HTTP decoy (TTL 3, the real
+    first segment's sequence number) does not decide the connection; the OpenVPN resets do. With an
+    honest TTL the same HTTP request decides it benign, as the daemon would."""
+    lan, server, sid = "192.168.1.10", "203.0.113.2", bytes.fromhex("1122334455667788")
+
+    def frames(decoy_ttl: int) -> list[ScapyPacket]:
+        up = IP(src=lan, dst=server) / TCP(sport=40000, dport=1194, flags="PA", seq=1000)
+        down = IP(src=server, dst=lan) / TCP(sport=1194, dport=40000, flags="PA", seq=5000)
+        reset = b"\x38" + sid + b"\x00" + b"\x00\x00\x00\x00"
+        answer = b"\x40" + bytes(8) + b"\x01" + b"\x00\x00\x00\x00" + sid + b"\x00\x00\x00\x00"
+        decoy = IP(src=lan, dst=server, ttl=decoy_ttl) / TCP(sport=40000, dport=1194, flags="PA", seq=1000)
+        return [decoy / Raw(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n"),
+                up / Raw(len(reset).to_bytes(2, "big") + reset),
+                down / Raw(len(answer).to_bytes(2, "big") + answer)]
+
+    rec = _one(frames(3))
+    assert (rec["klass"], rec["protocol"], rec["queued"]) == ("vpn_tunnel", "openvpn", 3), rec
+    honest = _one(frames(64))
+    assert (honest["klass"], honest["protocol"]) == ("benign", "http"), honest
