@@ -49,25 +49,28 @@ class Decoys:
     """Holds a LAN host's low-TTL packets until the flow's next packet tells decoys from real ones."""
 
     def __init__(self, subscriber_nets: Iterable[str] = ()) -> None:
-        nets = tuple(subscriber_nets) or DEFAULT_SUBSCRIBER_NETS
-        self.nets: tuple[_Net, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in nets)
+        self.nets: tuple[_Net, ...] = ()
+        self.use(subscriber_nets)
         self.count = 0  # packets found to be decoys
         self.held: dict[FlowKey, list[Packet]] = {}
 
-    def _lan(self, addr: bytes) -> bool:
-        ip = ipaddress.ip_address(addr)
-        return any(ip in n for n in self.nets)
+    def use(self, subscriber_nets: Iterable[str]) -> None:
+        """The subscriber networks (a reload keeps the count and what is held)."""
+        nets = tuple(subscriber_nets) or DEFAULT_SUBSCRIBER_NETS
+        self.nets = tuple(ipaddress.ip_network(n, strict=False) for n in nets)
 
-    def _remote(self, addr: bytes) -> bool:
-        # multicast and broadcast stay on the link by design (SSDP is sent with TTL 2-4, mDNS often 1)
-        ip = ipaddress.ip_address(addr)
-        return not (ip.is_multicast or addr == b"\xff\xff\xff\xff" or any(ip in n for n in self.nets))
+    def _lan(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip in n for n in self.nets)
 
     def suspect(self, pkt: Packet) -> bool:
         """True when `pkt` (TTL / hop limit as this box forwards it) may be a decoy: it is to be held."""
         if pkt.ttl >= DECOY_TTL or not pkt.payload or pkt.proto not in (6, 17):
             return False
-        return self._lan(pkt.src) and self._remote(pkt.dst)
+        dst = ipaddress.ip_address(pkt.dst)
+        # multicast and broadcast stay on the link by design (SSDP is sent with TTL 2-4, mDNS often 1)
+        if dst.is_multicast or pkt.dst == b"\xff\xff\xff\xff" or self._lan(dst):
+            return False
+        return self._lan(ipaddress.ip_address(pkt.src))
 
     def hold(self, key: FlowKey, pkt: Packet) -> None:
         """Hold a suspect until the flow's next packet (`release`)."""

@@ -133,9 +133,7 @@ class Enforcer:
             self.endpoints.reload(cfg.endpoints)
             self._use_lists()
         if cfg != self.cfg:
-            if cfg.report.privacy.subscriber_nets != self.cfg.report.privacy.subscriber_nets:
-                count, self.decoys = self.decoys.count, Decoys(cfg.report.privacy.subscriber_nets)
-                self.decoys.count = count
+            self.decoys.use(cfg.report.privacy.subscriber_nets)
             policy = Policy.from_config(cfg)
             if cfg.voip == self.cfg.voip:
                 policy.calls = self.policy.calls  # the bulk-VoIP window survives unrelated changes
