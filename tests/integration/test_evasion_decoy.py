@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_evasion_kernel import TOOLS, _blocked, _config, _daemon, _report, _start_server, _wait
@@ -30,6 +31,12 @@ DECOY_TTL = 4  # what the shim sends its decoy with: passes the router (3 left),
 def _lan(tmp: Path) -> str:
     """The report section with the lab's client network as the subscribers' (it is not a private range)."""
     return _report(tmp) + f"  privacy: {{subscriber_nets: ['{CLIENT_IP}/24']}}\n"
+
+
+def _flows(sock: str) -> dict[str, Any]:
+    """The status's flow-table figures (summed over the queue workers)."""
+    f = fetch_snapshot(sock).get("flows")
+    return f if isinstance(f, dict) else {}
 
 
 def _far_server(lb: Lab) -> None:
@@ -71,8 +78,8 @@ def test_a_low_ttl_decoy_before_openvpn_s_first_segment_is_ignored(tmp_path: Pat
         log = lb.log("daemon")
         assert "ignored a decoy: " in log and f"with TTL {DECOY_TTL - 1}," in log, log
         assert "decided benign" not in log, log  # the HTTP request the server never read decided nothing
-        flows = fetch_snapshot(sock).get("flows")
-        assert isinstance(flows, dict) and flows.get("decoys", 0) >= 1, flows
+        # a worker's counters reach the main process's status once a second (workers.STATS_EVERY)
+        _wait(lambda: _flows(sock).get("decoys", 0) >= 1, "the status to count the decoy")
         status = subprocess.run([sys.executable, "-m", "tunnelwatch", "status", "--socket", sock],
                                 capture_output=True, text=True, timeout=20)
         assert "low-TTL fakes from LAN hosts not classified" in status.stdout, status.stdout + status.stderr
@@ -94,5 +101,5 @@ def test_a_client_that_sends_every_packet_with_a_low_ttl_is_still_blocked(tmp_pa
         lb.spawn(lb.client, ["openvpn", "--config", str(pair.client_conf)], "ovpn-client")
         _blocked(lb)
         assert _path_drops(lb) == 0  # every packet reached the server: none was a decoy
-        flows = fetch_snapshot(sock).get("flows")
-        assert isinstance(flows, dict) and flows.get("decoys") == 0, flows
+        _wait(lambda: _flows(sock).get("created", 0) >= 1, "the status to show the worker's figures")
+        assert _flows(sock).get("decoys") == 0, _flows(sock)
